@@ -1,0 +1,102 @@
+"""The HTTP face of a Beacon process: health and metrics always; the API where intake runs."""
+
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from services import runtime as runtime_mod
+
+log = structlog.get_logger("beacon.http")
+
+
+class BodyLimit:
+    """413 for a body over the limit, counted as it streams (a missing Content-Length too)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _too_large(send, self.max_bytes)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, self.max_bytes)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send, limit: int) -> None:
+    await JSONResponse({"detail": f"request body over {limit} bytes"}, 413)(
+        {"type": "http"}, None, send)
+
+
+def create_app(rt) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime_mod.start(rt)
+        try:
+            yield
+        finally:
+            await runtime_mod.stop(rt)
+
+    app = FastAPI(
+        title="Beacon", version="1", lifespan=lifespan,
+        description="Child-protection incident alert and escalation. Every call but health "
+                    "needs a bearer token; messages and events carry IDs and codes only.",
+    )
+    app.state.runtime = rt
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        log.exception("unhandled", path=request.url.path)
+        return JSONResponse({"detail": "internal error; it has been logged"}, 500)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz():
+        return {"status": "ok", "services": sorted(rt.services)}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz():
+        problems = []
+        try:
+            async with rt.db.reads() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception as exc:
+            problems.append(f"database: {type(exc).__name__}")
+        if not await rt.broker.ping(timeout=2):
+            problems.append("kafka: no answer")
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, 503)
+        return {"status": "ready"}
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    if "intake" in rt.services:
+        from services.intake.api import cases, reports
+
+        app.include_router(reports.router)
+        app.include_router(cases.router)
+    app.add_middleware(BodyLimit, max_bytes=rt.settings.max_body_bytes)
+    return app

@@ -1,0 +1,183 @@
+"""The `beacon` command."""
+
+import asyncio
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.common.config import ROOT, ConfigError, get_settings
+
+app = typer.Typer(no_args_is_help=True, help="Beacon: child-protection alerting and escalation.")
+db_app = typer.Typer(no_args_is_help=True, help="The database.")
+users_app = typer.Typer(no_args_is_help=True, help="Users and their bearer tokens.")
+cases_app = typer.Typer(no_args_is_help=True, help="The case read model.")
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.add_typer(cases_app, name="cases")
+
+
+def _rules_app():
+    from services.escalation.rules_cli import app as rules
+
+    return rules
+
+
+app.add_typer(_rules_app(), name="rules", help="Rule packs: validate, test a report.")
+
+
+class Service(str, Enum):
+    all = "all"
+    intake = "intake"
+    escalation = "escalation"
+    notifier = "notifier"
+
+
+def _settings():
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP port")] = None):
+    """Run one service, or all of them in one process. Ctrl-C (SIGINT) or SIGTERM stops it."""
+    import uvicorn
+
+    from services import runtime
+    from services.app import create_app
+    from services.common.logging import configure
+
+    settings = _settings()
+    configure(settings.log_level)
+    services = frozenset(runtime.SERVICES if service is Service.all else (service.value,))
+    try:
+        rt = runtime.build(settings, services)
+        config = uvicorn.Config(create_app(rt), host=settings.http_host,
+                                port=port or settings.http_port, log_config=None,
+                                lifespan="on", timeout_graceful_shutdown=10)
+        server = uvicorn.Server(config)
+        asyncio.run(server.serve())
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    if not server.started:
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head"):
+    """Create or migrate the tables (Alembic)."""
+    from services.common.migrate import upgrade
+
+    upgrade(_settings().database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+async def _with_session(fn):
+    from services.common.db import Database
+
+    db = Database(_settings().database_url)
+    try:
+        async with db.writes() as session, session.begin():
+            return await fn(session)
+    finally:
+        await db.dispose()
+
+
+@users_app.command("create")
+def users_create(
+    user_id: str, role: str,
+    name: Annotated[str, typer.Option(help="Display name")] = "",
+    scope: Annotated[str, typer.Option(help="national | province:<code> | commune:<code>")] = "national",
+    authority: Annotated[list[str], typer.Option(help="Authority id (authority role)")] = [],  # noqa: B006
+):
+    """Create a user with a role and a jurisdiction scope, and print a first token."""
+    from services.common import auth
+
+    async def go(session):
+        await auth.create_user(session, user_id, name or user_id, role, scope, list(authority))
+        await session.flush()
+        return await auth.issue_token(session, user_id, "first")
+
+    try:
+        typer.echo(asyncio.run(_with_session(go)))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@users_app.command("token")
+def users_token(user_id: str, label: str = ""):
+    """Issue a new bearer token for a user (printed once; only its hash is stored)."""
+    from services.common import auth
+
+    typer.echo(asyncio.run(_with_session(lambda s: auth.issue_token(s, user_id, label))))
+
+
+@users_app.command("revoke")
+def users_revoke(user_id: str):
+    """Revoke every token of a user."""
+    from services.common import auth
+
+    n = asyncio.run(_with_session(lambda s: auth.revoke_tokens(s, user_id)))
+    typer.echo(f"revoked {n} token(s)")
+
+
+DEV_USERS = {
+    # role: (scope, authorities) - the demo case in README is in commune 4 of province 1 (Ha Noi).
+    "operator": ("national", []),
+    "supervisor": ("national", []),
+    "authority": ("commune:4", ["commune:4:child_protection", "commune:4:police",
+                                "commune:4:health"]),
+    "admin": ("national", []),
+    "auditor": ("national", []),
+}
+
+
+@users_app.command("dev")
+def users_dev(out: Path = ROOT / "var" / "dev-tokens.json"):
+    """Create the local development users and write fresh tokens to var/dev-tokens.json."""
+    from services.common import auth
+
+    settings = _settings()
+    if settings.env == "production":
+        typer.echo("refusing to create development users with BEACON_ENV=production", err=True)
+        raise typer.Exit(2)
+
+    async def go(session):
+        tokens = {}
+        for role, (scope, authorities) in DEV_USERS.items():
+            user_id = f"dev-{role}"
+            if await session.get(auth.User, user_id) is None:
+                await auth.create_user(session, user_id, f"Development {role}", role, scope,
+                                       authorities)
+                await session.flush()
+            await auth.revoke_tokens(session, user_id)
+            tokens[role] = await auth.issue_token(session, user_id, "dev")
+        return tokens
+
+    tokens = asyncio.run(_with_session(go))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(tokens, indent=2) + "\n")
+    out.chmod(0o600)
+    for role, token in tokens.items():
+        typer.echo(f"  {role:<10} {token}")
+    typer.echo(f"tokens written to {out}")
+
+
+@cases_app.command("rebuild")
+def cases_rebuild():
+    """Rebuild the case read model by replaying the case events from Kafka."""
+    from services.intake.rebuild import rebuild
+
+    n = asyncio.run(rebuild(_settings()))
+    typer.echo(f"rebuilt the read model from {n} events")
+
+
+if __name__ == "__main__":
+    app()

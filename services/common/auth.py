@@ -1,0 +1,107 @@
+"""Users, roles, jurisdiction scopes and bearer tokens (stored as SHA-256 hashes, never in clear)."""
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import JSON, Boolean, ForeignKey, String, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.common.db import Base, utcnow
+
+Role = Literal["operator", "supervisor", "authority", "admin", "auditor"]
+ROLES: tuple[str, ...] = ("operator", "supervisor", "authority", "admin", "auditor")
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    # "national", "province:<code>" or "commune:<code>": where this user may act.
+    scope: Mapped[str] = mapped_column(String(32), default="national")
+    # For the authority role: the directory authorities this user answers for.
+    authority_ids: Mapped[list] = mapped_column(JSON, default=list)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    label: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, as the API sees it."""
+
+    user_id: str
+    role: str
+    scope: str
+    authority_ids: tuple[str, ...] = ()
+
+    def covers(self, province_code: int, commune_code: int) -> bool:
+        kind, _, code = self.scope.partition(":")
+        if kind == "national":
+            return True
+        if kind == "province":
+            return int(code) == province_code
+        return kind == "commune" and int(code) == commune_code
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def validate_scope(scope: str) -> str:
+    kind, _, code = scope.partition(":")
+    if scope == "national" or (kind in ("province", "commune") and code.isdigit()):
+        return scope
+    raise ValueError(f"scope must be national, province:<code> or commune:<code>, not {scope!r}")
+
+
+async def create_user(
+    session: AsyncSession, user_id: str, name: str, role: str, scope: str = "national",
+    authority_ids: list[str] | None = None,
+) -> User:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    user = User(
+        id=user_id, name=name, role=role, scope=validate_scope(scope),
+        authority_ids=authority_ids or [], created_at=utcnow(),
+    )
+    session.add(user)
+    return user
+
+
+async def issue_token(session: AsyncSession, user_id: str, label: str = "") -> str:
+    token = "bk_" + secrets.token_urlsafe(32)
+    session.add(Token(hash=hash_token(token), user_id=user_id, label=label, created_at=utcnow()))
+    return token
+
+
+async def revoke_tokens(session: AsyncSession, user_id: str) -> int:
+    rows = (await session.scalars(
+        select(Token).where(Token.user_id == user_id, Token.revoked_at.is_(None))
+    )).all()
+    for row in rows:
+        row.revoked_at = utcnow()
+    return len(rows)
+
+
+async def principal_for(session: AsyncSession, token: str) -> Principal | None:
+    row = (await session.execute(
+        select(User).join(Token, Token.user_id == User.id).where(
+            Token.hash == hash_token(token), Token.revoked_at.is_(None), User.disabled.is_(False)
+        )
+    )).scalar_one_or_none()
+    if row is None:
+        return None
+    return Principal(row.id, row.role, row.scope, tuple(row.authority_ids or ()))

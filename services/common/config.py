@@ -1,0 +1,95 @@
+"""Configuration from BEACON_* environment variables, validated once at start-up."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(SystemExit):
+    """Raised at start-up: the process exits with a clear message instead of a traceback."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BEACON_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = f"sqlite+aiosqlite:///{ROOT / 'var' / 'beacon.db'}"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    rulepack: str = "default"
+    public_base_url: str = "http://127.0.0.1:8000"
+    env: Literal["development", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Secrets. In development they are generated once under var/; production must set them.
+    secret_key: str | None = Field(None, description="Encrypts identity at rest; signs links")
+    webhook_secret: str | None = None
+
+    # Where the demo directory's contacts point (the local receivers that `make run` starts).
+    demo_webhook_base: str = "http://127.0.0.1:8025"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    mail_from: str = "beacon@localhost"
+    sms_gateway_url: str = "http://127.0.0.1:8025/sms"
+
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    timer_interval_s: float = Field(0.25, gt=0, le=5)
+    consumer_group_prefix: str = "beacon"
+    topic_prefix: str = ""
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        for hp in v.split(","):
+            host, _, port = hp.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {hp!r}")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, v: str) -> str:
+        if not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return v
+
+    def secret(self, name: str) -> str:
+        """A secret from the environment, or in development one generated once under var/."""
+        value = getattr(self, name)
+        if value:
+            return value
+        if self.env == "production":
+            raise ConfigError(f"BEACON_{name.upper()} must be set when BEACON_ENV=production")
+        path = ROOT / "var" / f"{name}.txt"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, service: str) -> str:
+        return f"{self.consumer_group_prefix}-{service}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  BEACON_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigError("Beacon configuration is invalid:\n" + "\n".join(lines)) from None

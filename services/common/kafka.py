@@ -1,0 +1,160 @@
+"""The Kafka broker factory, topic setup, and the consume wrapper every service uses.
+
+Producers: acks=all and idempotence on. Consumers: commit after the handler's effects are durable
+(AckPolicy.NACK_ON_ERROR, never ACK_FIRST), redeliver on failure, and send what cannot be parsed
+or keeps failing to the dead-letter topic with the reason in headers, then go on.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from pydantic import ValidationError
+
+from schemas.events import Envelope, Topics
+from services.common.config import Settings
+
+log = structlog.get_logger("beacon.kafka")
+
+PARTITIONS = 3
+MAX_ATTEMPTS = 5  # a message that fails this often is dead-lettered rather than blocking its partition
+
+
+def make_broker(settings: Settings) -> KafkaBroker:
+    return KafkaBroker(
+        settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        # Fail a publish within seconds when the broker is gone, so intake can answer 503.
+        request_timeout_ms=4000,
+        client_id="beacon",
+        logger=None,
+    )
+
+
+async def ensure_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = []
+        for name in Topics.ALL:
+            topic = settings.topic(name)
+            if topic in existing:
+                continue
+            configs = {"cleanup.policy": "compact"} if name == Topics.RULEPACKS else {}
+            parts = 1 if name == Topics.RULEPACKS else PARTITIONS
+            wanted.append(NewTopic(topic, parts, 1, topic_configs=configs))
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another instance made them first
+            await _leaders_elected(admin, [t.name for t in wanted])
+    finally:
+        await admin.close()
+
+
+async def _leaders_elected(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float = 15) -> None:
+    """New topics answer NotLeaderForPartition for a moment; consumers start cleaner after it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        described = await admin.describe_topics(topics)
+        if all(p["leader"] >= 0 for t in described for p in t["partitions"]) and all(
+            t["partitions"] for t in described
+        ):
+            return
+        await asyncio.sleep(0.2)
+
+
+def encode(envelope: Envelope) -> bytes:
+    return envelope.model_dump_json().encode()
+
+
+async def publish(broker: KafkaBroker, topic: str, envelope: Envelope) -> None:
+    """Publish and wait for the broker's acknowledgement (acks=all)."""
+    await broker.publish(
+        encode(envelope),
+        topic=topic,
+        key=envelope.subject.encode(),
+        headers={"ce_id": envelope.id, "ce_type": envelope.type, "content-type": "application/json"},
+    )
+
+
+async def dead_letter(broker: KafkaBroker, settings: Settings, msg: KafkaMessage, reason: str) -> None:
+    record = msg.raw_message
+    await broker.publish(
+        msg.body,
+        topic=settings.topic(Topics.DEADLETTER),
+        key=record.key,
+        headers={
+            "dlq_reason": reason[:500],
+            "dlq_topic": record.topic,
+            "dlq_partition": str(record.partition),
+            "dlq_offset": str(record.offset),
+        },
+    )
+    log.warning("dead_lettered", topic=record.topic, offset=record.offset, reason=reason[:200])
+
+
+async def _raw(msg: Any) -> bytes:
+    return msg.body  # decode ourselves, so a bad payload is dead-lettered, not a stuck consumer
+
+
+Handler = Callable[[Envelope], Awaitable[None]]
+
+
+def consume(
+    broker: KafkaBroker, settings: Settings, topics: list[str], group: str, handler: Handler,
+    from_beginning: bool = True,
+) -> None:
+    """Subscribe `handler` to typed envelopes on `topics` in consumer group `group`."""
+    failures: dict[tuple[str, int, int], int] = {}
+
+    async def on_message(body: bytes, msg: KafkaMessage) -> None:
+        record = msg.raw_message
+        try:
+            envelope = Envelope.model_validate_json(body)
+            envelope.payload()
+        except (ValidationError, KeyError, ValueError) as exc:
+            await dead_letter(broker, settings, msg, f"unparseable: {_reason(exc)}")
+            return
+        place = (record.topic, record.partition, record.offset)
+        with structlog.contextvars.bound_contextvars(case_id=envelope.subject, event_id=envelope.id):
+            try:
+                await handler(envelope)
+                failures.pop(place, None)
+            except Exception as exc:
+                n = failures[place] = failures.get(place, 0) + 1
+                if n >= MAX_ATTEMPTS:
+                    failures.pop(place, None)
+                    await dead_letter(broker, settings, msg, f"failed {n} times: {_reason(exc)}")
+                    return
+                log.exception("handler_failed", attempt=n, group=group)
+                await asyncio.sleep(min(2**n * 0.1, 2))  # a failing database is not hammered
+                raise  # NACK: the offset is not committed; the message comes again
+
+    broker.subscriber(
+        *[settings.topic(t) for t in topics],
+        group_id=settings.group(group),
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=_raw,
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=1000,
+        title=group,
+    )(on_message)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+    return f"{type(exc).__name__}: {exc}"[:300]

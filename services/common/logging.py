@@ -1,0 +1,67 @@
+"""Structured JSON logs. Identity never reaches a log line: the redaction processor drops it."""
+
+import logging
+import sys
+
+import structlog
+
+# Keys that may carry identity. Dropped wherever they appear, at any depth.
+IDENTITY_KEYS = frozenset(
+    {"name", "child_name", "children", "reporter", "phone", "narrative", "address", "note",
+     "identity", "body", "text", "email"}
+)
+
+
+def redact(_logger, _method, event: dict) -> dict:
+    return {k: _scrub(v) for k, v in event.items() if k not in IDENTITY_KEYS}
+
+
+def _scrub(value):
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k not in IDENTITY_KEYS}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def configure(level: str = "INFO") -> None:
+    processors = [
+        structlog.contextvars.merge_contextvars,  # case_id bound per message
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(ensure_ascii=False),
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries log through the standard library: render them as JSON too.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact,
+                structlog.processors.JSONRenderer(ensure_ascii=False),
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("aiokafka", "aiosqlite", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def get_logger(name: str):
+    return structlog.get_logger(name)

@@ -1,0 +1,99 @@
+"""Transactional outbox: events a state change causes are rows in the same transaction, and a
+relay publishes them to Kafka afterwards. A crash anywhere neither loses nor duplicates an effect:
+unpublished rows are published after restart, and consumers drop repeats by event id."""
+
+import asyncio
+from datetime import datetime
+
+import structlog
+from faststream.kafka import KafkaBroker
+from sqlalchemy import Integer, String, Text, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from schemas.events import Envelope
+from services.common import kafka
+from services.common.db import Base, Database, utcnow
+
+log = structlog.get_logger("beacon.outbox")
+
+
+class OutboxRow(Base):
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    service: Mapped[str] = mapped_column(String(32), index=True)  # whose relay publishes it
+    topic: Mapped[str] = mapped_column(String(128))
+    event_id: Mapped[str] = mapped_column(String(64))
+    case_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+def add(session: AsyncSession, service: str, topic: str, envelope: Envelope) -> None:
+    session.add(
+        OutboxRow(
+            service=service, topic=topic, event_id=envelope.id, case_id=envelope.subject,
+            payload=envelope.model_dump_json(), created_at=utcnow(),
+        )
+    )
+
+
+class Relay:
+    """Publishes outbox rows in insertion order. `poke()` after a commit avoids waiting a poll."""
+
+    def __init__(self, service: str, db: Database, broker: KafkaBroker, interval_s: float = 0.5,
+                 batch: int = 200):
+        self.service, self.db, self.broker = service, db, broker
+        self.interval_s, self.batch = interval_s, batch
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                while await self.drain_once():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox_relay_failed")  # broker or database away: try again soon
+                await asyncio.sleep(1)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def drain_once(self) -> int:
+        # On PostgreSQL several relays share the table: lock the batch (SKIP LOCKED) while it is
+        # published. SQLite has one relay per file, so the batch is read without the write lock
+        # and other writers are not held up by a slow broker.
+        postgres = not self.db.url.startswith("sqlite")
+        sessions = self.db.writes if postgres else self.db.reads
+        async with sessions() as session, session.begin():
+            query = (
+                select(OutboxRow).where(OutboxRow.service == self.service)
+                .order_by(OutboxRow.id).limit(self.batch)
+            )
+            if postgres:
+                query = query.with_for_update(skip_locked=True)
+            rows = (await session.scalars(query)).all()
+            if not rows:
+                return 0
+            # Publish concurrently (the idempotent producer keeps per-partition order); delete
+            # only after every publish is acknowledged.
+            await asyncio.gather(*(
+                kafka.publish(self.broker, row.topic, Envelope.model_validate_json(row.payload))
+                for row in rows
+            ))
+            ids = [r.id for r in rows]
+            if postgres:
+                await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids)))
+        if not postgres:
+            async with self.db.writes() as session, session.begin():
+                await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids)))
+        self.published += len(rows)
+        return len(rows)

@@ -1,0 +1,51 @@
+"""Escalation's state: per case, its facts and targets; timers as rows with a due time."""
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, Float, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.common.db import Base
+
+
+class EscalationCase(Base):
+    __tablename__ = "esc_cases"
+    case_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    facts: Mapped[dict] = mapped_column(JSON)  # schemas.decisions.CaseFacts, as JSON
+    human_publicity: Mapped[str] = mapped_column(String(4), default="PA0")
+    severity: Mapped[str] = mapped_column(String(4))
+    publicity: Mapped[str] = mapped_column(String(4))
+    rulepack_version: Mapped[str] = mapped_column(String(64))
+    decisions: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]
+
+
+class EscalationTarget(Base):
+    __tablename__ = "esc_targets"
+    case_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    authority_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(32))
+    agency: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(8))
+    ack_within: Mapped[str | None] = mapped_column(String(32))
+    working_days: Mapped[bool] = mapped_column(Boolean, default=False)
+    added_at: Mapped[datetime]
+    ack_due: Mapped[datetime | None]
+    acked_at: Mapped[datetime | None]
+    acked_by: Mapped[str | None] = mapped_column(String(64))
+    origin: Mapped[str] = mapped_column(String(16), default="decision")  # or escalated
+
+
+class Timer(Base):
+    __tablename__ = "esc_timers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(String(40))
+    authority_id: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(16))  # reminder, breach
+    fraction: Mapped[float | None] = mapped_column(Float)
+    due_at: Mapped[datetime]
+    fired_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))  # fired, cancelled
+
+    __table_args__ = (Index("ix_esc_timers_due", "fired_at", "due_at"),
+                      Index("ix_esc_timers_target", "case_id", "authority_id"))

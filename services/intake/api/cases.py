@@ -1,0 +1,147 @@
+"""Reading cases, and authorities' acknowledgements. Every read is scoped and audited."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from schemas.events import Envelope, TargetAcknowledged
+from services.common import audit
+from services.common.auth import Principal
+from services.common.db import utcnow
+from services.intake import readmodel, submission
+from services.intake.api.deps import Runtime, deny, role
+from services.intake.store import CaseAuthority, CaseView
+
+router = APIRouter(prefix="/api/v1", tags=["cases"])
+READERS = ("operator", "supervisor", "authority")
+
+
+class TimelineItem(BaseModel):
+    at: datetime
+    kind: str
+    detail: dict
+
+
+class CaseOut(BaseModel):
+    case_id: str
+    status: str
+    category: str
+    setting: str
+    province_code: int
+    commune_code: int
+    severity: str | None
+    publicity: str | None
+    acknowledged: bool
+    rulepack_version: str | None
+    first_received_at: datetime
+    report_count: int
+    independent_reports: int
+    targets: list[dict]
+    timeline: list[TimelineItem] | None = None
+
+
+class CasePage(BaseModel):
+    items: list[CaseOut]
+    total: int
+    limit: int
+    offset: int
+
+
+def _out(case: CaseView, timeline=None) -> CaseOut:
+    return CaseOut(
+        case_id=case.case_id, status=case.status, category=case.category, setting=case.setting,
+        province_code=case.province_code, commune_code=case.commune_code, severity=case.severity,
+        publicity=case.publicity, acknowledged=case.acknowledged,
+        rulepack_version=case.rulepack_version, first_received_at=case.first_received_at,
+        report_count=case.report_count, independent_reports=case.independent_reports,
+        targets=case.targets,
+        timeline=None if timeline is None else [
+            TimelineItem(at=t.at, kind=t.kind, detail=t.detail) for t in timeline],
+    )
+
+
+async def _may_read(session, who: Principal, case: CaseView) -> bool:
+    if who.role == "authority":
+        routed = await session.scalar(select(func.count()).select_from(CaseAuthority).where(
+            CaseAuthority.case_id == case.case_id,
+            CaseAuthority.authority_id.in_(who.authority_ids)))
+        return bool(routed)
+    return who.covers(case.province_code, case.commune_code)
+
+
+@router.get("/cases/{case_id}", response_model=CaseOut, responses={403: {}, 404: {}})
+async def get_case(case_id: str, request: Request, rt: Runtime,
+                   who: Annotated[Principal, Depends(role(*READERS))]):
+    async with rt.db.reads() as session:
+        case = await session.get(CaseView, case_id)
+        if case is None:
+            raise HTTPException(404, "no such case")
+        if not await _may_read(session, who, case):
+            await deny(request, who, case_id, "this case is not routed to you")
+        out = _out(case, await readmodel.timeline(session, case_id))
+    async with rt.db.writes() as session, session.begin():
+        audit.record(session, who.user_id, who.role, "read", case_id, list(CaseOut.model_fields))
+    return out
+
+
+@router.get("/cases", response_model=CasePage)
+async def list_cases(
+    rt: Runtime, who: Annotated[Principal, Depends(role(*READERS))],
+    status: Literal["open", "closed"] | None = None,
+    severity: Literal["P1", "P2", "P3", "P4", "P5"] | None = None,
+    category: str | None = Query(None, max_length=64),
+    province_code: int | None = Query(None, ge=1, le=999),
+    commune_code: int | None = Query(None, ge=1, le=999_999),
+    acknowledged: bool | None = None,
+    limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0, le=1_000_000),
+):
+    query = select(CaseView)
+    for column, value in ((CaseView.status, status), (CaseView.severity, severity),
+                          (CaseView.category, category), (CaseView.province_code, province_code),
+                          (CaseView.commune_code, commune_code),
+                          (CaseView.acknowledged, acknowledged)):
+        if value is not None:
+            query = query.where(column == value)
+    kind, _, code = who.scope.partition(":")
+    if who.role == "authority":
+        query = query.where(CaseView.case_id.in_(select(CaseAuthority.case_id).where(
+            CaseAuthority.authority_id.in_(who.authority_ids))))
+    elif kind == "province":
+        query = query.where(CaseView.province_code == int(code))
+    elif kind == "commune":
+        query = query.where(CaseView.commune_code == int(code))
+    async with rt.db.reads() as session:
+        total = await session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = (await session.scalars(
+            query.order_by(CaseView.first_received_at.desc()).limit(limit).offset(offset))).all()
+    async with rt.db.writes() as session, session.begin():
+        for case in rows:
+            audit.record(session, who.user_id, who.role, "read", case.case_id, ["summary"])
+    return CasePage(items=[_out(c) for c in rows], total=total or 0, limit=limit, offset=offset)
+
+
+class Acknowledge(BaseModel):
+    authority_id: str
+
+
+@router.post("/cases/{case_id}/acknowledgements", status_code=202, tags=["authorities"],
+             responses={403: {}, 404: {}, 409: {}, 503: {}})
+async def acknowledge(case_id: str, body: Acknowledge, request: Request, rt: Runtime,
+                      who: Annotated[Principal, Depends(role("authority"))]):
+    if body.authority_id not in who.authority_ids:
+        await deny(request, who, case_id, "you do not answer for that authority")
+    async with rt.db.reads() as session:
+        case = await session.get(CaseView, case_id)
+    if case is None:
+        raise HTTPException(404, "no such case")
+    target = next((t for t in case.targets if t["authority_id"] == body.authority_id), None)
+    if target is None:
+        await deny(request, who, case_id, "this case is not routed to that authority")
+    event = TargetAcknowledged(case_id=case_id, authority_id=body.authority_id,
+                               by_user=who.user_id, at=utcnow())
+    envelope = Envelope.wrap(event, "beacon/intake")
+    return await submission.accept(rt, who, envelope, None,
+                                   {"case_id": case_id, "authority_id": body.authority_id}, None)

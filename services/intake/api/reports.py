@@ -1,0 +1,130 @@
+"""Operators' reports and follow-ups."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+
+from schemas.events import CaseUpdated, Envelope, ReportReceived
+from schemas.reports import CaseUpdate, Report
+from services.common.auth import Principal
+from services.common.db import utcnow
+from services.intake import correlation, submission
+from services.intake.api.deps import Runtime, deny, role
+from services.intake.store import CaseView, ReportRow
+from services.intake.validation import check_codes, check_report
+
+router = APIRouter(prefix="/api/v1", tags=["reports"])
+SOURCE = "beacon/intake"
+
+IdempotencyHeader = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
+                       description="Same key and body: the same answer. Other body: 409.")
+]
+
+
+class Accepted(BaseModel):
+    case_id: str
+    report_id: str
+    new_case: bool
+    linked: bool
+    case_url: str
+
+
+class UpdateAccepted(BaseModel):
+    case_id: str
+    update_id: str
+
+
+@router.post("/reports", status_code=202, response_model=Accepted,
+             responses={409: {}, 413: {}, 503: {"description": "event log down; Retry-After"}})
+async def submit_report(
+    report: Report, request: Request, rt: Runtime,
+    who: Annotated[Principal, Depends(role("operator", "supervisor"))],
+    idempotency_key: IdempotencyHeader = None,
+):
+    errors = check_report(report, rt.pack, utcnow())
+    if errors:
+        raise RequestValidationError(errors)
+    if not who.covers(report.location.province_code, report.location.commune_code):
+        await deny(request, who, "reports", "the location is outside your jurisdiction")
+    idem = None
+    if idempotency_key:
+        idem = submission.Idempotency(idempotency_key, submission.body_hash(report.model_dump_json()))
+        if (earlier := await submission.replay(rt, who, idem)) is not None:
+            return earlier
+
+    children = rt.vault.child_fingerprints(report)
+    reporter = rt.vault.reporter_fingerprint(report)
+    async with rt.db.reads() as session:
+        if report.link_case_id:
+            case = await session.get(CaseView, report.link_case_id)
+            if case is None:
+                raise RequestValidationError([{"loc": ["body", "link_case_id"],
+                                               "msg": "no such case", "type": "value_error"}])
+        else:
+            case = await correlation.match_open_case(session, report, children)
+        independent = case is None or await correlation.is_independent(session, case.case_id, reporter)
+
+    case_id = case.case_id if case else correlation.new_id("C")
+    report_id = correlation.new_id("R")
+    event = ReportReceived(
+        case_id=case_id, report_id=report_id, new_case=case is None,
+        received_at=report.received_at, channel=report.channel, category=report.category,
+        subcategory=report.subcategory, location=report.location,
+        other_locations=report.other_locations, setting=report.setting,
+        child_ages=[c.age for c in report.children], indicators=report.indicators,
+        publicity=report.publicity, independent=independent,
+    )
+    envelope = Envelope.wrap(event, SOURCE)
+    row = ReportRow(
+        report_id=report_id, case_id=case_id, event_id=envelope.id,
+        event=envelope.model_dump_json(), published=False, received_at=report.received_at,
+        submitted_by=who.user_id, identity=rt.vault.seal(report),
+        reporter_fingerprint=reporter, child_fingerprints=children, created_at=utcnow(),
+    )
+    response = Accepted(
+        case_id=case_id, report_id=report_id, new_case=case is None, linked=case is not None,
+        case_url=f"/api/v1/cases/{case_id}",
+    ).model_dump()
+    return await submission.accept(rt, who, envelope, row, response, idem, children)
+
+
+@router.post("/cases/{case_id}/updates", status_code=202, response_model=UpdateAccepted,
+             responses={403: {}, 404: {}, 409: {}, 503: {}})
+async def update_case(
+    case_id: str, update: CaseUpdate, request: Request, rt: Runtime,
+    who: Annotated[Principal, Depends(role("operator", "supervisor"))],
+    idempotency_key: IdempotencyHeader = None,
+):
+    errors = check_codes(rt.pack, None, None, update.indicators)
+    if errors:
+        raise RequestValidationError(errors)
+    async with rt.db.reads() as session:
+        case = await session.get(CaseView, case_id)
+    if case is None:
+        raise HTTPException(404, "no such case")
+    if not who.covers(case.province_code, case.commune_code):
+        await deny(request, who, case_id, "the case is outside your jurisdiction")
+    if update.severity_override and who.role != "supervisor":
+        await deny(request, who, case_id, "only a supervisor may override severity")
+    if not (update.indicators or update.publicity or update.severity_override):
+        raise RequestValidationError([{"loc": ["body"], "msg": "nothing to update",
+                                       "type": "value_error"}])
+    idem = None
+    if idempotency_key:
+        idem = submission.Idempotency(
+            idempotency_key, submission.body_hash(case_id + update.model_dump_json()))
+        if (earlier := await submission.replay(rt, who, idem)) is not None:
+            return earlier
+    update_id = correlation.new_id("U")
+    event = CaseUpdated(
+        case_id=case_id, update_id=update_id, by_role=who.role, indicators=update.indicators,
+        publicity=update.publicity,
+        severity_override=update.severity_override.severity if update.severity_override else None,
+        override_reason_given=update.severity_override is not None,
+    )
+    envelope = Envelope.wrap(event, SOURCE)
+    response = UpdateAccepted(case_id=case_id, update_id=update_id).model_dump()
+    return await submission.accept(rt, who, envelope, None, response, idem)

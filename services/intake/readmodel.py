@@ -1,0 +1,129 @@
+"""The case read model: every case event, applied once, to the case row and its timeline."""
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from schemas.events import (
+    AckRecorded, AlertRequested, CaseDecided, CaseUpdated, DeliveryOutcome, Envelope,
+    ReportReceived, TargetAcknowledged, TargetEscalated,
+)
+from services.common.db import ProcessedEvent, utcnow
+from services.intake.store import CaseAuthority, CaseView, TimelineEntry
+
+CONSUMER = "intake-readmodel"
+
+
+async def apply(session: AsyncSession, envelope: Envelope) -> bool:
+    """Apply one event; False when it was applied before (redelivery, or intake applied it)."""
+    if await session.get(ProcessedEvent, (CONSUMER, envelope.id)):
+        return False
+    session.add(ProcessedEvent(consumer=CONSUMER, event_id=envelope.id, processed_at=utcnow()))
+    data = envelope.payload()
+    case = await session.get(CaseView, envelope.subject)
+    if case is None and not isinstance(data, ReportReceived):
+        # Events can outrun the intake event only in a rebuild from a partial log: skip them.
+        return True
+    detail: dict = {}
+    match data:
+        case ReportReceived():
+            case = _received(session, case, data)
+            detail = {"report_id": data.report_id, "category": data.category,
+                      "new_case": data.new_case, "independent": data.independent}
+        case CaseUpdated():
+            detail = {"update_id": data.update_id, "by_role": data.by_role,
+                      "indicators": data.indicators, "publicity": data.publicity,
+                      "severity_override": data.severity_override}
+        case TargetAcknowledged():
+            detail = {"authority_id": data.authority_id, "by_user": data.by_user}
+        case CaseDecided():
+            await _decided(session, case, data)
+            detail = {"severity": data.decision.severity, "publicity": data.decision.publicity,
+                      "rulepack_version": data.decision.rulepack_version,
+                      "added": [f"{t.role}:{t.authority_id}" for t in data.added],
+                      "changed": [f"{t.role}:{t.authority_id}" for t in data.changed]}
+        case AlertRequested():
+            await _authority(session, case.case_id, data.authority_id)
+            _target(case, data.authority_id, alert=data.kind)
+            detail = {"alert_id": data.alert_id, "authority_id": data.authority_id,
+                      "kind": data.kind, "role": data.role}
+        case TargetEscalated():
+            _target(case, data.authority_id, escalation=data.step)
+            detail = data.model_dump(mode="json", exclude={"case_id"})
+        case AckRecorded():
+            _target(case, data.authority_id, acknowledged_at=data.at.isoformat(),
+                    acknowledged_by=data.by_user)
+            case.acknowledged = data.case_acknowledged
+            detail = {"authority_id": data.authority_id, "by_user": data.by_user,
+                      "case_acknowledged": data.case_acknowledged}
+        case DeliveryOutcome():
+            _target(case, data.authority_id, delivery=data.status, delivery_channel=data.channel)
+            detail = data.model_dump(mode="json", exclude={"case_id"})
+    case.updated_at = utcnow()
+    session.add(TimelineEntry(
+        case_id=envelope.subject, at=envelope.time, kind=_kind(envelope, data), detail=detail,
+        event_id=envelope.id,
+    ))
+    return True
+
+
+def _kind(envelope: Envelope, data) -> str:
+    if isinstance(data, DeliveryOutcome):
+        return f"delivery_{data.status}"
+    return envelope.type.removeprefix("beacon.").replace(".", "_")
+
+
+def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived) -> CaseView:
+    if case is None:
+        case = CaseView(
+            case_id=data.case_id, category=data.category,
+            province_code=data.location.province_code, commune_code=data.location.commune_code,
+            setting=data.setting, status="open", first_received_at=data.received_at,
+            last_received_at=data.received_at, report_count=0, independent_reports=0,
+            targets=[], child_fingerprints=[], acknowledged=False, updated_at=utcnow(),
+        )
+        session.add(case)
+    case.report_count += 1
+    case.independent_reports += int(data.independent)
+    case.first_received_at = min(case.first_received_at, data.received_at)
+    case.last_received_at = max(case.last_received_at, data.received_at)
+    return case
+
+
+async def _decided(session: AsyncSession, case: CaseView, data: CaseDecided) -> None:
+    decision = data.decision
+    case.severity, case.publicity = decision.severity, decision.publicity
+    case.rulepack_version = decision.rulepack_version
+    targets = {t["authority_id"]: dict(t) for t in case.targets}  # copies: see _target
+    for t in decision.targets:
+        entry = targets.setdefault(t.authority_id, {"acknowledged_at": None, "delivery": None})
+        entry.update(t.model_dump(mode="json", exclude={"rules"}))
+        await _authority(session, case.case_id, t.authority_id)
+    case.targets = list(targets.values())  # a new list: JSON columns track reassignment only
+    if any(t.role == "act" for t in decision.targets):
+        case.acknowledged = all(
+            t.get("acknowledged_at") for t in case.targets if t.get("role") == "act"
+        )
+
+
+async def _authority(session: AsyncSession, case_id: str, authority_id: str) -> None:
+    if not await session.get(CaseAuthority, (case_id, authority_id)):
+        session.add(CaseAuthority(case_id=case_id, authority_id=authority_id))
+        await session.flush()  # so the next lookup in this transaction sees it
+
+
+def _target(case: CaseView, authority_id: str, **changes) -> None:
+    # Copies, then reassignment: a JSON column notices a new value, not an in-place change.
+    targets = [dict(t) for t in case.targets]
+    for t in targets:
+        if t["authority_id"] == authority_id:
+            t.update(changes)
+            break
+    else:
+        targets.append({"authority_id": authority_id, "role": "inform", **changes})
+    case.targets = targets
+
+
+async def timeline(session: AsyncSession, case_id: str) -> list[TimelineEntry]:
+    return list((await session.scalars(
+        select(TimelineEntry).where(TimelineEntry.case_id == case_id).order_by(TimelineEntry.id)
+    )).all())

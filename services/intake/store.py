@@ -1,0 +1,77 @@
+"""Intake's tables: reports (identity sealed), idempotency keys, and the case read model."""
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.common.db import Base
+
+
+class ReportRow(Base):
+    __tablename__ = "reports"
+    report_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(40), index=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event: Mapped[str] = mapped_column(String)  # the intake event as published (codes only)
+    published: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    received_at: Mapped[datetime]
+    submitted_by: Mapped[str] = mapped_column(String(64))
+    identity: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet-encrypted: names, narrative
+    reporter_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    child_fingerprints: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime]
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class CaseView(Base):
+    """A case as the API shows it, built from the case events (IDs and codes only)."""
+
+    __tablename__ = "cases"
+    case_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), index=True)
+    province_code: Mapped[int] = mapped_column(Integer, index=True)
+    commune_code: Mapped[int] = mapped_column(Integer, index=True)
+    setting: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    first_received_at: Mapped[datetime]
+    last_received_at: Mapped[datetime]
+    report_count: Mapped[int] = mapped_column(Integer, default=0)
+    independent_reports: Mapped[int] = mapped_column(Integer, default=0)
+    severity: Mapped[str | None] = mapped_column(String(4), index=True)
+    publicity: Mapped[str | None] = mapped_column(String(4))
+    rulepack_version: Mapped[str | None] = mapped_column(String(64))
+    acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
+    targets: Mapped[list] = mapped_column(JSON, default=list)
+    child_fingerprints: Mapped[list] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_cases_match", "commune_code", "category", "status"),)
+
+
+class CaseAuthority(Base):
+    """Which authorities a case was routed to: an authority user sees only these cases."""
+
+    __tablename__ = "case_authorities"
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.case_id"), primary_key=True)
+    authority_id: Mapped[str] = mapped_column(String(80), primary_key=True, index=True)
+
+
+class TimelineEntry(Base):
+    __tablename__ = "timeline"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(String(40), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    event_id: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("event_id", "kind", name="uq_timeline_event_kind"),)

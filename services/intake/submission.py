@@ -1,0 +1,129 @@
+"""Accepting a human input: durable, published, then applied — or refused with nothing left behind.
+
+1. The input (identity sealed) is written as *pending* with its idempotency key.
+2. Its event is published and the broker acknowledges it (acks=all), or we give up after 5 s:
+   the pending rows are deleted and the caller gets 503 with Retry-After.
+3. The input is marked published and the event applied to the read model.
+A crash between 2 and 3 leaves a pending row whose event may be on Kafka: a retry with the same
+Idempotency-Key, or the start-up sweep, publishes it again under the same event id, which every
+consumer drops as a repeat.
+"""
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+from fastapi import HTTPException
+from sqlalchemy import delete, select
+
+from schemas.events import Envelope, Topics
+from services.common import audit, kafka
+from services.common.auth import Principal
+from services.common.db import utcnow
+from services.intake import readmodel
+from services.intake.store import CaseView, IdempotencyKey, ReportRow
+
+log = structlog.get_logger("beacon.intake")
+PUBLISH_TIMEOUT_S = 5
+RETRY_AFTER_S = "5"
+
+
+@dataclass
+class Idempotency:
+    key: str
+    body_hash: str
+
+
+def body_hash(canonical_json: str) -> str:
+    return hashlib.sha256(canonical_json.encode()).hexdigest()
+
+
+async def replay(rt, who: Principal, idem: Idempotency | None) -> dict | None:
+    """The earlier answer for this key, 409 for another body, None for a new key."""
+    if idem is None:
+        return None
+    async with rt.db.reads() as session:
+        row = await session.get(IdempotencyKey, (who.user_id, idem.key))
+        if row is None:
+            return None
+        if row.body_hash != idem.body_hash:
+            raise HTTPException(409, "Idempotency-Key was used before with a different body")
+        pending = await session.scalar(
+            select(ReportRow).where(ReportRow.report_id == row.response.get("report_id"),
+                                    ReportRow.published.is_(False))
+        )
+    if pending is not None:  # the first attempt died half-way: finish it now
+        await finish(rt, pending.event_id)
+    return row.response
+
+
+async def accept(rt, who: Principal, envelope: Envelope, row: ReportRow | None,
+                 response: dict, idem: Idempotency | None, child_fingerprints=()) -> dict:
+    async with rt.db.writes() as session, session.begin():
+        if row is not None:
+            session.add(row)
+        if idem is not None:
+            if await session.get(IdempotencyKey, (who.user_id, idem.key)):
+                raise HTTPException(409, "Idempotency-Key is in use by a request in progress")
+            session.add(IdempotencyKey(user_id=who.user_id, key=idem.key, body_hash=idem.body_hash,
+                                       response=response, created_at=utcnow()))
+    try:
+        await asyncio.wait_for(
+            kafka.publish(rt.broker, rt.settings.topic(Topics.INPUTS), envelope), PUBLISH_TIMEOUT_S
+        )
+    except Exception as exc:
+        log.warning("publish_failed", error=type(exc).__name__)
+        async with rt.db.writes() as session, session.begin():
+            if row is not None:
+                await session.execute(delete(ReportRow).where(ReportRow.event_id == envelope.id))
+            if idem is not None:
+                await session.execute(delete(IdempotencyKey).where(
+                    IdempotencyKey.user_id == who.user_id, IdempotencyKey.key == idem.key))
+        raise HTTPException(503, "the event log is unavailable; nothing was recorded, try again",
+                            headers={"Retry-After": RETRY_AFTER_S}) from None
+    async with rt.db.writes() as session, session.begin():
+        if row is not None:
+            await session.execute(
+                ReportRow.__table__.update().where(ReportRow.event_id == envelope.id)
+                .values(published=True)
+            )
+        await _apply(session, envelope, child_fingerprints)
+        audit.record(session, who.user_id, who.role, "write", envelope.subject,
+                     sorted(envelope.data))
+    return response
+
+
+async def _apply(session, envelope: Envelope, child_fingerprints=()) -> None:
+    await readmodel.apply(session, envelope)
+    if child_fingerprints:
+        case = await session.get(CaseView, envelope.subject)
+        if case is not None:
+            case.child_fingerprints = sorted(set(case.child_fingerprints or ()) | set(child_fingerprints))
+
+
+async def finish(rt, event_id: str) -> None:
+    """Publish a pending input again (same event id) and apply it."""
+    async with rt.db.reads() as session:
+        row = await session.scalar(select(ReportRow).where(ReportRow.event_id == event_id))
+    if row is None or row.published:
+        return
+    envelope = Envelope.model_validate_json(row.event)
+    await kafka.publish(rt.broker, rt.settings.topic(Topics.INPUTS), envelope)
+    async with rt.db.writes() as session, session.begin():
+        await session.execute(ReportRow.__table__.update().where(ReportRow.event_id == event_id)
+                              .values(published=True))
+        await _apply(session, envelope, row.child_fingerprints)
+
+
+async def sweep(rt, older_than: timedelta = timedelta(seconds=30)) -> int:
+    """At start-up: finish inputs a crash left pending. Erring towards acting on a real report."""
+    async with rt.db.reads() as session:
+        ids = (await session.scalars(select(ReportRow.event_id).where(
+            ReportRow.published.is_(False), ReportRow.created_at < utcnow() - older_than))).all()
+    for event_id in ids:
+        await finish(rt, event_id)
+    if ids:
+        log.info("pending_inputs_finished", count=len(ids))
+    return len(ids)

@@ -1,0 +1,62 @@
+"""Checks a report's codes against the active rule pack and the administrative units.
+
+Pydantic checks the shape; this checks meaning. Each problem names its field, FastAPI-style.
+"""
+
+from datetime import datetime, timedelta
+from functools import cache
+
+from vietnam_provinces import Province, Ward
+
+from schemas.reports import Location, Report
+
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+@cache
+def _units() -> tuple[frozenset[int], dict[int, int]]:
+    provinces = frozenset(int(p.code) for p in Province.iter_all())
+    commune_province = {int(w.code): int(w.province_code) for w in Ward.iter_all()}
+    return provinces, commune_province
+
+
+def _error(loc: tuple, msg: str, kind: str = "value_error") -> dict:
+    return {"loc": ["body", *loc], "msg": msg, "type": kind}
+
+
+def check_location(loc: tuple, location: Location) -> list[dict]:
+    provinces, commune_province = _units()
+    if location.province_code not in provinces:
+        return [_error((*loc, "province_code"), f"unknown province code {location.province_code}")]
+    province = commune_province.get(location.commune_code)
+    if province is None:
+        return [_error((*loc, "commune_code"), f"unknown commune code {location.commune_code}")]
+    if province != location.province_code:
+        return [_error((*loc, "commune_code"),
+                       f"commune {location.commune_code} is in province {province}, "
+                       f"not {location.province_code}")]
+    return []
+
+
+def check_codes(pack, category: str | None, subcategory: str | None,
+                indicators: list[str]) -> list[dict]:
+    errors = []
+    if category is not None and category not in pack.category_codes:
+        errors.append(_error(("category",), f"unknown category {category!r}; expected one of "
+                                           f"{', '.join(sorted(pack.category_codes))}"))
+    elif subcategory is not None and subcategory not in pack.subcategories(category):
+        errors.append(_error(("subcategory",), f"unknown subcategory {subcategory!r} for {category}"))
+    for i, code in enumerate(indicators):
+        if code not in pack.indicator_codes:
+            errors.append(_error(("indicators", i), f"unknown indicator {code!r}"))
+    return errors
+
+
+def check_report(report: Report, pack, now: datetime) -> list[dict]:
+    errors = check_codes(pack, report.category, report.subcategory, report.indicators)
+    errors += check_location(("location",), report.location)
+    for i, other in enumerate(report.other_locations):
+        errors += check_location(("other_locations", i), other)
+    if report.received_at > now + CLOCK_SKEW:
+        errors.append(_error(("received_at",), "is in the future"))
+    return errors

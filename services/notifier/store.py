@@ -1,0 +1,27 @@
+"""The notifier's durable queue: one row per alert, worked until delivered or dead-lettered."""
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.common.db import Base
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    alert_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(40), index=True)
+    authority_id: Mapped[str] = mapped_column(String(80))
+    severity: Mapped[str] = mapped_column(String(4))
+    alert: Mapped[dict] = mapped_column(JSON)  # the AlertRequested payload: codes only
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # delivered, dead
+    contact_index: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # attempts on the current contact
+    attempts_total: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_deliveries_due", "status", "next_at"),)

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Local single-node Apache Kafka without Docker: resolve the pinned jars (cached), format KRaft
+# storage once, start kafka.Kafka on 127.0.0.1:9092, wait until it answers. `stop` ends it.
+# Usage: tools/kafka/kafka.sh start|stop|status
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+var="$root/var/kafka"
+lib="$here/target/lib"
+pidfile="$var/kafka.pid"
+heap="${BEACON_KAFKA_HEAP:-384m}"
+
+say() { echo "kafka: $*"; }
+
+running_pid() {
+  [ -f "$pidfile" ] || return 1
+  local pid; pid="$(cat "$pidfile")"
+  kill -0 "$pid" 2>/dev/null && grep -q 'kafka\.Kafka' "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+}
+
+answers() {  # true when a Kafka broker answers ApiVersions on 127.0.0.1:9092
+  python3 - <<'PY' 2>/dev/null
+import socket, struct, sys
+try:
+    s = socket.create_connection(("127.0.0.1", 9092), timeout=2)
+    body = struct.pack(">hhih", 18, 0, 1, 6) + b"beacon"
+    s.sendall(struct.pack(">i", len(body)) + body)
+    n = struct.unpack(">i", s.recv(4))[0]
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk: sys.exit(1)
+        data += chunk
+    sys.exit(0 if struct.unpack(">ih", data[:6]) == (1, 0) else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
+resolve() {
+  if [ ! -f "$lib/.complete" ]; then
+    say "resolving Apache Kafka jars from Maven Central (first time only)"
+    (cd "$here" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=target/lib -DincludeScope=runtime)
+    touch "$lib/.complete"
+  fi
+}
+
+start() {
+  if pid="$(running_pid)"; then
+    say "already running (pid $pid) on 127.0.0.1:9092"; return 0
+  fi
+  if answers; then
+    say "a broker not started by this script already answers on 127.0.0.1:9092; using it"; return 0
+  fi
+  resolve
+  mkdir -p "$var/data" "$var/logs"
+  sed "s|@DATA@|$var/data|" "$here/server.properties" > "$var/server.properties"
+  if [ ! -f "$var/data/meta.properties" ]; then
+    local cid; cid="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    say "formatting KRaft storage (cluster $cid)"
+    java -Xmx128m -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2.properties" \
+      kafka.tools.StorageTool format -t "$cid" -c "$var/server.properties" >"$var/logs/format.out" 2>&1 \
+      || { cat "$var/logs/format.out"; exit 1; }
+  fi
+  say "starting (heap $heap)"
+  nohup java -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$var/logs" \
+    -cp "$lib/*" kafka.Kafka "$var/server.properties" >"$var/logs/server.out" 2>&1 &
+  echo $! > "$pidfile"
+  local waited=0
+  until answers; do
+    if ! running_pid >/dev/null; then
+      say "broker exited during start; last lines of $var/logs/server.out:"; tail -n 20 "$var/logs/server.out"; exit 1
+    fi
+    if [ $waited -ge 120 ]; then say "no answer on 127.0.0.1:9092 after 120 s"; stop; exit 1; fi
+    sleep 0.5; waited=$((waited + 1))
+  done
+  say "ready on 127.0.0.1:9092 (pid $(cat "$pidfile"))"
+}
+
+stop() {
+  local pid
+  if pid="$(running_pid)"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then say "did not stop in 30 s; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
+    say "stopped (pid $pid)"
+  else
+    say "not running"
+  fi
+  rm -f "$pidfile"
+}
+
+status() {
+  if pid="$(running_pid)"; then say "running (pid $pid)"; else say "not running"; return 1; fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
