@@ -1,0 +1,113 @@
+"""Delivery policy, pure (no I/O, no clock): retry timing, storm limits, bundling.
+
+Callers pass `now`; randomness comes from an injectable `rng` so tests are deterministic.
+"""
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+MAX_ATTEMPTS = 12
+BUNDLE_WINDOW = timedelta(minutes=5)  # P3-P4 reminders to one recipient within this go together
+NEVER_LIMITED = frozenset({"P1"})  # DOMAIN: storm protection never delays a P1
+
+
+def backoff_bound(attempt: int, base_s: float = 1.0, cap_s: float = 300.0) -> float:
+    """The upper bound of the wait after `attempt` failed attempts: base * 2^(attempt-1), capped."""
+    if attempt < 1:
+        raise ValueError("attempt counts failed attempts, starting at 1")
+    return min(cap_s, base_s * 2 ** min(attempt - 1, 62))
+
+
+def next_attempt(
+    attempt: int,
+    now: datetime,
+    deadline: datetime | None,
+    base_s: float = 1.0,
+    cap_s: float = 300.0,
+    rng: random.Random | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> datetime | None:
+    """When to try again after `attempt` failed attempts, or None to stop trying this contact.
+
+    Full jitter (a uniform wait in [0, bound]) spreads the retries of many alerts to one receiver
+    that has just come back. The wait is cut at `deadline`, so the last try lands on it; at or past
+    the deadline, or after `max_attempts`, it is None and the caller falls back or dead-letters.
+    """
+    if attempt >= max_attempts:
+        return None
+    if deadline is not None and now >= deadline:
+        return None
+    wait = (rng or random).uniform(0, backoff_bound(attempt, base_s, cap_s))
+    at = now + timedelta(seconds=wait)
+    return min(at, deadline) if deadline is not None else at
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: datetime
+
+
+class RateLimiter:
+    """A token bucket per recipient: `burst` messages at once, then `per_minute` a minute.
+
+    P1 is always allowed. It still takes a token when one is there, so a P1 storm slows the
+    lower severities to the same recipient but is never slowed itself.
+    """
+
+    def __init__(self, per_minute: float = 6.0, burst: int = 10, max_recipients: int = 100_000):
+        if per_minute <= 0 or burst < 1:
+            raise ValueError("per_minute must be > 0 and burst >= 1")
+        self.rate_s = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_recipients = max_recipients
+        self._buckets: dict[str, _Bucket] = {}
+
+    def _refill(self, recipient: str, now: datetime) -> _Bucket:
+        bucket = self._buckets.get(recipient)
+        if bucket is None:
+            if len(self._buckets) >= self.max_recipients:
+                self.prune(now)
+            bucket = self._buckets[recipient] = _Bucket(self.burst, now)
+        elapsed = max(0.0, (now - bucket.updated).total_seconds())
+        bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate_s)
+        bucket.updated = max(bucket.updated, now)
+        return bucket
+
+    def allow(self, recipient: str, severity: str, now: datetime) -> bool:
+        bucket = self._refill(recipient, now)
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return True
+        return severity in NEVER_LIMITED
+
+    def next_allowed(self, recipient: str, now: datetime) -> datetime:
+        """When a refused message may go: the time the next token arrives."""
+        bucket = self._refill(recipient, now)
+        missing = max(0.0, 1 - bucket.tokens)
+        return now + timedelta(seconds=missing / self.rate_s)
+
+    def prune(self, now: datetime) -> None:
+        """Forget recipients whose bucket has refilled: they are back to the default state."""
+        full_after = self.burst / self.rate_s
+        self._buckets = {
+            r: b for r, b in self._buckets.items()
+            if (now - b.updated).total_seconds() * self.rate_s + b.tokens < self.burst
+            and (now - b.updated).total_seconds() < full_after
+        }
+
+
+def should_bundle(severity: str, kind: str) -> bool:
+    """Only P3-P4 reminders wait to be bundled; alerts, breaches and higher severities never do."""
+    return severity in ("P3", "P4") and kind == "reminder"
+
+
+def bundle_key(authority_id: str, channel: str, address: str) -> tuple[str, str, str]:
+    """Reminders bundle per recipient contact: same authority, channel and address."""
+    return (authority_id, channel, address)
+
+
+def bundle_due(first_queued_at: datetime, window: timedelta = BUNDLE_WINDOW) -> datetime:
+    """A bundle goes out one window after its first reminder was queued."""
+    return first_queued_at + window

@@ -1,0 +1,273 @@
+"""Render an alert into a PII-free message per channel and language.
+
+Templates live in templates/<lang>/ and run in a Jinja2 sandbox with StrictUndefined, so an
+admin-edited template can neither reach Python internals nor silently print blanks. The context
+is an allow-list of codes built here (`build_context`): no template can reach identity, because
+none is ever given to it (and AlertRequested carries none).
+
+A template that fails does not drop the alert: a plain built-in message goes instead, and
+`Message.render_error` says which template failed (an error class, never content).
+"""
+
+import unicodedata
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from schemas.events import AlertRequested
+from services.notifier.channels.base import Message
+from services.notifier.channels.sms import _GSM7_BASIC, _GSM7_EXT, sms_segments
+
+__all__ = [
+    "CATEGORY_LABELS", "LANGS", "Renderer", "build_context", "fold_to_gsm7", "render",
+    "render_bundle", "sms_segments",
+]
+
+log = structlog.get_logger(__name__)
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+LANGS = ("vi", "en")
+DEFAULT_LANG = "vi"
+SMS_MAX_SEGMENTS = 2  # DOMAIN: a P1 SMS fits two segments; we hold every SMS to it
+
+CATEGORY_LABELS: dict[str, dict[str, str]] = {
+    "vi": {
+        "SEX_ABUSE": "Xâm hại tình dục",
+        "TRAFFICKING": "Mua bán, bắt cóc trẻ em",
+        "MISSING": "Trẻ mất tích, bỏ nhà",
+        "PHYS_VIOLENCE": "Bạo lực thể chất",
+        "SELF_HARM": "Tự hại, tự tử",
+        "ONLINE_ABUSE": "Xâm hại trên mạng",
+        "EXPLOITATION": "Bóc lột, lao động trái phép",
+        "NEGLECT": "Bỏ rơi, bỏ mặc",
+        "EMOTIONAL": "Bạo lực tinh thần",
+        "BULLYING": "Bạo lực học đường",
+        "CHILD_MARRIAGE": "Tảo hôn",
+        "INJURY": "Tai nạn thương tích",
+        "HAZARD": "Môi trường không an toàn",
+        "SPECIAL_CIRC": "Hoàn cảnh đặc biệt",
+        "INFO": "Tư vấn, thông tin",
+    },
+    "en": {
+        "SEX_ABUSE": "Sexual abuse",
+        "TRAFFICKING": "Trafficking or abduction",
+        "MISSING": "Missing or runaway child",
+        "PHYS_VIOLENCE": "Physical violence",
+        "SELF_HARM": "Self-harm or suicide",
+        "ONLINE_ABUSE": "Online abuse",
+        "EXPLOITATION": "Exploitation or illegal labour",
+        "NEGLECT": "Abandonment or neglect",
+        "EMOTIONAL": "Emotional abuse",
+        "BULLYING": "School violence",
+        "CHILD_MARRIAGE": "Child marriage",
+        "INJURY": "Injury accident",
+        "HAZARD": "Unsafe environment",
+        "SPECIAL_CIRC": "Special circumstances",
+        "INFO": "Advice or information",
+    },
+}
+KIND_LABELS = {
+    "vi": {
+        "alert": "Cảnh báo mới", "inform": "Thông báo", "reminder": "Nhắc lại",
+        "breach": "Quá hạn xác nhận", "supervisor": "Chưa xác nhận, báo quản lý",
+        "escalated": "Chuyển lên cấp trên",
+    },
+    "en": {
+        "alert": "New alert", "inform": "For information", "reminder": "Reminder",
+        "breach": "Acknowledgement overdue", "supervisor": "Unacknowledged, supervisor alert",
+        "escalated": "Escalated",
+    },
+}
+TIER_LABELS = {
+    "vi": {"commune": "xã", "district": "huyện", "province": "tỉnh", "national": "trung ương"},
+    "en": {"commune": "commune", "district": "district", "province": "province",
+           "national": "national"},
+}
+AGENCY_LABELS = {
+    "vi": {"child_protection": "bảo vệ trẻ em", "police": "công an", "health": "y tế",
+           "education": "giáo dục", "cyber_police": "an ninh mạng"},
+    "en": {"child_protection": "child protection", "police": "police", "health": "health",
+           "education": "education", "cyber_police": "cyber police"},
+}
+ROLE_LABELS = {
+    "vi": {"act": "xử lý và xác nhận đã nhận", "inform": "để biết, không cần xác nhận"},
+    "en": {"act": "action, acknowledge receipt", "inform": "for information, no acknowledgement"},
+}
+
+
+def _lang(lang: str) -> str:
+    return lang if lang in LANGS else DEFAULT_LANG
+
+
+def _label(table: dict[str, dict[str, str]], lang: str, code: str) -> str:
+    return table[lang].get(code, code)  # an unknown code shows as itself
+
+
+def _local(dt: datetime | None, fmt: str) -> str | None:
+    return dt.astimezone(LOCAL_TZ).strftime(fmt) if dt is not None else None
+
+
+def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]:
+    """The only values a template sees: IDs, codes, their labels, the deadline and the link."""
+    lang = _lang(lang)
+    return {
+        "lang": lang,
+        "alert_id": alert.alert_id,
+        "case_id": alert.case_id,
+        "authority_id": alert.authority_id,
+        "tier": alert.tier,
+        "tier_label": _label(TIER_LABELS, lang, alert.tier),
+        "agency": alert.agency,
+        "agency_label": _label(AGENCY_LABELS, lang, alert.agency),
+        "role": alert.role,
+        "role_label": _label(ROLE_LABELS, lang, alert.role),
+        "kind": alert.kind,
+        "kind_label": _label(KIND_LABELS, lang, alert.kind),
+        "category": alert.category,
+        "category_label": _label(CATEGORY_LABELS, lang, alert.category),
+        "severity": alert.severity,
+        "publicity": alert.publicity,
+        "ack_due": alert.ack_due.isoformat() if alert.ack_due else None,
+        "ack_due_local": _local(alert.ack_due, "%H:%M %d/%m/%Y"),
+        "ack_due_short": _local(alert.ack_due, "%H:%M %d/%m"),
+        "rulepack_version": alert.rulepack_version,
+        "link": link,
+    }
+
+
+def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The webhook JSON: built in code, codes only, stable field names (version 1)."""
+    keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "role", "kind", "category",
+            "category_label", "severity", "publicity", "ack_due", "ack_due_local",
+            "rulepack_version", "link", "lang")
+    return {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
+
+
+def fold_to_gsm7(text: str) -> str:
+    """Vietnamese without diacritics (common SMS practice), so it fits the GSM-7 alphabet."""
+    text = text.replace("đ", "d").replace("Đ", "D")
+    folded = "".join(
+        c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn"
+    )
+    return "".join(c if c in _GSM7_BASIC or c in _GSM7_EXT else "?" for c in folded)
+
+
+def _fallback(ctx: dict[str, Any], channel: str, error: str) -> Message:
+    """Plain built-in text: no template involved, so it cannot fail on one."""
+    due = ctx["ack_due_short"]
+    if ctx["lang"] == "vi":
+        subject = f"[Beacon] {ctx['severity']} vụ {ctx['case_id']}"
+        text = (f"Beacon {ctx['severity']} {ctx['kind']}: vụ {ctx['case_id']} ({ctx['category']})."
+                + (f" Hạn {due}." if due else "") + f" {ctx['link']}")
+    else:
+        subject = f"[Beacon] {ctx['severity']} case {ctx['case_id']}"
+        text = (f"Beacon {ctx['severity']} {ctx['kind']}: case {ctx['case_id']} "
+                f"({ctx['category']})." + (f" Due {due}." if due else "") + f" {ctx['link']}")
+    if channel == "sms" and sms_segments(text)[1] > SMS_MAX_SEGMENTS:
+        text = fold_to_gsm7(text)
+    return Message(subject=subject, text=text, body=webhook_body(ctx), lang=ctx["lang"],
+                   render_error=error)
+
+
+class Renderer:
+    def __init__(self, templates_dir: Path | str = TEMPLATES_DIR,
+                 sms_max_segments: int = SMS_MAX_SEGMENTS):
+        self.sms_max_segments = sms_max_segments
+        self.env = SandboxedEnvironment(
+            loader=FileSystemLoader(str(templates_dir)),
+            undefined=StrictUndefined,
+            autoescape=False,  # plain text and SMS, never HTML
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+
+    def _tpl(self, lang: str, name: str, ctx: dict[str, Any]) -> str:
+        return self.env.get_template(f"{lang}/{name}.j2").render(ctx).strip()
+
+    def _fit_sms(self, candidates: Sequence[str]) -> str:
+        """The first candidate within the segment budget; then the same folded to GSM-7."""
+        tries = [*candidates, *(fold_to_gsm7(c) for c in candidates)]
+        for text in tries:
+            if sms_segments(text)[1] <= self.sms_max_segments:
+                return text
+        return min(tries, key=lambda t: sms_segments(t)[1])  # too long everywhere: send the least
+
+    def render(self, alert: AlertRequested, channel: str, lang: str, link: str) -> Message:
+        if channel not in ("webhook", "email", "sms"):
+            raise ValueError(f"unknown channel {channel!r}")
+        ctx = build_context(alert, lang, link)
+        lang = ctx["lang"]
+        body = webhook_body(ctx)
+        template = ""
+        try:
+            if channel == "webhook":  # no template: a stable machine-readable body
+                return Message(subject="", text="", body=body, lang=lang)
+            if channel == "email":
+                template = "email_subject"
+                subject = " ".join(self._tpl(lang, template, ctx).split())  # one header line
+                template = "email_body"
+                return Message(subject=subject, text=self._tpl(lang, template, ctx) + "\n",
+                               body=body, lang=lang)
+            template = "sms"
+            full = self._tpl(lang, template, ctx)
+            template = "sms_short"
+            short = self._tpl(lang, template, ctx)
+            return Message(subject="", text=self._fit_sms([full, short]), body=body, lang=lang)
+        except Exception as exc:  # noqa: BLE001 - any template fault: never drop the alert
+            error = f"{type(exc).__name__} in {lang}/{template}.j2"
+            log.warning("notifier.render_failed", error=error, channel=channel,
+                        alert_id=alert.alert_id)
+            return _fallback(ctx, channel, error)
+
+    def render_bundle(self, items: Sequence[tuple[AlertRequested, str]], channel: str,
+                      lang: str) -> Message:
+        """One message for several reminders to one recipient: (alert, link) pairs."""
+        if not items:
+            raise ValueError("nothing to bundle")
+        ctxs = [build_context(alert, lang, link) for alert, link in items]
+        lang = ctxs[0]["lang"]
+        body = {"type": "beacon.alert.bundle", "version": 1,
+                "items": [webhook_body(c) for c in ctxs]}
+        ctx = {"items": ctxs, "severities": sorted({c["severity"] for c in ctxs}), "lang": lang}
+        template = ""
+        try:
+            if channel == "webhook":
+                return Message(subject="", text="", body=body, lang=lang)
+            if channel == "email":
+                template = "bundle_subject"
+                subject = " ".join(self._tpl(lang, template, ctx).split())
+                template = "bundle_body"
+                return Message(subject=subject, text=self._tpl(lang, template, ctx) + "\n",
+                               body=body, lang=lang)
+            if channel == "sms":
+                template = "bundle_sms"
+                text = self._tpl(lang, template, ctx)
+                return Message(subject="", text=text, body=body, lang=lang)
+            raise ValueError(f"unknown channel {channel!r}")
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - same: the bundle still goes
+            error = f"{type(exc).__name__} in {lang}/{template}.j2"
+            log.warning("notifier.render_failed", error=error, channel=channel)
+            lines = [_fallback(c, channel, error).text for c in ctxs]
+            return Message(subject=f"[Beacon] {len(ctxs)}", text="\n".join(lines), body=body,
+                           lang=lang, render_error=error)
+
+
+_default = Renderer()
+
+
+def render(alert: AlertRequested, channel: str, lang: str, link: str) -> Message:
+    return _default.render(alert, channel, lang, link)
+
+
+def render_bundle(items: Sequence[tuple[AlertRequested, str]], channel: str, lang: str) -> Message:
+    return _default.render_bundle(items, channel, lang)

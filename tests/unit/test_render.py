@@ -1,0 +1,214 @@
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from schemas.events import AlertRequested, Contact
+from services.common.links import sign_link
+from services.notifier.render import (
+    CATEGORY_LABELS,
+    TEMPLATES_DIR,
+    Renderer,
+    build_context,
+    fold_to_gsm7,
+    render,
+    render_bundle,
+    sms_segments,
+)
+
+DUE = datetime(2026, 11, 29, 2, 45, tzinfo=UTC)  # 09:45 in Viet Nam
+CASE = "C-01KB2X7Q9M3N8P4R5S6T7V8W9XAB"  # ULID-sized, near the longest case code
+CANARY_PHONE = "0987654321"
+CATEGORIES = list(CATEGORY_LABELS["vi"])
+KINDS = ["alert", "inform", "reminder", "breach", "supervisor", "escalated"]
+
+
+def alert(**kw) -> AlertRequested:
+    data = {
+        "alert_id": "al-1", "case_id": CASE, "authority_id": "vn-01-00004-child_protection",
+        "tier": "commune", "agency": "child_protection", "role": "act", "kind": "alert",
+        "category": "SEX_ABUSE", "severity": "P1", "publicity": "PA0", "ack_due": DUE,
+        "contacts": [Contact(channel="sms", address=CANARY_PHONE)], "rulepack_version": "default@1",
+    }
+    data.update(kw)
+    return AlertRequested(**data)
+
+
+def link(a: AlertRequested) -> str:
+    return sign_link("https://beacon.example.gov.vn", a.case_id, "view", a.authority_id,
+                     DUE + timedelta(days=7), "secret")
+
+
+def all_text(m) -> str:
+    return m.subject + "\n" + m.text + "\n" + repr(m.body)
+
+
+def test_the_alert_contract_refuses_identity_fields():
+    with pytest.raises(ValidationError):
+        alert(child_name="Canaryname")
+    with pytest.raises(ValidationError):
+        alert(narrative="Canarytext")
+
+
+def test_templates_see_an_allow_list_of_codes_only():
+    ctx = build_context(alert(), "vi", "L")
+    assert set(ctx) == {
+        "lang", "alert_id", "case_id", "authority_id", "tier", "tier_label", "agency",
+        "agency_label", "role", "role_label", "kind", "kind_label", "category", "category_label",
+        "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
+        "link",
+    }
+    assert "contacts" not in ctx
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+@pytest.mark.parametrize("channel", ["webhook", "email", "sms"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_contact_or_identity_in_any_message(lang, channel, kind):
+    a = alert(kind=kind)
+    m = render(a, channel, lang, link(a))
+    assert m.render_error is None
+    assert CANARY_PHONE not in all_text(m)
+    assert a.case_id in all_text(m)
+
+
+@given(
+    category=st.sampled_from(CATEGORIES + ["NEW_CODE"]),
+    severity=st.sampled_from(["P1", "P2", "P3", "P4"]),
+    kind=st.sampled_from(KINDS),
+    lang=st.sampled_from(["vi", "en", "fr"]),
+    channel=st.sampled_from(["webhook", "email", "sms"]),
+    canary=st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ", min_size=12, max_size=20),
+)
+@settings(max_examples=150, deadline=None)
+def test_only_alert_values_reach_messages(category, severity, kind, lang, channel, canary):
+    # The contact address (the only free text an alert holds) never shows up in a message.
+    a = alert(category=category, severity=severity, kind=kind,
+              contacts=[Contact(channel="email", address=f"{canary}@example.org")])
+    m = render(a, channel, lang, link(a))
+    assert canary not in all_text(m)
+    assert m.render_error is None
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_p1_sms_in_vietnamese_fits_two_segments(category, kind):
+    a = alert(category=category, kind=kind)
+    m = render(a, "sms", "vi", link(a))
+    encoding, n = sms_segments(m.text)
+    assert n <= 2, (encoding, len(m.text), m.text)
+    assert a.case_id in m.text and "P1" in m.text
+    assert "09:45 29/11" in m.text
+
+
+def test_vietnamese_sms_keeps_diacritics_when_it_fits():
+    a = alert(category="CHILD_MARRIAGE")
+    m = render(a, "sms", "vi", link(a))
+    assert sms_segments(m.text)[0] == "ucs2"
+    assert "Tảo hôn" in m.text
+
+
+@pytest.mark.parametrize("lang,label", [("vi", "Bạo lực thể chất"), ("en", "Physical violence")])
+def test_email_has_case_label_severity_tier_deadline_and_link(lang, label):
+    a = alert(category="PHYS_VIOLENCE", severity="P2")
+    m = render(a, "email", lang, link(a))
+    assert m.lang == lang
+    assert label in m.subject and label in m.text
+    assert CASE in m.subject and CASE in m.text
+    assert "P2" in m.subject
+    assert "09:45 29/11/2026" in m.text  # Asia/Ho_Chi_Minh
+    assert link(a) in m.text
+    assert ("xã" if lang == "vi" else "commune") in m.text
+    assert "\n" not in m.subject
+
+
+def test_webhook_body_is_codes_built_in_code():
+    a = alert()
+    m = render(a, "webhook", "en", link(a))
+    assert m.body["type"] == "beacon.alert" and m.body["version"] == 1
+    assert m.body["case_id"] == CASE and m.body["category"] == "SEX_ABUSE"
+    assert m.body["ack_due"] == DUE.isoformat()
+    assert m.body["link"] == link(a)
+
+
+def test_unknown_codes_show_as_themselves_and_unknown_lang_is_vietnamese():
+    a = alert(category="NEW_CODE", tier="region", agency="fire")
+    m = render(a, "email", "fr", link(a))
+    assert m.lang == "vi"
+    assert "NEW_CODE" in m.subject and "region" in m.text and "fire" in m.text
+
+
+def test_inform_without_deadline_has_no_deadline_line():
+    a = alert(role="inform", kind="inform", ack_due=None)
+    m = render(a, "email", "en", link(a))
+    assert "Acknowledge by" not in m.text
+    assert render(a, "sms", "vi", link(a)).render_error is None
+
+
+def test_unknown_channel_is_a_programming_error():
+    with pytest.raises(ValueError):
+        render(alert(), "fax", "vi", "L")
+
+
+def test_sms_segment_counting():
+    assert sms_segments("a" * 160) == ("gsm7", 1)
+    assert sms_segments("a" * 161) == ("gsm7", 2)
+    assert sms_segments("a" * 306) == ("gsm7", 2)
+    assert sms_segments("€" * 80) == ("gsm7", 1)  # extension characters cost two septets
+    assert sms_segments("€" * 81) == ("gsm7", 2)
+    assert sms_segments("ạ" * 70) == ("ucs2", 1)
+    assert sms_segments("ạ" * 71) == ("ucs2", 2)
+    assert sms_segments("ạ" * 134) == ("ucs2", 2)
+    assert sms_segments("ạ" * 135) == ("ucs2", 3)
+
+
+def test_folding_gives_gsm7():
+    assert fold_to_gsm7("Xâm hại tình dục, Đà Nẵng") == "Xam hai tinh duc, Da Nang"
+    assert sms_segments(fold_to_gsm7("Bóc lột, lao động trái phép"))[0] == "gsm7"
+
+
+@pytest.fixture
+def broken_dir(tmp_path):
+    shutil.copytree(TEMPLATES_DIR, tmp_path / "t")
+    return tmp_path / "t"
+
+
+@pytest.mark.parametrize("channel,name,content", [
+    ("sms", "sms.j2", "{{ severity "),  # syntax error
+    ("email", "email_body.j2", "{{ child_name }}"),  # undefined: StrictUndefined refuses
+    ("email", "email_subject.j2", "{{ ''.__class__.__mro__[1].__subclasses__() }}"),  # sandbox
+    ("sms", "sms_short.j2", "{{ link.__class__.__init__.__globals__ }}"),
+])
+def test_a_broken_template_falls_back_and_reports(broken_dir, channel, name, content):
+    (broken_dir / "vi" / name).write_text(content)
+    a = alert()
+    m = Renderer(broken_dir).render(a, channel, "vi", link(a))
+    assert m.render_error and name in m.render_error
+    assert CASE in m.text and link(a) in m.text and "P1" in m.text
+    if channel == "sms":
+        assert sms_segments(m.text)[1] <= 2
+    assert CANARY_PHONE not in all_text(m)
+
+
+def test_a_missing_template_falls_back(tmp_path):
+    a = alert()
+    m = Renderer(tmp_path).render(a, "email", "en", link(a))
+    assert m.render_error and "TemplateNotFound" in m.render_error
+    assert CASE in m.text and m.subject
+
+
+@pytest.mark.parametrize("channel", ["webhook", "email", "sms"])
+def test_bundle_lists_every_case(channel):
+    items = []
+    for i, cat in enumerate(["BULLYING", "HAZARD", "NEGLECT"]):
+        a = alert(alert_id=f"al-{i}", case_id=f"C-00000{i}", category=cat, severity="P3",
+                  kind="reminder")
+        items.append((a, link(a)))
+    m = render_bundle(items, channel, "vi")
+    text = all_text(m)
+    for a, lnk in items:
+        assert a.case_id in text and lnk in text
+    assert CANARY_PHONE not in text
