@@ -1,0 +1,71 @@
+"""Deadlines: clock durations are exact; working days follow the VN calendar in local time.
+
+A working-day deadline ends at the same local time on the Nth next working day: a P3 report
+received on Friday 16:00 with one working day to acknowledge is due Monday 16:00 (a holiday on
+Monday moves it to Tuesday). Weekends and public holidays come from the `holidays` package,
+including its substituted working Saturdays.
+"""
+
+from datetime import date, datetime, timedelta
+from functools import cache, lru_cache
+from zoneinfo import ZoneInfo
+
+import holidays
+
+from schemas.rulepack import parse_clock_duration
+
+DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
+DEFAULT_COUNTRY = "VN"
+
+
+@cache
+def _calendar(country: str) -> holidays.HolidayBase:
+    # Years are added on first lookup and kept: pure and deterministic, no I/O.
+    return holidays.country_holidays(country)
+
+
+@cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _require_aware(moment: datetime) -> None:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{moment.isoformat()} has no time zone")
+
+
+@lru_cache(maxsize=8192)
+def _nth_working_day_after(day: date, days: int, country: str) -> date:
+    calendar = _calendar(country)
+    counted = 0
+    while counted < days:
+        day += timedelta(days=1)
+        if calendar.is_working_day(day):
+            counted += 1
+    return day
+
+
+def add_working_days(start: datetime, days: int, timezone: str = DEFAULT_TIMEZONE,
+                     country: str = DEFAULT_COUNTRY) -> datetime:
+    _require_aware(start)
+    local = start.astimezone(_zone(timezone))
+    day = _nth_working_day_after(local.date(), days, country)
+    return datetime.combine(day, local.timetz()).astimezone(start.tzinfo)
+
+
+def deadline(start: datetime, within: str, working_days: bool = False, *,
+             timezone: str = DEFAULT_TIMEZONE, country: str = DEFAULT_COUNTRY) -> datetime:
+    """When a deadline `within` (ISO-8601, e.g. PT15M; P3D with working_days=True) from `start` ends."""
+    _require_aware(start)
+    span = parse_clock_duration(within)
+    if not working_days:
+        return start + span
+    if span.seconds or span.microseconds:
+        raise ValueError(f"working-day deadline {within!r} must be whole days")
+    return add_working_days(start, span.days, timezone, country)
+
+
+def reminder_times(start: datetime, due: datetime, fractions: list[float]) -> list[datetime]:
+    """Reminder moments at these fractions of the span from start to due (e.g. [0.5, 0.8])."""
+    span = due - start
+    return [start + span * f for f in fractions]

@@ -1,0 +1,53 @@
+"""Declarative conditions, evaluated against the facts of one case. No eval, no code in packs."""
+
+from typing import NamedTuple
+
+from schemas.decisions import CaseFacts
+from schemas.reports import INSTITUTIONAL_SETTINGS
+from schemas.rulepack import Condition
+
+
+class Situation(NamedTuple):
+    """What conditions can test, derived once per decision (a tuple: cheap to build)."""
+
+    category: str
+    setting: str
+    indicators: frozenset[str]
+    youngest: int | None  # age rules use the youngest child (DOMAIN.md section 5)
+    institutional: bool
+    other_province: bool
+
+    @classmethod
+    def of(cls, facts: CaseFacts) -> "Situation":
+        others = facts.other_locations
+        province = facts.location.province_code
+        return cls(
+            facts.category,
+            facts.setting,
+            facts.indicators,
+            min(facts.child_ages) if facts.child_ages else None,
+            facts.setting in INSTITUTIONAL_SETTINGS,
+            bool(others) and any(loc.province_code != province for loc in others),
+        )
+
+
+def holds(cond: Condition, s: Situation) -> bool:
+    indicators, categories, settings, institutional, age_below, other_province = cond.clauses
+    if indicators and s.indicators.isdisjoint(indicators):
+        return False
+    if categories and s.category not in categories:
+        return False
+    if settings and s.setting not in settings:
+        return False
+    if institutional is not None and s.institutional != institutional:
+        return False
+    if age_below is not None and (s.youngest is None or s.youngest >= age_below):
+        return False
+    return not (other_province is not None and s.other_province != other_province)
+
+
+def any_holds(conds: list[Condition], s: Situation) -> bool:
+    for c in conds:
+        if holds(c, s):
+            return True
+    return False

@@ -1,0 +1,41 @@
+"""decide(): facts + pack + directory + time -> Decision. Pure: the same input gives the same output."""
+
+from datetime import datetime
+
+from schemas.decisions import CaseFacts, Decision
+from schemas.rulepack import RulePack
+from services.escalation.directory import Directory
+
+from .calendar import _require_aware, deadline
+from .conditions import Situation, any_holds
+from .publicity import assess_publicity
+from .routing import route
+from .severity import assess_severity
+
+
+def decide(facts: CaseFacts, pack: RulePack, directory: Directory, at: datetime) -> Decision:
+    _require_aware(at)
+    s = Situation.of(facts)
+    severity, severity_rules = assess_severity(facts, pack, s)
+    publicity, publicity_rules = assess_publicity(facts, pack, s)
+    targets, routing_rules = route(facts, severity, publicity, pack, directory, at, s)
+    # One validation of the whole decision is cheaper than building each Target on its own.
+    return Decision.model_validate({
+        "rulepack_version": pack.version,
+        "severity": severity,
+        "publicity": publicity,
+        "targets": targets,
+        "matched_rules": severity_rules + publicity_rules + routing_rules,
+    })
+
+
+def milestone_deadlines(facts: CaseFacts, severity: str, pack: RulePack) -> dict[str, datetime]:
+    """Milestone id -> due time, counted from the first receipt (DOMAIN.md section 2)."""
+    s = Situation.of(facts)
+    cal = pack.calendar
+    return {
+        m.id: deadline(facts.first_received_at, m.within.iso, m.within.is_working_days,
+                       timezone=cal.timezone, country=cal.holidays_country)
+        for m in pack.milestones_for(severity)
+        if not m.when or any_holds(m.when, s)
+    }

@@ -1,0 +1,95 @@
+"""Deadlines: exact clock durations, VN working days in local time, reminders, milestones."""
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from schemas.decisions import CaseFacts
+from schemas.reports import Location
+from services.escalation.directory import build_directory
+from services.escalation.engine import deadline, decide, milestone_deadlines, reminder_times
+from services.escalation.rulepack import load_pack
+
+VN = ZoneInfo("Asia/Ho_Chi_Minh")
+PACK = load_pack("default")
+DIRECTORY = build_directory(PACK)
+HERE = Location(province_code=1, commune_code=4)
+
+
+def vn(*args) -> datetime:
+    return datetime(*args, tzinfo=VN)
+
+
+@pytest.mark.parametrize(("within", "delta"), [
+    ("PT15M", timedelta(minutes=15)), ("PT2H", timedelta(hours=2)), ("PT12H", timedelta(hours=12)),
+    ("P1D", timedelta(days=1)), ("P1DT12H", timedelta(days=1, hours=12)), ("P20D", timedelta(days=20)),
+])
+def test_clock_durations_are_exact(within, delta):
+    start = vn(2026, 2, 14, 23, 50)  # a Saturday in the Lunar New Year holidays: irrelevant
+    assert deadline(start, within) == start + delta
+
+
+WORKING = [
+    # (start, days, due) - same local time on the Nth next working day
+    (vn(2026, 11, 25, 9, 30), 1, vn(2026, 11, 26, 9, 30)),  # Wed -> Thu
+    (vn(2026, 11, 27, 16, 30), 1, vn(2026, 11, 30, 16, 30)),  # Fri -> Mon
+    (vn(2026, 11, 28, 10, 0), 1, vn(2026, 11, 30, 10, 0)),  # Sat -> Mon
+    (vn(2026, 11, 25, 9, 30), 3, vn(2026, 11, 30, 9, 30)),  # Wed -> Mon
+    (vn(2026, 11, 23, 8, 0), 1, vn(2026, 11, 25, 8, 0)),  # Mon -> Wed: 24 Nov is Vietnam Cultural Day
+    (vn(2026, 2, 13, 15, 0), 1, vn(2026, 2, 23, 15, 0)),  # Fri before Tết -> Mon after it
+    (vn(2026, 8, 21, 10, 0), 1, vn(2026, 8, 22, 10, 0)),  # a substituted working Saturday
+    (vn(2026, 8, 28, 10, 0), 1, vn(2026, 9, 3, 10, 0)),  # over 31 Aug and National Day
+    (vn(2026, 12, 31, 11, 0), 1, vn(2027, 1, 4, 11, 0)),  # over New Year into the next year
+    (vn(2026, 11, 25, 9, 30), 5, vn(2026, 12, 2, 9, 30)),  # the 5-working-day case plan
+]
+
+
+@pytest.mark.parametrize(("start", "days", "due"), WORKING)
+def test_working_days(start, days, due):
+    assert deadline(start, f"P{days}D", working_days=True) == due
+
+
+def test_working_days_count_in_local_time_whatever_the_input_zone():
+    start = datetime(2026, 11, 27, 23, 0, tzinfo=UTC)  # Saturday 06:00 in Hà Nội
+    due = deadline(start, "P1D", working_days=True)
+    assert due == vn(2026, 11, 30, 6, 0)
+    assert due.tzinfo == UTC
+
+
+def test_working_days_must_be_whole_days():
+    with pytest.raises(ValueError):
+        deadline(vn(2026, 11, 25, 9, 30), "PT4H", working_days=True)
+
+
+def test_naive_times_are_refused():
+    with pytest.raises(ValueError):
+        deadline(datetime(2026, 11, 25, 9, 30), "PT15M")
+
+
+def test_reminders_at_fractions_of_the_window():
+    start = vn(2026, 11, 25, 9, 30)
+    due = deadline(start, "PT15M")
+    assert reminder_times(start, due, PACK.reminder_fractions) == [
+        start + timedelta(minutes=7, seconds=30), start + timedelta(minutes=12)]
+
+
+def test_ack_due_counts_from_the_decision_time():
+    received = vn(2026, 11, 25, 9, 30)
+    later = received + timedelta(hours=3)
+    f = CaseFacts(case_id="C-TEST", category="EMOTIONAL", location=HERE, setting="home",
+                  child_ages=(10,), indicators=frozenset({"immediate_danger"}),
+                  first_received_at=received)
+    d = decide(f, PACK, DIRECTORY, later)
+    assert {t.ack_due for t in d.targets if t.role == "act"} == {later + timedelta(minutes=15)}
+
+
+def test_milestones_count_from_the_first_receipt():
+    first = vn(2026, 11, 25, 9, 30)
+    p1 = CaseFacts(case_id="C-TEST", category="EMOTIONAL", location=HERE, setting="home",
+                   child_ages=(10,), first_received_at=first)
+    assert milestone_deadlines(p1, "P1", PACK) == {"emergency_measure": first + timedelta(hours=12)}
+    assert milestone_deadlines(p1, "P3", PACK) == {"case_plan": vn(2026, 12, 2, 9, 30)}
+    crime = p1.model_copy(update={"indicators": frozenset({"crime"})})
+    assert milestone_deadlines(crime, "P1", PACK)["police_verification"] == first + timedelta(days=20)
+    assert milestone_deadlines(p1, "P5", PACK) == {}

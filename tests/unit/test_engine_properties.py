@@ -1,0 +1,124 @@
+"""Properties of decide() that hold for any case (hypothesis), on both shipped packs."""
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from vietnam_provinces import Ward
+
+from schemas.decisions import CaseFacts
+from schemas.reports import Location
+from schemas.rulepack import PUBLICITIES, SEVERITIES
+from services.escalation.directory import build_directory
+from services.escalation.engine import decide
+from services.escalation.rulepack import load_pack
+
+PACKS = {name: load_pack(name) for name in ("default", "vn2020")}
+DIRECTORIES = {name: build_directory(pack) for name, pack in PACKS.items()}
+RANK = {s: i for i, s in enumerate(SEVERITIES)}
+LEVEL = {p: i for i, p in enumerate(PUBLICITIES)}
+START = datetime(2026, 1, 1, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh"))
+WARDS = sorted(Ward.iter_all(), key=lambda w: int(w.code))[::37]  # ~90 communes, all provinces
+SETTINGS_ = ["home", "school", "care_facility", "health_facility", "service_provider", "online",
+             "public", "other"]
+
+locations = st.sampled_from(WARDS).map(
+    lambda w: Location(province_code=int(w.province_code), commune_code=int(w.code)))
+moments = st.integers(0, 365 * 24 * 60).map(lambda m: START + timedelta(minutes=m))
+
+
+@st.composite
+def cases(draw, pack_name: str = "default"):
+    pack = PACKS[pack_name]
+    first = draw(moments)
+    more = draw(st.lists(st.integers(0, 48 * 60), max_size=12))
+    return CaseFacts(
+        case_id="C-PROP",
+        category=draw(st.sampled_from(sorted(pack.category_codes))),
+        location=draw(locations),
+        other_locations=tuple(draw(st.lists(locations, max_size=2))),
+        setting=draw(st.sampled_from(SETTINGS_)),
+        child_ages=tuple(draw(st.lists(st.integers(0, 17), min_size=1, max_size=4))),
+        indicators=frozenset(draw(st.sets(st.sampled_from(sorted(pack.indicator_codes)), max_size=5))),
+        publicity=draw(st.sampled_from(PUBLICITIES)),
+        severity_override=draw(st.none() | st.sampled_from(SEVERITIES)),
+        linked_reports=(first, *(first + timedelta(minutes=m) for m in more)),
+        first_received_at=first,
+    )
+
+
+packs = st.sampled_from(sorted(PACKS))
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _decide(name, facts, later=0):
+    return decide(facts, PACKS[name], DIRECTORIES[name], facts.first_received_at + timedelta(minutes=later))
+
+
+@FAST
+@given(packs, cases())
+def test_severity_never_below_the_category_default_unless_overridden(name, facts):
+    d = _decide(name, facts)
+    if facts.severity_override is not None:
+        assert d.severity == facts.severity_override
+    else:
+        assert RANK[d.severity] <= RANK[PACKS[name].categories[facts.category].default]
+
+
+@FAST
+@given(packs, cases())
+def test_publicity_never_below_what_a_person_set(name, facts):
+    assert LEVEL[_decide(name, facts).publicity] >= LEVEL[facts.publicity]
+
+
+@FAST
+@given(packs, cases(), st.integers(0, 10_000))
+def test_every_act_target_has_a_deadline_after_the_decision(name, facts, later):
+    d = _decide(name, facts, later)
+    at = facts.first_received_at + timedelta(minutes=later)
+    for t in d.targets:
+        if t.role == "act":
+            assert t.ack_within and t.ack_due is not None and t.ack_due > at
+        else:
+            assert t.ack_within is None and t.ack_due is None
+        assert t.rules and set(t.rules) <= set(d.matched_rules)
+
+
+@FAST
+@given(packs, cases())
+def test_same_input_same_decision(name, facts):
+    a = _decide(name, facts)
+    rebuilt = CaseFacts.model_validate(facts.model_dump())
+    b = decide(rebuilt, PACKS[name], build_directory(PACKS[name]), facts.first_received_at)
+    assert a.model_dump(mode="json") == b.model_dump(mode="json")
+
+
+@FAST
+@given(packs, cases())
+def test_p5_has_no_targets_and_others_always_have_an_act_target(name, facts):
+    d = _decide(name, facts)
+    if d.severity == "P5":
+        assert d.targets == []
+    else:
+        assert any(t.role == "act" for t in d.targets)
+
+
+@FAST
+@given(packs, cases())
+def test_one_entry_per_authority_and_all_resolve(name, facts):
+    d = _decide(name, facts)
+    ids = [t.authority_id for t in d.targets]
+    assert len(ids) == len(set(ids))
+    for t in d.targets:
+        authority = DIRECTORIES[name].get(t.authority_id)
+        assert (authority.tier, authority.agency) == (t.tier, t.agency)
+
+
+@FAST
+@given(packs, cases())
+def test_more_publicity_never_removes_a_target(name, facts):
+    low = _decide(name, facts)
+    high = _decide(name, facts.model_copy(update={"publicity": "PA2"}))
+    assert {t.authority_id for t in low.targets if t.role == "act"} <= {
+        t.authority_id for t in high.targets if t.role == "act"}
