@@ -11,6 +11,7 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas import compat
 from schemas.decisions import Decision, Target
 from schemas.reports import Location, Publicity, Setting, Severity
 
@@ -151,7 +152,7 @@ EVENT_TYPES: dict[str, type[_Data]] = {
     "beacon.delivery.outcome": DeliveryOutcome,
 }
 TYPE_OF: dict[type[_Data], str] = {v: k for k, v in EVENT_TYPES.items()}
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: delivery outcomes carry role and kind; schemas/compat.py reads v1
 
 
 class Envelope(BaseModel):
@@ -177,10 +178,13 @@ class Envelope(BaseModel):
             source=source,
             type=etype,
             subject=data.case_id,  # type: ignore[attr-defined]
-            dataschema=f"urn:beacon:schema:{etype}:v{SCHEMA_VERSION}",
+            dataschema=compat.dataschema(etype, SCHEMA_VERSION),
             data=data.model_dump(mode="json"),
         )
 
     def payload(self) -> _Data:
-        """The typed payload; raises KeyError for an unknown type, ValidationError for bad data."""
-        return EVENT_TYPES[self.type].model_validate(self.data)
+        """The typed payload at the current version (a previous-version one is upgraded); raises
+        KeyError for an unknown type, ValueError for another version, ValidationError for bad data."""
+        model = EVENT_TYPES[self.type]
+        return model.model_validate(compat.upgrade(self.type, self.dataschema, self.data,
+                                                   SCHEMA_VERSION))
