@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Local single-node Apache Kafka without Docker: resolve the pinned jars (cached), format KRaft
-# storage once, start kafka.Kafka on 127.0.0.1:9092, wait until it answers. `stop` ends it.
+# storage once, start kafka.Kafka on 127.0.0.1:$port, wait until it answers. `stop` ends it.
 # Usage: tools/kafka/kafka.sh start|stop|status
+# BEACON_KAFKA_PORT (default 9092) runs a second, separate broker for fault tests: its controller
+# listens on the next port and its data lives in var/kafka-PORT.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-var="$root/var/kafka"
+port="${BEACON_KAFKA_PORT:-9092}"
+cport=$((port + 1))
+if [ "$port" = 9092 ]; then var="$root/var/kafka"; else var="$root/var/kafka-$port"; fi
 lib="$here/target/lib"
 pidfile="$var/kafka.pid"
 heap="${BEACON_KAFKA_HEAP:-384m}"
@@ -13,16 +17,21 @@ heap="${BEACON_KAFKA_HEAP:-384m}"
 say() { echo "kafka: $*"; }
 
 running_pid() {
-  [ -f "$pidfile" ] || return 1
-  local pid; pid="$(cat "$pidfile")"
-  kill -0 "$pid" 2>/dev/null && grep -q 'kafka\.Kafka' "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+  local pid=""
+  [ -f "$pidfile" ] && pid="$(cat "$pidfile")"
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -q 'kafka\.Kafka' "/proc/$pid/cmdline" 2>/dev/null; then
+    echo "$pid"; return 0
+  fi
+  # The pid file can be lost (var/ wiped by hand): find the broker by its config path instead.
+  pid="$(pgrep -f "kafka\.Kafka $var/server.properties" | head -n 1)" || true
+  [ -n "$pid" ] && echo "$pid"
 }
 
-answers() {  # true when a Kafka broker answers ApiVersions on 127.0.0.1:9092
-  python3 - <<'PY' 2>/dev/null
-import socket, struct, sys
+answers() {  # true when a Kafka broker answers ApiVersions on 127.0.0.1:$port
+  PORT="$port" python3 - <<'PY' 2>/dev/null
+import os, socket, struct, sys
 try:
-    s = socket.create_connection(("127.0.0.1", 9092), timeout=2)
+    s = socket.create_connection(("127.0.0.1", int(os.environ["PORT"])), timeout=2)
     body = struct.pack(">hhih", 18, 0, 1, 6) + b"beacon"
     s.sendall(struct.pack(">i", len(body)) + body)
     n = struct.unpack(">i", s.recv(4))[0]
@@ -47,14 +56,14 @@ resolve() {
 
 start() {
   if pid="$(running_pid)"; then
-    say "already running (pid $pid) on 127.0.0.1:9092"; return 0
+    say "already running (pid $pid) on 127.0.0.1:$port"; return 0
   fi
   if answers; then
-    say "a broker not started by this script already answers on 127.0.0.1:9092; using it"; return 0
+    say "a broker not started by this script already answers on 127.0.0.1:$port; using it"; return 0
   fi
   resolve
   mkdir -p "$var/data" "$var/logs"
-  sed "s|@DATA@|$var/data|" "$here/server.properties" > "$var/server.properties"
+  sed -e "s|@DATA@|$var/data|" -e "s|@PORT@|$port|g" -e "s|@CPORT@|$cport|g" "$here/server.properties" > "$var/server.properties"
   if [ ! -f "$var/data/meta.properties" ]; then
     local cid; cid="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
     say "formatting KRaft storage (cluster $cid)"
@@ -72,10 +81,10 @@ start() {
     if ! running_pid >/dev/null; then
       say "broker exited during start; last lines of $var/logs/server.out:"; tail -n 20 "$var/logs/server.out"; exit 1
     fi
-    if [ $waited -ge 120 ]; then say "no answer on 127.0.0.1:9092 after 120 s"; stop; exit 1; fi
+    if [ $waited -ge 120 ]; then say "no answer on 127.0.0.1:$port after 120 s"; stop; exit 1; fi
     sleep 0.5; waited=$((waited + 1))
   done
-  say "ready on 127.0.0.1:9092 (pid $(cat "$pidfile"))"
+  say "ready on 127.0.0.1:$port (pid $(cat "$pidfile"))"
 }
 
 stop() {

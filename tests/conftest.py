@@ -1,0 +1,165 @@
+"""Shared fixtures: a real Kafka broker, a migrated database, loopback receivers, a running stack."""
+
+import asyncio
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests.support.brokers import LocalBroker, docker_answers
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    if bootstrap := os.environ.get("BEACON_KAFKA_BOOTSTRAP"):
+        yield bootstrap
+        return
+    if docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    broker = LocalBroker()
+    try:
+        broker.start()
+    except Exception as exc:
+        message = f"no Kafka broker could be started: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield broker.bootstrap
+    if broker.started_here:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL from Debian's packages (tools/postgres.sh), or BEACON_TEST_POSTGRES_URL."""
+    if url := os.environ.get("BEACON_TEST_POSTGRES_URL"):
+        return url
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([str(root / "tools" / "postgres.sh"), "start"], capture_output=True,
+                            text=True, timeout=300)
+    if result.returncode != 0:
+        message = f"no PostgreSQL could be started: {result.stderr[-500:]}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def make_settings(kafka: str, database_url: str, **overrides):
+    from services.common.config import Settings
+
+    tag = uuid.uuid4().hex[:8]
+    values = dict(
+        kafka_bootstrap=kafka, database_url=database_url, topic_prefix=f"t{tag}.",
+        consumer_group_prefix=f"t{tag}", secret_key="test-secret-key",
+        webhook_secret="test-webhook-secret", timer_interval_s=0.1,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def migrate(url: str) -> None:
+    from services.common.migrate import upgrade
+
+    await asyncio.to_thread(upgrade, url)  # Alembic runs its own event loop
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    from tools.inbox import Inbox
+
+    with Inbox(tmp_path / "inbox") as box:
+        yield box
+
+
+@dataclass
+class Stack:
+    """A running Beacon process (in this event loop) and an HTTP client for it."""
+
+    rt: object
+    base_url: str
+    tokens: dict
+    server: object
+    task: asyncio.Task
+
+    def client(self, role: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def start_stack(settings, services=("intake", "escalation", "notifier")) -> Stack:
+    import uvicorn
+
+    from services.common.logging import configure
+
+    configure("INFO")  # JSON logs with redaction, as in production
+    from services import runtime
+    from services.app import create_app
+    from services.common import auth
+    from tests.support.brokers import free_port
+
+    await migrate(settings.database_url)
+    rt = runtime.build(settings, frozenset(services))
+    tokens = {}
+    async with rt.db.writes() as session, session.begin():
+        for role, scope, authorities in (
+            ("operator", "national", []), ("supervisor", "national", []),
+            ("authority", "commune:4", ["commune:4:child_protection", "commune:4:police"]),
+            ("authority_elsewhere", "commune:7", ["commune:7:child_protection"]),
+            ("admin", "national", []), ("auditor", "national", []),
+        ):
+            await auth.create_user(session, f"test-{role}", role, role.split("_")[0], scope,
+                                   authorities)
+            await session.flush()
+            tokens[role] = await auth.issue_token(session, f"test-{role}")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port,
+                                           log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises the start-up error
+            raise RuntimeError("server exited during start-up")
+        await asyncio.sleep(0.05)
+    return Stack(rt, f"http://127.0.0.1:{port}", tokens, server, task)
+
+
+@pytest_asyncio.fixture
+async def stack(kafka_bootstrap, inbox, tmp_path):
+    settings = make_settings(
+        kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
+        demo_webhook_base=inbox.http_url, smtp_port=inbox.smtp_port,
+        sms_gateway_url=inbox.http_url + "/sms",
+    )
+    running = await start_stack(settings)
+    yield running
+    await running.stop()
+
+
+async def eventually(check, timeout: float = 30, interval: float = 0.2):
+    """Poll `check` (async, returns a truthy value when done) until it is, or fail."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {getattr(check, '__name__', check)}")
+        await asyncio.sleep(interval)
