@@ -13,8 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.decisions import CaseFacts, Decision, Target
 from schemas.events import (
-    AckRecorded, AlertRequested, CaseDecided, CaseUpdated, Envelope, ReportReceived,
-    TargetAcknowledged, TargetEscalated, Topics,
+    AckRecorded,
+    AlertRequested,
+    CaseDecided,
+    CaseUpdated,
+    DeliveryOutcome,
+    Envelope,
+    ReportReceived,
+    TargetAcknowledged,
+    TargetEscalated,
+    Topics,
 )
 from services.common import outbox
 from services.common.db import ProcessedEvent, utcnow
@@ -46,6 +54,8 @@ class Escalation:
                     await self._on_update(session, envelope, data)
                 case TargetAcknowledged():
                     await self._on_ack(session, data)
+                case DeliveryOutcome(status="dead_lettered", role="act"):
+                    await self._on_undeliverable(session, data)
         self.rt.relays[SERVICE].poke()
 
     async def _on_report(self, session, envelope: Envelope, data: ReportReceived) -> None:
@@ -199,13 +209,27 @@ class Escalation:
                                                     step="reminder", fraction=timer.fraction))
                 return
             log.warning("ack_deadline_missed", authority_id=row.authority_id)
-            self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
-                                                step="breach", fraction=1.0))
-            authority = self.rt.directory.get(row.authority_id)
-            for supervisor in authority.supervisors:
-                self._alert(session, case, row, "supervisor", to=supervisor, suffix=str(timer.id))
-            if authority.parent:
-                await self._escalate(session, case, row, authority.parent, now)
+            await self._breach(session, case, row, now, suffix=str(timer.id))
+
+    async def _on_undeliverable(self, session, data: DeliveryOutcome) -> None:
+        """An act alert that reached nobody is escalated now, not at its deadline."""
+        row = await session.get(EscalationTarget, (data.case_id, data.authority_id))
+        case = await session.get(EscalationCase, data.case_id)
+        if row is None or case is None or row.acked_at is not None or row.role != "act":
+            return
+        log.warning("act_alert_undeliverable", authority_id=row.authority_id)
+        await self._breach(session, case, row, utcnow(), suffix="undelivered")
+
+    async def _breach(self, session, case: EscalationCase, row: EscalationTarget,
+                      now: datetime, suffix: str) -> None:
+        """Tell the target's supervisor chain, then hold the next tier up to the same window."""
+        self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
+                                            step="breach", fraction=1.0))
+        authority = self.rt.directory.get(row.authority_id)
+        for supervisor in authority.supervisors:
+            self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix)
+        if authority.parent:
+            await self._escalate(session, case, row, authority.parent, now)
 
     async def _escalate(self, session, case: EscalationCase, row: EscalationTarget,
                         parent_id: str, now: datetime) -> None:
