@@ -49,7 +49,7 @@ PY
 resolve() {
   if [ ! -f "$lib/.complete" ]; then
     say "resolving Apache Kafka jars from Maven Central (first time only)"
-    (cd "$here" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=target/lib -DincludeScope=runtime)
+    (cd "$here" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies -DoutputDirectory=target/lib -DincludeScope=runtime)
     touch "$lib/.complete"
   fi
 }
