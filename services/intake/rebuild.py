@@ -4,6 +4,7 @@ model. Inputs first, so every case exists before its decisions, alerts and deliv
 import sys
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import delete, select
 
 from schemas.events import Envelope, Topics
@@ -28,8 +29,7 @@ async def rebuild(settings: Settings, progress=sys.stderr) -> int:
                 ProcessedEvent.consumer == readmodel.CONSUMER))
         for name in ORDER:
             topic = settings.topic(name)
-            await consumer.topics()  # fetches cluster metadata, which a new consumer lacks
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            parts = [TopicPartition(topic, p) for p in await _partitions(settings, topic)]
             if not parts:
                 continue
             consumer.assign(parts)
@@ -37,7 +37,8 @@ async def rebuild(settings: Settings, progress=sys.stderr) -> int:
             end = await consumer.end_offsets(parts)
             total = sum(end.values())
             done = 0
-            while any(await consumer.position(tp) < end[tp] for tp in parts):
+            # A list, not a generator: with `await` inside, a generator would be asynchronous.
+            while any([await consumer.position(tp) < end[tp] for tp in parts]):
                 batch = await consumer.getmany(*parts, timeout_ms=1000, max_records=500)
                 async with db.writes() as session, session.begin():
                     for records in batch.values():
@@ -62,3 +63,12 @@ async def rebuild(settings: Settings, progress=sys.stderr) -> int:
         await db.dispose()
     return applied
 
+
+async def _partitions(settings: Settings, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for t in described if t["error_code"] == 0 for p in t["partitions"])

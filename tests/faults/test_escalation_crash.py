@@ -1,0 +1,121 @@
+"""kill -9 the escalation service at random moments while reports stream in and timers fall due;
+restart it each time. Every report is decided exactly once, every effect happens once (an event
+published twice carries the same id), and every due timer fires."""
+
+import asyncio
+import random
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy import func, select
+
+from schemas.events import Envelope, ReportReceived, Topics
+from schemas.reports import Location
+from services.common.db import Database
+from services.escalation.store import Timer
+from tests.conftest import eventually, make_settings
+from tests.support.packs import fast_pack
+from tests.support.process import BeaconProcess, beacon
+
+REPORTS = 150
+
+
+def _report(i: int) -> Envelope:
+    data = ReportReceived(
+        case_id=f"C-CRASH{i:06d}", report_id=f"R-CRASH{i:06d}", new_case=True,
+        received_at=datetime.now(UTC), channel="phone", category="PHYS_VIOLENCE",
+        location=Location(province_code=1, commune_code=4), setting="home", child_ages=[5],
+        indicators=["ongoing"],
+    )
+    return Envelope.wrap(data, "test")
+
+
+async def _read_all(settings, topic: str) -> list[Envelope]:
+    consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    out = []
+    try:
+        idle = 0
+        while idle < 3:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            idle = 0 if batch else idle + 1
+            out += [Envelope.model_validate_json(r.value) for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_escalation_survives_kill_9(kafka_bootstrap, tmp_path):
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'esc.db'}",
+                             rulepack=str(fast_pack(tmp_path)), timer_interval_s=0.2)
+    await asyncio.to_thread(beacon, settings, "db", "upgrade")
+    service = BeaconProcess(settings, "escalation", tmp_path / "escalation.log")
+    await asyncio.to_thread(service.start)
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all",
+                                enable_idempotence=True)
+    await producer.start()
+    rng = random.Random(7)
+    kills = 0
+    try:
+        for i in range(REPORTS):
+            envelope = _report(i)
+            await producer.send(settings.topic(Topics.INPUTS), envelope.model_dump_json().encode(),
+                                key=envelope.subject.encode())
+            if i % 30 == 29:  # mid-stream, with timers of earlier cases falling due
+                await asyncio.sleep(rng.uniform(0.2, 1.5))
+                service.kill()
+                kills += 1
+                await asyncio.to_thread(service.start)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    db = Database(settings.database_url)
+
+    async def quiet():
+        # Every timer due by now has fired: the chain commune -> province -> national has run.
+        async with db.reads() as session:
+            unfired = await session.scalar(select(func.count()).select_from(Timer).where(
+                Timer.fired_at.is_(None)))
+        return unfired == 0
+
+    try:
+        await eventually(quiet, timeout=90, interval=0.5)
+        await asyncio.sleep(2)  # let the outbox relay publish the last effects
+    finally:
+        await db.dispose()
+        service.stop()
+
+    assert kills == REPORTS // 30
+    cases = await _read_all(settings, Topics.CASES)
+    alerts = await _read_all(settings, Topics.ALERTS)
+
+    decided = defaultdict(set)
+    escalations = defaultdict(set)
+    for e in cases:
+        if e.type == "beacon.case.decided":
+            decided[e.subject].add(e.id)
+        elif e.type == "beacon.target.escalated":
+            d = e.data
+            escalations[(e.subject, d["authority_id"], d["step"], d.get("fraction"))].add(e.id)
+    alert_ids = defaultdict(set)
+    for e in alerts:
+        alert_ids[e.data["alert_id"]].add(e.id)
+
+    # Every report decided, exactly once.
+    assert len(decided) == REPORTS
+    assert all(len(ids) == 1 for ids in decided.values()), {
+        c: len(i) for c, i in decided.items() if len(i) > 1}
+    # No alert and no escalation step happened twice.
+    assert all(len(ids) == 1 for ids in alert_ids.values())
+    assert all(len(ids) == 1 for ids in escalations.values())
+    # Every due timer fired: each case's commune child-protection target was reminded at 50%
+    # and 80%, breached, and the province was held to the same window in its place.
+    for i in range(REPORTS):
+        case = f"C-CRASH{i:06d}"
+        for step, fraction in (("reminder", 0.5), ("reminder", 0.8), ("breach", 1.0)):
+            assert escalations[(case, "commune:4:child_protection", step, fraction)], (case, step)
+        assert escalations[(case, "commune:4:child_protection", "escalated", None)], case
