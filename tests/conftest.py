@@ -124,9 +124,10 @@ async def start_stack(settings, services=("intake", "escalation", "notifier")) -
             ("authority_elsewhere", "commune:7", ["commune:7:child_protection"]),
             ("admin", "national", []), ("auditor", "national", []),
         ):
-            await auth.create_user(session, f"test-{role}", role, role.split("_")[0], scope,
-                                   authorities)
-            await session.flush()
+            if await session.get(auth.User, f"test-{role}") is None:  # a second stack, same db
+                await auth.create_user(session, f"test-{role}", role, role.split("_")[0], scope,
+                                       authorities)
+                await session.flush()
             tokens[role] = await auth.issue_token(session, f"test-{role}")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port,

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -109,3 +111,20 @@ def is_postgres(session: AsyncSession) -> bool:
 async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     async with sessions() as session, session.begin():
         yield session
+
+
+async def claim_event(session: AsyncSession, consumer: str, event_id: str) -> bool:
+    """Record that `consumer` applies `event_id` in this transaction; False if it already has.
+
+    INSERT .. ON CONFLICT DO NOTHING, not a read then an insert: on PostgreSQL a concurrent
+    transaction claiming the same event makes this one wait for it and then see the conflict,
+    so two paths applying one event (intake's request and its own consumer) never both do.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    result = await session.execute(
+        insert(ProcessedEvent)
+        .values(consumer=consumer, event_id=event_id, processed_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+    return result.rowcount == 1

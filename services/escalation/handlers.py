@@ -25,7 +25,7 @@ from schemas.events import (
     Topics,
 )
 from services.common import outbox
-from services.common.db import ProcessedEvent, utcnow
+from services.common.db import claim_event, utcnow
 from services.escalation.engine import deadline, decide, reminder_times
 from services.escalation.store import EscalationCase, EscalationTarget, Timer
 
@@ -43,9 +43,8 @@ class Escalation:
 
     async def handle(self, envelope: Envelope) -> None:
         async with self.rt.db.writes() as session, session.begin():
-            if await session.get(ProcessedEvent, (SERVICE, envelope.id)):
+            if not await claim_event(session, SERVICE, envelope.id):
                 return
-            session.add(ProcessedEvent(consumer=SERVICE, event_id=envelope.id, processed_at=utcnow()))
             data = envelope.payload()
             match data:
                 case ReportReceived():

@@ -7,7 +7,7 @@ from schemas.events import (
     AckRecorded, AlertRequested, CaseDecided, CaseUpdated, DeliveryOutcome, Envelope,
     ReportReceived, TargetAcknowledged, TargetEscalated,
 )
-from services.common.db import ProcessedEvent, utcnow
+from services.common.db import claim_event, utcnow
 from services.intake.store import CaseAuthority, CaseView, TimelineEntry
 
 CONSUMER = "intake-readmodel"
@@ -15,9 +15,8 @@ CONSUMER = "intake-readmodel"
 
 async def apply(session: AsyncSession, envelope: Envelope) -> bool:
     """Apply one event; False when it was applied before (redelivery, or intake applied it)."""
-    if await session.get(ProcessedEvent, (CONSUMER, envelope.id)):
+    if not await claim_event(session, CONSUMER, envelope.id):
         return False
-    session.add(ProcessedEvent(consumer=CONSUMER, event_id=envelope.id, processed_at=utcnow()))
     data = envelope.payload()
     case = await session.get(CaseView, envelope.subject)
     if case is None and not isinstance(data, ReportReceived):

@@ -1,0 +1,87 @@
+"""PostgreSQL, the production database: the whole flow on it, and two escalation instances that
+share timers without ever firing one twice (row locks, SKIP LOCKED)."""
+
+import asyncio
+import uuid
+from collections import defaultdict
+
+import asyncpg
+import pytest_asyncio
+
+from services.escalation.handlers import Escalation
+from tests.conftest import eventually, make_settings, start_stack
+from tests.faults.test_escalation_crash import _read_all
+from tests.support.packs import fast_pack
+from tests.support.reports import report
+
+
+@pytest_asyncio.fixture
+async def pg_database(postgres_url):
+    """A fresh database per test on the shared PostgreSQL server."""
+    name = f"beacon_{uuid.uuid4().hex[:10]}"
+    dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def test_report_to_delivery_on_postgres(kafka_bootstrap, inbox, pg_database):
+    settings = make_settings(kafka_bootstrap, pg_database, demo_webhook_base=inbox.http_url,
+                             smtp_port=inbox.smtp_port)
+    stack = await start_stack(settings)
+    try:
+        async with stack.client("operator") as api:
+            answer = await api.post("/api/v1/reports", json=report())
+            assert answer.status_code == 202, answer.text
+            case_id = answer.json()["case_id"]
+
+            async def delivered():
+                case = (await api.get(f"/api/v1/cases/{case_id}")).json()
+                return case["severity"] == "P1" and all(
+                    t.get("delivery") == "delivered" for t in case["targets"])
+
+            await eventually(delivered)
+    finally:
+        await stack.stop()
+
+
+async def test_two_escalation_instances_never_fire_a_timer_twice(
+        kafka_bootstrap, inbox, pg_database, tmp_path, monkeypatch):
+    fired = defaultdict(int)  # timers fired, per Escalation instance
+    original = Escalation.fire_due
+
+    async def counting(self, *args, **kwargs):
+        n = await original(self, *args, **kwargs)
+        fired[id(self)] += n
+        return n
+
+    monkeypatch.setattr(Escalation, "fire_due", counting)
+    settings = make_settings(kafka_bootstrap, pg_database, demo_webhook_base=inbox.http_url,
+                             smtp_port=inbox.smtp_port, rulepack=str(fast_pack(tmp_path)))
+    first = await start_stack(settings)
+    second = await start_stack(settings, services=("escalation",))  # same group, same timers
+    try:
+        async with first.client("operator") as api:
+            cases = [(await api.post("/api/v1/reports", json=report(
+                children=[{"age": 5, "name": f"Child {i}"}]))).json()["case_id"]
+                for i in range(40)]
+        await asyncio.sleep(14)  # commune, then province windows of 4 s each fall due
+    finally:
+        await second.stop()
+        await first.stop()
+
+    events = await _read_all(settings, "beacon.cases")
+    steps = defaultdict(set)
+    for e in events:
+        if e.type == "beacon.target.escalated":
+            d = e.data
+            steps[(e.subject, d["authority_id"], d["step"], d.get("fraction"))].add(e.id)
+    instances = [id(first.rt.parts["escalation"]), id(second.rt.parts["escalation"])]
+    assert all(fired[i] > 0 for i in instances), dict(fired)  # both instances fired timers
+    assert all(len(ids) == 1 for ids in steps.values())  # and no step happened twice
+    for case in cases:
+        assert steps[(case, "commune:4:child_protection", "breach", 1.0)], case
