@@ -1,0 +1,76 @@
+"""The `beacon` command: users and tokens, and a start-up that refuses bad configuration."""
+
+import json
+import subprocess
+
+import httpx
+
+from tests.conftest import make_settings
+from tests.support.process import BEACON, BeaconProcess, beacon, beacon_env
+
+
+def _run(settings, *args, **env):
+    return subprocess.run([BEACON, *args], env={**beacon_env(settings), **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_tokens_are_issued_stored_hashed_and_revoked(kafka_bootstrap, tmp_path):
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
+    beacon(settings, "db", "upgrade")
+    token = beacon(settings, "users", "create", "op-1", "operator", "--scope", "province:1").stdout.strip()
+    second = beacon(settings, "users", "token", "op-1").stdout.strip()
+    assert token.startswith("bk_") and second.startswith("bk_") and token != second
+    assert token.encode() not in (tmp_path / "cli.db").read_bytes()  # only its hash is stored
+
+    bad_role = _run(settings, "users", "create", "x", "superuser")
+    assert bad_role.returncode == 1 and "role must be one of" in bad_role.stderr
+    bad_scope = _run(settings, "users", "create", "y", "operator", "--scope", "district:3")
+    assert bad_scope.returncode == 1 and "scope" in bad_scope.stderr
+
+    process = BeaconProcess(settings, "intake", tmp_path / "intake.log").start()
+    try:
+        def cases(tok):
+            return httpx.get(f"{process.url}/api/v1/cases",
+                             headers={"Authorization": f"Bearer {tok}"}).status_code
+
+        assert cases(token) == 200 and cases(second) == 200
+        assert "revoked 2" in beacon(settings, "users", "revoke", "op-1").stdout
+        assert cases(token) == 401 and cases(second) == 401
+    finally:
+        process.stop()
+
+
+def test_dev_users_write_the_token_file(kafka_bootstrap, tmp_path):
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'dev.db'}")
+    beacon(settings, "db", "upgrade")
+    out = tmp_path / "dev-tokens.json"
+    beacon(settings, "users", "dev", "--out", str(out))
+    tokens = json.loads(out.read_text())
+    assert set(tokens) >= {"operator", "supervisor", "authority", "admin"}
+    refused = _run(settings, "users", "dev", "--out", str(out), BEACON_ENV="production",
+                   BEACON_SECRET_KEY="x", BEACON_WEBHOOK_SECRET="y")
+    assert refused.returncode == 2 and "production" in refused.stderr
+
+
+def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap, tmp_path):
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'bad.db'}")
+    bad_bootstrap = _run(settings, "run", "all", BEACON_KAFKA_BOOTSTRAP="localhost")
+    assert bad_bootstrap.returncode == 2
+    assert "BEACON_KAFKA_BOOTSTRAP" in bad_bootstrap.stderr and "host:port" in bad_bootstrap.stderr
+
+    bad_port = _run(settings, "run", "all", BEACON_HTTP_PORT="99999")
+    assert bad_port.returncode == 2 and "BEACON_HTTP_PORT" in bad_port.stderr
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: x\ntiers: [commune]\n")
+    bad_pack = _run(settings, "run", "all", BEACON_RULEPACK=str(broken))
+    assert bad_pack.returncode == 2 and "rule pack" in bad_pack.stderr
+
+    missing_pack = _run(settings, "run", "all", BEACON_RULEPACK=str(tmp_path / "nope.yaml"))
+    assert missing_pack.returncode == 2 and "nope.yaml" in missing_pack.stderr
+
+    unmigrated = _run(settings, "run", "all")
+    assert unmigrated.returncode != 0 and "beacon db upgrade" in unmigrated.stdout + unmigrated.stderr
+
+    production = _run(settings, "run", "all", BEACON_ENV="production", BEACON_SECRET_KEY="")
+    assert production.returncode == 2 and "BEACON_SECRET_KEY" in production.stderr
