@@ -100,7 +100,11 @@ class Stack:
 
     async def stop(self) -> None:
         self.server.should_exit = True
-        await self.task
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), 60)
+        except TimeoutError:
+            self.task.cancel()  # a hung shutdown must not hang the suite; say so
+            raise AssertionError("the Beacon process did not stop within 60 s") from None
 
 
 async def start_stack(settings, services=("intake", "escalation", "notifier")) -> Stack:

@@ -123,8 +123,8 @@ class FakeBroker:
 
 
 def record(body: bytes, offset: int) -> SimpleNamespace:
-    raw = SimpleNamespace(topic="beacon.deliveries", partition=0, offset=offset, key=CASE.encode())
-    return SimpleNamespace(body=body, raw_message=raw)
+    return SimpleNamespace(topic="beacon.deliveries", partition=0, offset=offset,
+                           key=CASE.encode(), value=body)
 
 
 async def test_consumer_handles_v1_and_dead_letters_v3():
@@ -137,8 +137,7 @@ async def test_consumer_handles_v1_and_dead_letters_v3():
     v1 = (FIXTURES / "beacon.delivery.outcome.v1.json").read_bytes()
     v3 = with_version(Envelope.model_validate_json(v1), 3).model_dump_json().encode()
 
-    await broker.handler(v1, record(v1, 1))
-    await broker.handler(v3, record(v3, 2))
+    await broker.handler([record(v1, 1), record(v3, 2)])
 
     assert [(d.kind, d.role) for d in seen] == [("reminder", "act")]
     [dead] = broker.published
