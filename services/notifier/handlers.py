@@ -4,30 +4,54 @@ The Kafka handler only records the alert (idempotent by alert id) and commits; t
 claims due rows, sends, and records each outcome with its receipt event in one transaction, so a
 crash or a receiver outage delays an alert but never loses it, and the receiver's Idempotency-Key
 drops the repeat that a crash between sending and recording can cause.
+
+Row states: pending (due at next_at) -> sending (leased until next_at) -> delivered | dead, or
+back to pending for a retry. Receipts (DeliveryOutcome on the deliveries topic): `attempted` when
+a row is leased for a send, then `delivered` or `failed`, and `dead_lettered` after the last try.
+P3-P4 reminders wait up to BUNDLE_WINDOW and go to one contact as one message (docs/notifier.md).
 """
 
 import asyncio
-from datetime import timedelta
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import select
 
-from schemas.events import AlertRequested, DeliveryOutcome, Envelope, Topics
+from schemas.events import AlertRequested, Contact, DeliveryOutcome, Envelope, Topics
 from services.common import metrics, outbox
 from services.common.db import utcnow
 from services.common.links import sign_link
 from services.notifier import policy
 from services.notifier.channels import ChannelConfig, DeliveryError, aclose, build_channels
-from services.notifier.render import render
+from services.notifier.render import Renderer
 from services.notifier.store import Delivery
 
 log = structlog.get_logger("beacon.notifier")
 SERVICE = "notifier"
 SOURCE = "beacon/notifier"
-LEASE = timedelta(seconds=60)  # a claimed row is retried after this if its worker died
 PER_CONTACT = 3  # attempts on one contact before falling back to the next
 LINK_TTL = timedelta(days=7)
 CONCURRENCY = 64
+LEASE_MARGIN = timedelta(seconds=10)
+
+
+@dataclass
+class Job:
+    """One message to send: a single alert, or a bundle of reminders to one contact."""
+
+    members: list[tuple[Delivery, AlertRequested]]
+    contact: Contact
+    lease: datetime  # the rows' next_at while leased: a record only counts if it still holds
+
+    @property
+    def key(self) -> str:
+        """The Idempotency-Key: the alert id, or one derived from the bundle's alert ids."""
+        if len(self.members) == 1:
+            return self.members[0][1].alert_id
+        ids = ",".join(sorted(a.alert_id for _, a in self.members))
+        return "bundle-" + hashlib.sha256(ids.encode()).hexdigest()[:32]
 
 
 class Notifier:
@@ -35,16 +59,24 @@ class Notifier:
         self.rt = rt
         s = rt.settings
         secret = s.secret("webhook_secret")
-        self.channels = build_channels(ChannelConfig(
+        config = ChannelConfig(
             webhook_secret=secret, smtp_host=s.smtp_host, smtp_port=s.smtp_port,
             smtp_starttls=s.smtp_starttls, smtp_username=s.smtp_username,
             smtp_password=s.smtp_password, mail_from=s.mail_from,
             sms_gateway_url=s.sms_gateway_url, sms_secret=secret,
-        ))
+        )
+        self.channels = build_channels(config)
+        # A claimed row is sent again after its lease if its worker died; the lease outlasts the
+        # slowest send, so a live worker is not doubled.
+        self.lease = timedelta(seconds=max(config.webhook_timeout_s, config.smtp_timeout_s,
+                                           config.sms_timeout_s)) + LEASE_MARGIN
         self.link_secret = s.secret("secret_key")
-        self.limiter = policy.RateLimiter()
+        self.renderer = Renderer()
+        self.limiter = policy.RateLimiter(never_limited=policy.NEVER_DELAYED)
+        self.per_contact = PER_CONTACT
+        self.max_attempts = policy.MAX_ATTEMPTS
+        self.bundle_window = policy.BUNDLE_WINDOW
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(CONCURRENCY)
 
     async def aclose(self) -> None:
         await aclose(self.channels)
@@ -54,125 +86,214 @@ class Notifier:
         if not isinstance(alert, AlertRequested):
             return
         now = utcnow()
+        due = now
+        if policy.should_bundle(alert.severity, alert.kind):
+            # Held for the window so that reminders to the same contact can join it.
+            due = now + self.bundle_window
+            if alert.ack_due is not None:
+                due = max(now, min(due, alert.ack_due))
         async with self.rt.db.writes() as session, session.begin():
             if await session.get(Delivery, alert.alert_id):
                 return  # a repeat of an alert already queued
             session.add(Delivery(
                 alert_id=alert.alert_id, case_id=alert.case_id, authority_id=alert.authority_id,
                 severity=alert.severity, alert=alert.model_dump(mode="json"), status="pending",
-                contact_index=0, attempt=0, attempts_total=0, next_at=now, created_at=now,
+                contact_index=0, attempt=0, attempts_total=0, next_at=due, created_at=now,
                 updated_at=now,
             ))
         self._wake.set()
 
+    # --- the worker loop ---------------------------------------------------------------------
+
     async def run(self) -> None:
-        while True:
-            try:
-                claimed = await self.claim()
-                if claimed:
-                    await asyncio.gather(*(self._send(d) for d in claimed))
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("delivery_loop_failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), 0.25)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-
-    async def claim(self, batch: int = CONCURRENCY) -> list[Delivery]:
-        """Take due rows and lease them, so another worker (or this one after a crash) waits."""
-        now = utcnow()
-        async with self.rt.db.writes() as session, session.begin():
-            query = (select(Delivery).where(Delivery.status == "pending", Delivery.next_at <= now)
-                     .order_by(Delivery.severity, Delivery.next_at).limit(batch))
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.scalars(query)).all()
-            for row in rows:
-                row.next_at = now + LEASE
-        return list(rows)
-
-    async def _send(self, row: Delivery) -> None:
-        alert = AlertRequested.model_validate(row.alert)
-        contact = alert.contacts[row.contact_index]
-        now = utcnow()
-        with structlog.contextvars.bound_contextvars(case_id=alert.case_id, alert_id=alert.alert_id):
-            if not self.limiter.allow(f"{contact.channel}:{contact.address}", alert.severity, now):
-                await self._defer(row, now + timedelta(seconds=10))
-                return
-            error = None
-            async with self._slots:
+        """Claim what is due into free slots; a slow send never holds up the next P1."""
+        inflight: set[asyncio.Task] = set()
+        try:
+            while True:
+                self._wake.clear()
+                room = CONCURRENCY - len(inflight)
+                jobs: list[Job] = []
+                if room > 0:
+                    try:
+                        jobs = await self.claim(room)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("delivery_claim_failed")
+                for job in jobs:
+                    task = asyncio.create_task(self.send(job))
+                    inflight.add(task)
+                    task.add_done_callback(self._done(inflight))
+                if jobs and len(jobs) == room:
+                    continue  # a full batch: wait only for a free slot
                 try:
-                    channel = self.channels.get(contact.channel)
-                    if channel is None:
-                        raise DeliveryError(f"channel_{contact.channel}_disabled", retryable=False)
-                    link = sign_link(self.rt.settings.public_base_url, alert.case_id, "view",
-                                     alert.authority_id, now + LINK_TTL, self.link_secret)
-                    message = render(alert, contact.channel, "vi", link)
-                    await channel.send(contact.address, message, alert.alert_id)
-                except DeliveryError as exc:
-                    error = exc
-                except Exception as exc:  # a bug in a channel must not lose the alert
-                    log.exception("channel_crashed", channel=contact.channel)
-                    error = DeliveryError(type(exc).__name__, retryable=True)
-            metrics.DELIVERIES.labels(contact.channel, "ok" if error is None else "error").inc()
-            await self._record(row, alert, contact.channel, error)
+                    await asyncio.wait_for(self._wake.wait(), 0.25)
+                except TimeoutError:
+                    pass
+        finally:
+            for task in inflight:
+                task.cancel()  # their rows stay leased and are sent again after the lease
+            await asyncio.gather(*inflight, return_exceptions=True)
 
-    async def _defer(self, row: Delivery, when) -> None:
-        async with self.rt.db.writes() as session, session.begin():
-            current = await session.get(Delivery, row.alert_id)
-            current.next_at = when
+    def _done(self, inflight: set[asyncio.Task]):
+        def done(task: asyncio.Task) -> None:
+            inflight.discard(task)
+            self._wake.set()  # a free slot
+        return done
 
-    async def _record(self, row: Delivery, alert: AlertRequested, channel: str,
-                      error: DeliveryError | None) -> None:
+    async def claim(self, batch: int = CONCURRENCY) -> list[Job]:
+        """Lease due rows (and the reminders that bundle with them), one `attempted` receipt each.
+
+        Rate-limited rows are put back to when their recipient has a token again. A row still
+        `sending` past its lease belonged to a worker that died: it is claimed again.
+        """
         now = utcnow()
+        jobs: list[Job] = []
         async with self.rt.db.writes() as session, session.begin():
-            d = await session.get(Delivery, row.alert_id)
-            d.attempts_total += 1
-            d.updated_at = now
+            postgres = session.get_bind().dialect.name == "postgresql"
+            query = (select(Delivery)
+                     .where(Delivery.status.in_(("pending", "sending")), Delivery.next_at <= now)
+                     .order_by(Delivery.severity, Delivery.next_at).limit(batch))
+            if postgres:
+                query = query.with_for_update(skip_locked=True)
+            taken: set[str] = set()
+            for row in (await session.scalars(query)).all():
+                if row.alert_id in taken:
+                    continue  # already in a bundle
+                if row.status == "sending":
+                    log.warning("lease_expired", alert_id=row.alert_id, case_id=row.case_id)
+                alert = AlertRequested.model_validate(row.alert)
+                contact = alert.contacts[row.contact_index]
+                members = [(row, alert)]
+                if policy.should_bundle(alert.severity, alert.kind):
+                    members += await self._mates(session, row, contact, taken, postgres)
+                recipient = f"{contact.channel}:{contact.address}"
+                if not self.limiter.allow(recipient, alert.severity, now):
+                    later = self.limiter.next_allowed(recipient, now)
+                    for m, _ in members:
+                        m.status, m.next_at = "pending", later
+                    continue
+                job = Job(members, contact, now + self.lease)
+                for m, a in members:
+                    taken.add(m.alert_id)
+                    m.status, m.next_at, m.updated_at = "sending", job.lease, now
+                    self._receipt(session, a, "attempted", contact.channel, m.attempts_total + 1)
+                jobs.append(job)
+        if jobs:
+            self.rt.relays[SERVICE].poke()
+        return jobs
 
-            def receipt(status: str, reason: str | None = None) -> None:
-                outbox.add(session, SERVICE, self.rt.settings.topic(Topics.DELIVERIES),
-                           Envelope.wrap(DeliveryOutcome(
-                               alert_id=alert.alert_id, case_id=alert.case_id,
-                               authority_id=alert.authority_id, role=alert.role, kind=alert.kind,
-                               status=status, channel=channel, attempt=d.attempts_total,
-                               error=reason), SOURCE))
+    async def _mates(self, session, row: Delivery, contact: Contact, taken: set[str],
+                     postgres: bool) -> list[tuple[Delivery, AlertRequested]]:
+        """Other pending P3-P4 reminders to the same contact: they go now, in one message."""
+        query = (select(Delivery)
+                 .where(Delivery.status == "pending", Delivery.authority_id == row.authority_id,
+                        Delivery.severity.in_(("P3", "P4")), Delivery.alert_id != row.alert_id)
+                 .order_by(Delivery.created_at).limit(policy.BUNDLE_MAX * 5))
+        if postgres:
+            query = query.with_for_update(skip_locked=True)
+        mates = []
+        for other in (await session.scalars(query)).all():
+            if other.alert_id in taken:
+                continue
+            alert = AlertRequested.model_validate(other.alert)
+            mine = alert.contacts[other.contact_index]
+            if policy.should_bundle(alert.severity, alert.kind) and (
+                    (mine.channel, mine.address) == (contact.channel, contact.address)):
+                mates.append((other, alert))
+            if len(mates) >= policy.BUNDLE_MAX - 1:
+                break
+        return mates
 
-            if error is None:
-                d.status, d.last_error = "delivered", None
-                receipt("delivered")
-                log.info("delivered", channel=channel, attempt=d.attempts_total)
-            else:
+    # --- sending and recording ---------------------------------------------------------------
+
+    async def send(self, job: Job) -> None:
+        now = utcnow()
+        contact = job.contact
+        alerts = [a for _, a in job.members]
+        with structlog.contextvars.bound_contextvars(
+            case_id=",".join(dict.fromkeys(a.case_id for a in alerts)),
+            alert_id=job.key, bundled=len(alerts),
+        ):
+            error = note = None
+            try:
+                channel = self.channels.get(contact.channel)
+                if channel is None:
+                    raise DeliveryError(f"channel_{contact.channel}_disabled", retryable=False)
+                links = [sign_link(self.rt.settings.public_base_url, a.case_id, "view",
+                                   a.authority_id, now + LINK_TTL, self.link_secret)
+                         for a in alerts]
+                if len(alerts) == 1:
+                    message = self.renderer.render(alerts[0], contact.channel, "vi", links[0])
+                else:
+                    message = self.renderer.render_bundle(list(zip(alerts, links, strict=True)),
+                                                          contact.channel, "vi")
+                if message.render_error:
+                    # The built-in text went instead of the template: sent, but reported.
+                    note = f"render_fallback: {message.render_error}"[:200]
+                    log.warning("render_fallback_used", channel=contact.channel,
+                                error=message.render_error)
+                await channel.send(contact.address, message, job.key)
+            except DeliveryError as exc:
+                error = exc
+            except Exception as exc:  # a bug in a channel must not lose the alert
+                log.exception("channel_crashed", channel=contact.channel)
+                error = DeliveryError(type(exc).__name__, retryable=True)
+            metrics.DELIVERIES.labels(contact.channel, "ok" if error is None else "error").inc()
+            await self.record(job, error, note)
+
+    async def record(self, job: Job, error: DeliveryError | None, note: str | None = None) -> None:
+        """Each member's outcome and receipts, in one transaction."""
+        now = utcnow()
+        channel = job.contact.channel
+        async with self.rt.db.writes() as session, session.begin():
+            postgres = session.get_bind().dialect.name == "postgresql"
+            for row, alert in job.members:
+                d = await session.get(Delivery, row.alert_id, with_for_update=postgres)
+                if d is None or d.status != "sending" or d.next_at != job.lease:
+                    # Our lease ran out and another worker took the row: its record counts.
+                    log.warning("lease_lost", alert_id=row.alert_id, case_id=row.case_id)
+                    continue
+                d.attempts_total += 1
+                d.updated_at = now
+                if error is None:
+                    d.status, d.last_error = "delivered", note
+                    self._receipt(session, alert, "delivered", channel, d.attempts_total, note)
+                    log.info("delivered", channel=channel, attempt=d.attempts_total,
+                             alert_id=alert.alert_id, case_id=alert.case_id)
+                    continue
                 d.attempt += 1
                 d.last_error = error.reason[:200]
-                receipt("failed", error.reason)
-                retry_at = None
-                if error.retryable and d.attempt < PER_CONTACT:
-                    retry_at = policy.next_attempt(d.attempts_total, now, alert.ack_due)
-                if retry_at is not None:
-                    d.next_at = retry_at
-                elif self._fall_back(d, alert, now):
-                    log.warning("falling_back", channel=channel, reason=error.reason)
-                else:
+                self._receipt(session, alert, "failed", channel, d.attempts_total, error.reason)
+                nxt = policy.after_failure(
+                    now=now, severity=alert.severity, deadline=alert.ack_due,
+                    contacts=len(alert.contacts), contact_index=d.contact_index,
+                    attempt=d.attempt, attempts_total=d.attempts_total,
+                    retryable=error.retryable, retry_after_s=error.retry_after_s,
+                    per_contact=self.per_contact, max_attempts=self.max_attempts,
+                )
+                if nxt.at is None:
                     d.status = "dead"
-                    receipt("dead_lettered", error.reason)
+                    self._receipt(session, alert, "dead_lettered", channel, d.attempts_total,
+                                  error.reason)
                     log.error("dead_lettered", channel=channel, reason=error.reason,
-                              attempts=d.attempts_total)
+                              attempts=d.attempts_total, alert_id=alert.alert_id,
+                              case_id=alert.case_id)
+                    continue
+                if nxt.contact_index != d.contact_index:
+                    log.warning("falling_back", channel=channel, reason=error.reason,
+                                alert_id=alert.alert_id, case_id=alert.case_id,
+                                to=alert.contacts[nxt.contact_index].channel)
+                d.status, d.next_at = "pending", nxt.at
+                d.contact_index, d.attempt = nxt.contact_index, nxt.attempt
         self.rt.relays[SERVICE].poke()
+        self._wake.set()  # a fallback may be due at once
 
-    def _fall_back(self, d: Delivery, alert: AlertRequested, now) -> bool:
-        """Next contact (wrapping round) while the deadline and the attempt budget allow."""
-        if d.attempts_total >= policy.MAX_ATTEMPTS:
-            return False
-        if alert.ack_due is not None and now >= alert.ack_due:
-            return False
-        if alert.ack_due is None and d.attempts_total >= PER_CONTACT * len(alert.contacts):
-            return False  # inform alerts: one round through the contacts
-        d.contact_index = (d.contact_index + 1) % len(alert.contacts)
-        d.attempt = 0
-        d.next_at = now
-        return True
+    def _receipt(self, session, alert: AlertRequested, status: str, channel: str, attempt: int,
+                 error: str | None = None) -> None:
+        outbox.add(session, SERVICE, self.rt.settings.topic(Topics.DELIVERIES),
+                   Envelope.wrap(DeliveryOutcome(
+                       alert_id=alert.alert_id, case_id=alert.case_id,
+                       authority_id=alert.authority_id, role=alert.role, kind=alert.kind,
+                       status=status, channel=channel, attempt=attempt,
+                       error=error[:200] if error else None), SOURCE))

@@ -9,7 +9,12 @@ from datetime import datetime, timedelta
 
 MAX_ATTEMPTS = 12
 BUNDLE_WINDOW = timedelta(minutes=5)  # P3-P4 reminders to one recipient within this go together
+BUNDLE_MAX = 10  # alerts in one bundled message; more wait for the next one
 NEVER_LIMITED = frozenset({"P1"})  # DOMAIN: storm protection never delays a P1
+NEVER_DELAYED = frozenset({"P1", "P2"})  # the notifier's choice: urgent alerts never wait
+# The longest wait between tries: a receiver that comes back sees an urgent alert soon.
+RETRY_CAP_S = {"P1": 30.0, "P2": 60.0}
+DEFAULT_RETRY_CAP_S = 300.0
 
 
 def backoff_bound(attempt: int, base_s: float = 1.0, cap_s: float = 300.0) -> float:
@@ -52,13 +57,15 @@ class _Bucket:
 class RateLimiter:
     """A token bucket per recipient: `burst` messages at once, then `per_minute` a minute.
 
-    P1 is always allowed. It still takes a token when one is there, so a P1 storm slows the
-    lower severities to the same recipient but is never slowed itself.
+    P1 (every severity in `never_limited`) is always allowed. It still takes a token when one is
+    there, so a P1 storm slows the lower severities to the same recipient but is never slowed.
     """
 
-    def __init__(self, per_minute: float = 6.0, burst: int = 10, max_recipients: int = 100_000):
+    def __init__(self, per_minute: float = 6.0, burst: int = 10, max_recipients: int = 100_000,
+                 never_limited: frozenset[str] = NEVER_LIMITED):
         if per_minute <= 0 or burst < 1:
             raise ValueError("per_minute must be > 0 and burst >= 1")
+        self.never_limited = never_limited
         self.rate_s = per_minute / 60.0
         self.burst = float(burst)
         self.max_recipients = max_recipients
@@ -80,7 +87,7 @@ class RateLimiter:
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return True
-        return severity in NEVER_LIMITED
+        return severity in self.never_limited
 
     def next_allowed(self, recipient: str, now: datetime) -> datetime:
         """When a refused message may go: the time the next token arrives."""
@@ -111,3 +118,60 @@ def bundle_key(authority_id: str, channel: str, address: str) -> tuple[str, str,
 def bundle_due(first_queued_at: datetime, window: timedelta = BUNDLE_WINDOW) -> datetime:
     """A bundle goes out one window after its first reminder was queued."""
     return first_queued_at + window
+
+
+@dataclass(frozen=True)
+class NextTry:
+    """Where a failed delivery goes next: which contact, and when (None: dead-letter it)."""
+
+    contact_index: int
+    attempt: int  # attempts already made on that contact
+    at: datetime | None
+
+
+def after_failure(
+    *,
+    now: datetime,
+    severity: str,
+    deadline: datetime | None,
+    contacts: int,
+    contact_index: int,
+    attempt: int,
+    attempts_total: int,
+    retryable: bool,
+    retry_after_s: float | None = None,
+    per_contact: int = 3,
+    max_attempts: int = MAX_ATTEMPTS,
+    rng: random.Random | None = None,
+) -> NextTry:
+    """The retry and fallback rule, after `attempt` failures on the current contact.
+
+    - A retryable failure is tried again on the same contact after a backoff, `per_contact`
+      times; a permanent one (bad address, 4xx, SMTP 5xx) moves on at once.
+    - Moving on to the next contact is immediate: another channel may well work now.
+    - After the last contact, an alert with a deadline starts a new round after a backoff, until
+      the deadline or `max_attempts`; one without (inform) has had its one round.
+    Backoff waits are capped by severity (RETRY_CAP_S), and a receiver's Retry-After is honoured
+    within the deadline.
+    """
+    stop = NextTry(contact_index, attempt, None)
+    if attempts_total >= max_attempts or (deadline is not None and now >= deadline):
+        return stop
+    cap = RETRY_CAP_S.get(severity, DEFAULT_RETRY_CAP_S)
+
+    def backoff() -> datetime | None:
+        at = next_attempt(attempts_total, now, deadline, cap_s=cap, rng=rng,
+                          max_attempts=max_attempts)
+        if at is not None and retry_after_s:
+            at = max(at, now + timedelta(seconds=min(retry_after_s, cap)))
+            at = min(at, deadline) if deadline is not None else at
+        return at
+
+    if retryable and attempt < per_contact:
+        return NextTry(contact_index, attempt, backoff())
+    following = contact_index + 1
+    if following < contacts:
+        return NextTry(following, 0, now)
+    if deadline is None:
+        return stop  # one round through the contacts
+    return NextTry(0, 0, backoff())  # every contact failed: a new round, after a pause

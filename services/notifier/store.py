@@ -15,12 +15,13 @@ class Delivery(Base):
     authority_id: Mapped[str] = mapped_column(String(80))
     severity: Mapped[str] = mapped_column(String(4))
     alert: Mapped[dict] = mapped_column(JSON)  # the AlertRequested payload: codes only
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # delivered, dead
+    # pending (due at next_at), sending (leased until next_at), delivered, dead
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     contact_index: Mapped[int] = mapped_column(Integer, default=0)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # attempts on the current contact
     attempts_total: Mapped[int] = mapped_column(Integer, default=0)
     next_at: Mapped[datetime]
-    last_error: Mapped[str | None] = mapped_column(String(200))
+    last_error: Mapped[str | None] = mapped_column(String(200))  # or the render fallback note
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

@@ -124,7 +124,8 @@ class WebhookChannel:
 
     name = "webhook"
 
-    def __init__(self, secret: str, timeout_s: float = 10.0, client: httpx.AsyncClient | None = None):
+    def __init__(self, secret: str, timeout_s: float = 10.0,
+                 client: httpx.AsyncClient | None = None):
         self._poster = SignedPoster(secret, timeout_s, client)
 
     async def send(self, address: str, message: Message, idempotency_key: str) -> None:

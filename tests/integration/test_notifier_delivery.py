@@ -1,0 +1,218 @@
+"""The delivery worker against a real SQLite file and the loopback receivers (no Kafka needed):
+bundling, rate limits, receipts, the render fallback note and leases. The worker is stepped by
+hand (claim, send), so nothing here sleeps."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from types import SimpleNamespace
+
+import pytest_asyncio
+from sqlalchemy import select, update
+
+from schemas.events import AlertRequested, Contact, DeliveryOutcome, Envelope
+from services.common.db import Base, Database, utcnow
+from services.common.outbox import OutboxRow
+from services.notifier import policy
+from services.notifier.handlers import Notifier
+from services.notifier.render import Renderer
+from services.notifier.store import Delivery
+from tests.conftest import make_settings
+
+
+class _Relay:
+    def poke(self) -> None:
+        pass
+
+
+@pytest_asyncio.fixture
+async def notifier(tmp_path, inbox):
+    settings = make_settings("127.0.0.1:1", f"sqlite+aiosqlite:///{tmp_path / 'n.db'}",
+                             smtp_port=inbox.smtp_port, sms_gateway_url=inbox.http_url + "/sms")
+    db = Database(settings.database_url)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all,
+                            tables=[Delivery.__table__, OutboxRow.__table__])
+    n = Notifier(SimpleNamespace(settings=settings, db=db, relays={"notifier": _Relay()}))
+    yield n
+    await n.aclose()
+    await db.dispose()
+
+
+def alert(i, inbox, severity="P3", kind="reminder", authority="commune:4:child_protection",
+          contacts=None, due=timedelta(hours=8)):
+    return AlertRequested(
+        alert_id=f"C-{i}:{authority}:{kind}", case_id=f"C-{i}", authority_id=authority,
+        tier="commune", agency="child_protection", role="act", kind=kind,
+        category="NEGLECT", severity=severity, publicity="PA0",
+        ack_due=datetime.now(UTC) + due if due else None,
+        contacts=contacts or [Contact(channel="webhook", address=f"{inbox.http_url}/hooks/a")],
+        rulepack_version="default@1",
+    )
+
+
+async def step(n: Notifier) -> int:
+    """One turn of the worker: claim what is due and send it all."""
+    jobs = await n.claim()
+    for job in jobs:
+        await n.send(job)
+    return len(jobs)
+
+
+async def make_due(n: Notifier, alert_id: str) -> None:
+    async with n.rt.db.writes() as s, s.begin():
+        await s.execute(update(Delivery).where(Delivery.alert_id == alert_id)
+                        .values(next_at=utcnow() - timedelta(seconds=1)))
+
+
+async def receipts(n: Notifier) -> list[DeliveryOutcome]:
+    async with n.rt.db.reads() as s:
+        rows = (await s.scalars(select(OutboxRow).order_by(OutboxRow.id))).all()
+    return [Envelope.model_validate_json(r.payload).payload() for r in rows]
+
+
+async def rows(n: Notifier) -> dict[str, Delivery]:
+    async with n.rt.db.reads() as s:
+        return {d.alert_id: d for d in (await s.scalars(select(Delivery))).all()}
+
+
+async def test_p3_reminders_to_one_contact_go_as_one_message(notifier, inbox):
+    reminders = [alert(i, inbox) for i in range(3)]
+    for a in reminders:
+        await notifier.handle(Envelope.wrap(a, "test"))
+    assert await step(notifier) == 0  # held for the bundle window
+
+    await make_due(notifier, reminders[0].alert_id)  # the first one's window has passed
+    assert await step(notifier) == 1
+
+    hooks = inbox.requests()
+    assert len(hooks) == 1
+    body = hooks[0]["body"]
+    assert body["type"] == "beacon.alert.bundle"
+    assert sorted(i["alert_id"] for i in body["items"]) == sorted(a.alert_id for a in reminders)
+    assert hooks[0]["headers"]["Idempotency-Key"].startswith("bundle-")
+    state = await rows(notifier)
+    assert {d.status for d in state.values()} == {"delivered"}
+    got = [(r.alert_id, r.status) for r in await receipts(notifier)]
+    for a in reminders:  # one receipt per alert, each on its own case's timeline
+        assert got.count((a.alert_id, "attempted")) == 1
+        assert got.count((a.alert_id, "delivered")) == 1
+
+
+async def test_a_bundle_by_email_is_one_mail(notifier, inbox):
+    mail = [Contact(channel="email", address="cp.4@example.vn")]
+    reminders = [alert(i, inbox, severity="P4", contacts=mail) for i in range(4)]
+    for a in reminders:
+        await notifier.handle(Envelope.wrap(a, "test"))
+    await make_due(notifier, reminders[0].alert_id)
+    assert await step(notifier) == 1
+    [path] = inbox.mails()
+    text = message_from_bytes(path.read_bytes()).get_payload(decode=True).decode()
+    assert all(a.case_id in text for a in reminders)
+
+
+async def test_urgent_alerts_and_other_contacts_are_never_bundled_or_held(notifier, inbox):
+    other = [Contact(channel="webhook", address=f"{inbox.http_url}/hooks/b")]
+    alerts = [
+        alert(1, inbox, severity="P1"), alert(2, inbox, severity="P2"),  # urgent reminders
+        alert(3, inbox, kind="alert"), alert(4, inbox, kind="breach"),  # not reminders
+    ]
+    held = [alert(5, inbox), alert(6, inbox, contacts=other)]  # P3 reminders, two contacts
+    for a in alerts + held:
+        await notifier.handle(Envelope.wrap(a, "test"))
+    assert await step(notifier) == 4
+    assert sorted(r["body"]["alert_id"] for r in inbox.requests()) == sorted(
+        a.alert_id for a in alerts)
+
+    await make_due(notifier, held[0].alert_id)
+    await make_due(notifier, held[1].alert_id)
+    assert await step(notifier) == 2  # same authority, different contacts: two messages
+    assert all(r["body"]["type"] == "beacon.alert" for r in inbox.requests())
+
+
+async def test_a_bundle_holds_at_most_bundle_max(notifier, inbox):
+    reminders = [alert(i, inbox) for i in range(policy.BUNDLE_MAX + 3)]
+    for a in reminders:
+        await notifier.handle(Envelope.wrap(a, "test"))
+    for a in reminders:
+        await make_due(notifier, a.alert_id)
+    assert await step(notifier) == 2
+    sizes = sorted(len(r["body"]["items"]) if "items" in r["body"] else 1
+                   for r in inbox.requests())
+    assert sizes == [3, policy.BUNDLE_MAX]
+
+
+async def test_rate_limit_defers_p3_but_never_p1_or_p2(notifier, inbox):
+    notifier.limiter = policy.RateLimiter(per_minute=6, burst=2,
+                                          never_limited=policy.NEVER_DELAYED)
+    slow = [alert(i, inbox, kind="alert") for i in range(4)]
+    urgent = [alert(10 + i, inbox, kind="alert", severity=("P1", "P2")[i % 2]) for i in range(6)]
+    for a in slow + urgent:
+        await notifier.handle(Envelope.wrap(a, "test"))
+    # Claimed by severity: the six urgent ones go and take the bucket's two tokens on the way.
+    assert await step(notifier) == 6
+    state = await rows(notifier)
+    assert all(state[a.alert_id].status == "delivered" for a in urgent)
+    waiting = [state[a.alert_id] for a in slow if state[a.alert_id].status == "pending"]
+    assert len(waiting) == 4  # every P3 waits for a token
+    assert all(d.next_at > utcnow() + timedelta(seconds=5) for d in waiting)
+    assert not [r for r in await receipts(notifier)
+                if r.alert_id in {d.alert_id for d in waiting}]  # no attempt, no receipt
+
+
+async def test_render_failure_is_sent_plainly_and_reported(notifier, inbox, tmp_path):
+    broken = tmp_path / "templates" / "vi"
+    broken.mkdir(parents=True)
+    (broken / "email_subject.j2").write_text("{{ no_such_field }}")
+    notifier.renderer = Renderer(tmp_path / "templates")
+    a = alert(1, inbox, severity="P1", kind="alert",
+              contacts=[Contact(channel="email", address="cp.4@example.vn")])
+    await notifier.handle(Envelope.wrap(a, "test"))
+    assert await step(notifier) == 1
+
+    assert len(inbox.mails()) == 1  # the alert still went, as the built-in text
+    delivered = [r for r in await receipts(notifier) if r.status == "delivered"]
+    assert delivered[0].channel == "email"
+    assert delivered[0].error == "render_fallback: UndefinedError in vi/email_subject.j2"
+    assert (await rows(notifier))[a.alert_id].last_error == delivered[0].error
+
+
+async def test_receipts_trace_fallback_and_dead_letter(notifier, inbox):
+    inbox.http.status = 404  # webhook and SMS gateway refuse for good
+    a = alert(1, inbox, severity="P1", kind="alert", due=None, contacts=[
+        Contact(channel="webhook", address=f"{inbox.http_url}/hooks/a"),
+        Contact(channel="sms", address="+84900000001"),
+    ])
+    await notifier.handle(Envelope.wrap(a, "test"))
+    assert await step(notifier) == 1
+    assert await step(notifier) == 1  # the fallback is due at once
+    got = [(r.status, r.channel, r.attempt, r.error) for r in await receipts(notifier)]
+    assert got == [
+        ("attempted", "webhook", 1, None), ("failed", "webhook", 1, "http_404"),
+        ("attempted", "sms", 2, None), ("failed", "sms", 2, "http_404"),
+        ("dead_lettered", "sms", 2, "http_404"),  # no deadline: one round through the contacts
+    ]
+    assert (await rows(notifier))[a.alert_id].status == "dead"
+
+
+async def test_a_lost_lease_is_not_recorded_twice(notifier, inbox):
+    a = alert(1, inbox, severity="P1", kind="alert")
+    await notifier.handle(Envelope.wrap(a, "test"))
+    [job] = await notifier.claim()
+    # The lease runs out (the worker was stuck) and the row is claimed and delivered again.
+    await make_due(notifier, a.alert_id)
+    assert await step(notifier) == 1
+    await notifier.send(job)  # the stuck worker finishes late
+    statuses = [r.status for r in await receipts(notifier)]
+    assert statuses == ["attempted", "attempted", "delivered"]
+    hooks = inbox.requests()
+    assert len(hooks) == 2 and {h["headers"]["Idempotency-Key"] for h in hooks} == {a.alert_id}
+    assert (await rows(notifier))[a.alert_id].attempts_total == 1
+
+
+async def test_inbox_body_is_codes_only(notifier, inbox):
+    a = alert(1, inbox, severity="P1", kind="alert")
+    await notifier.handle(Envelope.wrap(a, "test"))
+    await step(notifier)
+    body = json.dumps(inbox.requests()[0]["body"])
+    assert a.case_id in body and "NEGLECT" in body
