@@ -88,14 +88,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 class InboxHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # many deliveries in flight at once: the default 5 resets them
 
     def __init__(self, address: tuple[str, int], directory: Path):
+        self.connections: set[socket.socket] = set()  # so that stop really drops keep-alives
         super().__init__(address, _Handler)
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "webhook.jsonl"
         self.status = 200  # tests may set another answer (e.g. 503) to exercise retries
         self.raw_bodies: list[bytes] | None = None  # tests set a list to keep exact bytes
         self._lock = threading.Lock()
+
+    def get_request(self):
+        conn, addr = super().get_request()
+        self.connections.add(conn)
+        return conn, addr
+
+    def shutdown_request(self, request) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
 
     def record(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, ensure_ascii=False) + "\n"
@@ -119,8 +130,14 @@ def start_http(directory: str | Path, host: str = "127.0.0.1", port: int = 0) ->
 
 
 def stop_http(server: InboxHTTPServer) -> None:
+    """Down for real: no new connections, and open keep-alive connections are cut."""
     server.shutdown()
     server.server_close()
+    for conn in list(server.connections):
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 # --- SMTP -------------------------------------------------------------------------------------

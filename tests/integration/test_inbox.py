@@ -107,3 +107,17 @@ def test_sigint_also_stops_it(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_stopped_receiver_drops_open_keep_alive_connections(tmp_path):
+    import httpx
+    import pytest
+
+    from tools.inbox import start_http, stop_http
+
+    server = start_http(tmp_path)
+    with httpx.Client() as client:  # one pooled keep-alive connection
+        assert client.post(server.url + "/hooks/x", json={}).status_code == 200
+        stop_http(server)
+        with pytest.raises(httpx.TransportError):
+            client.post(server.url + "/hooks/x", json={})
