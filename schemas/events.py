@@ -70,6 +70,31 @@ class TargetAcknowledged(_Data):
     at: datetime
 
 
+class MilestoneRecorded(_Data):
+    """An authority recorded a step of the case (DOMAIN.md section 2), e.g. emergency_measure."""
+
+    case_id: str
+    milestone: str  # a milestone id of the rule pack, or one of MILESTONES
+    authority_id: str
+    by_user: str
+    at: datetime
+    outcome: str | None = None  # a code, given when the case is closed
+
+
+TransferReason = Literal["wrong_jurisdiction", "wrong_agency", "conflict_of_interest", "other"]
+
+
+class TransferRequested(_Data):
+    """An authority hands its duty on a case to another; the duty moves when the other acknowledges."""
+
+    case_id: str
+    from_authority_id: str
+    to_authority_id: str
+    reason: TransferReason  # a code: events carry no free text
+    by_user: str
+    at: datetime
+
+
 # --- escalation -> everyone -----------------------------------------------------------------
 
 
@@ -124,6 +149,57 @@ class AckRecorded(_Data):
     case_acknowledged: bool
 
 
+class MilestoneScheduled(_Data):
+    """A legal deadline for a step of the case, counted from the first receipt."""
+
+    case_id: str
+    milestone: str
+    authority_id: str  # who is held to it
+    due_at: datetime
+
+
+class MilestoneMissed(_Data):
+    case_id: str
+    milestone: str
+    authority_id: str
+    due_at: datetime
+    to_authority_id: str | None = None  # the next tier up, now held to act
+
+
+class TargetTransferred(_Data):
+    case_id: str
+    from_authority_id: str
+    to_authority_id: str
+    reason: TransferReason
+    ack_due: datetime | None = None
+
+
+class TargetReleased(_Data):
+    """A target's duty ended: the authority it transferred the case to acknowledged."""
+
+    case_id: str
+    authority_id: str
+    to_authority_id: str
+    reason: Literal["transferred"] = "transferred"
+
+
+# --- admin -> every instance (compacted topic, keyed by pack version) -------------------------
+
+
+class RulePackPublished(_Data):
+    """A rule pack to be in force from `effective_at`. The in-force pack is the published one with
+    the latest effective_at not in the future; publishing an earlier version again rolls back."""
+
+    version: str
+    sha256: str
+    text: str  # the YAML, codes and labels only
+    effective_at: datetime
+    published_at: datetime
+    published_by: str
+    approved_by: str | None = None
+    reevaluate_open: bool = False  # re-decide open cases under this pack when it takes effect
+
+
 # --- notifier -> everyone -------------------------------------------------------------------
 
 DeliveryStatus = Literal["attempted", "delivered", "failed", "dead_lettered"]
@@ -150,9 +226,21 @@ EVENT_TYPES: dict[str, type[_Data]] = {
     "beacon.target.escalated": TargetEscalated,
     "beacon.ack.recorded": AckRecorded,
     "beacon.delivery.outcome": DeliveryOutcome,
+    "beacon.milestone.recorded": MilestoneRecorded,
+    "beacon.transfer.requested": TransferRequested,
+    "beacon.milestone.scheduled": MilestoneScheduled,
+    "beacon.milestone.missed": MilestoneMissed,
+    "beacon.target.transferred": TargetTransferred,
+    "beacon.target.released": TargetReleased,
+    "beacon.rulepack.published": RulePackPublished,
 }
 TYPE_OF: dict[type[_Data], str] = {v: k for k, v in EVENT_TYPES.items()}
 SCHEMA_VERSION = 2  # v2: delivery outcomes carry role and kind; schemas/compat.py reads v1
+
+
+def _subject(data: _Data) -> str:
+    """The case id; a rule pack, which belongs to no case, is keyed by its version."""
+    return data.version if isinstance(data, RulePackPublished) else data.case_id  # type: ignore[attr-defined]
 
 
 class Envelope(BaseModel):
@@ -177,7 +265,7 @@ class Envelope(BaseModel):
             id=event_id or uuid4().hex,
             source=source,
             type=etype,
-            subject=data.case_id,  # type: ignore[attr-defined]
+            subject=_subject(data),
             dataschema=compat.dataschema(etype, SCHEMA_VERSION),
             data=data.model_dump(mode="json"),
         )

@@ -94,9 +94,16 @@ def create_app(rt) -> FastAPI:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     if "intake" in rt.services:
-        from services.intake.api import cases, reports
+        from services.intake.api import (
+            audit, authorities, cases, directory, links, reports, rulepacks,
+        )
 
         app.include_router(reports.router)
         app.include_router(cases.router)
+        app.include_router(authorities.router)
+        app.include_router(links.router)
+        app.include_router(rulepacks.router)
+        app.include_router(directory.router)
+        app.include_router(audit.router)
     app.add_middleware(BodyLimit, max_bytes=rt.settings.max_body_bytes)
     return app

@@ -21,11 +21,22 @@ app.add_typer(cases_app, name="cases")
 
 def _rules_app():
     from services.escalation.rules_cli import app as rules
+    from services.intake.admin_cli import add_rules_commands
 
+    add_rules_commands(rules)  # the lifecycle: upload, replay, approve, publish, rollback
     return rules
 
 
-app.add_typer(_rules_app(), name="rules", help="Rule packs: validate, test a report.")
+def _admin_apps():
+    from services.intake.admin_cli import audit_app, directory_app
+
+    app.add_typer(directory_app, name="directory")
+    app.add_typer(audit_app, name="audit")
+
+
+app.add_typer(_rules_app(), name="rules",
+              help="Rule packs: validate, test a report; upload, replay, approve, publish, roll back.")
+_admin_apps()
 
 
 class Service(str, Enum):
@@ -57,11 +68,12 @@ def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP po
     services = frozenset(runtime.SERVICES if service is Service.all else (service.value,))
     try:
         rt = runtime.build(settings, services)
+        asyncio.run(runtime.preflight(settings))
         config = uvicorn.Config(create_app(rt), host=settings.http_host,
                                 port=port or settings.http_port, log_config=None,
                                 lifespan="on", timeout_graceful_shutdown=10)
         server = uvicorn.Server(config)
-        asyncio.run(server.serve())
+        server.run()  # uvloop where installed: a database round trip costs a fifth
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None

@@ -6,6 +6,7 @@ configuration, the rule pack and the directory, and refuses to start with a clea
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 from faststream.kafka import KafkaBroker
@@ -30,6 +31,8 @@ class Runtime:
     pack: object
     directory: object
     vault: object = None
+    producer: object = None  # intake's producer of human inputs
+    watcher: object = None  # follows the rule-pack topic and the directory entries
     relays: dict[str, Relay] = field(default_factory=dict)
     parts: dict[str, object] = field(default_factory=dict)
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -37,6 +40,8 @@ class Runtime:
 
 def build(settings: Settings, services: frozenset[str]) -> Runtime:
     from services.escalation.directory import build_directory, validate_directory
+    from services.escalation.directory_admin import OverlayDirectory
+    from services.escalation.pack_watcher import PackWatcher
     from services.escalation.rulepack import RulePackError, load_pack
 
     try:
@@ -50,20 +55,23 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
     if problems := validate_directory(directory, pack):
         raise ConfigError("authority directory is invalid:\n" + "\n".join(problems[:20]))
     rt = Runtime(settings=settings, services=services, db=Database(settings.database_url),
-                 broker=kafka.make_broker(settings), pack=pack, directory=directory)
+                 broker=kafka.make_broker(settings), pack=pack,
+                 directory=OverlayDirectory(directory))
+    rt.watcher = PackWatcher(rt)
     if "intake" in services:
         from services.intake.identity import IdentityVault
 
         rt.vault = IdentityVault(settings.secret("secret_key"))
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.CASES, Topics.ALERTS,
-                                            Topics.DELIVERIES], "intake-readmodel", _readmodel(rt))
+                                            Topics.DELIVERIES], "intake-readmodel",
+                      batch_handler=_readmodel(rt))
     if "escalation" in services:
         from services.escalation.handlers import Escalation
 
         rt.parts["escalation"] = esc = Escalation(rt)
         rt.relays["escalation"] = Relay("escalation", rt.db, rt.broker)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.DELIVERIES], "escalation",
-                      esc.handle)
+                      batch_handler=esc.handle)
     if "notifier" in services:
         from services.notifier.handlers import Notifier
 
@@ -76,34 +84,61 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
 def _readmodel(rt: Runtime):
     from services.intake import readmodel
 
-    async def apply(envelope):
+    async def apply(envelopes):
+        # Most inputs were applied already by the request that accepted them: a read skips
+        # those without taking the write lock.
+        envelopes = [e for e in envelopes if not await readmodel.applied(rt.db, e.id)]
+        if not envelopes:
+            return
         async with rt.db.writes() as session, session.begin():
-            await readmodel.apply(session, envelope)
+            for envelope in envelopes:
+                await readmodel.apply(session, envelope)
 
     return apply
 
 
-async def check_database(rt: Runtime) -> None:
-    async with rt.db.reads() as session:
+async def check_database(db: Database) -> None:
+    async with db.reads() as session:
         try:
             await session.execute(text("SELECT version_num FROM alembic_version"))
         except Exception as exc:
             raise ConfigError(
-                f"database {rt.settings.database_url} is not migrated ({type(exc).__name__}): "
+                f"database {db.url} is not migrated ({type(exc).__name__}): "
                 "run `beacon db upgrade`") from None
 
 
-async def start(rt: Runtime) -> None:
-    await check_database(rt)
+async def check_kafka(settings: Settings) -> None:
+    """Creates the topics that are missing; refuses to start when the broker does not answer."""
     try:
-        await kafka.ensure_topics(rt.settings)
+        await asyncio.wait_for(kafka.ensure_topics(settings), 30)
     except Exception as exc:
-        raise ConfigError(f"Kafka at {rt.settings.kafka_bootstrap} is unreachable: {exc}") from None
+        raise ConfigError(f"Kafka at {settings.kafka_bootstrap} is unreachable: "
+                          f"{type(exc).__name__} {exc}") from None
+
+
+async def preflight(settings: Settings) -> None:
+    """What `beacon run` checks before serving, so that it exits with a message, not a trace."""
+    db = Database(settings.database_url)
+    try:
+        await check_database(db)
+    finally:
+        await db.dispose()
+    await check_kafka(settings)
+
+
+async def start(rt: Runtime) -> None:
+    await check_database(rt.db)
+    await check_kafka(rt.settings)
+    await _rule_packs(rt)
     await rt.broker.start()
+    if "intake" in rt.services:
+        rt.producer = kafka.make_input_producer(rt.settings)  # aiokafka wants a running loop
+        await rt.producer.start()
     if "intake" in rt.services:
         from services.intake import submission
 
         await submission.sweep(rt)
+    rt.tasks.append(asyncio.create_task(rt.watcher.run(), name="rulepacks"))
     for relay in rt.relays.values():
         rt.tasks.append(asyncio.create_task(relay.run(), name=f"relay-{relay.service}"))
     if esc := rt.parts.get("escalation"):
@@ -115,16 +150,48 @@ async def start(rt: Runtime) -> None:
              rulepack=rt.pack.version)
 
 
+async def _rule_packs(rt: Runtime) -> None:
+    """The configured pack becomes a version one can roll back to; then the published pack in
+    force (if any) replaces it before the first event is decided."""
+    from sqlalchemy.exc import IntegrityError
+
+    from services.escalation import packs_store
+    from services.escalation.rulepack import SHIPPED
+
+    path = SHIPPED.get(rt.settings.rulepack, rt.settings.rulepack)
+    text = await asyncio.to_thread(Path(path).read_text, "utf-8")
+    try:
+        async with rt.db.writes() as session, session.begin():
+            await packs_store.register_builtin(session, rt.pack, text)
+    except IntegrityError:
+        pass  # another process registered it first
+    async with rt.db.reads() as session:
+        await rt.directory.refresh(session)
+    await rt.watcher.start()
+
+
 async def stop(rt: Runtime) -> None:
+    """Stop consuming first, so no handler is cut off mid-transaction; then the loops; each
+    step bounded, so that a broker stuck in a rebalance cannot hold the process forever."""
+    await _bounded("broker", rt.broker.stop(), 20)
+    if rt.producer is not None:
+        await _bounded("producer", rt.producer.stop(), 10)
     for task in rt.tasks:
         task.cancel()
-    await asyncio.gather(*rt.tasks, return_exceptions=True)
+    await _bounded("loops", asyncio.gather(*rt.tasks, return_exceptions=True), 10)
     rt.tasks.clear()
-    await rt.broker.stop()
+    await _bounded("rulepack watcher", rt.watcher.stop(), 10)
     if notifier := rt.parts.get("notifier"):
-        await notifier.aclose()
+        await _bounded("channels", notifier.aclose(), 10)
     await rt.db.dispose()
     log.info("stopped", services=sorted(rt.services))
+
+
+async def _bounded(step: str, awaitable, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        log.warning("shutdown_step_timed_out", step=step, seconds=seconds)
 
 
 async def _every(interval_s: float, job) -> None:

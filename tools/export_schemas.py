@@ -35,11 +35,15 @@ REQUESTS: dict[str, type[BaseModel]] = {"report": Report, "case-update": CaseUpd
 # data (services/intake/api, services/escalation/handlers.py, services/notifier/handlers.py).
 CHANNELS: dict[str, tuple[str, list[str]]] = {
     Topics.INPUTS: (
-        "Human inputs, accepted by intake: reports, follow-ups, acknowledgements. Codes only.",
-        ["beacon.report.received", "beacon.case.updated", "beacon.target.acknowledged"]),
+        ("Human inputs, accepted by intake: reports, follow-ups, acknowledgements, milestones, "
+         "transfers. Codes only."),
+        ["beacon.report.received", "beacon.case.updated", "beacon.target.acknowledged",
+         "beacon.milestone.recorded", "beacon.transfer.requested"]),
     Topics.CASES: (
         "Escalation's decisions and the state changes of each case's targets.",
-        ["beacon.case.decided", "beacon.target.escalated", "beacon.ack.recorded"]),
+        ["beacon.case.decided", "beacon.target.escalated", "beacon.ack.recorded",
+         "beacon.milestone.scheduled", "beacon.milestone.missed", "beacon.target.transferred",
+         "beacon.target.released"]),
     Topics.ALERTS: (
         "What escalation asks the notifier to tell one authority.",
         ["beacon.alert.requested"]),
@@ -47,9 +51,10 @@ CHANNELS: dict[str, tuple[str, list[str]]] = {
         "Delivery outcomes, one per attempt, written by the notifier.",
         ["beacon.delivery.outcome"]),
     Topics.RULEPACKS: (
-        ("The active rule pack (compacted, one partition). Created at start-up; no service "
-         "writes or reads it yet."),
-        []),
+        ("Published rule packs (compacted, one partition, keyed by pack version). Intake writes "
+         "it when an admin publishes or rolls back; every instance reads all of it without a "
+         "consumer group (services/escalation/pack_watcher.py)."),
+        ["beacon.rulepack.published"]),
     Topics.DEADLETTER: (
         ("Records a consumer could not parse or kept failing on, unchanged, with the reason in "
          "headers. Read by operators, not by services."),
@@ -66,11 +71,18 @@ SUMMARIES: dict[str, str] = {
     "beacon.target.escalated": "A deadline step for an act target: reminder, breach, escalation.",
     "beacon.ack.recorded": "Escalation recorded an acknowledgement and stopped that target's clock.",
     "beacon.delivery.outcome": "One delivery attempt of an alert to one contact, and how it ended.",
+    "beacon.milestone.recorded": "An authority recorded a step of the case (emergency measure...).",
+    "beacon.transfer.requested": "An authority asked to hand its duty on a case to another.",
+    "beacon.milestone.scheduled": "Escalation holds an authority to a milestone's legal deadline.",
+    "beacon.milestone.missed": "A milestone's deadline passed: the case was escalated.",
+    "beacon.target.transferred": "A case was re-routed to another authority, which must acknowledge.",
+    "beacon.target.released": "A target's duty ended: the authority it transferred to acknowledged.",
+    "beacon.rulepack.published": "A rule pack version to be in force from its effective time.",
 }
 
 # Who writes which topic (service), and who reads which (consumer group; services/runtime.py).
 SENDS: dict[str, list[str]] = {
-    "intake": [Topics.INPUTS],
+    "intake": [Topics.INPUTS, Topics.RULEPACKS],
     "escalation": [Topics.CASES, Topics.ALERTS],
     "notifier": [Topics.DELIVERIES],
 }
@@ -120,7 +132,9 @@ def _event_message(etype: str) -> dict[str, Any]:
     props["dataschema"] = {
         "const": compat.dataschema(etype, SCHEMA_VERSION), "type": "string",
         "description": f"Consumers also accept v{SCHEMA_VERSION - 1} (schemas/compat.py)."}
-    props["subject"] = {"type": "string", "description": "The case id."}
+    pack = etype == "beacon.rulepack.published"
+    props["subject"] = {"type": "string",
+                        "description": "The pack version." if pack else "The case id."}
     props["data"] = {"$ref": f"#/components/schemas/{model.__name__}"}
     envelope["title"] = f"{etype} envelope"
     envelope.pop("description", None)
@@ -139,8 +153,9 @@ def _event_message(etype: str) -> dict[str, Any]:
             },
         },
         "bindings": {"kafka": {
-            "key": {"type": "string", "description": "The case id: one case's events stay in "
-                    "order on one partition."},
+            "key": {"type": "string", "description": (
+                "The pack version: compaction keeps its latest publication." if pack else
+                "The case id: one case's events stay in order on one partition.")},
             "bindingVersion": KAFKA_BINDING,
         }},
     }
@@ -227,6 +242,14 @@ def asyncapi() -> dict[str, Any]:
             "messages": refs(Topics.DEADLETTER),
             "summary": f"{GROUP_PREFIX + group} sets aside what it cannot parse or keeps failing on.",
         }
+
+    operations["instances.receive.rulepacks"] = {
+        "action": "receive",
+        "channel": {"$ref": f"#/channels/{_channel_id(Topics.RULEPACKS)}"},
+        "messages": refs(Topics.RULEPACKS),
+        "summary": "Every process reads the whole topic without a consumer group, and puts the "
+                   "pack with the latest effective time not in the future in force.",
+    }
 
     return {
         "asyncapi": "3.0.0",

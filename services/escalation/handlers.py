@@ -5,7 +5,8 @@ the case's facts and targets, its timers, and the events it causes (outbox). The
 committed only after that transaction.
 """
 
-from datetime import datetime
+import hashlib
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import select, update
@@ -19,15 +20,28 @@ from schemas.events import (
     CaseUpdated,
     DeliveryOutcome,
     Envelope,
+    MilestoneMissed,
+    MilestoneRecorded,
+    MilestoneScheduled,
     ReportReceived,
     TargetAcknowledged,
     TargetEscalated,
+    TargetReleased,
+    TargetTransferred,
     Topics,
+    TransferRequested,
 )
 from services.common import outbox
 from services.common.db import claim_event, utcnow
-from services.escalation.engine import deadline, decide, reminder_times
-from services.escalation.store import EscalationCase, EscalationTarget, Timer
+from services.escalation import milestones
+from services.escalation.engine import deadline, decide, milestone_deadlines, reminder_times
+from services.escalation.store import (
+    EscalationCase,
+    EscalationMilestone,
+    EscalationTarget,
+    MilestoneTimer,
+    Timer,
+)
 
 log = structlog.get_logger("beacon.escalation")
 SERVICE = "escalation"
@@ -41,21 +55,31 @@ class Escalation:
 
     # --- inputs ---------------------------------------------------------------------------
 
-    async def handle(self, envelope: Envelope) -> None:
+    async def handle(self, envelopes: list[Envelope]) -> None:
+        """Apply a batch of inputs in one transaction (the Kafka consumer's batch)."""
         async with self.rt.db.writes() as session, session.begin():
-            if not await claim_event(session, SERVICE, envelope.id):
-                return
-            data = envelope.payload()
-            match data:
-                case ReportReceived():
-                    await self._on_report(session, envelope, data)
-                case CaseUpdated():
-                    await self._on_update(session, envelope, data)
-                case TargetAcknowledged():
-                    await self._on_ack(session, data)
-                case DeliveryOutcome(status="dead_lettered", role="act"):
-                    await self._on_undeliverable(session, data)
+            for envelope in envelopes:
+                with structlog.contextvars.bound_contextvars(case_id=envelope.subject):
+                    await self._apply(session, envelope)
         self.rt.relays[SERVICE].poke()
+
+    async def _apply(self, session, envelope: Envelope) -> None:
+        if not await claim_event(session, SERVICE, envelope.id):
+            return  # a repeat: this event was applied before
+        data = envelope.payload()
+        match data:
+            case ReportReceived():
+                await self._on_report(session, envelope, data)
+            case CaseUpdated():
+                await self._on_update(session, envelope, data)
+            case TargetAcknowledged():
+                await self._on_ack(session, data)
+            case MilestoneRecorded():
+                await self._on_milestone(session, data)
+            case TransferRequested():
+                await self._on_transfer(session, data)
+            case DeliveryOutcome(status="dead_lettered", role="act"):
+                await self._on_undeliverable(session, data)
 
     async def _on_report(self, session, envelope: Envelope, data: ReportReceived) -> None:
         case = await session.get(EscalationCase, data.case_id)
@@ -82,7 +106,7 @@ class Escalation:
                 "linked_reports": (*old.linked_reports, *linked),
                 "first_received_at": min(old.first_received_at, data.received_at),
             })
-        await self._decide(session, envelope, case, facts, floor=case.publicity)
+        await self._decide(session, case, facts, case.publicity, envelope.time, envelope.type)
 
     async def _on_update(self, session, envelope: Envelope, data: CaseUpdated) -> None:
         case = await session.get(EscalationCase, data.case_id)
@@ -97,22 +121,26 @@ class Escalation:
             floor = data.publicity
         if data.severity_override is not None:
             changes["severity_override"] = data.severity_override
-        await self._decide(session, envelope, case, old.model_copy(update=changes), floor=floor)
+        await self._decide(session, case, old.model_copy(update=changes), floor, envelope.time,
+                           envelope.type)
 
-    async def _decide(self, session, envelope: Envelope, case: EscalationCase, facts: CaseFacts,
-                      floor: str) -> None:
+    async def _decide(self, session, case: EscalationCase, facts: CaseFacts, floor: str,
+                      at: datetime, cause: str) -> None:
+        """Decide under the pack in force. `at` is when intake accepted the input (so a
+        redelivery decides the same), or when a re-evaluation ran."""
         facts = facts.model_copy(update={
             "publicity": _max_publicity(case.human_publicity, floor)})
-        # Deadlines run from when intake accepted the input: a redelivery decides the same.
-        decision = decide(facts, self.rt.pack, self.rt.directory, envelope.time)
+        decision = decide(facts, self.rt.pack, self.rt.directory, at)
         case.facts = facts.model_dump(mode="json")
         case.severity, case.publicity = decision.severity, decision.publicity
         case.rulepack_version = decision.rulepack_version
         case.decisions += 1
         case.updated_at = utcnow()
-        added, changed = await self._apply_targets(session, case, decision, envelope.time)
+        added, changed = await self._apply_targets(session, case, decision, at)
         self._emit(session, CaseDecided(case_id=case.case_id, decision=decision, added=added,
-                                        changed=changed, cause=envelope.type))
+                                        changed=changed, cause=cause))
+        await session.flush()
+        await self._schedule_milestones(session, case, facts, decision.severity)
         log.info("decided", severity=decision.severity, publicity=decision.publicity,
                  added=len(added), changed=len(changed))
 
@@ -133,7 +161,7 @@ class Escalation:
                 session.add(row)
                 added.append(t)
                 self._alert(session, case, row, "alert" if t.role == "act" else "inform")
-            elif t.role == "act" and row.acked_at is None and (
+            elif t.role == "act" and row.acked_at is None and row.released_at is None and (
                 row.role == "inform" or (t.ack_due and row.ack_due and t.ack_due < row.ack_due)
             ):
                 upgraded = row.role == "inform"
@@ -155,13 +183,194 @@ class Escalation:
             return
         row.acked_at, row.acked_by = data.at, data.by_user
         await self._cancel_timers(session, row, "acknowledged")
+        # A transfer completes when the new authority acknowledges: only then does the first
+        # authority's duty end (its timers kept running until now).
+        handed = (await session.scalars(select(EscalationTarget).where(
+            EscalationTarget.case_id == data.case_id,
+            EscalationTarget.transferred_to == data.authority_id,
+            EscalationTarget.released_at.is_(None)))).all()
+        for old in handed:
+            await self._release(session, old, row, data.at)
         await session.flush()
         pending = await session.scalar(select(EscalationTarget.authority_id).where(
             EscalationTarget.case_id == data.case_id, EscalationTarget.role == "act",
-            EscalationTarget.acked_at.is_(None)).limit(1))
+            EscalationTarget.acked_at.is_(None), EscalationTarget.released_at.is_(None)).limit(1))
         self._emit(session, AckRecorded(case_id=data.case_id, authority_id=data.authority_id,
                                         by_user=data.by_user, at=data.at,
                                         case_acknowledged=pending is None))
+
+    async def _release(self, session, old: EscalationTarget, new: EscalationTarget,
+                       at: datetime) -> None:
+        old.released_at = at
+        await self._cancel_timers(session, old, "transferred")
+        # Milestones the first authority was held to pass to the new one, deadlines unchanged.
+        await session.execute(update(EscalationMilestone).where(
+            EscalationMilestone.case_id == old.case_id,
+            EscalationMilestone.authority_id == old.authority_id,
+            EscalationMilestone.done_at.is_(None)).values(authority_id=new.authority_id))
+        await session.execute(update(MilestoneTimer).where(
+            MilestoneTimer.case_id == old.case_id, MilestoneTimer.authority_id == old.authority_id,
+            MilestoneTimer.fired_at.is_(None)).values(authority_id=new.authority_id))
+        self._emit(session, TargetReleased(case_id=old.case_id, authority_id=old.authority_id,
+                                           to_authority_id=new.authority_id))
+
+    # --- transfers ------------------------------------------------------------------------
+
+    async def _on_transfer(self, session, data: TransferRequested) -> None:
+        case = await session.get(EscalationCase, data.case_id)
+        old = await session.get(EscalationTarget, (data.case_id, data.from_authority_id))
+        if case is None or old is None or case.closed_at is not None or old.released_at:
+            log.warning("transfer_ignored", authority_id=data.from_authority_id)
+            return
+        if old.transferred_to == data.to_authority_id:
+            return
+        try:
+            recipient = self.rt.directory.get(data.to_authority_id)
+        except KeyError:
+            log.warning("transfer_to_unknown_authority", authority_id=data.to_authority_id)
+            return
+        # The new authority answers within the same window the first one had (1 h for P2...).
+        if old.ack_within:
+            due = deadline(data.at, old.ack_within, old.working_days,
+                           timezone=self.rt.pack.calendar.timezone,
+                           country=self.rt.pack.calendar.holidays_country)
+        else:
+            due = data.at + ((old.ack_due - old.added_at) if old.ack_due else _DEFAULT_WINDOW)
+        new = await session.get(EscalationTarget, (data.case_id, data.to_authority_id))
+        old.transferred_to = data.to_authority_id
+        if new is None:
+            new = EscalationTarget(
+                case_id=case.case_id, authority_id=recipient.id, tier=recipient.tier,
+                agency=recipient.agency, role="act", ack_within=old.ack_within,
+                working_days=old.working_days, added_at=data.at, ack_due=due, origin="transfer")
+            session.add(new)
+        elif new.acked_at is None:
+            await self._cancel_timers(session, new, "rescheduled")
+            new.role, new.ack_within, new.working_days = "act", old.ack_within, old.working_days
+            new.added_at, new.ack_due = data.at, min(due, new.ack_due or due)
+        self._emit(session, TargetTransferred(
+            case_id=case.case_id, from_authority_id=old.authority_id,
+            to_authority_id=recipient.id, reason=data.reason,
+            ack_due=None if new.acked_at else new.ack_due))
+        if new.acked_at is not None:  # it already answers for the case: the duty moves now
+            await self._release(session, old, new, data.at)
+            return
+        self._alert(session, case, new, "alert", suffix=f"transfer:{old.authority_id}")
+        self._schedule(session, new)
+
+    # --- milestones -----------------------------------------------------------------------
+
+    async def _schedule_milestones(self, session, case: EscalationCase, facts: CaseFacts,
+                                   severity: str) -> None:
+        """Hold the case to the pack's milestone deadlines. A deadline once set stands: a later
+        decision adds milestones (P2 -> P1 adds the emergency measure) but never moves one."""
+        if case.closed_at is not None:
+            return
+        dues = milestone_deadlines(facts, severity, self.rt.pack)
+        if not dues:
+            return
+        known = set((await session.scalars(select(EscalationMilestone.milestone).where(
+            EscalationMilestone.case_id == case.case_id))).all())
+        targets = (await session.scalars(select(EscalationTarget).where(
+            EscalationTarget.case_id == case.case_id, EscalationTarget.role == "act"))).all()
+        duties = [milestones.Duty(t.authority_id, t.tier, t.agency, t.released_at is None)
+                  for t in targets]
+        for mid, due in dues.items():
+            if mid in known:
+                continue
+            holder = milestones.owner(mid, duties, self.rt.pack)
+            if holder is None:
+                continue
+            session.add(EscalationMilestone(case_id=case.case_id, milestone=mid,
+                                            authority_id=holder, due_at=due,
+                                            scheduled_at=utcnow()))
+            start = facts.first_received_at
+            fractions = self.rt.pack.reminder_fractions
+            for fraction, at in zip([*fractions, 1.0],
+                                    [*reminder_times(start, due, fractions), due], strict=True):
+                session.add(MilestoneTimer(case_id=case.case_id, milestone=mid,
+                                           authority_id=holder, fraction=fraction, due_at=at))
+            self._emit(session, MilestoneScheduled(case_id=case.case_id, milestone=mid,
+                                                   authority_id=holder, due_at=due))
+
+    async def _on_milestone(self, session, data: MilestoneRecorded) -> None:
+        case = await session.get(EscalationCase, data.case_id)
+        if case is None:
+            log.warning("milestone_for_unknown_case")
+            return
+        row = await session.get(EscalationMilestone, (data.case_id, data.milestone))
+        if row is None:
+            row = EscalationMilestone(case_id=data.case_id, milestone=data.milestone)
+            session.add(row)
+        elif row.done_at is not None:
+            return  # recorded before
+        row.done_at, row.done_by = data.at, data.by_user
+        row.done_authority_id, row.outcome = data.authority_id, data.outcome
+        await session.execute(update(MilestoneTimer).where(
+            MilestoneTimer.case_id == data.case_id, MilestoneTimer.milestone == data.milestone,
+            MilestoneTimer.fired_at.is_(None)).values(fired_at=utcnow(), outcome="done"))
+        if data.milestone == milestones.CASE_CLOSED:
+            case.closed_at, case.outcome = data.at, data.outcome
+            for table in (Timer, MilestoneTimer):
+                await session.execute(update(table).where(
+                    table.case_id == data.case_id, table.fired_at.is_(None)
+                ).values(fired_at=utcnow(), outcome="closed"))
+
+    async def _milestone_due(self, session, timer: MilestoneTimer, now: datetime) -> None:
+        case = await session.get(EscalationCase, timer.case_id)
+        if case is None:
+            return
+        m = await session.get(EscalationMilestone, (timer.case_id, timer.milestone))
+        if m is None or m.done_at is not None or case.closed_at is not None:
+            return
+        row = await session.get(EscalationTarget, (timer.case_id, timer.authority_id))
+        if row is None:
+            return
+        suffix = f"{timer.milestone}:{timer.id}"
+        if (timer.fraction or 0) < 1.0:
+            self._alert(session, case, row, "reminder", suffix=suffix)
+            return
+        # Missed: like a missed acknowledgement, the supervisor chain and the next tier up.
+        log.warning("milestone_missed", milestone=timer.milestone, authority_id=row.authority_id)
+        m.missed_at = now
+        authority = self.rt.directory.get(row.authority_id)
+        for supervisor in authority.supervisors:
+            self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix)
+        if authority.parent:
+            parent = await session.get(EscalationTarget, (case.case_id, authority.parent))
+            if parent is not None and parent.role == "act" and parent.released_at is None:
+                self._alert(session, case, parent, "escalated", suffix=suffix)
+            else:
+                await self._escalate(session, case, row, authority.parent, now)
+        self._emit(session, MilestoneMissed(case_id=case.case_id, milestone=timer.milestone,
+                                            authority_id=row.authority_id, due_at=timer.due_at,
+                                            to_authority_id=authority.parent))
+
+    # --- a new rule pack ------------------------------------------------------------------
+
+    async def reevaluate_open(self, publication_id: str) -> int:
+        """Re-decide every open case under the pack now in force, once per publication (several
+        instances may try: the inbox row makes each case's re-evaluation happen once)."""
+        async with self.rt.db.reads() as session:
+            ids = (await session.scalars(select(EscalationCase.case_id).where(
+                EscalationCase.closed_at.is_(None)))).all()
+        done = 0
+        for case_id in ids:
+            key = hashlib.sha256(f"{publication_id}|{case_id}".encode()).hexdigest()
+            async with self.rt.db.writes() as session, session.begin():
+                if not await claim_event(session, "escalation-reevaluate", key):
+                    continue  # done before, or by another instance
+                case = await session.get(EscalationCase, case_id)
+                if case is None or case.closed_at is not None:
+                    continue
+                with structlog.contextvars.bound_contextvars(case_id=case_id):
+                    await self._decide(session, case, CaseFacts.model_validate(case.facts),
+                                       case.publicity, utcnow(), "beacon.rulepack.published")
+                done += 1
+        if done:
+            self.rt.relays[SERVICE].poke()
+        log.info("open_cases_reevaluated", count=done, rulepack=self.rt.pack.version)
+        return done
 
     # --- timers ---------------------------------------------------------------------------
 
@@ -175,6 +384,7 @@ class Escalation:
                           fraction=1.0, due_at=row.ack_due))
 
     async def _cancel_timers(self, session, row: EscalationTarget, why: str) -> None:
+        """Stop a target's acknowledgement clock (its milestone clocks run on)."""
         await session.execute(update(Timer).where(
             Timer.case_id == row.case_id, Timer.authority_id == row.authority_id,
             Timer.fired_at.is_(None)).values(fired_at=utcnow(), outcome=why))
@@ -183,22 +393,24 @@ class Escalation:
         """Fire the timers that are due. On PostgreSQL, instances share them (SKIP LOCKED)."""
         now = now or utcnow()
         async with self.rt.db.writes() as session, session.begin():
-            query = (select(Timer).where(Timer.fired_at.is_(None), Timer.due_at <= now)
-                     .order_by(Timer.due_at).limit(batch))
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            timers = (await session.scalars(query)).all()
+            timers = await _due(session, Timer, now, batch)
             for timer in timers:
                 timer.fired_at, timer.outcome = now, "fired"
                 await self._fire(session, timer, now)
-        if timers:
+            steps = await _due(session, MilestoneTimer, now, batch)
+            for step in steps:
+                step.fired_at, step.outcome = now, "fired"
+                with structlog.contextvars.bound_contextvars(case_id=step.case_id):
+                    await self._milestone_due(session, step, now)
+        if timers or steps:
             self.rt.relays[SERVICE].poke()
-        return len(timers)
+        return len(timers) + len(steps)
 
     async def _fire(self, session, timer: Timer, now: datetime) -> None:
-        row = await session.get(EscalationTarget, (timer.case_id, timer.authority_id))
         case = await session.get(EscalationCase, timer.case_id)
-        if row is None or case is None or row.acked_at is not None:
+        row = await session.get(EscalationTarget, (timer.case_id, timer.authority_id))
+        if (row is None or case is None or row.acked_at is not None
+                or row.released_at is not None or case.closed_at is not None):
             return
         with structlog.contextvars.bound_contextvars(case_id=timer.case_id):
             if timer.kind == "reminder":
@@ -270,6 +482,17 @@ class Escalation:
 
     def _emit(self, session: AsyncSession, data, topic: str = Topics.CASES) -> None:
         outbox.add(session, SERVICE, self.rt.settings.topic(topic), Envelope.wrap(data, SOURCE))
+
+
+_DEFAULT_WINDOW = timedelta(hours=1)  # an act target always has a window; this is a backstop
+
+
+async def _due(session, table, now: datetime, batch: int) -> list:
+    query = (select(table).where(table.fired_at.is_(None), table.due_at <= now)
+             .order_by(table.due_at).limit(batch))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list((await session.scalars(query)).all())
 
 
 def _max_publicity(a: str, b: str) -> str:

@@ -18,6 +18,8 @@ class EscalationCase(Base):
     rulepack_version: Mapped[str] = mapped_column(String(64))
     decisions: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]  # closed with an outcome: no more timers, no re-evaluation
+    outcome: Mapped[str | None] = mapped_column(String(32))
 
 
 class EscalationTarget(Base):
@@ -33,7 +35,9 @@ class EscalationTarget(Base):
     ack_due: Mapped[datetime | None]
     acked_at: Mapped[datetime | None]
     acked_by: Mapped[str | None] = mapped_column(String(64))
-    origin: Mapped[str] = mapped_column(String(16), default="decision")  # or escalated
+    origin: Mapped[str] = mapped_column(String(16), default="decision")  # escalated, transfer
+    transferred_to: Mapped[str | None] = mapped_column(String(80))  # a transfer is pending or done
+    released_at: Mapped[datetime | None]  # its duty ended: the new authority acknowledged
 
 
 class Timer(Base):
@@ -49,3 +53,41 @@ class Timer(Base):
 
     __table_args__ = (Index("ix_esc_timers_due", "fired_at", "due_at"),
                       Index("ix_esc_timers_target", "case_id", "authority_id"))
+
+
+class EscalationMilestone(Base):
+    """A step of the case with a legal deadline (or none), and when it was done."""
+
+    __tablename__ = "esc_milestones"
+    case_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    milestone: Mapped[str] = mapped_column(String(64), primary_key=True)
+    authority_id: Mapped[str | None] = mapped_column(String(80))  # who is held to it
+    due_at: Mapped[datetime | None]
+    scheduled_at: Mapped[datetime | None]
+    done_at: Mapped[datetime | None]
+    done_by: Mapped[str | None] = mapped_column(String(64))
+    done_authority_id: Mapped[str | None] = mapped_column(String(80))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    missed_at: Mapped[datetime | None]
+
+
+class MilestoneTimer(Base):
+    """A milestone's reminders and deadline. Apart from acknowledgement timers: an
+    acknowledgement never stops them, and they fall due hours or days later."""
+
+    __tablename__ = "esc_milestone_timers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(String(40))
+    milestone: Mapped[str] = mapped_column(String(64))
+    authority_id: Mapped[str] = mapped_column(String(80))  # who is held to it
+    fraction: Mapped[float] = mapped_column(Float)  # < 1: a reminder; 1.0: the deadline
+    due_at: Mapped[datetime]
+    fired_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))  # fired, done, closed
+
+    __table_args__ = (Index("ix_esc_milestone_timers_due", "fired_at", "due_at"),
+                      Index("ix_esc_milestone_timers_case", "case_id", "milestone"))
+
+
+# Tables kept beside their logic; imported here so that services/models.py (Alembic) sees them.
+from services.escalation import directory_admin, packs_store  # noqa: E402, F401

@@ -5,12 +5,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import (
     AckRecorded, AlertRequested, CaseDecided, CaseUpdated, DeliveryOutcome, Envelope,
-    ReportReceived, TargetAcknowledged, TargetEscalated,
+    MilestoneMissed, MilestoneRecorded, MilestoneScheduled, ReportReceived, TargetAcknowledged,
+    TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
-from services.common.db import claim_event, utcnow
+from services.common.db import ProcessedEvent, claim_event, utcnow
 from services.intake.store import CaseAuthority, CaseView, TimelineEntry
 
 CONSUMER = "intake-readmodel"
+
+
+async def applied(db, event_id: str) -> bool:
+    async with db.reads() as session:
+        return await session.get(ProcessedEvent, (CONSUMER, event_id)) is not None
 
 
 async def apply(session: AsyncSession, envelope: Envelope) -> bool:
@@ -56,6 +62,21 @@ async def apply(session: AsyncSession, envelope: Envelope) -> bool:
                       "case_acknowledged": data.case_acknowledged}
         case DeliveryOutcome():
             _target(case, data.authority_id, delivery=data.status, delivery_channel=data.channel)
+            detail = data.model_dump(mode="json", exclude={"case_id"})
+        case MilestoneRecorded():
+            if data.milestone == "case_closed":
+                case.status = "closed"
+            detail = data.model_dump(mode="json", exclude={"case_id"})
+        case MilestoneScheduled() | MilestoneMissed() | TransferRequested():
+            detail = data.model_dump(mode="json", exclude={"case_id"})
+        case TargetTransferred():
+            await _authority(session, case.case_id, data.to_authority_id)
+            _target(case, data.from_authority_id, transferred_to=data.to_authority_id)
+            _target(case, data.to_authority_id, role="act", transferred_from=data.from_authority_id,
+                    **({"ack_due": data.ack_due.isoformat()} if data.ack_due else {}))
+            detail = data.model_dump(mode="json", exclude={"case_id"})
+        case TargetReleased():
+            _target(case, data.authority_id, released=True)
             detail = data.model_dump(mode="json", exclude={"case_id"})
     case.updated_at = utcnow()
     session.add(TimelineEntry(

@@ -1,15 +1,15 @@
 """initial tables
 
-Revision ID: bf7e5f202fcf
+Revision ID: 099d16a53b50
 Revises: 
-Create Date: 2026-11-29 03:04:12.534056
+Create Date: 2026-11-29 03:50:06.221102
 """
 from alembic import op
 import sqlalchemy as sa
 import services.common.db
 
 
-revision = 'bf7e5f202fcf'
+revision = '099d16a53b50'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -81,6 +81,26 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_deliveries_case_id'), ['case_id'], unique=False)
         batch_op.create_index('ix_deliveries_due', ['status', 'next_at'], unique=False)
 
+    op.create_table('directory_changes',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('authority_id', sa.String(length=80), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('data', sa.JSON(), nullable=False),
+    sa.Column('changed_by', sa.String(length=64), nullable=False),
+    sa.Column('changed_at', services.common.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_directory_changes'))
+    )
+    with op.batch_alter_table('directory_changes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_directory_changes_authority_id'), ['authority_id'], unique=False)
+
+    op.create_table('directory_entries',
+    sa.Column('authority_id', sa.String(length=80), nullable=False),
+    sa.Column('data', sa.JSON(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('updated_by', sa.String(length=64), nullable=False),
+    sa.Column('updated_at', services.common.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('authority_id', name=op.f('pk_directory_entries'))
+    )
     op.create_table('esc_cases',
     sa.Column('case_id', sa.String(length=40), nullable=False),
     sa.Column('facts', sa.JSON(), nullable=False),
@@ -90,7 +110,37 @@ def upgrade() -> None:
     sa.Column('rulepack_version', sa.String(length=64), nullable=False),
     sa.Column('decisions', sa.Integer(), nullable=False),
     sa.Column('updated_at', services.common.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('closed_at', services.common.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sa.String(length=32), nullable=True),
     sa.PrimaryKeyConstraint('case_id', name=op.f('pk_esc_cases'))
+    )
+    op.create_table('esc_milestone_timers',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('case_id', sa.String(length=40), nullable=False),
+    sa.Column('milestone', sa.String(length=64), nullable=False),
+    sa.Column('authority_id', sa.String(length=80), nullable=False),
+    sa.Column('fraction', sa.Float(), nullable=False),
+    sa.Column('due_at', services.common.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('fired_at', services.common.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sa.String(length=16), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_esc_milestone_timers'))
+    )
+    with op.batch_alter_table('esc_milestone_timers', schema=None) as batch_op:
+        batch_op.create_index('ix_esc_milestone_timers_case', ['case_id', 'milestone'], unique=False)
+        batch_op.create_index('ix_esc_milestone_timers_due', ['fired_at', 'due_at'], unique=False)
+
+    op.create_table('esc_milestones',
+    sa.Column('case_id', sa.String(length=40), nullable=False),
+    sa.Column('milestone', sa.String(length=64), nullable=False),
+    sa.Column('authority_id', sa.String(length=80), nullable=True),
+    sa.Column('due_at', services.common.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('scheduled_at', services.common.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('done_at', services.common.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('done_by', sa.String(length=64), nullable=True),
+    sa.Column('done_authority_id', sa.String(length=80), nullable=True),
+    sa.Column('outcome', sa.String(length=32), nullable=True),
+    sa.Column('missed_at', services.common.db.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('case_id', 'milestone', name=op.f('pk_esc_milestones'))
     )
     op.create_table('esc_targets',
     sa.Column('case_id', sa.String(length=40), nullable=False),
@@ -105,6 +155,8 @@ def upgrade() -> None:
     sa.Column('acked_at', services.common.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('acked_by', sa.String(length=64), nullable=True),
     sa.Column('origin', sa.String(length=16), nullable=False),
+    sa.Column('transferred_to', sa.String(length=80), nullable=True),
+    sa.Column('released_at', services.common.db.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('case_id', 'authority_id', name=op.f('pk_esc_targets'))
     )
     op.create_table('esc_timers',
@@ -168,6 +220,32 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_reports_case_id'), ['case_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_reports_published'), ['published'], unique=False)
 
+    op.create_table('rulepack_publications',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('event_id', sa.String(length=64), nullable=False),
+    sa.Column('version', sa.String(length=64), nullable=False),
+    sa.Column('effective_at', services.common.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('published_by', sa.String(length=64), nullable=False),
+    sa.Column('published_at', services.common.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('reevaluate_open', sa.Boolean(), nullable=False),
+    sa.Column('rollback', sa.Boolean(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rulepack_publications')),
+    sa.UniqueConstraint('event_id', name=op.f('uq_rulepack_publications_event_id'))
+    )
+    with op.batch_alter_table('rulepack_publications', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_rulepack_publications_version'), ['version'], unique=False)
+
+    op.create_table('rulepacks',
+    sa.Column('version', sa.String(length=64), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('uploaded_by', sa.String(length=64), nullable=False),
+    sa.Column('uploaded_at', services.common.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('approved_by', sa.String(length=64), nullable=True),
+    sa.Column('approved_at', services.common.db.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('version', name=op.f('pk_rulepacks'))
+    )
     op.create_table('timeline',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('case_id', sa.String(length=40), nullable=False),
@@ -230,6 +308,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_timeline_case_id'))
 
     op.drop_table('timeline')
+    op.drop_table('rulepacks')
+    with op.batch_alter_table('rulepack_publications', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_rulepack_publications_version'))
+
+    op.drop_table('rulepack_publications')
     with op.batch_alter_table('reports', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_reports_published'))
         batch_op.drop_index(batch_op.f('ix_reports_case_id'))
@@ -247,7 +330,18 @@ def downgrade() -> None:
 
     op.drop_table('esc_timers')
     op.drop_table('esc_targets')
+    op.drop_table('esc_milestones')
+    with op.batch_alter_table('esc_milestone_timers', schema=None) as batch_op:
+        batch_op.drop_index('ix_esc_milestone_timers_due')
+        batch_op.drop_index('ix_esc_milestone_timers_case')
+
+    op.drop_table('esc_milestone_timers')
     op.drop_table('esc_cases')
+    op.drop_table('directory_entries')
+    with op.batch_alter_table('directory_changes', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_directory_changes_authority_id'))
+
+    op.drop_table('directory_changes')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_deliveries_due')
         batch_op.drop_index(batch_op.f('ix_deliveries_case_id'))

@@ -1,0 +1,121 @@
+"""Directory administration: authorities and contacts changed by admins, on top of the generated
+directory. Each change is a new version of that authority's entry, kept in a history table.
+
+OverlayDirectory answers from an admin's entry first, then from the generated directory; every
+process refreshes its entries from the database (they are shared), so a change reaches running
+escalation instances within a second or so.
+"""
+
+import re
+from datetime import datetime
+
+from pydantic import ValidationError
+from sqlalchemy import JSON, Integer, String, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from schemas.directory import Authority, authority_id
+from services.common.db import Base, utcnow
+
+_PHONE = re.compile(r"^\+?[0-9]{6,15}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_URL = re.compile(r"^https?://[^\s]+$")
+
+
+class DirectoryEntry(Base):
+    __tablename__ = "directory_entries"
+    authority_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    data: Mapped[dict] = mapped_column(JSON)  # schemas.directory.Authority
+    version: Mapped[int] = mapped_column(Integer)
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime]
+
+
+class DirectoryChange(Base):
+    __tablename__ = "directory_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    authority_id: Mapped[str] = mapped_column(String(80), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    data: Mapped[dict] = mapped_column(JSON)
+    changed_by: Mapped[str] = mapped_column(String(64))
+    changed_at: Mapped[datetime]
+
+
+class OverlayDirectory:
+    """The generated directory with admins' entries on top. `base` is swapped when a new rule
+    pack (other tiers or agencies) comes into force."""
+
+    def __init__(self, base):
+        self.base = base
+        self.entries: dict[str, Authority] = {}
+        self.seen_change = 0  # the last DirectoryChange id loaded
+
+    def get(self, authority_id_: str) -> Authority:
+        found = self.entries.get(authority_id_)
+        return found if found is not None else self.base.get(authority_id_)
+
+    def __contains__(self, authority_id_: object) -> bool:
+        return authority_id_ in self.entries or authority_id_ in self.base
+
+    def __getattr__(self, name):  # id_for, resolve, tiers, units...: the generated directory's
+        return getattr(self.base, name)
+
+    async def refresh(self, session: AsyncSession) -> bool:
+        latest = await session.scalar(select(func.max(DirectoryChange.id))) or 0
+        if latest == self.seen_change:
+            return False
+        rows = (await session.scalars(select(DirectoryEntry))).all()
+        self.entries = {r.authority_id: Authority.model_validate(r.data) for r in rows}
+        self.seen_change = latest
+        return True
+
+
+def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
+                authority_id_: str) -> tuple[Authority | None, list[str]]:
+    """Validate an admin's entry (pure): the model, the id scheme, the contacts, and that its
+    supervisors and parent exist. Returns the Authority or the problems, each with its field."""
+    try:
+        a = Authority.model_validate({**entry, "id": authority_id_})
+    except ValidationError as exc:
+        return None, [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                      for e in exc.errors(include_url=False)]
+    problems = []
+    if a.id != authority_id(a.tier, a.unit_code, a.agency):
+        problems.append(f"id: must be {{tier}}:{{unit_code}}:{{agency}}, "
+                        f"here {authority_id(a.tier, a.unit_code, a.agency)}")
+    if a.tier not in tiers:
+        problems.append(f"tier: unknown tier {a.tier!r} (tiers: {', '.join(tiers)})")
+    if a.agency not in agencies:
+        problems.append(f"agency: unknown agency {a.agency!r}")
+    if not a.contacts:
+        problems.append("contacts: an authority needs at least one contact")
+    for i, c in enumerate(a.contacts):
+        pattern = {"webhook": _URL, "email": _EMAIL, "sms": _PHONE}[c.channel]
+        if not pattern.match(c.address):
+            problems.append(f"contacts[{i}].address: not a valid {c.channel} address")
+    for i, s in enumerate(a.supervisors):
+        if s == a.id or s not in directory:
+            problems.append(f"supervisors[{i}]: unknown authority {s!r}")
+    if a.parent is not None and (a.parent == a.id or a.parent not in directory):
+        problems.append(f"parent: unknown authority {a.parent!r}")
+    return (None if problems else a), problems
+
+
+async def save(session: AsyncSession, a: Authority, user_id: str) -> int:
+    row = await session.get(DirectoryEntry, a.id)
+    data = a.model_dump(mode="json")
+    if row is None:
+        row = DirectoryEntry(authority_id=a.id, data=data, version=1, updated_by=user_id,
+                             updated_at=utcnow())
+        session.add(row)
+    else:
+        row.data, row.version, row.updated_by, row.updated_at = (
+            data, row.version + 1, user_id, utcnow())
+    session.add(DirectoryChange(authority_id=a.id, version=row.version, data=data,
+                                changed_by=user_id, changed_at=utcnow()))
+    return row.version
+
+
+async def history(session: AsyncSession, authority_id_: str) -> list[DirectoryChange]:
+    return list((await session.scalars(select(DirectoryChange).where(
+        DirectoryChange.authority_id == authority_id_).order_by(DirectoryChange.id))).all())

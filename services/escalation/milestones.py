@@ -1,0 +1,63 @@
+"""Milestones of a case (DOMAIN.md section 2): which can be recorded, and who is held to each.
+
+Pure: no I/O. The deadlines themselves come from the rule pack (engine.milestone_deadlines).
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from schemas.rulepack import RulePack
+
+# The steps the law names. A pack may add others (police_verification); a step without a
+# deadline in the pack can still be recorded, it just holds nobody to a time.
+EMERGENCY_MEASURE = "emergency_measure"
+INITIAL_ASSESSMENT = "initial_assessment"
+CASE_PLAN = "case_plan"
+CASE_CLOSED = "case_closed"
+MILESTONES = (EMERGENCY_MEASURE, INITIAL_ASSESSMENT, CASE_PLAN, CASE_CLOSED)
+
+# How a case ends (Decree 56 Art. 30 review and closure), as codes: events carry no free text.
+OUTCOMES = ("resolved", "referred", "no_protection_needed", "child_moved", "other")
+
+# The agency that owns a milestone when it is not the case's lead agency. The pack has no field
+# for it yet; police verification is the one step the default packs give another agency.
+OWNER_AGENCY = {"police_verification": "police"}
+
+
+@dataclass(frozen=True)
+class Duty:
+    """An act target as milestone ownership sees it."""
+
+    authority_id: str
+    tier: str
+    agency: str
+    active: bool  # act, not released by a transfer
+
+
+def recordable(pack: RulePack) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*MILESTONES, *(m.id for m in pack.milestones))))
+
+
+def check_record(milestone: str, outcome: str | None, pack: RulePack) -> str | None:
+    """What is wrong with recording this milestone, or None."""
+    if milestone not in recordable(pack):
+        return f"unknown milestone {milestone!r} (known: {', '.join(recordable(pack))})"
+    if milestone == CASE_CLOSED and outcome not in OUTCOMES:
+        return f"closing a case needs an outcome, one of {', '.join(OUTCOMES)}"
+    if milestone != CASE_CLOSED and outcome is not None:
+        return "only case_closed takes an outcome"
+    return None
+
+
+def owner(milestone: str, duties: Iterable[Duty], pack: RulePack) -> str | None:
+    """Who is held to a milestone: the lowest-tier active act target of the owning agency (the
+    pack's first agency, child protection in the shipped packs); failing that, the lowest-tier
+    active act target; None when nobody must act (P5)."""
+    rank = pack.tier_rank
+    active = sorted((d for d in duties if d.active),
+                    key=lambda d: (rank.get(d.tier, len(rank)), d.authority_id))
+    agency = OWNER_AGENCY.get(milestone, next(iter(pack.agencies), None))
+    for d in active:
+        if d.agency == agency:
+            return d.authority_id
+    return active[0].authority_id if active else None

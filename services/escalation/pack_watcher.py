@@ -1,0 +1,124 @@
+"""Every process follows the compacted rule-pack topic and switches packs without a restart.
+
+Each instance reads the whole topic with its own consumer (no group: every instance must see every
+publication). The pack in force is the published one with the latest effective time not in the
+future; a publication of an earlier version with a later effective time is a rollback. The same
+loop refreshes the admins' directory entries from the database.
+"""
+
+import asyncio
+from datetime import datetime
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.events import Envelope, RulePackPublished, Topics
+from services.common.db import utcnow
+from services.escalation.directory import build_directory
+from services.escalation.rulepack import RulePackError, parse_pack
+
+log = structlog.get_logger("beacon.rulepacks")
+POLL_MS = 200
+CHECK_S = 0.5
+
+
+def in_force(publications: dict[str, tuple[str, RulePackPublished]],
+             now: datetime) -> tuple[str, RulePackPublished] | None:
+    """(event id, publication) in force at `now`: the latest effective time not after now; a
+    tie goes to the later publication."""
+    due = [p for p in publications.values() if p[1].effective_at <= now]
+    return max(due, key=lambda p: (p[1].effective_at, p[1].published_at), default=None)
+
+
+class PackWatcher:
+    def __init__(self, rt):
+        self.rt = rt
+        self.publications: dict[str, tuple[str, RulePackPublished]] = {}  # by version
+        self.current: str | None = None  # event id of the publication in force
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        """Read the topic to its end, so that a starting instance decides under the pack in
+        force from its first event, not the configured one."""
+        s = self.rt.settings
+        topic = s.topic(Topics.RULEPACKS)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None,
+                                         enable_auto_commit=False, auto_offset_reset="earliest")
+        await self.consumer.start()
+        partitions = [TopicPartition(topic, 0)]  # the topic has one partition (kafka.ensure_topics)
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_beginning(*partitions)
+        end = await self.consumer.end_offsets(partitions)
+        for tp in partitions:
+            while await self.consumer.position(tp) < end[tp]:
+                await self._poll()
+        await self.apply_due()
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = 0.0
+        while True:
+            try:
+                await self._poll()
+                if loop.time() - last >= CHECK_S:
+                    last = loop.time()
+                    await self.apply_due()
+                    await self._refresh_directory()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("rulepack_watch_failed")
+                await asyncio.sleep(1)
+
+    async def _poll(self) -> None:
+        batch = await self.consumer.getmany(timeout_ms=POLL_MS)
+        for records in batch.values():
+            for record in records:
+                try:
+                    envelope = Envelope.model_validate_json(record.value)
+                    data = envelope.payload()
+                except Exception as exc:  # a foreign record: skip it, say so
+                    log.warning("rulepack_record_unreadable", offset=record.offset,
+                                error=type(exc).__name__)
+                    continue
+                if isinstance(data, RulePackPublished):
+                    self.publications[data.version] = (envelope.id, data)
+        if batch:
+            await self.apply_due()
+
+    async def apply_due(self) -> None:
+        chosen = in_force(self.publications, utcnow())
+        if chosen is None or chosen[0] == self.current:
+            return
+        event_id, pub = chosen
+        try:
+            pack = parse_pack(pub.text, f"rulepack {pub.version}")
+        except RulePackError as exc:
+            log.error("published_rulepack_invalid", version=pub.version, error=str(exc)[:300])
+            self.current = event_id  # do not retry a bad one every half second
+            return
+        rt = self.rt
+        base = build_directory(pack, webhook_base=rt.settings.demo_webhook_base)
+        previous = rt.pack.version
+        rt.pack = pack
+        if hasattr(rt.directory, "base"):
+            rt.directory.base = base
+        else:
+            rt.directory = base
+        self.current = event_id
+        log.info("rulepack_in_force", version=pack.version, previous=previous,
+                 effective_at=pub.effective_at.isoformat())
+        escalation = rt.parts.get("escalation")
+        if pub.reevaluate_open and escalation is not None:
+            await escalation.reevaluate_open(event_id)
+
+    async def _refresh_directory(self) -> None:
+        refresh = getattr(self.rt.directory, "refresh", None)
+        if refresh is not None:
+            async with self.rt.db.reads() as session:
+                if await refresh(session):
+                    log.info("directory_entries_reloaded", count=len(self.rt.directory.entries))

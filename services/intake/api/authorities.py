@@ -1,0 +1,119 @@
+"""Authorities answering for a case: record a milestone, transfer the case to another authority.
+
+Like an acknowledgement (cases.py), each accepted input is an event on the inputs topic; the
+answer is 202 once the broker has it. Escalation holds the deadlines.
+"""
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from schemas.events import Envelope, MilestoneRecorded, TransferReason, TransferRequested
+from services.common import audit
+from services.common.auth import Principal
+from services.common.db import utcnow
+from services.escalation import milestones
+from services.escalation.store import EscalationMilestone
+from services.intake import submission
+from services.intake.api.cases import READERS, _may_read
+from services.intake.api.deps import Runtime, deny, role
+from services.intake.store import CaseView
+
+router = APIRouter(prefix="/api/v1", tags=["authorities"])
+
+
+async def _case_target(request: Request, rt, who: Principal, case_id: str,
+                       authority_id: str) -> tuple[CaseView, dict]:
+    """The case and this authority's target on it, or 403/404 (a refusal is audited)."""
+    if authority_id not in who.authority_ids:
+        await deny(request, who, case_id, "you do not answer for that authority")
+    async with rt.db.reads() as session:
+        case = await session.get(CaseView, case_id)
+    if case is None:
+        raise HTTPException(404, "no such case")
+    target = next((t for t in case.targets if t["authority_id"] == authority_id), None)
+    if target is None:
+        await deny(request, who, case_id, "this case is not routed to that authority")
+    return case, target
+
+
+class RecordMilestone(BaseModel):
+    authority_id: str = Field(max_length=80)
+    milestone: str = Field(max_length=64, description="emergency_measure, initial_assessment, "
+                                                      "case_plan, case_closed, or a pack's own")
+    outcome: str | None = Field(None, max_length=32, description="for case_closed: a code")
+
+
+@router.post("/cases/{case_id}/milestones", status_code=202,
+             responses={403: {}, 404: {}, 409: {}, 422: {}, 503: {}})
+async def record_milestone(case_id: str, body: RecordMilestone, request: Request, rt: Runtime,
+                           who: Annotated[Principal, Depends(role("authority"))]):
+    case, _ = await _case_target(request, rt, who, case_id, body.authority_id)
+    if problem := milestones.check_record(body.milestone, body.outcome, rt.pack):
+        raise HTTPException(422, problem)
+    if case.status == "closed":
+        raise HTTPException(409, "the case is closed")
+    event = MilestoneRecorded(case_id=case_id, milestone=body.milestone,
+                              authority_id=body.authority_id, by_user=who.user_id, at=utcnow(),
+                              outcome=body.outcome)
+    return await submission.accept(rt, who, Envelope.wrap(event, "beacon/intake"), None,
+                                   {"case_id": case_id, "milestone": body.milestone}, None)
+
+
+class MilestoneOut(BaseModel):
+    milestone: str
+    authority_id: str | None
+    due_at: datetime | None
+    done_at: datetime | None
+    done_by: str | None
+    outcome: str | None
+    missed_at: datetime | None
+
+
+@router.get("/cases/{case_id}/milestones", response_model=list[MilestoneOut],
+            responses={403: {}, 404: {}})
+async def list_milestones(case_id: str, request: Request, rt: Runtime,
+                          who: Annotated[Principal, Depends(role(*READERS))]):
+    async with rt.db.reads() as session:
+        case = await session.get(CaseView, case_id)
+        if case is None:
+            raise HTTPException(404, "no such case")
+        if not await _may_read(session, who, case):
+            await deny(request, who, case_id, "this case is not routed to you")
+        rows = (await session.scalars(select(EscalationMilestone).where(
+            EscalationMilestone.case_id == case_id).order_by(EscalationMilestone.due_at))).all()
+    async with rt.db.writes() as session, session.begin():
+        audit.record(session, who.user_id, who.role, "read", case_id, ["milestones"])
+    return [MilestoneOut(milestone=r.milestone, authority_id=r.authority_id, due_at=r.due_at,
+                         done_at=r.done_at, done_by=r.done_by, outcome=r.outcome,
+                         missed_at=r.missed_at) for r in rows]
+
+
+class Transfer(BaseModel):
+    from_authority_id: str = Field(max_length=80)
+    to_authority_id: str = Field(max_length=80)
+    reason: TransferReason
+
+
+@router.post("/cases/{case_id}/transfers", status_code=202,
+             responses={403: {}, 404: {}, 409: {}, 422: {}, 503: {}})
+async def transfer(case_id: str, body: Transfer, request: Request, rt: Runtime,
+                   who: Annotated[Principal, Depends(role("authority"))]):
+    case, target = await _case_target(request, rt, who, case_id, body.from_authority_id)
+    if target.get("role") != "act" or target.get("released"):
+        raise HTTPException(409, "only an authority that must act on the case can transfer it")
+    if body.to_authority_id == body.from_authority_id:
+        raise HTTPException(422, "to_authority_id: transfer to another authority")
+    if body.to_authority_id not in rt.directory:
+        raise HTTPException(422, f"to_authority_id: unknown authority {body.to_authority_id!r}")
+    if case.status == "closed":
+        raise HTTPException(409, "the case is closed")
+    event = TransferRequested(case_id=case_id, from_authority_id=body.from_authority_id,
+                              to_authority_id=body.to_authority_id, reason=body.reason,
+                              by_user=who.user_id, at=utcnow())
+    return await submission.accept(rt, who, Envelope.wrap(event, "beacon/intake"), None,
+                                   {"case_id": case_id, "to_authority_id": body.to_authority_id},
+                                   None)

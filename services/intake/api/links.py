@@ -1,0 +1,87 @@
+"""The page behind the signed link in a message: `/a/{token}`.
+
+It opens without identity, so it shows codes only (case id, severity, category, deadline) and
+grants one action: the linked authority acknowledges the case. GET never changes anything (mail
+scanners follow links); the acknowledgement is the form's POST. Who and what the link was for
+come from the token: the signature binds the authority, which is tried against the case's
+targets (a handful), so the link needs not carry it. Every use is in the audit trail, as user
+`link:<authority id>`.
+"""
+
+from html import escape
+from urllib.parse import unquote
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import HTMLResponse
+
+from schemas.events import Envelope, TargetAcknowledged
+from services.common import audit
+from services.common.auth import Principal
+from services.common.db import utcnow
+from services.common.links import LinkClaims, verify_link
+from services.intake import submission
+from services.intake.api.deps import Runtime
+from services.intake.store import CaseView
+
+router = APIRouter(tags=["authorities"], include_in_schema=True)
+ACTIONS = ("view", "ack")  # the notifier's link says "view"; the page offers the one action
+
+
+async def _claims(rt, token: str) -> tuple[CaseView, LinkClaims, dict]:
+    case_id = unquote(token.split(".", 1)[0])[:40]
+    async with rt.db.reads() as session:
+        case = await session.get(CaseView, case_id)
+    if case is not None:
+        secret, now = rt.settings.secret("secret_key"), utcnow()
+        for target in case.targets:
+            claims = verify_link(token, authority_id=target["authority_id"], secret=secret, now=now)
+            if claims is not None and claims.action in ACTIONS and claims.case_id == case.case_id:
+                return case, claims, target
+    # One answer for unknown, forged and expired links: nothing to learn from the difference.
+    raise HTTPException(404, "this link is not valid or has expired")
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(
+        f"<!doctype html><html lang='vi'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width'><meta name='robots' content='noindex'>"
+        f"<title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>{body}</body></html>",
+        status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+def _link_user(authority_id: str) -> Principal:
+    return Principal(f"link:{authority_id}"[:64], "link", "national", (authority_id,))
+
+
+@router.get("/a/{token}", response_class=HTMLResponse)
+async def link_page(token: str, rt: Runtime):
+    case, claims, target = await _claims(rt, token)
+    who = _link_user(claims.authority_id)
+    async with rt.db.writes() as session, session.begin():
+        audit.record(session, who.user_id, who.role, "read", case.case_id, ["link_page"])
+    facts = (f"<p>Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
+             f"{escape(case.category)}. For: {escape(claims.authority_id)}.</p>")
+    if target.get("acknowledged_at"):
+        return _page("Acknowledged", facts + "<p>This authority has acknowledged the case.</p>")
+    if target.get("role") != "act":
+        return _page("For your information", facts + "<p>No acknowledgement is expected.</p>")
+    due = f"<p>Acknowledge by {escape(str(target.get('ack_due') or ''))} (UTC).</p>"
+    form = (f"<form method='post' action='/a/{escape(token)}'>"
+            "<button type='submit'>Acknowledge / Xác nhận</button></form>"
+            "<p>Sign in to Beacon to see the case itself; this page shows no personal data.</p>")
+    return _page("Acknowledge this alert", facts + due + form)
+
+
+@router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 503: {}})
+async def link_acknowledge(token: str, rt: Runtime):
+    case, claims, target = await _claims(rt, token)
+    if target.get("role") != "act":
+        raise HTTPException(409, "no acknowledgement is expected from this authority")
+    if target.get("acknowledged_at"):
+        return _page("Acknowledged", "<p>This authority had already acknowledged the case.</p>")
+    who = _link_user(claims.authority_id)
+    event = TargetAcknowledged(case_id=case.case_id, authority_id=claims.authority_id,
+                               by_user=who.user_id, at=utcnow())
+    await submission.accept(rt, who, Envelope.wrap(event, "beacon/intake"), None, {}, None)
+    return _page("Acknowledged", f"<p>Case <b>{escape(case.case_id)}</b> acknowledged for "
+                                 f"{escape(claims.authority_id)}. Thank you.</p>", 202)

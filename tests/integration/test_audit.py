@@ -1,0 +1,73 @@
+"""The audit trail on the real broker: refused reads are in it, auditors query it, nobody
+edits it."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from services.common.audit import AuditRecord
+from services.common.db import utcnow
+from tests.conftest import eventually
+from tests.support.reports import report
+
+
+async def _routed_case(stack) -> str:
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+
+        async def routed():
+            return (await api.get(f"/api/v1/cases/{case_id}")).json()["targets"]
+
+        await eventually(routed)
+    return case_id
+
+
+async def test_authority_outside_jurisdiction_is_refused_and_audited(stack):
+    case_id = await _routed_case(stack)
+    async with stack.client("authority_elsewhere") as other:
+        assert (await other.get(f"/api/v1/cases/{case_id}")).status_code == 403
+    async with stack.client("authority") as mine:
+        assert (await mine.get(f"/api/v1/cases/{case_id}")).status_code == 200
+
+    async with stack.client("auditor") as auditor:
+        by_case = (await auditor.get("/api/v1/audit", params={"case_id": case_id})).json()
+        denied = [r for r in by_case["items"] if r["outcome"] == "denied"]
+        assert [(r["user_id"], r["role"], r["action"]) for r in denied] == [
+            ("test-authority_elsewhere", "authority", "denied")]
+        assert all("Canary" not in str(r) for r in by_case["items"])  # IDs and field names only
+
+        by_user = (await auditor.get("/api/v1/audit", params={
+            "user_id": "test-authority_elsewhere",
+            "since": (utcnow() - timedelta(minutes=5)).isoformat(),
+            "until": (utcnow() + timedelta(minutes=1)).isoformat()})).json()
+        assert {r["record"] for r in by_user["items"]} == {case_id}
+        none_yet = (await auditor.get("/api/v1/audit", params={
+            "case_id": case_id, "until": (utcnow() - timedelta(hours=1)).isoformat()})).json()
+        assert none_yet["total"] == 0
+
+        report_ = (await auditor.get(f"/api/v1/audit/cases/{case_id}/access")).json()
+        people = {p["user_id"]: p for p in report_["accessed_by"]}
+        assert people["test-authority_elsewhere"]["denied"] == 1
+        assert people["test-authority"]["actions"]["read"] >= 1
+        assert people["test-operator"]["actions"]["write"] == 1  # the report itself
+
+    for role in ("operator", "authority", "admin"):  # the trail is the auditor's
+        async with stack.client(role) as someone:
+            assert (await someone.get("/api/v1/audit")).status_code == 403
+
+
+async def test_trail_is_append_only(stack):
+    await _routed_case(stack)
+    async with stack.rt.db.writes() as session:
+        row = (await session.scalars(select(AuditRecord).limit(1))).first()
+        row.outcome = "ok-edited"
+        with pytest.raises(PermissionError):
+            await session.flush()
+        await session.rollback()
+    async with stack.rt.db.writes() as session:
+        row = (await session.scalars(select(AuditRecord).limit(1))).first()
+        await session.delete(row)
+        with pytest.raises(PermissionError):
+            await session.flush()
+        await session.rollback()

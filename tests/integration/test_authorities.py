@@ -1,0 +1,264 @@
+"""Authorities on the real broker: acknowledgements (API and one-click link), legal milestones,
+transfers, and the audit trail of a refused read."""
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from services.common.db import utcnow
+from services.common.links import sign_link
+from services.escalation.store import EscalationMilestone, EscalationTarget, MilestoneTimer, Timer
+from tests.conftest import eventually
+from tests.support.reports import report
+
+CP, POLICE = "commune:4:child_protection", "commune:4:police"
+ELSEWHERE = "commune:8:child_protection"  # a neighbouring commune of province 1
+
+
+async def _user(stack, user_id: str, role: str, scope: str, authorities: list[str]) -> str:
+    """One more user with a token (conftest's authority_elsewhere names no real commune)."""
+    from services.common import auth
+
+    async with stack.rt.db.writes() as session, session.begin():
+        await auth.create_user(session, user_id, user_id, role, scope, authorities)
+        await session.flush()
+        token = await auth.issue_token(session, user_id)
+    stack.tokens[user_id] = token
+    return user_id
+
+
+async def _p1_case(stack) -> tuple[str, dict]:
+    """A P1 case (PHYS_VIOLENCE, age 5, ongoing): commune child protection and police must act."""
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+
+        async def routed():
+            case = (await api.get(f"/api/v1/cases/{case_id}")).json()
+            acts = {t["authority_id"] for t in case["targets"] if t.get("role") == "act"}
+            return case if {CP, POLICE} <= acts else None
+
+        return case_id, await eventually(routed)
+
+
+async def _target(stack, case_id: str, authority_id: str) -> EscalationTarget | None:
+    async with stack.rt.db.reads() as session:
+        return await session.get(EscalationTarget, (case_id, authority_id))
+
+
+async def _timers(stack, case_id: str) -> list[Timer]:
+    async with stack.rt.db.reads() as session:
+        return list((await session.scalars(select(Timer).where(Timer.case_id == case_id))).all())
+
+
+async def _fire_all(stack, now) -> None:
+    while await stack.rt.parts["escalation"].fire_due(now=now):
+        pass
+
+
+async def _timeline(stack, case_id: str, kind: str) -> list[dict]:
+    async with stack.client("supervisor") as api:
+        case = (await api.get(f"/api/v1/cases/{case_id}")).json()
+    return [e["detail"] for e in case["timeline"] if e["kind"] == kind]
+
+
+async def test_one_agencys_ack_stops_its_escalation_not_anothers(stack):
+    case_id, _ = await _p1_case(stack)
+    async with stack.client("authority") as me:
+        answer = await me.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                               json={"authority_id": CP})
+        assert answer.status_code == 202, answer.text
+
+    async def acked():
+        row = await _target(stack, case_id, CP)
+        return row is not None and row.acked_at is not None
+
+    await eventually(acked)
+    await _fire_all(stack, utcnow() + timedelta(minutes=20))  # past the 15-minute window
+
+    fired = [(t.authority_id, t.kind) for t in await _timers(stack, case_id)
+             if t.outcome == "fired"]
+    assert (POLICE, "breach") in fired and (POLICE, "reminder") in fired
+    assert not [f for f in fired if f[0] == CP]
+
+    async def breached():
+        steps = await _timeline(stack, case_id, "target_escalated")
+        return steps if any(s["authority_id"] == POLICE and s["step"] == "breach"
+                            for s in steps) else None
+
+    steps = await eventually(breached)
+    assert not [s for s in steps if s["authority_id"] == CP]
+
+
+async def test_one_click_link_acknowledges_without_identity(stack):
+    case_id, _ = await _p1_case(stack)
+    secret = stack.rt.settings.secret("secret_key")
+    link = sign_link(stack.base_url, case_id, "view", POLICE, utcnow() + timedelta(days=7), secret)
+    token = link.rsplit("/", 1)[1]
+    forged = sign_link(stack.base_url, case_id, "view", POLICE, utcnow() + timedelta(days=7),
+                       "another-secret").rsplit("/", 1)[1]
+    expired = sign_link(stack.base_url, case_id, "view", POLICE, utcnow() - timedelta(seconds=1),
+                        secret).rsplit("/", 1)[1]
+    not_routed = sign_link(stack.base_url, case_id, "view", ELSEWHERE,
+                           utcnow() + timedelta(days=7), secret).rsplit("/", 1)[1]
+    async with stack.client() as anonymous:
+        page = await anonymous.get(f"/a/{token}")
+        assert page.status_code == 200 and "Acknowledge" in page.text
+        assert "Canary" not in page.text  # codes only on a page without identity
+        for bad in (forged, expired, not_routed, "garbage"):
+            assert (await anonymous.get(f"/a/{bad}")).status_code == 404
+            assert (await anonymous.post(f"/a/{bad}")).status_code == 404
+        # The link grants that one action, nothing else.
+        assert (await anonymous.get(f"/api/v1/cases/{case_id}")).status_code == 401
+        done = await anonymous.post(f"/a/{token}")
+        assert done.status_code == 202, done.text
+
+    async def acked():
+        row = await _target(stack, case_id, POLICE)
+        return row is not None and row.acked_at is not None and row.acked_by
+
+    assert await eventually(acked) == f"link:{POLICE}"
+    assert (await _target(stack, case_id, CP)).acked_at is None  # not the other agency's
+    async with stack.client("auditor") as auditor:
+        trail = (await auditor.get("/api/v1/audit", params={"case_id": case_id,
+                                                            "user_id": f"link:{POLICE}"})).json()
+    assert {r["action"] for r in trail["items"]} >= {"read", "write"}
+
+
+async def test_missed_twelve_hour_milestone_escalates(stack):
+    case_id, case = await _p1_case(stack)
+    async with stack.client("authority") as me:
+        for authority in (CP, POLICE):  # acknowledged in time: only the milestone is late
+            r = await me.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                              json={"authority_id": authority})
+            assert r.status_code == 202
+
+    async def scheduled():
+        async with stack.rt.db.reads() as session:
+            m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
+        cp = await _target(stack, case_id, CP)
+        return m if m is not None and cp.acked_at is not None else None
+
+    milestone = await eventually(scheduled)
+    assert milestone.authority_id == CP
+    first_received = datetime.fromisoformat(case["first_received_at"])
+    assert milestone.due_at == first_received + timedelta(hours=12)  # from the first receipt
+
+    await _fire_all(stack, milestone.due_at - timedelta(minutes=1))  # reminders only
+    async with stack.rt.db.reads() as session:
+        m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
+    assert m.missed_at is None
+    await _fire_all(stack, milestone.due_at + timedelta(minutes=1))
+
+    async def missed():
+        return await _timeline(stack, case_id, "milestone_missed")
+
+    detail = (await eventually(missed))[0]
+    assert detail["milestone"] == "emergency_measure" and detail["authority_id"] == CP
+    assert detail["to_authority_id"] == "province:1:child_protection"
+    province = await _target(stack, case_id, "province:1:child_protection")
+    assert province.role == "act" and province.origin == "escalated"  # was inform at P1 PA0
+
+    async def supervisor_told():
+        alerts = await _timeline(stack, case_id, "alert_requested")
+        return [a for a in alerts if a["kind"] == "supervisor"
+                and a["authority_id"] == "commune:4:people_committee"]
+
+    assert await eventually(supervisor_told)
+    async with stack.client("authority") as me:
+        shown = (await me.get(f"/api/v1/cases/{case_id}/milestones")).json()
+    assert next(m for m in shown if m["milestone"] == "emergency_measure")["missed_at"]
+
+
+async def test_recorded_milestone_does_not_escalate_and_closing_stops_clocks(stack):
+    case_id, _ = await _p1_case(stack)
+    async with stack.client("authority") as me:
+        bad = await me.post(f"/api/v1/cases/{case_id}/milestones",
+                            json={"authority_id": CP, "milestone": "made_up"})
+        assert bad.status_code == 422
+        no_outcome = await me.post(f"/api/v1/cases/{case_id}/milestones",
+                                   json={"authority_id": CP, "milestone": "case_closed"})
+        assert no_outcome.status_code == 422
+        ok = await me.post(f"/api/v1/cases/{case_id}/milestones",
+                           json={"authority_id": CP, "milestone": "emergency_measure"})
+        assert ok.status_code == 202, ok.text
+
+    async def done():
+        async with stack.rt.db.reads() as session:
+            m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
+        return m if m is not None and m.done_at is not None else None
+
+    m = await eventually(done)
+    await _fire_all(stack, m.due_at + timedelta(minutes=1))
+    assert not await _timeline(stack, case_id, "milestone_missed")
+
+    async with stack.client("authority") as me:
+        closed = await me.post(f"/api/v1/cases/{case_id}/milestones",
+                               json={"authority_id": CP, "milestone": "case_closed",
+                                     "outcome": "resolved"})
+        assert closed.status_code == 202
+
+    async def all_stopped():
+        async with stack.rt.db.reads() as session:
+            steps = (await session.scalars(select(MilestoneTimer).where(
+                MilestoneTimer.case_id == case_id))).all()
+        timers = [*await _timers(stack, case_id), *steps]
+        return timers and all(t.fired_at is not None for t in timers)
+
+    await eventually(all_stopped)
+    async with stack.client("supervisor") as api:
+        assert (await api.get(f"/api/v1/cases/{case_id}")).json()["status"] == "closed"
+
+
+async def test_transfer_reroutes_and_duty_ends_when_new_authority_acknowledges(stack):
+    neighbour = await _user(stack, "test-commune8", "authority", "commune:8", [ELSEWHERE])
+    case_id, _ = await _p1_case(stack)
+    async with stack.client(neighbour) as other:
+        assert (await other.get(f"/api/v1/cases/{case_id}")).status_code == 403
+    async with stack.client("authority") as me:
+        to_self = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": CP, "to_authority_id": CP, "reason": "wrong_jurisdiction"})
+        assert to_self.status_code == 422
+        not_mine = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": ELSEWHERE, "to_authority_id": CP, "reason": "other"})
+        assert not_mine.status_code == 403
+        answer = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": CP, "to_authority_id": ELSEWHERE, "reason": "wrong_jurisdiction"})
+        assert answer.status_code == 202, answer.text
+
+    async def rerouted():
+        new = await _target(stack, case_id, ELSEWHERE)
+        return new if new is not None and new.role == "act" else None
+
+    new = await eventually(rerouted)
+    assert new.origin == "transfer" and new.ack_due is not None
+    old = await _target(stack, case_id, CP)
+    assert old.transferred_to == ELSEWHERE and old.released_at is None
+    pending = [t for t in await _timers(stack, case_id)
+               if t.authority_id == CP and t.kind == "breach" and t.fired_at is None]
+    assert pending, "the first authority stays on the clock until the new one acknowledges"
+
+    async with stack.client(neighbour) as other:
+        async def readable():
+            return (await other.get(f"/api/v1/cases/{case_id}")).status_code == 200
+
+        await eventually(readable)
+        ack = await other.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                               json={"authority_id": ELSEWHERE})
+        assert ack.status_code == 202, ack.text
+
+    async def released():
+        row = await _target(stack, case_id, CP)
+        return row.released_at is not None
+
+    await eventually(released)
+    async with stack.rt.db.reads() as session:
+        m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
+    assert m.authority_id == ELSEWHERE  # the legal deadline moved with the duty
+    await _fire_all(stack, utcnow() + timedelta(minutes=20))
+    fired = [(t.authority_id, t.kind) for t in await _timers(stack, case_id)
+             if t.outcome == "fired"]
+    assert not [f for f in fired if f[0] in (CP, ELSEWHERE)]
+    assert (POLICE, "breach") in fired  # the other agency is still held to its window
+    kinds = {e for e in ("target_transferred", "target_released")
+             if await _timeline(stack, case_id, e)}
+    assert kinds == {"target_transferred", "target_released"}

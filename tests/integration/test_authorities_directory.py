@@ -1,0 +1,83 @@
+"""Directory administration on the real broker: validated, versioned, audited, and used at once."""
+
+import asyncio
+import json
+
+from typer.testing import CliRunner
+
+from services.cli import app
+from tests.conftest import eventually
+from tests.support.reports import report
+
+CP = "commune:4:child_protection"
+
+
+async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
+    entry = {
+        "name": "Bảo vệ trẻ em – thử nghiệm", "tier": "commune", "agency": "child_protection",
+        "unit_code": "4",
+        "contacts": [{"channel": "webhook", "address": f"{inbox.http_url}/hooks/cp-desk"}],
+        "supervisors": ["commune:4:people_committee"], "parent": "province:1:child_protection",
+    }
+    async with stack.client("admin") as admin:
+        bad = await admin.put(f"/api/v1/authorities/{CP}", json={
+            **entry, "contacts": [{"channel": "email", "address": "not-an-address"}],
+            "parent": "province:999:child_protection"})
+        assert bad.status_code == 422
+        assert "contacts[0].address" in bad.text and "parent" in bad.text
+        wrong_id = await admin.put(f"/api/v1/authorities/{CP}", json={**entry, "unit_code": "8"})
+        assert wrong_id.status_code == 422 and "id" in wrong_id.text
+
+        ok = await admin.put(f"/api/v1/authorities/{CP}", json=entry)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["version"] == 1
+        again = await admin.put(f"/api/v1/authorities/{CP}", json={**entry, "name": "Renamed"})
+        assert again.json()["version"] == 2
+        shown = (await admin.get(f"/api/v1/authorities/{CP}")).json()
+        assert shown["source"] == "admin" and shown["authority"]["name"] == "Renamed"
+        history = (await admin.get(f"/api/v1/authorities/{CP}/history")).json()
+        assert [h["version"] for h in history] == [1, 2]
+        assert history[0]["changed_by"] == "test-admin"
+        generated = (await admin.get("/api/v1/authorities/commune:4:police")).json()
+        assert generated["source"] == "generated"
+    async with stack.client("operator") as operator:
+        assert (await operator.put(f"/api/v1/authorities/{CP}", json=entry)).status_code == 403
+
+    async with stack.client("operator") as api:
+        assert (await api.post("/api/v1/reports", json=report())).status_code == 202
+
+    async def delivered_to_new_contact():
+        return [r for r in inbox.requests() if r["path"] == "/hooks/cp-desk"]
+
+    assert await eventually(delivered_to_new_contact)
+    async with stack.client("auditor") as auditor:
+        trail = (await auditor.get("/api/v1/audit", params={"case_id": CP})).json()
+    assert [r["action"] for r in trail["items"]] == ["directory_change", "directory_change"]
+
+
+def answer(output: str):
+    """The command's JSON answer (indented) among the stack's one-line JSON logs, which
+    CliRunner captures too: it swaps the whole process's stdout."""
+    return json.JSONDecoder().raw_decode(output[output.index("{\n"):])[0]
+
+
+async def test_directory_cli(stack, tmp_path):
+    entry = tmp_path / "entry.json"
+    entry.write_text(json.dumps({
+        "name": "Công an xã – trực ban", "tier": "commune", "agency": "police", "unit_code": "4",
+        "contacts": [{"channel": "sms", "address": "+84900000001"}]}))
+    runner = CliRunner()
+    env = {"BEACON_API_URL": stack.base_url, "BEACON_TOKEN": stack.tokens["admin"]}
+
+    def run(*args):
+        return runner.invoke(app, list(args), env=env)
+
+    result = await asyncio.to_thread(run, "directory", "set", "commune:4:police", str(entry))
+    assert result.exit_code == 0, result.output
+    assert answer(result.output)["version"] == 1
+    shown = await asyncio.to_thread(run, "directory", "show", "commune:4:police")
+    assert answer(shown.output)["authority"]["contacts"][0]["address"] == "+84900000001"
+    entry.write_text(json.dumps({"name": "x", "tier": "hamlet", "agency": "police",
+                                 "unit_code": "4", "contacts": []}))
+    refused = await asyncio.to_thread(run, "directory", "set", "commune:4:police", str(entry))
+    assert refused.exit_code == 1 and "tier" in refused.output

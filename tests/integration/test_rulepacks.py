@@ -1,0 +1,252 @@
+"""The rule-pack lifecycle on the real broker: upload, replay, two-person approval, publish to
+running instances without a restart, roll back."""
+
+import asyncio
+import time
+
+from sqlalchemy import select
+
+from services import runtime
+from services.common import auth
+from services.escalation.rulepack import SHIPPED
+from services.escalation.store import EscalationCase, EscalationTarget
+from tests.conftest import eventually
+from tests.support.reports import report
+
+DRAFT = "test-2026.2"
+P2_CP = "      - {tier: commune, agency: child_protection, role: act, ack: PT1H}\n"
+
+
+def crafted_pack(version: str = DRAFT) -> str:
+    """The default pack with two changes: commune police must act on P2 cases too, and
+    EMOTIONAL abuse is P2 instead of P3."""
+    text = SHIPPED["default"].read_text("utf-8")
+    assert P2_CP in text and 'EMOTIONAL: {label: "Bạo lực tinh thần", default: P3}' in text
+    text = text.replace("version: default-2026.1", f"version: {version}")
+    police = "      - {tier: commune, agency: police, role: act, ack: PT1H}\n"
+    text = text.replace(P2_CP, P2_CP + police)
+    return text.replace('EMOTIONAL: {label: "Bạo lực tinh thần", default: P3}',
+                        'EMOTIONAL: {label: "Bạo lực tinh thần", default: P2}')
+
+
+async def second_admin(stack) -> str:
+    async with stack.rt.db.writes() as session, session.begin():
+        await auth.create_user(session, "test-admin2", "Second admin", "admin")
+        await session.flush()
+        stack.tokens["admin2"] = await auth.issue_token(session, "test-admin2")
+    return "admin2"
+
+
+async def decided(stack, body: dict) -> str:
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=body)).json()["case_id"]
+
+    async def done():
+        async with stack.rt.db.reads() as session:
+            return await session.get(EscalationCase, case_id)
+
+    await eventually(done)
+    return case_id
+
+
+def p2_at(commune: int) -> dict:
+    """A P2 report (PHYS_VIOLENCE, age 8) in a commune of province 1: a report in the same
+    commune and category would join the open case there, so each case gets its own commune."""
+    return report(children=[{"age": 8}], indicators=[],
+                  location={"province_code": 1, "commune_code": commune})
+
+
+async def targets(stack, case_id: str) -> dict[str, str]:
+    async with stack.rt.db.reads() as session:
+        rows = (await session.scalars(select(EscalationTarget).where(
+            EscalationTarget.case_id == case_id))).all()
+    return {r.authority_id: r.role for r in rows}
+
+
+async def test_uploader_cannot_approve(stack):
+    other = await second_admin(stack)
+    async with stack.client("admin") as admin:
+        invalid = await admin.post("/api/v1/rulepacks", json={"text": "version: x\ntiers: []\n"})
+        assert invalid.status_code == 422 and "tiers" in invalid.text
+        problems = (await admin.post("/api/v1/rulepacks/validate",
+                                     json={"text": crafted_pack()})).json()
+        assert problems == []
+        up = await admin.post("/api/v1/rulepacks", json={"text": crafted_pack()})
+        assert up.status_code == 201 and up.json()["state"] == "draft"
+        clash = await admin.post("/api/v1/rulepacks",
+                                 json={"text": crafted_pack() + "\n# changed\n"})
+        assert clash.status_code == 409  # a version names one pack
+        assert (await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication")).status_code == 409
+        own = await admin.post(f"/api/v1/rulepacks/{DRAFT}/approval")
+        assert own.status_code == 403
+    async with stack.client(other) as admin2:
+        approved = await admin2.post(f"/api/v1/rulepacks/{DRAFT}/approval")
+        assert approved.status_code == 200 and approved.json()["approved_by"] == "test-admin2"
+    async with stack.client("auditor") as auditor:
+        trail = (await auditor.get("/api/v1/audit", params={"case_id": DRAFT})).json()["items"]
+    assert [(r["user_id"], r["action"], r["outcome"]) for r in trail] == [
+        ("test-admin", "rule_change", "ok"), ("test-admin", "denied", "denied"),
+        ("test-admin2", "rule_change", "ok")]
+
+
+async def test_replay_lists_the_cases_a_change_would_touch(stack):
+    p2 = await decided(stack, report(children=[{"age": 8}], indicators=[]))
+    emotional = await decided(stack, report(category="EMOTIONAL", children=[{"age": 10}],
+                                            indicators=[]))
+    p1 = await decided(stack, report(category="SEX_ABUSE", children=[{"age": 10}], indicators=[]))
+    async with stack.client("admin") as admin:
+        assert (await admin.post("/api/v1/rulepacks", json={"text": crafted_pack()})).is_success
+        answer = await admin.post(f"/api/v1/rulepacks/{DRAFT}/replay")
+        assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["current_version"] == "default-2026.1" and result["draft_version"] == DRAFT
+    assert result["compared"] == 3 and result["changed"] == 2 and result["failed"] == []
+    by_case = {c["case_id"]: c for c in result["cases"]}
+    assert set(by_case) == {p2, emotional}  # the SEX_ABUSE case (P1) is untouched
+    assert by_case[p2]["severity"] is None
+    assert by_case[p2]["targets_added"] == ["act:commune:4:police"]
+    assert by_case[emotional]["severity"] == ["P3", "P2"]
+    assert "act:commune:4:police" in by_case[emotional]["targets_added"]
+    assert "inform:province:1:child_protection" in by_case[emotional]["targets_added"]
+    assert by_case[emotional]["targets_changed"] == ["act:commune:4:child_protection"]
+    assert p1 not in by_case
+
+
+async def test_published_pack_takes_effect_without_restart_and_rollback_restores(stack):
+    # A second escalation instance, as `beacon run escalation` would be: same database and topics.
+    other = runtime.build(stack.rt.settings, frozenset({"escalation"}))
+    await runtime.start(other)
+    try:
+        before = await decided(stack, p2_at(4))
+        assert "commune:4:police" not in await targets(stack, before)
+        admin2 = await second_admin(stack)
+        async with stack.client("admin") as admin:
+            assert (await admin.post("/api/v1/rulepacks", json={"text": crafted_pack()})).is_success
+        async with stack.client(admin2) as approver:
+            assert (await approver.post(f"/api/v1/rulepacks/{DRAFT}/approval")).is_success
+        async with stack.client("admin") as admin:
+            published = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication", json={})
+            assert published.status_code == 202, published.text
+            start = time.monotonic()
+
+            async def in_force():
+                return all(rt.pack.version == DRAFT for rt in (stack.rt, other))
+
+            await eventually(in_force, timeout=5, interval=0.05)
+            took = time.monotonic() - start
+            assert took < 5, took
+            listed = {p["version"]: p for p in (await admin.get("/api/v1/rulepacks")).json()}
+            assert listed[DRAFT]["in_force"] and listed["default-2026.1"]["state"] == "builtin"
+
+        after = await decided(stack, p2_at(8))
+        assert (await targets(stack, after))["commune:8:police"] == "act"
+        async with stack.rt.db.reads() as session:
+            assert (await session.get(EscalationCase, after)).rulepack_version == DRAFT
+            # Open cases keep the routing they had: re-evaluation is the admin's choice.
+            assert (await session.get(EscalationCase, before)).rulepack_version == "default-2026.1"
+        assert "commune:4:police" not in await targets(stack, before)
+
+        async with stack.client("admin") as admin:
+            back = await admin.post("/api/v1/rulepacks/default-2026.1/rollback", json={})
+            assert back.status_code == 202, back.text
+
+            async def rolled_back():
+                return all(rt.pack.version == "default-2026.1" for rt in (stack.rt, other))
+
+            await eventually(rolled_back, timeout=5, interval=0.05)
+        restored = await decided(stack, p2_at(25))
+        assert "commune:25:police" not in await targets(stack, restored)
+
+        # Publishing again, this time re-evaluating open cases: the earlier case gains police.
+        async with stack.client("admin") as admin:
+            again = await admin.post(f"/api/v1/rulepacks/{DRAFT}/rollback",
+                                     json={"reevaluate_open": True})
+            assert again.status_code == 202, again.text
+
+        async def reevaluated():
+            return (await targets(stack, before)).get("commune:4:police") == "act"
+
+        await eventually(reevaluated, timeout=10)
+    finally:
+        await runtime.stop(other)
+
+
+async def test_effective_time_in_the_future_waits(stack):
+    admin2 = await second_admin(stack)
+    async with stack.client("admin") as admin:
+        await admin.post("/api/v1/rulepacks", json={"text": crafted_pack()})
+    async with stack.client(admin2) as approver:
+        await approver.post(f"/api/v1/rulepacks/{DRAFT}/approval")
+    from datetime import timedelta
+
+    from services.common.db import utcnow
+
+    at = utcnow() + timedelta(seconds=3)
+    async with stack.client("admin") as admin:
+        answer = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication",
+                                  json={"effective_at": at.isoformat()})
+        assert answer.status_code == 202
+    await asyncio.sleep(1)
+    assert stack.rt.pack.version == "default-2026.1"
+
+    async def in_force():
+        return stack.rt.pack.version == DRAFT
+
+    await eventually(in_force, timeout=8, interval=0.1)
+
+
+async def test_rules_cli_lifecycle(stack, tmp_path):
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    await second_admin(stack)
+    path = tmp_path / "pack.yaml"
+    path.write_text(crafted_pack("cli-2026.3"))
+    runner = CliRunner()
+
+    def run(role, *args):
+        env = {"BEACON_API_URL": stack.base_url, "BEACON_TOKEN": stack.tokens[role]}
+        return runner.invoke(app, ["rules", *args], env=env)
+
+    up = await asyncio.to_thread(run, "admin", "upload", str(path))
+    assert up.exit_code == 0, up.output
+    own = await asyncio.to_thread(run, "admin", "approve", "cli-2026.3")
+    assert own.exit_code == 1 and "403" in own.output
+    ok = await asyncio.to_thread(run, "admin2", "approve", "cli-2026.3")
+    assert ok.exit_code == 0, ok.output
+    replay = await asyncio.to_thread(run, "admin", "replay", "cli-2026.3")
+    # CliRunner captures the whole process's stdout, the stack's logs too: look for the answer.
+    assert replay.exit_code == 0 and '"draft_version": "cli-2026.3"' in replay.output
+    pub = await asyncio.to_thread(run, "admin", "publish", "cli-2026.3")
+    assert pub.exit_code == 0, pub.output
+
+    async def in_force():
+        return stack.rt.pack.version == "cli-2026.3"
+
+    await eventually(in_force, timeout=5, interval=0.05)
+    back = await asyncio.to_thread(run, "admin", "rollback", "default-2026.1")
+    assert back.exit_code == 0, back.output
+
+
+def test_in_force_is_latest_effective_not_in_future():
+    """Pure: which publication is in force (no broker needed)."""
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.events import RulePackPublished
+    from services.escalation.pack_watcher import in_force
+
+    t0 = datetime(2026, 11, 29, tzinfo=UTC)
+
+    def pub(version, effective, published):
+        return (f"e-{version}", RulePackPublished(
+            version=version, sha256="x", text="", effective_at=t0 + timedelta(minutes=effective),
+            published_at=t0 + timedelta(minutes=published), published_by="a"))
+
+    pubs = {"a": pub("a", 0, 0), "b": pub("b", 10, 1), "c": pub("c", 60, 2)}
+    assert in_force({}, t0) is None
+    assert in_force(pubs, t0 + timedelta(minutes=5))[1].version == "a"
+    assert in_force(pubs, t0 + timedelta(minutes=30))[1].version == "b"  # c is scheduled
+    assert in_force(pubs, t0 + timedelta(minutes=61))[1].version == "c"
+    pubs["a"] = pub("a", 20, 3)  # a rollback to a, effective after b
+    assert in_force(pubs, t0 + timedelta(minutes=30))[1].version == "a"
