@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from schemas.events import Envelope, Topics
@@ -30,10 +31,19 @@ def make_broker(settings: Settings) -> KafkaBroker:
         settings.kafka_bootstrap,
         acks="all",
         enable_idempotence=True,
-        # Fail a publish within seconds when the broker is gone, so intake can answer 503.
-        request_timeout_ms=4000,
         client_id="beacon",
         logger=None,
+    )
+
+
+def make_input_producer(settings: Settings) -> AIOKafkaProducer:
+    """Intake's own producer for human inputs. A short request timeout makes a publish fail
+    within seconds when the broker is gone (so intake answers 503), and its expired batch is
+    dropped rather than sent later. It is not the broker's: consumers need the long default,
+    since joining a group can wait out a dead member's session."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+        request_timeout_ms=4000, client_id="beacon-intake",
     )
 
 
@@ -77,13 +87,21 @@ def encode(envelope: Envelope) -> bytes:
     return envelope.model_dump_json().encode()
 
 
+def _headers(envelope: Envelope) -> dict[str, str]:
+    return {"ce_id": envelope.id, "ce_type": envelope.type, "content-type": "application/json"}
+
+
 async def publish(broker: KafkaBroker, topic: str, envelope: Envelope) -> None:
     """Publish and wait for the broker's acknowledgement (acks=all)."""
-    await broker.publish(
-        encode(envelope),
-        topic=topic,
-        key=envelope.subject.encode(),
-        headers={"ce_id": envelope.id, "ce_type": envelope.type, "content-type": "application/json"},
+    await broker.publish(encode(envelope), topic=topic, key=envelope.subject.encode(),
+                         headers=_headers(envelope))
+
+
+async def publish_input(producer: AIOKafkaProducer, topic: str, envelope: Envelope) -> None:
+    """Publish a human input with intake's producer and wait for the acknowledgement."""
+    await producer.send_and_wait(
+        topic, encode(envelope), key=envelope.subject.encode(),
+        headers=[(k, v.encode()) for k, v in _headers(envelope).items()],
     )
 
 

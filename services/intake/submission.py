@@ -71,7 +71,8 @@ async def accept(rt, who: Principal, envelope: Envelope, row: ReportRow | None,
                                        response=response, created_at=utcnow()))
     try:
         await asyncio.wait_for(
-            kafka.publish(rt.broker, rt.settings.topic(Topics.INPUTS), envelope), PUBLISH_TIMEOUT_S
+            kafka.publish_input(rt.producer, rt.settings.topic(Topics.INPUTS), envelope),
+            PUBLISH_TIMEOUT_S,
         )
     except Exception as exc:
         log.warning("publish_failed", error=type(exc).__name__)
@@ -110,7 +111,7 @@ async def finish(rt, event_id: str) -> None:
     if row is None or row.published:
         return
     envelope = Envelope.model_validate_json(row.event)
-    await kafka.publish(rt.broker, rt.settings.topic(Topics.INPUTS), envelope)
+    await kafka.publish_input(rt.producer, rt.settings.topic(Topics.INPUTS), envelope)
     async with rt.db.writes() as session, session.begin():
         await session.execute(ReportRow.__table__.update().where(ReportRow.event_id == event_id)
                               .values(published=True))

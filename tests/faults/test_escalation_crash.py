@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from schemas.events import Envelope, ReportReceived, Topics
 from schemas.reports import Location
 from services.common.db import Database
-from services.escalation.store import Timer
+from services.escalation.store import EscalationCase, Timer
 from tests.conftest import eventually, make_settings
 from tests.support.packs import fast_pack
 from tests.support.process import BeaconProcess, beacon
@@ -76,14 +76,16 @@ async def test_escalation_survives_kill_9(kafka_bootstrap, tmp_path):
     db = Database(settings.database_url)
 
     async def quiet():
-        # Every timer due by now has fired: the chain commune -> province -> national has run.
+        # Every report decided, and every timer fired: the chain commune -> province ->
+        # national has run.
         async with db.reads() as session:
+            cases = await session.scalar(select(func.count()).select_from(EscalationCase))
             unfired = await session.scalar(select(func.count()).select_from(Timer).where(
                 Timer.fired_at.is_(None)))
-        return unfired == 0
+        return cases == REPORTS and unfired == 0
 
     try:
-        await eventually(quiet, timeout=90, interval=0.5)
+        await eventually(quiet, timeout=120, interval=0.5)
         await asyncio.sleep(2)  # let the outbox relay publish the last effects
     finally:
         await db.dispose()

@@ -70,7 +70,11 @@ def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap
     assert missing_pack.returncode == 2 and "nope.yaml" in missing_pack.stderr
 
     unmigrated = _run(settings, "run", "all")
-    assert unmigrated.returncode != 0 and "beacon db upgrade" in unmigrated.stdout + unmigrated.stderr
+    assert unmigrated.returncode == 2 and "beacon db upgrade" in unmigrated.stderr
+
+    beacon(settings, "db", "upgrade")
+    no_kafka = _run(settings, "run", "all", BEACON_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    assert no_kafka.returncode == 2 and "Kafka at 127.0.0.1:1 is unreachable" in no_kafka.stderr
 
     production = _run(settings, "run", "all", BEACON_ENV="production", BEACON_SECRET_KEY="")
     assert production.returncode == 2 and "BEACON_SECRET_KEY" in production.stderr
