@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -39,7 +39,7 @@ app.add_typer(_rules_app(), name="rules",
 _admin_apps()
 
 
-class Service(str, Enum):
+class Service(StrEnum):
     all = "all"
     intake = "intake"
     escalation = "escalation"

@@ -57,7 +57,9 @@ def _read_report(path: Path) -> Report:
 def test(
     pack_path: Annotated[str, typer.Argument(metavar="PATH|default", help="A rule pack or a shipped name")],
     report: Annotated[Path, typer.Option("--report", help="A report as JSON (DOMAIN.md section 6)")],
-    at: Annotated[str | None, typer.Option("--at", help="Decision time, ISO-8601; default received_at")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Decision time, ISO-8601; default received_at")
+    ] = None,
 ) -> None:
     """Decide on one report with a rule pack and print the decision as JSON."""
     try:

@@ -39,7 +39,7 @@ class BeaconProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: float = 60) -> "BeaconProcess":
-        log = open(self.log_path, "a")
+        log = open(self.log_path, "a")  # noqa: SIM115 - the child process keeps it open
         self.proc = subprocess.Popen([BEACON, "run", self.service, "--port", str(self.port)],
                                      env=beacon_env(self.settings), stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)

@@ -57,7 +57,7 @@ def test_tampering_any_part_fails():
         f"C-01KB2X7Q9M3N8P4R5S6T7V8W9Y.{action}.{exp}.{sig}",
         f"{case}.ack.{exp}.{sig}",
         f"{case}.{action}.{later}.{sig}",
-        f"{case}.{action}.{exp}.{sig[:-1]}A" if not sig.endswith("A") else f"{case}.{action}.{exp}.{sig[:-1]}B",
+        f"{case}.{action}.{exp}.{sig[:-1]}{'B' if sig.endswith('A') else 'A'}",
         f"{case}.{action}.{exp}",
         "",
         "garbage",

@@ -123,7 +123,8 @@ def test_duplicated_key_is_reported_with_its_line():
 
 def test_duplicated_rule_id_tier_and_subcategory():
     text = broken("id: additions.online_abuse.cyber_police", "id: additions.sex_abuse.commune_health")
-    text = text.replace("tiers: [commune, province, national]", "tiers: [commune, province, national, province]")
+    text = text.replace("tiers: [commune, province, national]",
+                        "tiers: [commune, province, national, province]")
     text = text.replace("[drowning, traffic,", "[drowning, drowning, traffic,")
     msgs = [msg for _, msg in problems(text)]
     assert any("rule id 'additions.sex_abuse.commune_health' is used twice" in m for m in msgs)

@@ -47,7 +47,4 @@ def holds(cond: Condition, s: Situation) -> bool:
 
 
 def any_holds(conds: list[Condition], s: Situation) -> bool:
-    for c in conds:
-        if holds(c, s):
-            return True
-    return False
+    return any(holds(c, s) for c in conds)

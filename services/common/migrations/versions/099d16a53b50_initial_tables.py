@@ -1,7 +1,7 @@
 """initial tables
 
 Revision ID: 099d16a53b50
-Revises: 
+Revises:
 Create Date: 2026-11-29 03:50:06.221102
 """
 from alembic import op
