@@ -239,6 +239,7 @@ class Milestone(_Pack):
     """A deadline for a step of the case (not an acknowledgement), counted from first receipt."""
 
     id: str
+    step: str | None = None  # the milestone an authority records; the id when not given
     label: str
     severities: list[Severity] = Field(min_length=1)
     when: list[Condition] = Field(default_factory=list)  # empty: always; else any of them holds
@@ -250,6 +251,11 @@ class Milestone(_Pack):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
+
+    @property
+    def name(self) -> str:
+        """One step may have a deadline per severity: several rules, one step name."""
+        return self.step or self.id
 
 
 class Calendar(_Pack):

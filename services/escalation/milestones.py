@@ -35,7 +35,7 @@ class Duty:
 
 
 def recordable(pack: RulePack) -> tuple[str, ...]:
-    return tuple(dict.fromkeys((*MILESTONES, *(m.id for m in pack.milestones))))
+    return tuple(dict.fromkeys((*MILESTONES, *(m.name for m in pack.milestones))))
 
 
 def check_record(milestone: str, outcome: str | None, pack: RulePack) -> str | None:

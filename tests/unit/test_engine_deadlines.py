@@ -89,7 +89,10 @@ def test_milestones_count_from_the_first_receipt():
     p1 = CaseFacts(case_id="C-TEST", category="EMOTIONAL", location=HERE, setting="home",
                    child_ages=(10,), first_received_at=first)
     assert milestone_deadlines(p1, "P1", PACK) == {"emergency_measure": first + timedelta(hours=12)}
-    assert milestone_deadlines(p1, "P3", PACK) == {"case_plan": vn(2026, 12, 2, 9, 30)}
+    assert milestone_deadlines(p1, "P3", PACK) == {
+        "initial_assessment": vn(2026, 11, 30, 9, 30),  # 3 working days from a Wednesday
+        "case_plan": vn(2026, 12, 2, 9, 30),
+    }
     crime = p1.model_copy(update={"indicators": frozenset({"crime"})})
     assert milestone_deadlines(crime, "P1", PACK)["police_verification"] == first + timedelta(days=20)
     assert milestone_deadlines(p1, "P5", PACK) == {}

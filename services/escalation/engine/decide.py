@@ -34,7 +34,7 @@ def milestone_deadlines(facts: CaseFacts, severity: str, pack: RulePack) -> dict
     s = Situation.of(facts)
     cal = pack.calendar
     return {
-        m.id: deadline(facts.first_received_at, m.within.iso, m.within.is_working_days,
+        m.name: deadline(facts.first_received_at, m.within.iso, m.within.is_working_days,
                        timezone=cal.timezone, country=cal.holidays_country)
         for m in pack.milestones_for(severity)
         if not m.when or any_holds(m.when, s)
