@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
-mkdir -p var/inbox var/log
+mkdir -p var/inbox
 
 started_kafka=0
 inbox_pid=""
