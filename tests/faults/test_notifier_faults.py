@@ -358,25 +358,12 @@ async def test_all_contacts_failing_is_dead_lettered(notifier_stack, inbox):
         [t for t in trail if t[0] == "failed"])
 
 
-@pytest_asyncio.fixture
-async def full_stack(kafka_bootstrap, inbox, tmp_path):
-    settings = make_settings(
-        kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
-        demo_webhook_base=inbox.http_url, smtp_port=inbox.smtp_port,
-        sms_gateway_url=inbox.http_url + "/sms",
-    )
-    running = await start_stack(settings)
-    yield running
-    await running.stop()
-
-
-@pytest.mark.timeout(90)
-async def test_undeliverable_act_alert_is_on_the_timeline_and_escalated(full_stack, inbox):
+async def test_undeliverable_act_alert_is_on_the_timeline_and_escalated(stack, inbox):
     refuse_smtp(inbox)
     inbox.http.status = 404
     # One round through the contacts, so the test does not wait for the retry budget.
-    full_stack.rt.parts["notifier"].max_attempts = 3
-    async with full_stack.client("operator") as api:
+    stack.rt.parts["notifier"].max_attempts = 3
+    async with stack.client("operator") as api:
         answer = await api.post("/api/v1/reports", json=report())
         assert answer.status_code == 202, answer.text
         case_id = answer.json()["case_id"]

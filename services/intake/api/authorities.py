@@ -18,7 +18,7 @@ from services.common.db import utcnow
 from services.escalation import milestones
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
-from services.intake.api.cases import READERS, _may_read
+from services.intake.api.cases import READERS, readable_case
 from services.intake.api.deps import Runtime, deny, role
 from services.intake.store import CaseView
 
@@ -78,11 +78,7 @@ class MilestoneOut(BaseModel):
 async def list_milestones(case_id: str, request: Request, rt: Runtime,
                           who: Annotated[Principal, Depends(role(*READERS))]):
     async with rt.db.reads() as session:
-        case = await session.get(CaseView, case_id)
-        if case is None:
-            raise HTTPException(404, "no such case")
-        if not await _may_read(session, who, case):
-            await deny(request, who, case_id, "this case is not routed to you")
+        await readable_case(session, request, who, case_id)
         rows = (await session.scalars(select(EscalationMilestone).where(
             EscalationMilestone.case_id == case_id).order_by(EscalationMilestone.due_at))).all()
     async with rt.db.writes() as session, session.begin():

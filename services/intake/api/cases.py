@@ -72,15 +72,21 @@ async def _may_read(session, who: Principal, case: CaseView) -> bool:
     return who.covers(case.province_code, case.commune_code)
 
 
+async def readable_case(session, request: Request, who: Principal, case_id: str) -> CaseView:
+    """The case, if it exists (404) and the caller may read it (403, recorded)."""
+    case = await session.get(CaseView, case_id)
+    if case is None:
+        raise HTTPException(404, "no such case")
+    if not await _may_read(session, who, case):
+        await deny(request, who, case_id, "this case is not routed to you")
+    return case
+
+
 @router.get("/cases/{case_id}", response_model=CaseOut, responses={403: {}, 404: {}})
 async def get_case(case_id: str, request: Request, rt: Runtime,
                    who: Annotated[Principal, Depends(role(*READERS))]):
     async with rt.db.reads() as session:
-        case = await session.get(CaseView, case_id)
-        if case is None:
-            raise HTTPException(404, "no such case")
-        if not await _may_read(session, who, case):
-            await deny(request, who, case_id, "this case is not routed to you")
+        case = await readable_case(session, request, who, case_id)
         out = _out(case, await readmodel.timeline(session, case_id))
     async with rt.db.writes() as session, session.begin():
         audit.record(session, who.user_id, who.role, "read", case_id, list(CaseOut.model_fields))
