@@ -60,20 +60,23 @@ async def delete_test_topics(bootstrap: str) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A PostgreSQL from Debian's packages (tools/postgres.sh), or BEACON_TEST_POSTGRES_URL."""
+    """A PostgreSQL from Debian's packages (tools/postgres.sh), or BEACON_TEST_POSTGRES_URL.
+    A server this run started is stopped when the session ends."""
     if url := os.environ.get("BEACON_TEST_POSTGRES_URL"):
-        return url
+        yield url
+        return
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([str(root / "tools" / "postgres.sh"), "start"], capture_output=True,
-                            text=True, timeout=300)
+    script = str(Path(__file__).resolve().parents[1] / "tools" / "postgres.sh")
+    result = subprocess.run([script, "start"], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         message = f"no PostgreSQL could be started: {result.stderr[-500:]}"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    return result.stdout.strip().splitlines()[-1]
+    yield result.stdout.strip().splitlines()[-1]
+    if "already answers" not in result.stdout:
+        subprocess.run([script, "stop"], capture_output=True, timeout=120)
 
 
 def make_settings(kafka: str, database_url: str, **overrides):
