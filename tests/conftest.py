@@ -79,7 +79,8 @@ def postgres_url():
         subprocess.run([script, "stop"], capture_output=True, timeout=120)
 
 
-def make_settings(kafka: str, database_url: str, **overrides):
+def make_settings(kafka: str, database_url: str, inbox=None, **overrides):
+    """Settings with this test's own topics and groups; with `inbox`, deliveries go to it."""
     from services.common.config import Settings
 
     tag = uuid.uuid4().hex[:8]
@@ -88,6 +89,9 @@ def make_settings(kafka: str, database_url: str, **overrides):
         consumer_group_prefix=f"t{tag}", secret_key="test-secret-key",
         webhook_secret="test-webhook-secret", timer_interval_s=0.1,
     )
+    if inbox is not None:
+        values.update(demo_webhook_base=inbox.http_url, smtp_port=inbox.smtp_port,
+                      sms_gateway_url=inbox.http_url + "/sms")
     values.update(overrides)
     return Settings(**values)
 
@@ -169,11 +173,8 @@ async def start_stack(settings, services=("intake", "escalation", "notifier")) -
 
 @pytest_asyncio.fixture
 async def stack(kafka_bootstrap, inbox, tmp_path):
-    settings = make_settings(
-        kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
-        demo_webhook_base=inbox.http_url, smtp_port=inbox.smtp_port,
-        sms_gateway_url=inbox.http_url + "/sms",
-    )
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
+                             inbox)
     running = await start_stack(settings)
     yield running
     await running.stop()

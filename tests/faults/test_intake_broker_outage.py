@@ -27,7 +27,7 @@ def own_broker():
 @pytest_asyncio.fixture
 async def intake(own_broker, inbox, tmp_path):
     settings = make_settings(own_broker.bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'b.db'}",
-                             demo_webhook_base=inbox.http_url, smtp_port=inbox.smtp_port)
+                             inbox)
     running = await start_stack(settings, services=("intake",))
     yield running
     await running.stop()

@@ -118,11 +118,8 @@ def refuse_smtp(inbox) -> None:
 
 @pytest_asyncio.fixture
 async def notifier_stack(kafka_bootstrap, inbox, tmp_path):
-    settings = make_settings(
-        kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
-        demo_webhook_base=inbox.http_url, smtp_port=inbox.smtp_port,
-        sms_gateway_url=inbox.http_url + "/sms",
-    )
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
+                             inbox)
     running = await start_stack(settings, ("notifier",))
     async with Receipts(kafka_bootstrap, settings.topic(Topics.DELIVERIES)) as receipts:
         running.receipts = receipts

@@ -13,7 +13,7 @@ from tests.support.process import ROOT, BeaconProcess, beacon
 @pytest.fixture
 def running(kafka_bootstrap, inbox, tmp_path):
     settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'fuzz.db'}",
-                             demo_webhook_base=inbox.http_url, smtp_port=inbox.smtp_port)
+                             inbox)
     beacon(settings, "db", "upgrade")
     tokens = {role: beacon(settings, "users", "create", f"fuzz-{role}", role).stdout.strip()
               for role in ("operator", "supervisor")}

@@ -30,8 +30,7 @@ async def pg_database(postgres_url):
 
 
 async def test_report_to_delivery_on_postgres(kafka_bootstrap, inbox, pg_database):
-    settings = make_settings(kafka_bootstrap, pg_database, demo_webhook_base=inbox.http_url,
-                             smtp_port=inbox.smtp_port)
+    settings = make_settings(kafka_bootstrap, pg_database, inbox)
     stack = await start_stack(settings)
     try:
         async with stack.client("operator") as api:
@@ -60,8 +59,8 @@ async def test_two_escalation_instances_never_fire_a_timer_twice(
         return n
 
     monkeypatch.setattr(Escalation, "fire_due", counting)
-    settings = make_settings(kafka_bootstrap, pg_database, demo_webhook_base=inbox.http_url,
-                             smtp_port=inbox.smtp_port, rulepack=str(fast_pack(tmp_path)))
+    settings = make_settings(kafka_bootstrap, pg_database, inbox,
+                             rulepack=str(fast_pack(tmp_path)))
     first = await start_stack(settings)
     second = await start_stack(settings, services=("escalation",))  # same group, same timers
     try:
