@@ -1,10 +1,13 @@
 """The database: one async engine per process, SQLite (embedded default) or PostgreSQL."""
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiosqlite
 from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -57,23 +60,60 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class InlineSQLite(aiosqlite.Connection):
+    """An aiosqlite connection that runs each call on the event loop, not on its thread.
+
+    A statement takes SQLite microseconds; the hop to aiosqlite's thread and back costs a
+    hundred times that, and a decision is dozens of calls (see docs/performance.md). The one
+    wait SQLite can have, another writer's lock, stays asynchronous: the busy timeout is zero
+    and a locked call is retried after a sleep, so the loop never blocks on another process.
+    In-process writers never reach that wait: the write pool has one connection.
+    """
+
+    LOCK_WAIT = 30.0  # seconds, as a busy_timeout would
+
+    async def _execute(self, fn, *args, **kwargs):
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        delay, waited = 0.001, 0.0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or waited >= self.LOCK_WAIT:
+                    raise
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.05)
+
+
 def make_engine(url: str, immediate: bool = True) -> AsyncEngine:
     """An engine; on SQLite `immediate` makes every transaction take the write lock at BEGIN, so
-    two writers queue instead of failing on a lock upgrade. Readers use immediate=False."""
+    two writers queue instead of failing on a lock upgrade. Readers use immediate=False, and
+    the writer's pool has one connection, so this process's writers queue on the pool."""
     if not url.startswith("sqlite"):
         return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
     path = url.split("///", 1)[-1]
-    if path and path != ":memory:":
+    if path not in ("", ":memory:"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    async def connect():
+        # isolation_level=None: SQLAlchemy's "begin" below issues BEGIN itself
+        conn = InlineSQLite(
+            lambda: sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0),
+            iter_chunk_size=64,
+        )
+        return await conn
+
+    memory = path in ("", ":memory:")  # one shared connection already (StaticPool)
+    pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60} if immediate and not memory else {}
+    engine = create_async_engine(url, async_creator=connect, **pool)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(conn, _record):
-        conn.isolation_level = None  # SQLAlchemy's "begin" below issues BEGIN itself
         cur = conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")  # readers run beside the one writer
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -113,18 +153,29 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
         yield session
 
 
-async def claim_event(session: AsyncSession, consumer: str, event_id: str) -> bool:
-    """Record that `consumer` applies `event_id` in this transaction; False if it already has.
+async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
+    """Record that `consumer` applies these events in this transaction; returns the ones it had
+    not applied before (a batch's repeats and earlier deliveries are left out).
 
     INSERT .. ON CONFLICT DO NOTHING, not a read then an insert: on PostgreSQL a concurrent
     transaction claiming the same event makes this one wait for it and then see the conflict,
     so two paths applying one event (intake's request and its own consumer) never both do.
     """
+    ids = sorted(set(event_ids))  # one order, so two PostgreSQL claimers cannot deadlock
+    if not ids:
+        return set()
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    now = utcnow()
     result = await session.execute(
         insert(ProcessedEvent)
-        .values(consumer=consumer, event_id=event_id, processed_at=utcnow())
+        .values([{"consumer": consumer, "event_id": i, "processed_at": now} for i in ids])
         .on_conflict_do_nothing()
+        .returning(ProcessedEvent.event_id)
     )
-    return result.rowcount == 1
+    return set(result.scalars().all())
+
+
+async def claim_event(session: AsyncSession, consumer: str, event_id: str) -> bool:
+    """claim_events for one event: False if `consumer` has applied it before."""
+    return bool(await claim_events(session, consumer, [event_id]))
