@@ -5,6 +5,7 @@ the case's facts and targets, its timers, and the events it causes (outbox). The
 committed only after that transaction.
 """
 
+import asyncio
 import hashlib
 from datetime import datetime, timedelta
 
@@ -32,7 +33,7 @@ from schemas.events import (
     TransferRequested,
 )
 from services.common import outbox
-from services.common.db import claim_event, utcnow
+from services.common.db import claim_event, claim_events, utcnow
 from services.escalation import milestones
 from services.escalation.engine import deadline, decide, milestone_deadlines, reminder_times
 from services.escalation.store import (
@@ -58,18 +59,25 @@ class Escalation:
     async def handle(self, envelopes: list[Envelope]) -> None:
         """Apply a batch of inputs in one transaction (the Kafka consumer's batch)."""
         async with self.rt.db.writes() as session, session.begin():
+            new = await claim_events(session, SERVICE, [e.id for e in envelopes])
+            # The batch's cases in one query; a case absent here is new, so a batch of new
+            # cases reads nothing more and is written in one flush at commit.
+            cases = {c.case_id: c for c in (await session.scalars(select(EscalationCase).where(
+                EscalationCase.case_id.in_({e.subject for e in envelopes})))).all()}
             for envelope in envelopes:
+                if envelope.id not in new:
+                    continue  # a repeat: this event was applied before
+                new.discard(envelope.id)
                 with structlog.contextvars.bound_contextvars(case_id=envelope.subject):
-                    await self._apply(session, envelope)
+                    await self._apply(session, envelope, cases)
+                await asyncio.sleep(0)  # SQLite runs on the loop: let requests in between
         self.rt.relays[SERVICE].poke()
 
-    async def _apply(self, session, envelope: Envelope) -> None:
-        if not await claim_event(session, SERVICE, envelope.id):
-            return  # a repeat: this event was applied before
+    async def _apply(self, session, envelope: Envelope, cases: dict[str, EscalationCase]) -> None:
         data = envelope.payload()
         match data:
             case ReportReceived():
-                await self._on_report(session, envelope, data)
+                await self._on_report(session, envelope, data, cases)
             case CaseUpdated():
                 await self._on_update(session, envelope, data)
             case TargetAcknowledged():
@@ -81,8 +89,9 @@ class Escalation:
             case DeliveryOutcome(status="dead_lettered", role="act"):
                 await self._on_undeliverable(session, data)
 
-    async def _on_report(self, session, envelope: Envelope, data: ReportReceived) -> None:
-        case = await session.get(EscalationCase, data.case_id)
+    async def _on_report(self, session, envelope: Envelope, data: ReportReceived,
+                         cases: dict[str, EscalationCase]) -> None:
+        case = cases.get(data.case_id)
         linked = (data.received_at,) if data.independent else ()
         if case is None:
             facts = CaseFacts(
@@ -96,16 +105,19 @@ class Escalation:
                                   severity="P5", publicity="PA0", rulepack_version="",
                                   decisions=0, facts={}, updated_at=utcnow())
             session.add(case)
-        else:
-            old = CaseFacts.model_validate(case.facts)
-            case.human_publicity = _max_publicity(case.human_publicity, data.publicity)
-            facts = old.model_copy(update={
-                "other_locations": tuple(dict.fromkeys((*old.other_locations, *data.other_locations))),
-                "child_ages": (*old.child_ages, *data.child_ages),
-                "indicators": old.indicators | set(data.indicators),
-                "linked_reports": (*old.linked_reports, *linked),
-                "first_received_at": min(old.first_received_at, data.received_at),
-            })
+            cases[case.case_id] = case
+            await self._decide(session, case, facts, case.publicity, envelope.time, envelope.type,
+                               fresh=True)
+            return
+        old = CaseFacts.model_validate(case.facts)
+        case.human_publicity = _max_publicity(case.human_publicity, data.publicity)
+        facts = old.model_copy(update={
+            "other_locations": tuple(dict.fromkeys((*old.other_locations, *data.other_locations))),
+            "child_ages": (*old.child_ages, *data.child_ages),
+            "indicators": old.indicators | set(data.indicators),
+            "linked_reports": (*old.linked_reports, *linked),
+            "first_received_at": min(old.first_received_at, data.received_at),
+        })
         await self._decide(session, case, facts, case.publicity, envelope.time, envelope.type)
 
     async def _on_update(self, session, envelope: Envelope, data: CaseUpdated) -> None:
@@ -125,9 +137,10 @@ class Escalation:
                            envelope.type)
 
     async def _decide(self, session, case: EscalationCase, facts: CaseFacts, floor: str,
-                      at: datetime, cause: str) -> None:
+                      at: datetime, cause: str, fresh: bool = False) -> None:
         """Decide under the pack in force. `at` is when intake accepted the input (so a
-        redelivery decides the same), or when a re-evaluation ran."""
+        redelivery decides the same), or when a re-evaluation ran. A `fresh` case has no rows
+        yet, so nothing is read back (most inputs open a case: see docs/performance.md)."""
         facts = facts.model_copy(update={
             "publicity": _max_publicity(case.human_publicity, floor)})
         decision = decide(facts, self.rt.pack, self.rt.directory, at)
@@ -136,20 +149,22 @@ class Escalation:
         case.rulepack_version = decision.rulepack_version
         case.decisions += 1
         case.updated_at = utcnow()
-        added, changed = await self._apply_targets(session, case, decision, at)
+        targets, added, changed = await self._apply_targets(session, case, decision, at, fresh)
         self._emit(session, CaseDecided(case_id=case.case_id, decision=decision, added=added,
                                         changed=changed, cause=cause))
-        await session.flush()
-        await self._schedule_milestones(session, case, facts, decision.severity)
+        await self._schedule_milestones(session, case, facts, decision.severity, targets, fresh)
         log.info("decided", severity=decision.severity, publicity=decision.publicity,
                  added=len(added), changed=len(changed))
 
     async def _apply_targets(self, session, case: EscalationCase, decision: Decision,
-                             at: datetime) -> tuple[list[Target], list[Target]]:
+                             at: datetime, fresh: bool,
+                             ) -> tuple[list[EscalationTarget], list[Target], list[Target]]:
         """Only what changed is acted on: new targets, inform -> act, a shorter deadline.
-        A target once told stays on the case: duties are never silently dropped."""
-        existing = {t.authority_id: t for t in (await session.scalars(
+        A target once told stays on the case: duties are never silently dropped. Returns the
+        case's target rows after the change, and the targets added and changed."""
+        existing = {} if fresh else {t.authority_id: t for t in (await session.scalars(
             select(EscalationTarget).where(EscalationTarget.case_id == case.case_id))).all()}
+        rows = dict(existing)
         added, changed = [], []
         for t in decision.targets:
             row = existing.get(t.authority_id)
@@ -159,6 +174,7 @@ class Escalation:
                     agency=t.agency, role=t.role, ack_within=t.ack_within,
                     working_days=t.working_days, added_at=at, ack_due=t.ack_due, origin="decision")
                 session.add(row)
+                rows[t.authority_id] = row
                 added.append(t)
                 self._alert(session, case, row, "alert" if t.role == "act" else "inform")
             elif t.role == "act" and row.acked_at is None and row.released_at is None and (
@@ -175,7 +191,7 @@ class Escalation:
                 continue
             if row.role == "act" and row.ack_due is not None:
                 self._schedule(session, row)
-        return added, changed
+        return list(rows.values()), added, changed
 
     async def _on_ack(self, session, data: TargetAcknowledged) -> None:
         row = await session.get(EscalationTarget, (data.case_id, data.authority_id))
@@ -261,7 +277,8 @@ class Escalation:
     # --- milestones -----------------------------------------------------------------------
 
     async def _schedule_milestones(self, session, case: EscalationCase, facts: CaseFacts,
-                                   severity: str) -> None:
+                                   severity: str, targets: list[EscalationTarget],
+                                   fresh: bool) -> None:
         """Hold the case to the pack's milestone deadlines. A deadline once set stands: a later
         decision adds milestones (P2 -> P1 adds the emergency measure) but never moves one."""
         if case.closed_at is not None:
@@ -269,12 +286,11 @@ class Escalation:
         dues = milestone_deadlines(facts, severity, self.rt.pack)
         if not dues:
             return
-        known = set((await session.scalars(select(EscalationMilestone.milestone).where(
-            EscalationMilestone.case_id == case.case_id))).all())
-        targets = (await session.scalars(select(EscalationTarget).where(
-            EscalationTarget.case_id == case.case_id, EscalationTarget.role == "act"))).all()
+        known = set() if fresh else set((await session.scalars(
+            select(EscalationMilestone.milestone).where(
+                EscalationMilestone.case_id == case.case_id))).all())
         duties = [milestones.Duty(t.authority_id, t.tier, t.agency, t.released_at is None)
-                  for t in targets]
+                  for t in targets if t.role == "act"]
         for mid, due in dues.items():
             if mid in known:
                 continue
