@@ -77,7 +77,7 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
 
         rt.parts["notifier"] = notifier = Notifier(rt)
         rt.relays["notifier"] = Relay("notifier", rt.db, rt.broker)
-        kafka.consume(rt.broker, settings, [Topics.ALERTS], "notifier", notifier.handle)
+        kafka.consume(rt.broker, settings, [Topics.ALERTS], "notifier", batch_handler=notifier.handle)
     return rt
 
 
@@ -87,7 +87,7 @@ def _readmodel(rt: Runtime):
     async def apply(envelopes):
         # Most inputs were applied already by the request that accepted them: a read skips
         # those without taking the write lock.
-        envelopes = [e for e in envelopes if not await readmodel.applied(rt.db, e.id)]
+        envelopes = await readmodel.unapplied(rt.db, envelopes)
         if not envelopes:
             return
         async with rt.db.writes() as session, session.begin():

@@ -14,9 +14,13 @@ from services.intake.store import CaseAuthority, CaseView, TimelineEntry
 CONSUMER = "intake-readmodel"
 
 
-async def applied(db, event_id: str) -> bool:
+async def unapplied(db, envelopes: list[Envelope]) -> list[Envelope]:
+    """The envelopes not applied yet, found with one read (no write lock)."""
     async with db.reads() as session:
-        return await session.get(ProcessedEvent, (CONSUMER, event_id)) is not None
+        done = set((await session.scalars(select(ProcessedEvent.event_id).where(
+            ProcessedEvent.consumer == CONSUMER,
+            ProcessedEvent.event_id.in_({e.id for e in envelopes})))).all())
+    return [e for e in envelopes if e.id not in done]
 
 
 async def apply(session: AsyncSession, envelope: Envelope) -> bool:

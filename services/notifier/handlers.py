@@ -77,31 +77,42 @@ class Notifier:
         self.max_attempts = policy.MAX_ATTEMPTS
         self.bundle_window = policy.BUNDLE_WINDOW
         self._wake = asyncio.Event()
+        self._outcomes: list[tuple[Job, DeliveryError | None, str | None]] = []
+        self._recording = asyncio.Lock()
 
     async def aclose(self) -> None:
         await aclose(self.channels)
 
-    async def handle(self, envelope: Envelope) -> None:
-        alert = envelope.payload()
-        if not isinstance(alert, AlertRequested):
+    async def handle(self, envelopes: list[Envelope]) -> None:
+        """Queue a batch of alerts in one transaction; repeats of queued alerts are dropped."""
+        alerts = [a for e in envelopes if isinstance(a := e.payload(), AlertRequested)]
+        if not alerts:
             return
         now = utcnow()
-        due = now
-        if policy.should_bundle(alert.severity, alert.kind):
-            # Held for the window so that reminders to the same contact can join it.
-            due = now + self.bundle_window
-            if alert.ack_due is not None:
-                due = max(now, min(due, alert.ack_due))
         async with self.rt.db.writes() as session, session.begin():
-            if await session.get(Delivery, alert.alert_id):
-                return  # a repeat of an alert already queued
-            session.add(Delivery(
-                alert_id=alert.alert_id, case_id=alert.case_id, authority_id=alert.authority_id,
-                severity=alert.severity, alert=alert.model_dump(mode="json"), status="pending",
-                contact_index=0, attempt=0, attempts_total=0, next_at=due, created_at=now,
-                updated_at=now,
-            ))
+            known = set((await session.scalars(select(Delivery.alert_id).where(
+                Delivery.alert_id.in_({a.alert_id for a in alerts})))).all())
+            for alert in alerts:
+                if alert.alert_id in known:
+                    continue
+                known.add(alert.alert_id)
+                session.add(Delivery(
+                    alert_id=alert.alert_id, case_id=alert.case_id,
+                    authority_id=alert.authority_id, severity=alert.severity,
+                    alert=alert.model_dump(mode="json"), status="pending", contact_index=0,
+                    attempt=0, attempts_total=0, next_at=self._first_due(alert, now),
+                    created_at=now, updated_at=now,
+                ))
         self._wake.set()
+
+    def _first_due(self, alert: AlertRequested, now: datetime) -> datetime:
+        if not policy.should_bundle(alert.severity, alert.kind):
+            return now
+        # Held for the window so that reminders to the same contact can join it.
+        due = now + self.bundle_window
+        if alert.ack_due is not None:
+            due = max(now, min(due, alert.ack_due))
+        return due
 
     # --- the worker loop ---------------------------------------------------------------------
 
@@ -243,51 +254,76 @@ class Notifier:
             await self.record(job, error, note)
 
     async def record(self, job: Job, error: DeliveryError | None, note: str | None = None) -> None:
-        """Each member's outcome and receipts, in one transaction."""
-        now = utcnow()
-        channel = job.contact.channel
-        async with self.rt.db.writes() as session, session.begin():
-            postgres = session.get_bind().dialect.name == "postgresql"
-            for row, alert in job.members:
-                d = await session.get(Delivery, row.alert_id, with_for_update=postgres)
-                if d is None or d.status != "sending" or d.next_at != job.lease:
-                    # Our lease ran out and another worker took the row: its record counts.
-                    log.warning("lease_lost", alert_id=row.alert_id, case_id=row.case_id)
-                    continue
-                d.attempts_total += 1
-                d.updated_at = now
-                if error is None:
-                    d.status, d.last_error = "delivered", note
-                    self._receipt(session, alert, "delivered", channel, d.attempts_total, note)
-                    log.info("delivered", channel=channel, attempt=d.attempts_total,
-                             alert_id=alert.alert_id, case_id=alert.case_id)
-                    continue
-                d.attempt += 1
-                d.last_error = error.reason[:200]
-                self._receipt(session, alert, "failed", channel, d.attempts_total, error.reason)
-                nxt = policy.after_failure(
-                    now=now, severity=alert.severity, deadline=alert.ack_due,
-                    contacts=len(alert.contacts), contact_index=d.contact_index,
-                    attempt=d.attempt, attempts_total=d.attempts_total,
-                    retryable=error.retryable, retry_after_s=error.retry_after_s,
-                    per_contact=self.per_contact, max_attempts=self.max_attempts,
-                )
-                if nxt.at is None:
-                    d.status = "dead"
-                    self._receipt(session, alert, "dead_lettered", channel, d.attempts_total,
-                                  error.reason)
-                    log.error("dead_lettered", channel=channel, reason=error.reason,
-                              attempts=d.attempts_total, alert_id=alert.alert_id,
-                              case_id=alert.case_id)
-                    continue
-                if nxt.contact_index != d.contact_index:
-                    log.warning("falling_back", channel=channel, reason=error.reason,
-                                alert_id=alert.alert_id, case_id=alert.case_id,
-                                to=alert.contacts[nxt.contact_index].channel)
-                d.status, d.next_at = "pending", nxt.at
-                d.contact_index, d.attempt = nxt.contact_index, nxt.attempt
+        """Record a send's outcome. Sends that finish while a record is being written are
+        written together in the next transaction (group commit): one transaction per batch of
+        outcomes, not per delivery. Returns once this outcome is committed."""
+        self._outcomes.append((job, error, note))
+        async with self._recording:
+            if not self._outcomes:
+                return  # a transaction that started after ours was queued took it
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self._record(batch)
+            except BaseException:
+                self._outcomes = batch + self._outcomes  # the next waiter tries them again
+                raise
         self.rt.relays[SERVICE].poke()
         self._wake.set()  # a fallback may be due at once
+
+    async def _record(self, batch: list[tuple[Job, DeliveryError | None, str | None]]) -> None:
+        """Each member's outcome and receipts, for a batch of sends, in one transaction."""
+        now = utcnow()
+        async with self.rt.db.writes() as session, session.begin():
+            postgres = session.get_bind().dialect.name == "postgresql"
+            ids = {row.alert_id for job, _, _ in batch for row, _ in job.members}
+            query = select(Delivery).where(Delivery.alert_id.in_(ids))
+            if postgres:
+                query = query.with_for_update()
+            current = {d.alert_id: d for d in (await session.scalars(query)).all()}
+            for job, error, note in batch:
+                self._record_job(session, current, job, error, note, now)
+
+    def _record_job(self, session, current: dict[str, Delivery], job: Job,
+                    error: DeliveryError | None, note: str | None, now: datetime) -> None:
+        channel = job.contact.channel
+        for row, alert in job.members:
+            d = current.get(row.alert_id)
+            if d is None or d.status != "sending" or d.next_at != job.lease:
+                # Our lease ran out and another worker took the row: its record counts.
+                log.warning("lease_lost", alert_id=row.alert_id, case_id=row.case_id)
+                continue
+            d.attempts_total += 1
+            d.updated_at = now
+            if error is None:
+                d.status, d.last_error = "delivered", note
+                self._receipt(session, alert, "delivered", channel, d.attempts_total, note)
+                log.info("delivered", channel=channel, attempt=d.attempts_total,
+                         alert_id=alert.alert_id, case_id=alert.case_id)
+                continue
+            d.attempt += 1
+            d.last_error = error.reason[:200]
+            self._receipt(session, alert, "failed", channel, d.attempts_total, error.reason)
+            nxt = policy.after_failure(
+                now=now, severity=alert.severity, deadline=alert.ack_due,
+                contacts=len(alert.contacts), contact_index=d.contact_index,
+                attempt=d.attempt, attempts_total=d.attempts_total,
+                retryable=error.retryable, retry_after_s=error.retry_after_s,
+                per_contact=self.per_contact, max_attempts=self.max_attempts,
+            )
+            if nxt.at is None:
+                d.status = "dead"
+                self._receipt(session, alert, "dead_lettered", channel, d.attempts_total,
+                              error.reason)
+                log.error("dead_lettered", channel=channel, reason=error.reason,
+                          attempts=d.attempts_total, alert_id=alert.alert_id,
+                          case_id=alert.case_id)
+                continue
+            if nxt.contact_index != d.contact_index:
+                log.warning("falling_back", channel=channel, reason=error.reason,
+                            alert_id=alert.alert_id, case_id=alert.case_id,
+                            to=alert.contacts[nxt.contact_index].channel)
+            d.status, d.next_at = "pending", nxt.at
+            d.contact_index, d.attempt = nxt.contact_index, nxt.attempt
 
     def _receipt(self, session, alert: AlertRequested, status: str, channel: str, attempt: int,
                  error: str | None = None) -> None:

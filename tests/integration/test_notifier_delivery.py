@@ -79,7 +79,7 @@ async def rows(n: Notifier) -> dict[str, Delivery]:
 async def test_p3_reminders_to_one_contact_go_as_one_message(notifier, inbox):
     reminders = [alert(i, inbox) for i in range(3)]
     for a in reminders:
-        await notifier.handle(Envelope.wrap(a, "test"))
+        await notifier.handle([Envelope.wrap(a, "test")])
     assert await step(notifier) == 0  # held for the bundle window
 
     await make_due(notifier, reminders[0].alert_id)  # the first one's window has passed
@@ -103,7 +103,7 @@ async def test_a_bundle_by_email_is_one_mail(notifier, inbox):
     mail = [Contact(channel="email", address="cp.4@example.vn")]
     reminders = [alert(i, inbox, severity="P4", contacts=mail) for i in range(4)]
     for a in reminders:
-        await notifier.handle(Envelope.wrap(a, "test"))
+        await notifier.handle([Envelope.wrap(a, "test")])
     await make_due(notifier, reminders[0].alert_id)
     assert await step(notifier) == 1
     [path] = inbox.mails()
@@ -119,7 +119,7 @@ async def test_urgent_alerts_and_other_contacts_are_never_bundled_or_held(notifi
     ]
     held = [alert(5, inbox), alert(6, inbox, contacts=other)]  # P3 reminders, two contacts
     for a in alerts + held:
-        await notifier.handle(Envelope.wrap(a, "test"))
+        await notifier.handle([Envelope.wrap(a, "test")])
     assert await step(notifier) == 4
     assert sorted(r["body"]["alert_id"] for r in inbox.requests()) == sorted(
         a.alert_id for a in alerts)
@@ -133,7 +133,7 @@ async def test_urgent_alerts_and_other_contacts_are_never_bundled_or_held(notifi
 async def test_a_bundle_holds_at_most_bundle_max(notifier, inbox):
     reminders = [alert(i, inbox) for i in range(policy.BUNDLE_MAX + 3)]
     for a in reminders:
-        await notifier.handle(Envelope.wrap(a, "test"))
+        await notifier.handle([Envelope.wrap(a, "test")])
     for a in reminders:
         await make_due(notifier, a.alert_id)
     assert await step(notifier) == 2
@@ -148,7 +148,7 @@ async def test_rate_limit_defers_p3_but_never_p1_or_p2(notifier, inbox):
     slow = [alert(i, inbox, kind="alert") for i in range(4)]
     urgent = [alert(10 + i, inbox, kind="alert", severity=("P1", "P2")[i % 2]) for i in range(6)]
     for a in slow + urgent:
-        await notifier.handle(Envelope.wrap(a, "test"))
+        await notifier.handle([Envelope.wrap(a, "test")])
     # Claimed by severity: the six urgent ones go and take the bucket's two tokens on the way.
     assert await step(notifier) == 6
     state = await rows(notifier)
@@ -167,7 +167,7 @@ async def test_render_failure_is_sent_plainly_and_reported(notifier, inbox, tmp_
     notifier.renderer = Renderer(tmp_path / "templates")
     a = alert(1, inbox, severity="P1", kind="alert",
               contacts=[Contact(channel="email", address="cp.4@example.vn")])
-    await notifier.handle(Envelope.wrap(a, "test"))
+    await notifier.handle([Envelope.wrap(a, "test")])
     assert await step(notifier) == 1
 
     assert len(inbox.mails()) == 1  # the alert still went, as the built-in text
@@ -183,7 +183,7 @@ async def test_receipts_trace_fallback_and_dead_letter(notifier, inbox):
         Contact(channel="webhook", address=f"{inbox.http_url}/hooks/a"),
         Contact(channel="sms", address="+84900000001"),
     ])
-    await notifier.handle(Envelope.wrap(a, "test"))
+    await notifier.handle([Envelope.wrap(a, "test")])
     assert await step(notifier) == 1
     assert await step(notifier) == 1  # the fallback is due at once
     got = [(r.status, r.channel, r.attempt, r.error) for r in await receipts(notifier)]
@@ -197,7 +197,7 @@ async def test_receipts_trace_fallback_and_dead_letter(notifier, inbox):
 
 async def test_a_lost_lease_is_not_recorded_twice(notifier, inbox):
     a = alert(1, inbox, severity="P1", kind="alert")
-    await notifier.handle(Envelope.wrap(a, "test"))
+    await notifier.handle([Envelope.wrap(a, "test")])
     [job] = await notifier.claim()
     # The lease runs out (the worker was stuck) and the row is claimed and delivered again.
     await make_due(notifier, a.alert_id)
@@ -212,7 +212,7 @@ async def test_a_lost_lease_is_not_recorded_twice(notifier, inbox):
 
 async def test_inbox_body_is_codes_only(notifier, inbox):
     a = alert(1, inbox, severity="P1", kind="alert")
-    await notifier.handle(Envelope.wrap(a, "test"))
+    await notifier.handle([Envelope.wrap(a, "test")])
     await step(notifier)
     body = json.dumps(inbox.requests()[0]["body"])
     assert a.case_id in body and "NEGLECT" in body
