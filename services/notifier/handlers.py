@@ -35,6 +35,7 @@ PER_CONTACT = 3  # attempts on one contact before falling back to the next
 LINK_TTL = timedelta(days=7)
 CONCURRENCY = 64
 LEASE_MARGIN = timedelta(seconds=10)
+RECORD_GATHER_S = 0.005  # outcomes recorded together; the messages themselves are already sent
 
 
 @dataclass
@@ -149,7 +150,11 @@ class Notifier:
     def _done(self, inflight: set[asyncio.Task]):
         def done(task: asyncio.Task) -> None:
             inflight.discard(task)
-            self._wake.set()  # a free slot
+            # Claim again once a quarter of the slots are free, not at every finished send: a
+            # claim is a transaction, and one per delivery made claiming the bottleneck. A new
+            # alert wakes the loop at once (handle), so a P1 never waits for this.
+            if len(inflight) <= CONCURRENCY * 3 // 4:
+                self._wake.set()
         return done
 
     async def claim(self, batch: int = CONCURRENCY) -> list[Job]:
@@ -261,6 +266,9 @@ class Notifier:
         async with self._recording:
             if not self._outcomes:
                 return  # a transaction that started after ours was queued took it
+            # SQLite runs on the loop, so a transaction never waits for the next send to finish:
+            # wait a moment for the sends finishing now, or each would be a transaction.
+            await asyncio.sleep(RECORD_GATHER_S)
             batch, self._outcomes = self._outcomes, []
             try:
                 await self._record(batch)
@@ -268,7 +276,8 @@ class Notifier:
                 self._outcomes = batch + self._outcomes  # the next waiter tries them again
                 raise
         self.rt.relays[SERVICE].poke()
-        self._wake.set()  # a fallback may be due at once
+        if any(error is not None for _, error, _ in batch):
+            self._wake.set()  # a fallback may be due at once
 
     async def _record(self, batch: list[tuple[Job, DeliveryError | None, str | None]]) -> None:
         """Each member's outcome and receipts, for a batch of sends, in one transaction."""

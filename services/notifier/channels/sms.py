@@ -8,7 +8,6 @@ another shape gets its own small adapter with the same `send` method.
 import math
 import re
 
-import httpx
 
 from services.notifier.channels.base import DeliveryError, Message
 from services.notifier.channels.webhook import SignedPoster
@@ -52,12 +51,11 @@ class SmsGatewayChannel:
 
     def __init__(
         self, gateway_url: str, secret: str, timeout_s: float = 10.0,
-        client: httpx.AsyncClient | None = None,
     ):
         if not gateway_url.startswith(("http://", "https://")):
             raise ValueError(f"sms_gateway_url must be an http(s) URL, got {gateway_url!r}")
         self._url = gateway_url
-        self._poster = SignedPoster(secret, timeout_s, client)
+        self._poster = SignedPoster(secret, timeout_s)
 
     async def send(self, address: str, message: Message, idempotency_key: str) -> None:
         encoding, segments = sms_segments(message.text)
