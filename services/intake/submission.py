@@ -17,6 +17,7 @@ from datetime import timedelta
 import structlog
 from fastapi import HTTPException
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 
 from schemas.events import Envelope, Topics
 from services.common import audit, kafka
@@ -61,14 +62,19 @@ async def replay(rt, who: Principal, idem: Idempotency | None) -> dict | None:
 
 async def accept(rt, who: Principal, envelope: Envelope, row: ReportRow | None,
                  response: dict, idem: Idempotency | None, child_fingerprints=()) -> dict:
-    async with rt.db.writes() as session, session.begin():
-        if row is not None:
-            session.add(row)
-        if idem is not None:
-            if await session.get(IdempotencyKey, (who.user_id, idem.key)):
-                raise HTTPException(409, "Idempotency-Key is in use by a request in progress")
-            session.add(IdempotencyKey(user_id=who.user_id, key=idem.key, body_hash=idem.body_hash,
-                                       response=response, created_at=utcnow()))
+    try:
+        async with rt.db.writes() as session, session.begin():
+            if row is not None:
+                session.add(row)
+            if idem is not None:
+                session.add(IdempotencyKey(user_id=who.user_id, key=idem.key,
+                                           body_hash=idem.body_hash, response=response,
+                                           created_at=utcnow()))
+    except IntegrityError:
+        if idem is None:
+            raise
+        # The key is the row's primary key: a request with the same key got there first.
+        raise HTTPException(409, "Idempotency-Key is in use by a request in progress") from None
     try:
         await asyncio.wait_for(
             kafka.publish_input(rt.producer, rt.settings.topic(Topics.INPUTS), envelope),

@@ -1,5 +1,6 @@
 """The walking skeleton, real all the way: report -> Kafka -> decision -> webhook -> case."""
 
+import asyncio
 import json
 
 from aiokafka import AIOKafkaConsumer
@@ -91,6 +92,21 @@ async def test_same_idempotency_key_same_answer_other_body_conflict(stack):
     assert first.status_code == 202 and again.status_code == 202
     assert again.json() == first.json()
     assert other.status_code == 409
+
+
+async def test_concurrent_requests_with_one_key_open_one_case(stack):
+    """A client that retries before its first attempt is answered: one report, never two."""
+    body = report()
+    async with stack.client("operator") as api:
+        answers = await asyncio.gather(*(
+            api.post("/api/v1/reports", json=body, headers={"Idempotency-Key": "k-race"})
+            for _ in range(8)))
+        assert {a.status_code for a in answers} <= {202, 409}
+        accepted = {a.json()["report_id"] for a in answers if a.status_code == 202}
+        assert len(accepted) == 1, [a.text for a in answers]
+        case_id = next(a.json()["case_id"] for a in answers if a.status_code == 202)
+        case = (await api.get(f"/api/v1/cases/{case_id}")).json()
+    assert case["report_count"] == 1
 
 
 async def test_bad_input_is_refused_with_the_field(stack):

@@ -11,7 +11,8 @@ from services.common.auth import Principal, principal_for
 bearer = HTTPBearer(auto_error=False, description="A token from `beacon users token`")
 
 
-def runtime(request: Request):
+async def runtime(request: Request):
+    # async: FastAPI runs a plain `def` dependency on a worker thread, a hop per request
     return request.app.state.runtime
 
 
