@@ -259,9 +259,8 @@ class Notifier:
             await self.record(job, error, note)
 
     async def record(self, job: Job, error: DeliveryError | None, note: str | None = None) -> None:
-        """Record a send's outcome. Sends that finish while a record is being written are
-        written together in the next transaction (group commit): one transaction per batch of
-        outcomes, not per delivery. Returns once this outcome is committed."""
+        """Record a send's outcome. Outcomes are gathered for RECORD_GATHER_S and written in one
+        transaction (group commit), not one per delivery. Returns once this one is committed."""
         self._outcomes.append((job, error, note))
         async with self._recording:
             if not self._outcomes:

@@ -8,7 +8,6 @@ another shape gets its own small adapter with the same `send` method.
 import math
 import re
 
-
 from services.notifier.channels.base import DeliveryError, Message
 from services.notifier.channels.webhook import SignedPoster
 
@@ -49,9 +48,7 @@ def normalise_number(address: str) -> str:
 class SmsGatewayChannel:
     name = "sms"
 
-    def __init__(
-        self, gateway_url: str, secret: str, timeout_s: float = 10.0,
-    ):
+    def __init__(self, gateway_url: str, secret: str, timeout_s: float = 10.0):
         if not gateway_url.startswith(("http://", "https://")):
             raise ValueError(f"sms_gateway_url must be an http(s) URL, got {gateway_url!r}")
         self._url = gateway_url

@@ -87,8 +87,8 @@ class SignedPoster:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers={"User-Agent": USER_AGENT})
+            self._session = aiohttp.ClientSession(  # trust_env: HTTPS_PROXY, as httpx did
+                timeout=self._timeout, headers={"User-Agent": USER_AGENT}, trust_env=True)
         return self._session
 
     async def post(self, url: str, data: dict[str, Any], idempotency_key: str) -> None:
