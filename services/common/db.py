@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
-from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, event
+from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, event, make_url
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -93,8 +93,9 @@ def make_engine(url: str, immediate: bool = True) -> AsyncEngine:
     the writer's pool has one connection, so this process's writers queue on the pool."""
     if not url.startswith("sqlite"):
         return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-    path = url.split("///", 1)[-1]
-    if path not in ("", ":memory:"):
+    path = make_url(url).database or ":memory:"
+    memory = path == ":memory:"  # one shared connection already (StaticPool)
+    if not memory:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     async def connect():
@@ -105,7 +106,6 @@ def make_engine(url: str, immediate: bool = True) -> AsyncEngine:
         )
         return await conn
 
-    memory = path in ("", ":memory:")  # one shared connection already (StaticPool)
     pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60} if immediate and not memory else {}
     engine = create_async_engine(url, async_creator=connect, **pool)
 
