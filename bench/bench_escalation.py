@@ -23,13 +23,13 @@ Baselines, same run, same broker, same events:
 """
 
 import asyncio
-import random
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from bench.common import (
-    Observer, Row, Workspace, create_topic, kafka_bootstrap, note, open_loop, pct, producer,
+    SETTINGS, Observer, Row, Workspace, create_topic, kafka_bootstrap, note, open_loop,
+    percentile_rows, producer, report_space,
 )
 
 N_BACKLOG = 1000
@@ -37,21 +37,13 @@ RATE = 10.0  # below the service's capacity on this machine, so latency is not q
 SECONDS_AT_RATE = 6
 CAP_S = 20  # stop waiting for a backlog after this long: the figure is what was decided by then
 WARMUP = 50
-SETTINGS = ["home", "school", "care_facility", "health_facility", "service_provider", "online",
-            "public", "other"]
 
 
 def make_events(n: int, seed: int = 13) -> list[tuple[bytes, bytes]]:
     """(key, value) pairs: ReportReceived envelopes, each about a new case."""
-    from vietnam_provinces import Ward
-
     from schemas.events import Envelope, ReportReceived
-    from services.escalation.rulepack import load_pack
 
-    pack = load_pack("default")
-    rnd = random.Random(seed)
-    wards = sorted(Ward.iter_all(), key=lambda w: int(w.code))
-    categories, indicators = sorted(pack.category_codes), sorted(pack.indicator_codes)
+    rnd, wards, categories, indicators = report_space(seed)
     now = datetime.now(UTC)
     out = []
     for i in range(n):
@@ -102,17 +94,20 @@ async def run(quick: bool = False) -> list[Row]:
         if not await observer.wait_for([k for k, _ in warm], 60):
             raise RuntimeError(f"escalation: warm-up not decided in 60 s:\n{ws.tail('escalation')}")
 
-        # Latency at a fixed rate.
-        sched: dict[bytes, float] = {}
+        async def latency_at_rate(topic: str, obs: Observer, wait_s: float) -> list[float]:
+            """Write `at_rate` to `topic` on a fixed schedule; ms from each due time to `obs`."""
+            sched: dict[bytes, float] = {}
 
-        async def fire(i: int, due: float) -> None:
-            k, v = at_rate[i]
-            sched[k] = due
-            await prod.send_and_wait(inputs, v, key=k, headers=HEADERS)
+            async def fire(i: int, due: float) -> None:
+                k, v = at_rate[i]
+                sched[k] = due
+                await prod.send_and_wait(topic, v, key=k, headers=HEADERS)
 
-        await open_loop(RATE, n_rate, fire)
-        await observer.wait_for(sched, 60)
-        lat = [(observer.seen[k][0] - t) * 1000 for k, t in sched.items() if k in observer.seen]
+            await open_loop(RATE, n_rate, fire)
+            await obs.wait_for(sched, wait_s)
+            return [(obs.seen[k][0] - t) * 1000 for k, t in sched.items() if k in obs.seen]
+
+        lat = await latency_at_rate(inputs, observer, 60)
         # Throughput: a backlog written at once.
         start = time.perf_counter()
         futures = [await prod.send(inputs, v, key=k, headers=HEADERS) for k, v in backlog]
@@ -163,17 +158,7 @@ async def run(quick: bool = False) -> list[Row]:
         await create_topic(base_topic)
         base_obs = Observer(base_topic, "beacon.report.received")
         await base_obs.start()
-        base_sched: dict[bytes, float] = {}
-
-        async def fire_base(i: int, due: float) -> None:
-            k, v = at_rate[i]
-            base_sched[k] = due
-            await prod.send_and_wait(base_topic, v, key=k, headers=HEADERS)
-
-        await open_loop(RATE, n_rate, fire_base)
-        await base_obs.wait_for(base_sched, 30)
-        base_lat = [(base_obs.seen[k][0] - t) * 1000 for k, t in base_sched.items()
-                    if k in base_obs.seen]
+        base_lat = await latency_at_rate(base_topic, base_obs, 30)
         await base_obs.stop()
     finally:
         if observer is not None:
@@ -184,10 +169,8 @@ async def run(quick: bool = False) -> list[Row]:
     return [
         Row("escalation: cases decided/s from Kafka (backlog)", tp, raw_batch, "/s", ">= 1,000/s"),
         Row("escalation: same, baseline = raw consume with commit per message", tp, raw_each, "/s"),
-        Row(f"escalation: p50 input -> decision on Kafka at {RATE:.0f}/s", pct(lat, 50),
-            pct(base_lat, 50), "ms", "", False),
-        Row(f"escalation: p99 input -> decision on Kafka at {RATE:.0f}/s", pct(lat, 99),
-            pct(base_lat, 99), "ms", "", False),
+        *percentile_rows(f"escalation: p{{q}} input -> decision on Kafka at {RATE:.0f}/s",
+                         lat, base_lat),
     ]
 
 

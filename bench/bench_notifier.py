@@ -31,7 +31,7 @@ import aiohttp
 import httpx
 
 from bench.common import (
-    PY, Row, Workspace, closed_loop, free_port, note, open_loop, pct, producer,
+    PY, Row, Workspace, closed_loop, free_port, note, open_loop, percentile_rows, producer,
 )
 
 N_BACKLOG = 2000
@@ -218,10 +218,8 @@ async def run(quick: bool = False) -> list[Row]:
     return [
         Row("notifier: webhook deliveries/s (backlog)", tp, base_tp, "/s", ">= 1,000/s"),
         Row("notifier: same, baseline = raw aiohttp (the notifier's client)", tp, aiohttp_tp, "/s"),
-        Row(f"notifier: p50 alert event -> delivery at {RATE:.0f}/s", pct(lat, 50),
-            pct(base_lat, 50), "ms", "", False),
-        Row(f"notifier: p99 alert event -> delivery at {RATE:.0f}/s", pct(lat, 99),
-            pct(base_lat, 99), "ms", "", False),
+        *percentile_rows(f"notifier: p{{q}} alert event -> delivery at {RATE:.0f}/s",
+                         lat, base_lat),
     ]
 
 

@@ -43,6 +43,25 @@ def pct(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+SETTINGS = ["home", "school", "care_facility", "health_facility", "service_provider", "online",
+            "public", "other"]
+
+
+def report_space(seed: int):
+    """A seeded random source and what synthetic reports are drawn from: every commune (ward) of
+    vietnam-provinces, and the default pack's categories and indicators."""
+    import random
+
+    from vietnam_provinces import Ward
+
+    from services.escalation.rulepack import load_pack
+
+    pack = load_pack("default")
+    wards = sorted(Ward.iter_all(), key=lambda w: int(w.code))
+    return (random.Random(seed), wards, sorted(pack.category_codes),
+            sorted(pack.indicator_codes))
+
+
 @dataclass
 class Row:
     """One line of the table. `higher_is_better` decides how the ratio reads."""
@@ -328,3 +347,10 @@ class Observer:
 def loadavg() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def percentile_rows(label: str, beacon: list[float], baseline: list[float],
+                    goal_p99: str = "") -> list[Row]:
+    """The p50 and p99 rows of a latency (ms); `label` has `{q}` where the percentile goes."""
+    return [Row(label.format(q=q), pct(beacon, q), pct(baseline, q), "ms",
+                goal_p99 if q == 99 else "", False) for q in (50, 99)]
