@@ -106,7 +106,12 @@ def make_engine(url: str, immediate: bool = True) -> AsyncEngine:
         )
         return await conn
 
-    pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60} if immediate and not memory else {}
+    if memory:
+        pool = {}
+    elif immediate:
+        pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
+    else:  # kept open: an overflow connection closed on return costs a thread and a connect
+        pool = {"pool_size": 16, "max_overflow": 0, "pool_timeout": 60}
     engine = create_async_engine(url, async_creator=connect, **pool)
 
     @event.listens_for(engine.sync_engine, "connect")
