@@ -2,6 +2,7 @@
 
 import asyncio
 import importlib.util
+import re
 import socket
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -158,6 +159,46 @@ async def test_webhook_bad_address_is_permanent():
     finally:
         await channel.aclose()
     assert not err.value.retryable
+
+
+async def test_webhook_uses_the_environment_proxy_unless_no_proxy_covers_the_host(monkeypatch):
+    """HTTP_PROXY / HTTPS_PROXY and NO_PROXY hold, as for any HTTP client on the host."""
+    request_lines = []
+
+    async def proxy(reader, writer):  # a forward proxy that answers for the origin itself
+        head = await reader.readuntil(b"\r\n\r\n")
+        request_lines.append(head.split(b"\r\n")[0].decode())
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    url = "http://alerts.example.invalid/hooks/commune-4"
+    try:
+        channel = WebhookChannel(SECRET, timeout_s=5)
+        try:
+            await channel.send(url, Message("", "", {"a": 1}), "k-1")
+        finally:
+            await channel.aclose()
+        assert request_lines == [f"POST {url} HTTP/1.1"]
+
+        monkeypatch.setenv("NO_PROXY", "alerts.example.invalid")
+        channel = WebhookChannel(SECRET, timeout_s=5)
+        try:
+            with pytest.raises(DeliveryError) as err:  # direct: the name does not resolve
+                await channel.send(url, Message("", "", {"a": 1}), "k-2")
+        finally:
+            await channel.aclose()
+        assert err.value.reason == "connect_error"
+        assert len(request_lines) == 1
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_webhook_recovers_when_the_receiver_comes_back(tmp_path):
