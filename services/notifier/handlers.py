@@ -80,6 +80,7 @@ class Notifier:
         self._wake = asyncio.Event()
         self._outcomes: list[tuple[Job, DeliveryError | None, str | None]] = []
         self._recording = asyncio.Lock()
+        self._sending = 0  # sends in flight (slots taken)
 
     async def aclose(self) -> None:
         await aclose(self.channels)
@@ -118,12 +119,15 @@ class Notifier:
     # --- the worker loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Claim what is due into free slots; a slow send never holds up the next P1."""
-        inflight: set[asyncio.Task] = set()
+        """Claim what is due into free slots; a slow send never holds up the next P1.
+
+        A slot is a send in flight: it frees when the send ends, before its outcome is recorded,
+        so that waiting for the group commit does not keep the next sends from starting."""
+        tasks: set[asyncio.Task] = set()
         try:
             while True:
                 self._wake.clear()
-                room = CONCURRENCY - len(inflight)
+                room = CONCURRENCY - self._sending
                 jobs: list[Job] = []
                 if room > 0:
                     try:
@@ -132,10 +136,11 @@ class Notifier:
                         raise
                     except Exception:
                         log.exception("delivery_claim_failed")
+                self._sending += len(jobs)
                 for job in jobs:
                     task = asyncio.create_task(self.send(job))
-                    inflight.add(task)
-                    task.add_done_callback(self._done(inflight))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
                 if jobs and len(jobs) == room:
                     continue  # a full batch: wait only for a free slot
                 try:
@@ -143,19 +148,17 @@ class Notifier:
                 except TimeoutError:
                     pass
         finally:
-            for task in inflight:
+            for task in tasks:
                 task.cancel()  # their rows stay leased and are sent again after the lease
-            await asyncio.gather(*inflight, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _done(self, inflight: set[asyncio.Task]):
-        def done(task: asyncio.Task) -> None:
-            inflight.discard(task)
-            # Claim again once a quarter of the slots are free, not at every finished send: a
-            # claim is a transaction, and one per delivery made claiming the bottleneck. A new
-            # alert wakes the loop at once (handle), so a P1 never waits for this.
-            if len(inflight) <= CONCURRENCY * 3 // 4:
-                self._wake.set()
-        return done
+    def _slot_freed(self) -> None:
+        self._sending = max(0, self._sending - 1)  # a send called directly took no slot
+        # Claim again once a quarter of the slots are free, not at every finished send: a claim
+        # is a transaction, and one per delivery made claiming the bottleneck. A new alert wakes
+        # the loop at once (handle), so a P1 never waits for this.
+        if self._sending <= CONCURRENCY * 3 // 4:
+            self._wake.set()
 
     async def claim(self, batch: int = CONCURRENCY) -> list[Job]:
         """Lease due rows (and the reminders that bundle with them), one `attempted` receipt each.
@@ -231,30 +234,33 @@ class Notifier:
             case_id=",".join(dict.fromkeys(a.case_id for a in alerts)),
             alert_id=job.key, bundled=len(alerts),
         ):
-            error = note = None
             try:
-                channel = self.channels.get(contact.channel)
-                if channel is None:
-                    raise DeliveryError(f"channel_{contact.channel}_disabled", retryable=False)
-                links = [sign_link(self.rt.settings.public_base_url, a.case_id, "view",
-                                   a.authority_id, now + LINK_TTL, self.link_secret)
-                         for a in alerts]
-                if len(alerts) == 1:
-                    message = self.renderer.render(alerts[0], contact.channel, "vi", links[0])
-                else:
-                    message = self.renderer.render_bundle(list(zip(alerts, links, strict=True)),
-                                                          contact.channel, "vi")
-                if message.render_error:
-                    # The built-in text went instead of the template: sent, but reported.
-                    note = f"render_fallback: {message.render_error}"[:200]
-                    log.warning("render_fallback_used", channel=contact.channel,
-                                error=message.render_error)
-                await channel.send(contact.address, message, job.key)
-            except DeliveryError as exc:
-                error = exc
-            except Exception as exc:  # a bug in a channel must not lose the alert
-                log.exception("channel_crashed", channel=contact.channel)
-                error = DeliveryError(type(exc).__name__, retryable=True)
+                error = note = None
+                try:
+                    channel = self.channels.get(contact.channel)
+                    if channel is None:
+                        raise DeliveryError(f"channel_{contact.channel}_disabled", retryable=False)
+                    links = [sign_link(self.rt.settings.public_base_url, a.case_id, "view",
+                                       a.authority_id, now + LINK_TTL, self.link_secret)
+                             for a in alerts]
+                    if len(alerts) == 1:
+                        message = self.renderer.render(alerts[0], contact.channel, "vi", links[0])
+                    else:
+                        message = self.renderer.render_bundle(list(zip(alerts, links, strict=True)),
+                                                              contact.channel, "vi")
+                    if message.render_error:
+                        # The built-in text went instead of the template: sent, but reported.
+                        note = f"render_fallback: {message.render_error}"[:200]
+                        log.warning("render_fallback_used", channel=contact.channel,
+                                    error=message.render_error)
+                    await channel.send(contact.address, message, job.key)
+                except DeliveryError as exc:
+                    error = exc
+                except Exception as exc:  # a bug in a channel must not lose the alert
+                    log.exception("channel_crashed", channel=contact.channel)
+                    error = DeliveryError(type(exc).__name__, retryable=True)
+            finally:
+                self._slot_freed()
             metrics.DELIVERIES.labels(contact.channel, "ok" if error is None else "error").inc()
             await self.record(job, error, note)
 
