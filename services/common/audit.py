@@ -6,7 +6,7 @@ from sqlalchemy import JSON, Integer, String, event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import Base, utcnow
+from services.common.db import Base, add_bulk, utcnow
 
 
 class AuditRecord(Base):
@@ -23,10 +23,8 @@ class AuditRecord(Base):
 
 def record(session: AsyncSession, user_id: str, role: str, action: str, record_id: str,
            fields: list[str] | None = None, outcome: str = "ok") -> None:
-    session.add(AuditRecord(
-        at=utcnow(), user_id=user_id, role=role, action=action, record=record_id,
-        fields=sorted(fields or []), outcome=outcome,
-    ))
+    add_bulk(session, AuditRecord, at=utcnow(), user_id=user_id, role=role, action=action,
+             record=record_id, fields=sorted(fields or []), outcome=outcome)
 
 
 @event.listens_for(AuditRecord, "before_update")

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from schemas.events import Envelope
 from services.common import kafka
-from services.common.db import Base, Database, utcnow
+from services.common.db import Base, Database, add_bulk, utcnow
 
 log = structlog.get_logger("beacon.outbox")
 
@@ -30,12 +30,8 @@ class OutboxRow(Base):
 
 
 def add(session: AsyncSession, service: str, topic: str, envelope: Envelope) -> None:
-    session.add(
-        OutboxRow(
-            service=service, topic=topic, event_id=envelope.id, case_id=envelope.subject,
-            payload=envelope.model_dump_json(), created_at=utcnow(),
-        )
-    )
+    add_bulk(session, OutboxRow, service=service, topic=topic, event_id=envelope.id,
+             case_id=envelope.subject, payload=envelope.model_dump_json(), created_at=utcnow())
 
 
 class Relay:

@@ -33,7 +33,7 @@ from schemas.events import (
     TransferRequested,
 )
 from services.common import outbox
-from services.common.db import claim_event, claim_events, utcnow
+from services.common.db import add_bulk, claim_event, claim_events, utcnow
 from services.escalation import milestones
 from services.escalation.engine import deadline, decide, milestone_deadlines, reminder_times
 from services.escalation.store import (
@@ -169,11 +169,12 @@ class Escalation:
         for t in decision.targets:
             row = existing.get(t.authority_id)
             if row is None:
-                row = EscalationTarget(
+                values = dict(
                     case_id=case.case_id, authority_id=t.authority_id, tier=t.tier,
                     agency=t.agency, role=t.role, ack_within=t.ack_within,
                     working_days=t.working_days, added_at=at, ack_due=t.ack_due, origin="decision")
-                session.add(row)
+                add_bulk(session, EscalationTarget, **values)
+                row = EscalationTarget(**values)  # unattached: read by what follows
                 rows[t.authority_id] = row
                 added.append(t)
                 self._alert(session, case, row, "alert" if t.role == "act" else "inform")
@@ -297,15 +298,14 @@ class Escalation:
             holder = milestones.owner(mid, duties, self.rt.pack)
             if holder is None:
                 continue
-            session.add(EscalationMilestone(case_id=case.case_id, milestone=mid,
-                                            authority_id=holder, due_at=due,
-                                            scheduled_at=utcnow()))
+            add_bulk(session, EscalationMilestone, case_id=case.case_id, milestone=mid,
+                     authority_id=holder, due_at=due, scheduled_at=utcnow())
             start = facts.first_received_at
             fractions = self.rt.pack.reminder_fractions
             for fraction, at in zip([*fractions, 1.0],
                                     [*reminder_times(start, due, fractions), due], strict=True):
-                session.add(MilestoneTimer(case_id=case.case_id, milestone=mid,
-                                           authority_id=holder, fraction=fraction, due_at=at))
+                add_bulk(session, MilestoneTimer, case_id=case.case_id, milestone=mid,
+                         authority_id=holder, fraction=fraction, due_at=at)
             self._emit(session, MilestoneScheduled(case_id=case.case_id, milestone=mid,
                                                    authority_id=holder, due_at=due))
 
@@ -394,10 +394,10 @@ class Escalation:
         for fraction, due in zip(self.rt.pack.reminder_fractions,
                                  reminder_times(row.added_at, row.ack_due,
                                                 self.rt.pack.reminder_fractions), strict=True):
-            session.add(Timer(case_id=row.case_id, authority_id=row.authority_id, kind="reminder",
-                              fraction=fraction, due_at=due))
-        session.add(Timer(case_id=row.case_id, authority_id=row.authority_id, kind="breach",
-                          fraction=1.0, due_at=row.ack_due))
+            add_bulk(session, Timer, case_id=row.case_id, authority_id=row.authority_id,
+                     kind="reminder", fraction=fraction, due_at=due)
+        add_bulk(session, Timer, case_id=row.case_id, authority_id=row.authority_id,
+                 kind="breach", fraction=1.0, due_at=row.ack_due)
 
     async def _cancel_timers(self, session, row: EscalationTarget, why: str) -> None:
         """Stop a target's acknowledgement clock (its milestone clocks run on)."""

@@ -8,7 +8,7 @@ from schemas.events import (
     MilestoneMissed, MilestoneRecorded, MilestoneScheduled, ReportReceived, TargetAcknowledged,
     TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
-from services.common.db import ProcessedEvent, claim_event, utcnow
+from services.common.db import ProcessedEvent, add_bulk, claim_event, utcnow
 from services.intake.store import CaseAuthority, CaseView, TimelineEntry
 
 CONSUMER = "intake-readmodel"
@@ -83,10 +83,8 @@ async def apply(session: AsyncSession, envelope: Envelope) -> bool:
             _target(case, data.authority_id, released=True)
             detail = data.model_dump(mode="json", exclude={"case_id"})
     case.updated_at = utcnow()
-    session.add(TimelineEntry(
-        case_id=envelope.subject, at=envelope.time, kind=_kind(envelope, data), detail=detail,
-        event_id=envelope.id,
-    ))
+    add_bulk(session, TimelineEntry, case_id=envelope.subject, at=envelope.time,
+             kind=_kind(envelope, data), detail=detail, event_id=envelope.id)
     return True
 
 
