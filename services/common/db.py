@@ -221,16 +221,17 @@ async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str
     ids = sorted(set(event_ids))  # one order, so two PostgreSQL claimers cannot deadlock
     if not ids:
         return set()
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     now = utcnow()
+    # The rows as parameters, not in the statement: a statement with its values built in
+    # cannot be cached and was compiled afresh each time (about 1.5 ms here).
     result = await session.execute(
-        insert(ProcessedEvent)
-        .values([{"consumer": consumer, "event_id": i, "processed_at": now} for i in ids])
-        .on_conflict_do_nothing()
-        .returning(ProcessedEvent.event_id)
-    )
+        _CLAIM[session.get_bind().dialect.name],
+        [{"consumer": consumer, "event_id": i, "processed_at": now} for i in ids])
     return set(result.scalars().all())
+
+
+_CLAIM = {name: insert(ProcessedEvent).on_conflict_do_nothing().returning(ProcessedEvent.event_id)
+          for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
 
 
 async def claim_event(session: AsyncSession, consumer: str, event_id: str) -> bool:
