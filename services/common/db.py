@@ -14,6 +14,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from services.common.group_commit import GroupCommit
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -193,6 +195,8 @@ class Database:
         else:
             self.read_engine = self.engine
         self.reads = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        # Small writes from concurrent requests, committed together (services/common/group_commit)
+        self.write_group = GroupCommit(self.writes)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -23,9 +23,13 @@ async def unapplied(db, envelopes: list[Envelope]) -> list[Envelope]:
     return [e for e in envelopes if e.id not in done]
 
 
-async def apply(session: AsyncSession, envelope: Envelope) -> bool:
-    """Apply one event; False when it was applied before (redelivery, or intake applied it)."""
+async def apply(session: AsyncSession, envelope: Envelope, child_fingerprints=()) -> bool:
+    """Apply one event; False when it was applied before (redelivery, or intake applied it).
+    `child_fingerprints`: intake's, for a report it accepted (they are not in the event); they
+    are added even when the consumer applied the event first."""
     if not await claim_event(session, CONSUMER, envelope.id):
+        if child_fingerprints and (case := await session.get(CaseView, envelope.subject)):
+            _add_fingerprints(case, child_fingerprints)
         return False
     data = envelope.payload()
     case = await session.get(CaseView, envelope.subject)
@@ -35,7 +39,7 @@ async def apply(session: AsyncSession, envelope: Envelope) -> bool:
     detail: dict = {}
     match data:
         case ReportReceived():
-            case = _received(session, case, data)
+            case = _received(session, case, data, child_fingerprints)
             detail = {"report_id": data.report_id, "category": data.category,
                       "new_case": data.new_case, "independent": data.independent}
         case CaseUpdated():
@@ -94,7 +98,8 @@ def _kind(envelope: Envelope, data) -> str:
     return envelope.type.removeprefix("beacon.").replace(".", "_")
 
 
-def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived) -> CaseView:
+def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived,
+              child_fingerprints=()) -> CaseView:
     if case is None:
         case = CaseView(
             case_id=data.case_id, category=data.category,
@@ -105,10 +110,16 @@ def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived
         )
         session.add(case)
     case.report_count += 1
+    _add_fingerprints(case, child_fingerprints)
     case.independent_reports += int(data.independent)
     case.first_received_at = min(case.first_received_at, data.received_at)
     case.last_received_at = max(case.last_received_at, data.received_at)
     return case
+
+
+def _add_fingerprints(case: CaseView, child_fingerprints) -> None:
+    if child_fingerprints:
+        case.child_fingerprints = sorted(set(case.child_fingerprints or ()) | set(child_fingerprints))
 
 
 async def _decided(session: AsyncSession, case: CaseView, data: CaseDecided) -> None:

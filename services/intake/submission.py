@@ -24,7 +24,7 @@ from services.common import audit, kafka
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import readmodel
-from services.intake.store import CaseView, IdempotencyKey, ReportRow
+from services.intake.store import IdempotencyKey, ReportRow
 
 log = structlog.get_logger("beacon.intake")
 PUBLISH_TIMEOUT_S = 5
@@ -41,35 +41,50 @@ def body_hash(canonical_json: str) -> str:
     return hashlib.sha256(canonical_json.encode()).hexdigest()
 
 
-async def replay(rt, who: Principal, idem: Idempotency | None) -> dict | None:
-    """The earlier answer for this key, 409 for another body, None for a new key."""
+async def replay(rt, who: Principal, idem: Idempotency | None, session=None) -> dict | None:
+    """The earlier answer for this key, 409 for another body, None for a new key. `session`:
+    a read session the caller goes on using (one session, not one per lookup)."""
     if idem is None:
         return None
-    async with rt.db.reads() as session:
-        row = await session.get(IdempotencyKey, (who.user_id, idem.key))
-        if row is None:
-            return None
-        if row.body_hash != idem.body_hash:
-            raise HTTPException(409, "Idempotency-Key was used before with a different body")
-        pending = await session.scalar(
-            select(ReportRow).where(ReportRow.report_id == row.response.get("report_id"),
-                                    ReportRow.published.is_(False))
-        )
+    if session is None:
+        async with rt.db.reads() as session:
+            return await replay(rt, who, idem, session)
+    row = await session.get(IdempotencyKey, (who.user_id, idem.key))
+    if row is None:
+        return None
+    if row.body_hash != idem.body_hash:
+        raise HTTPException(409, "Idempotency-Key was used before with a different body")
+    pending = await session.scalar(
+        select(ReportRow.event_id).where(ReportRow.report_id == row.response.get("report_id"),
+                                         ReportRow.published.is_(False)))
     if pending is not None:  # the first attempt died half-way: finish it now
-        await finish(rt, pending.event_id)
+        await finish(rt, pending)
     return row.response
 
 
 async def accept(rt, who: Principal, envelope: Envelope, row: ReportRow | None,
                  response: dict, idem: Idempotency | None, child_fingerprints=()) -> dict:
+    async def write_pending(session) -> None:
+        if row is not None:
+            session.add(row)
+        if idem is not None:
+            session.add(IdempotencyKey(user_id=who.user_id, key=idem.key, body_hash=idem.body_hash,
+                                       response=response, created_at=utcnow()))
+
+    async def apply_published(session) -> None:
+        if row is not None:
+            await session.execute(
+                ReportRow.__table__.update().where(ReportRow.event_id == envelope.id)
+                .values(published=True)
+            )
+        await readmodel.apply(session, envelope, child_fingerprints)
+        audit.record(session, who.user_id, who.role, "write", envelope.subject,
+                     sorted(envelope.data))
+
+    # Both writes go with other requests' in one transaction (group commit): a transaction's
+    # fixed cost was most of a report's.
     try:
-        async with rt.db.writes() as session, session.begin():
-            if row is not None:
-                session.add(row)
-            if idem is not None:
-                session.add(IdempotencyKey(user_id=who.user_id, key=idem.key,
-                                           body_hash=idem.body_hash, response=response,
-                                           created_at=utcnow()))
+        await rt.db.write_group(write_pending)
     except IntegrityError:
         if idem is None:
             raise
@@ -90,24 +105,8 @@ async def accept(rt, who: Principal, envelope: Envelope, row: ReportRow | None,
                     IdempotencyKey.user_id == who.user_id, IdempotencyKey.key == idem.key))
         raise HTTPException(503, "the event log is unavailable; nothing was recorded, try again",
                             headers={"Retry-After": RETRY_AFTER_S}) from None
-    async with rt.db.writes() as session, session.begin():
-        if row is not None:
-            await session.execute(
-                ReportRow.__table__.update().where(ReportRow.event_id == envelope.id)
-                .values(published=True)
-            )
-        await _apply(session, envelope, child_fingerprints)
-        audit.record(session, who.user_id, who.role, "write", envelope.subject,
-                     sorted(envelope.data))
+    await rt.db.write_group(apply_published)
     return response
-
-
-async def _apply(session, envelope: Envelope, child_fingerprints=()) -> None:
-    await readmodel.apply(session, envelope)
-    if child_fingerprints:
-        case = await session.get(CaseView, envelope.subject)
-        if case is not None:
-            case.child_fingerprints = sorted(set(case.child_fingerprints or ()) | set(child_fingerprints))
 
 
 async def finish(rt, event_id: str) -> None:
@@ -121,7 +120,7 @@ async def finish(rt, event_id: str) -> None:
     async with rt.db.writes() as session, session.begin():
         await session.execute(ReportRow.__table__.update().where(ReportRow.event_id == event_id)
                               .values(published=True))
-        await _apply(session, envelope, row.child_fingerprints)
+        await readmodel.apply(session, envelope, row.child_fingerprints)
 
 
 async def sweep(rt, older_than: timedelta = timedelta(seconds=30)) -> int:

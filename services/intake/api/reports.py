@@ -52,12 +52,12 @@ async def submit_report(
     idem = None
     if idempotency_key:
         idem = submission.Idempotency(idempotency_key, submission.body_hash(report.model_dump_json()))
-        if (earlier := await submission.replay(rt, who, idem)) is not None:
-            return earlier
 
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
     async with rt.db.reads() as session:
+        if (earlier := await submission.replay(rt, who, idem, session)) is not None:
+            return earlier
         if report.link_case_id:
             case = await session.get(CaseView, report.link_case_id)
             if case is None:

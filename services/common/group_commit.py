@@ -1,0 +1,68 @@
+"""Group commit: many callers' small transactions written as one.
+
+A transaction's fixed cost (a connection, BEGIN, COMMIT and its write to disk) is most of the
+cost of a small write here. Callers hand in `work(session)`; the work queued while the previous
+group was being written goes into the next one, run one after another in a single transaction,
+and each caller gets its own result once that transaction is committed. Should the shared
+transaction fail, each piece of work runs again in a transaction of its own, so one bad write
+(a duplicate key, say) fails only its caller. Work must therefore be database work only.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+Work = Callable[[AsyncSession], Awaitable[Any]]
+
+
+class GroupCommit:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], gather_s: float = 0.0,
+                 max_group: int = 256):
+        self._sessions = sessions
+        self._gather_s = gather_s  # 0: only the work that is ready now joins (one loop turn)
+        self._max_group = max_group
+        self._queue: list[tuple[Work, asyncio.Future]] = []
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, work: Work) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (tests): a lock of the old one is no use
+            self._loop, self._lock, self._queue = loop, asyncio.Lock(), []
+        future = loop.create_future()
+        self._queue.append((work, future))
+        async with self._lock:
+            if not future.done():
+                await asyncio.sleep(self._gather_s)
+                group = self._queue[:self._max_group]
+                del self._queue[:self._max_group]
+                # Shielded: a caller cancelled now must not leave the others' work unwritten.
+                await asyncio.shield(self._write(group))
+        return await future  # done by now, or being written by a group whose leader gave up
+
+    async def _write(self, group: list[tuple[Work, asyncio.Future]]) -> None:
+        try:
+            try:
+                async with self._sessions() as session, session.begin():
+                    results = [await work(session) for work, _ in group]
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0][1].set_exception(exc)
+                    return
+                for work, future in group:  # each alone: the failure is its owner's
+                    try:
+                        async with self._sessions() as session, session.begin():
+                            result = await work(session)
+                    except Exception as alone:
+                        future.set_exception(alone)
+                    else:
+                        future.set_result(result)
+                return
+            for (_, future), result in zip(group, results, strict=True):
+                future.set_result(result)
+        finally:
+            for _, future in group:
+                if not future.done():
+                    future.cancel()

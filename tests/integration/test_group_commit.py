@@ -1,0 +1,71 @@
+"""GroupCommit (services/common/group_commit.py): concurrent small writes share a transaction,
+a failing one fails only its caller, and a caller that gives up does not lose the others."""
+
+import asyncio
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
+
+from services.common.db import Database, ProcessedEvent, utcnow
+from services.common.group_commit import GroupCommit
+from services.common.migrate import upgrade
+
+
+@pytest.fixture
+async def db(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'group.db'}"
+    await asyncio.to_thread(upgrade, url)  # Alembic runs its own loop
+    database = Database(url)
+    yield database
+    await database.dispose()
+
+
+def claim(event_id: str):
+    async def work(session):
+        session.add(ProcessedEvent(consumer="test", event_id=event_id, processed_at=utcnow()))
+        await session.flush()
+        return event_id
+    return work
+
+
+async def written(db) -> list[str]:
+    async with db.reads() as session:
+        return sorted((await session.scalars(select(ProcessedEvent.event_id))).all())
+
+
+async def test_concurrent_writes_share_a_transaction(db):
+    commits = 0
+
+    def count(_conn):
+        nonlocal commits
+        commits += 1
+
+    event.listen(db.engine.sync_engine, "commit", count)
+    group = GroupCommit(db.writes)
+    results = await asyncio.gather(*(group(claim(f"e-{n}")) for n in range(10)))
+    assert results == [f"e-{n}" for n in range(10)]
+    assert await written(db) == sorted(f"e-{n}" for n in range(10))
+    assert commits <= 2  # not ten
+
+
+async def test_a_failing_write_fails_only_its_caller(db):
+    group = GroupCommit(db.writes)
+    await group(claim("taken"))
+    results = await asyncio.gather(group(claim("a")), group(claim("taken")), group(claim("b")),
+                                   return_exceptions=True)
+    assert results[0] == "a" and results[2] == "b"
+    assert isinstance(results[1], IntegrityError)
+    assert await written(db) == ["a", "b", "taken"]
+
+
+async def test_a_caller_that_gives_up_does_not_lose_the_others(db):
+    group = GroupCommit(db.writes, gather_s=0.05)
+    leader = asyncio.create_task(group(claim("leader")))
+    await asyncio.sleep(0)  # the leader holds the lock and gathers
+    others = [asyncio.create_task(group(claim(f"o-{n}"))) for n in range(3)]
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    assert await asyncio.wait_for(asyncio.gather(*others), 5) == ["o-0", "o-1", "o-2"]
+    assert set(await written(db)) >= {"o-0", "o-1", "o-2"}
+
