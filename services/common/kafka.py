@@ -97,6 +97,14 @@ async def publish(broker: KafkaBroker, topic: str, envelope: Envelope) -> None:
                          headers=_headers(envelope))
 
 
+async def send(broker: KafkaBroker, topic: str, payload: str) -> "asyncio.Future":
+    """Hand an envelope, as stored (services/common/outbox.py), to the producer; returns the
+    future of the broker's acknowledgement (acks=all)."""
+    envelope = Envelope.model_validate_json(payload)
+    return await broker.publish(payload.encode(), topic=topic, key=envelope.subject.encode(),
+                                headers=_headers(envelope), no_confirm=True)
+
+
 async def publish_input(producer: AIOKafkaProducer, topic: str, envelope: Envelope) -> None:
     """Publish a human input with intake's producer and wait for the acknowledgement."""
     await producer.send_and_wait(

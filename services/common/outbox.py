@@ -79,12 +79,14 @@ class Relay:
             rows = (await session.scalars(query)).all()
             if not rows:
                 return 0
-            # One case's events in order, one after another; different cases side by side.
-            # Rows are deleted only after every publish is acknowledged.
-            per_case: dict[tuple[str, str], list[OutboxRow]] = {}
-            for row in rows:
-                per_case.setdefault((row.topic, row.case_id), []).append(row)
-            await asyncio.gather(*(self._publish_in_order(group) for group in per_case.values()))
+            # Every row is handed to the producer in id order, then the acknowledgements are
+            # awaited together. The producer is idempotent, so Kafka keeps one case's events
+            # (one key, one partition) in this order, retries included. Rows are deleted only
+            # after every publish is acknowledged.
+            acks = [await kafka.send(self.broker, row.topic, row.payload) for row in rows]
+            for outcome in await asyncio.gather(*acks, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome  # the batch stays; it is published again, and repeats dropped
             ids = [r.id for r in rows]
             if postgres:
                 await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids)))
@@ -93,7 +95,3 @@ class Relay:
                 await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids)))
         self.published += len(rows)
         return len(rows)
-
-    async def _publish_in_order(self, rows: list[OutboxRow]) -> None:
-        for row in rows:
-            await kafka.publish(self.broker, row.topic, Envelope.model_validate_json(row.payload))
