@@ -72,7 +72,7 @@ def _bulk_at_commit(session: Session) -> None:
 
 @event.listens_for(Session, "after_soft_rollback")
 def _bulk_dropped(session: Session, _transaction) -> None:
-    session.info.pop(_BULK, None)
+    session.info.pop(_BULK, None)  # all of them: Beacon uses no savepoints
 
 
 def _insert_bulk(session: Session) -> None:
