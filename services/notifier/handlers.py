@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from schemas.events import AlertRequested, Contact, DeliveryOutcome, Envelope, Topics
 from services.common import metrics, outbox
-from services.common.db import utcnow
+from services.common.db import add_bulk, utcnow
 from services.common.links import sign_link
 from services.notifier import policy
 from services.notifier.channels import ChannelConfig, DeliveryError, aclose, build_channels
@@ -98,13 +98,12 @@ class Notifier:
                 if alert.alert_id in known:
                     continue
                 known.add(alert.alert_id)
-                session.add(Delivery(
-                    alert_id=alert.alert_id, case_id=alert.case_id,
-                    authority_id=alert.authority_id, severity=alert.severity,
-                    alert=alert.model_dump(mode="json"), status="pending", contact_index=0,
-                    attempt=0, attempts_total=0, next_at=self._first_due(alert, now),
-                    created_at=now, updated_at=now,
-                ))
+                add_bulk(session, Delivery,
+                         alert_id=alert.alert_id, case_id=alert.case_id,
+                         authority_id=alert.authority_id, severity=alert.severity,
+                         alert=alert.model_dump(mode="json"), status="pending", contact_index=0,
+                         attempt=0, attempts_total=0, next_at=self._first_due(alert, now),
+                         created_at=now, updated_at=now)
         self._wake.set()
 
     def _first_due(self, alert: AlertRequested, now: datetime) -> datetime:
