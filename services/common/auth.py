@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import JSON, Boolean, ForeignKey, String, select
+from sqlalchemy import JSON, Boolean, ForeignKey, String, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -96,12 +96,15 @@ async def revoke_tokens(session: AsyncSession, user_id: str) -> int:
     return len(rows)
 
 
+# Built once: every request looks its caller up (docs/performance.md).
+_PRINCIPAL = (
+    select(User.id, User.role, User.scope, User.authority_ids).join(Token, Token.user_id == User.id)
+    .where(Token.hash == bindparam("hash"), Token.revoked_at.is_(None), User.disabled.is_(False))
+)
+
+
 async def principal_for(session: AsyncSession, token: str) -> Principal | None:
-    row = (await session.execute(
-        select(User).join(Token, Token.user_id == User.id).where(
-            Token.hash == hash_token(token), Token.revoked_at.is_(None), User.disabled.is_(False)
-        )
-    )).scalar_one_or_none()
+    row = (await session.execute(_PRINCIPAL, {"hash": hash_token(token)})).one_or_none()
     if row is None:
         return None
     return Principal(row.id, row.role, row.scope, tuple(row.authority_ids or ()))

@@ -12,7 +12,7 @@ from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import correlation, submission
 from services.intake.api.deps import Runtime, deny, role
-from services.intake.store import CaseView, ReportRow
+from services.intake.store import CaseView
 from services.intake.validation import check_codes, check_report
 
 router = APIRouter(prefix="/api/v1", tags=["reports"])
@@ -78,7 +78,7 @@ async def submit_report(
         publicity=report.publicity, independent=independent,
     )
     envelope = Envelope.wrap(event, SOURCE)
-    row = ReportRow(
+    row = dict(
         report_id=report_id, case_id=case_id, event_id=envelope.id,
         event=envelope.model_dump_json(), published=False, received_at=report.received_at,
         submitted_by=who.user_id, identity=rt.vault.seal(report),
