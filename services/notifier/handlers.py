@@ -22,6 +22,7 @@ from sqlalchemy import select
 from schemas.events import AlertRequested, Contact, DeliveryOutcome, Envelope, Topics
 from services.common import metrics, outbox
 from services.common.db import add_bulk, utcnow
+from services.common.group_commit import GroupCommit
 from services.common.links import sign_link
 from services.notifier import policy
 from services.notifier.channels import ChannelConfig, DeliveryError, aclose, build_channels
@@ -78,8 +79,9 @@ class Notifier:
         self.max_attempts = policy.MAX_ATTEMPTS
         self.bundle_window = policy.BUNDLE_WINDOW
         self._wake = asyncio.Event()
-        self._outcomes: list[tuple[Job, DeliveryError | None, str | None]] = []
-        self._recording = asyncio.Lock()
+        # SQLite runs on the loop, so a transaction never waits for the next send to finish:
+        # the gather lets the sends finishing now be recorded together, not one by one.
+        self._record_group = GroupCommit(rt.db.writes, gather_s=RECORD_GATHER_S)
         self._sending = 0  # sends in flight (slots taken)
 
     async def aclose(self) -> None:
@@ -264,40 +266,21 @@ class Notifier:
             await self.record(job, error, note)
 
     async def record(self, job: Job, error: DeliveryError | None, note: str | None = None) -> None:
-        """Record a send's outcome. Outcomes are gathered for RECORD_GATHER_S and written in one
-        transaction (group commit), not one per delivery. Returns once this one is committed."""
-        self._outcomes.append((job, error, note))
-        async with self._recording:
-            if not self._outcomes:
-                return  # a transaction that started after ours was queued took it
-            # SQLite runs on the loop, so a transaction never waits for the next send to finish:
-            # wait a moment for the sends finishing now, or each would be a transaction.
-            await asyncio.sleep(RECORD_GATHER_S)
-            batch, self._outcomes = self._outcomes, []
-            try:
-                await self._record(batch)
-            except BaseException:
-                self._outcomes = batch + self._outcomes  # the next waiter tries them again
-                raise
+        """Record a send's outcome and receipts. Returns once committed, in one transaction with
+        the outcomes of the sends finishing within RECORD_GATHER_S (group commit)."""
+        await self._record_group(lambda session: self._record_job(session, job, error, note))
         self.rt.relays[SERVICE].poke()
-        if any(error is not None for _, error, _ in batch):
+        if error is not None:
             self._wake.set()  # a fallback may be due at once
 
-    async def _record(self, batch: list[tuple[Job, DeliveryError | None, str | None]]) -> None:
-        """Each member's outcome and receipts, for a batch of sends, in one transaction."""
+    async def _record_job(self, session, job: Job, error: DeliveryError | None,
+                          note: str | None) -> None:
         now = utcnow()
-        async with self.rt.db.writes() as session, session.begin():
-            postgres = session.get_bind().dialect.name == "postgresql"
-            ids = {row.alert_id for job, _, _ in batch for row, _ in job.members}
-            query = select(Delivery).where(Delivery.alert_id.in_(ids))
-            if postgres:
-                query = query.with_for_update()
-            current = {d.alert_id: d for d in (await session.scalars(query)).all()}
-            for job, error, note in batch:
-                self._record_job(session, current, job, error, note, now)
-
-    def _record_job(self, session, current: dict[str, Delivery], job: Job,
-                    error: DeliveryError | None, note: str | None, now: datetime) -> None:
+        ids = [row.alert_id for row, _ in job.members]
+        query = select(Delivery).where(Delivery.alert_id.in_(ids))
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        current = {d.alert_id: d for d in (await session.scalars(query)).all()}
         channel = job.contact.channel
         for row, alert in job.members:
             d = current.get(row.alert_id)
