@@ -102,6 +102,18 @@ async def migrate(url: str) -> None:
     await asyncio.to_thread(upgrade, url)  # Alembic runs its own event loop
 
 
+@pytest_asyncio.fixture
+async def sqlite_db(tmp_path):
+    """A migrated SQLite database of this test's own, as services.common.db.Database."""
+    from services.common.db import Database
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}"
+    await migrate(url)
+    db = Database(url)
+    yield db
+    await db.dispose()
+
+
 @pytest.fixture
 def inbox(tmp_path):
     from tools.inbox import Inbox

@@ -2,24 +2,17 @@
 be seen by the transaction's own queries, written at commit in the order added, and dropped with
 a rollback."""
 
-import asyncio
-
 import pytest
 from sqlalchemy import func, select
 
-from services.common.db import Database, add_bulk, utcnow
-from services.common.migrate import upgrade
+from services.common.db import add_bulk, utcnow
 from services.common.outbox import OutboxRow
 from services.escalation.store import EscalationTarget
 
 
 @pytest.fixture
-async def db(tmp_path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'bulk.db'}"
-    await asyncio.to_thread(upgrade, url)  # Alembic runs its own loop
-    database = Database(url)
-    yield database
-    await database.dispose()
+def db(sqlite_db):
+    return sqlite_db
 
 
 def outbox_row(session, n: int) -> None:

@@ -7,18 +7,13 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 
-from services.common.db import Database, ProcessedEvent, utcnow
+from services.common.db import ProcessedEvent, utcnow
 from services.common.group_commit import GroupCommit
-from services.common.migrate import upgrade
 
 
 @pytest.fixture
-async def db(tmp_path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'group.db'}"
-    await asyncio.to_thread(upgrade, url)  # Alembic runs its own loop
-    database = Database(url)
-    yield database
-    await database.dispose()
+def db(sqlite_db):
+    return sqlite_db
 
 
 def claim(event_id: str):

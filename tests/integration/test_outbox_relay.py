@@ -10,14 +10,13 @@ from sqlalchemy import func, select
 from schemas.events import Envelope, MilestoneRecorded
 from services.common import kafka
 from services.common.db import Database, utcnow
-from services.common.migrate import upgrade
 from services.common.outbox import OutboxRow, Relay, add
-from tests.conftest import make_settings
+from tests.conftest import make_settings, migrate
 
 
 async def test_each_case_arrives_in_order_and_rows_go_once_published(kafka_bootstrap, tmp_path):
     settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
-    await asyncio.to_thread(upgrade, settings.database_url)  # Alembic runs its own loop
+    await migrate(settings.database_url)
     topic = settings.topic("cases")
     await kafka.ensure_topics(settings)
     db, broker = Database(settings.database_url), kafka.make_broker(settings)

@@ -6,15 +6,12 @@ import sqlite3
 
 from sqlalchemy import text
 
-from services.common.db import Database, ProcessedEvent, claim_events
-from services.common.migrate import upgrade
+from services.common.db import ProcessedEvent, claim_events
 
 
-async def test_a_locked_database_is_waited_for_without_blocking_the_loop(tmp_path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'lock.db'}"
-    await asyncio.to_thread(upgrade, url)  # Alembic runs its own loop
-    db = Database(url)
-    other = sqlite3.connect(tmp_path / "lock.db", isolation_level=None)  # "another process"
+async def test_a_locked_database_is_waited_for_without_blocking_the_loop(sqlite_db, tmp_path):
+    db = sqlite_db
+    other = sqlite3.connect(tmp_path / "beacon.db", isolation_level=None)  # "another process"
     try:
         other.execute("BEGIN IMMEDIATE")  # holds the write lock
         ticks = 0
@@ -45,4 +42,3 @@ async def test_a_locked_database_is_waited_for_without_blocking_the_loop(tmp_pat
         assert count == 3
     finally:
         other.close()
-        await db.dispose()
