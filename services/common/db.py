@@ -1,6 +1,7 @@
 """The database: one async engine per process, SQLite (embedded default) or PostgreSQL."""
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -89,16 +90,11 @@ def _insert_bulk(session: Session) -> None:
             {key: values.get(key, default) for key, default in columns} for values in group])
 
 
-_COLUMNS: dict = {}
-
-
+@functools.cache
 def _insert_columns(table) -> list[tuple[str, object]]:
     """(attribute, scalar default) per column, the autoincrement key left to the database."""
-    if table not in _COLUMNS:
-        _COLUMNS[table] = [
-            (c.key, c.default.arg if c.default is not None and c.default.is_scalar else None)
+    return [(c.key, c.default.arg if c.default is not None and c.default.is_scalar else None)
             for c in table.columns if c is not table.autoincrement_column]
-    return _COLUMNS[table]
 
 
 class ProcessedEvent(Base):

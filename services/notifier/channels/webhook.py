@@ -88,22 +88,20 @@ class SignedPoster:
         self._secret = secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None  # made on first use, in the loop
+        # The environment's proxy (HTTP(S)_PROXY, NO_PROXY), read once: aiohttp's trust_env
+        # reads it, and ~/.netrc, on a worker thread for every post (a fifth of the CPU).
+        self._proxies = proxies_from_env()
+        self._proxy_for = functools.lru_cache(maxsize=1024)(self._lookup_proxy)
+
+    def _lookup_proxy(self, scheme: str, host: str | None) -> aiohttp.helpers.ProxyInfo | None:
+        if host is not None and urllib.request.proxy_bypass(host):
+            return None
+        return self._proxies.get(scheme)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # The environment's proxy (HTTPS_PROXY, NO_PROXY) is read once, here: trust_env would
-            # read it, and ~/.netrc, on a worker thread for every post (a fifth of the CPU).
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout, headers={"User-Agent": USER_AGENT}, trust_env=False)
-            proxies = proxies_from_env()
-
-            @functools.lru_cache(maxsize=1024)
-            def proxy_for(scheme: str, host: str | None) -> aiohttp.helpers.ProxyInfo | None:
-                if host is not None and urllib.request.proxy_bypass(host):
-                    return None
-                return proxies.get(scheme)
-
-            self._proxy_for = proxy_for
         return self._session
 
     async def post(self, url: str, data: dict[str, Any], idempotency_key: str) -> None:
