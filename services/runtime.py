@@ -31,7 +31,7 @@ class Runtime:
     pack: object
     directory: object
     vault: object = None
-    producer: object = None  # intake's producer of human inputs
+    producer: object = None  # intake's inputs and the outbox relays (made in start: needs a loop)
     watcher: object = None  # follows the rule-pack topic and the directory entries
     relays: dict[str, Relay] = field(default_factory=dict)
     parts: dict[str, object] = field(default_factory=dict)
@@ -69,14 +69,12 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
         from services.escalation.handlers import Escalation
 
         rt.parts["escalation"] = esc = Escalation(rt)
-        rt.relays["escalation"] = Relay("escalation", rt.db, rt.broker)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.DELIVERIES], "escalation",
                       batch_handler=esc.handle)
     if "notifier" in services:
         from services.notifier.handlers import Notifier
 
         rt.parts["notifier"] = notifier = Notifier(rt)
-        rt.relays["notifier"] = Relay("notifier", rt.db, rt.broker)
         kafka.consume(rt.broker, settings, [Topics.ALERTS], "notifier", batch_handler=notifier.handle)
     return rt
 
@@ -130,10 +128,12 @@ async def start(rt: Runtime) -> None:
     await check_database(rt.db)
     await check_kafka(rt.settings)
     await _rule_packs(rt)
+    rt.producer = kafka.make_producer(rt.settings)  # aiokafka wants a running loop
+    await rt.producer.start()
+    for service in ("escalation", "notifier"):  # before the consumers, whose handlers poke them
+        if service in rt.parts:
+            rt.relays[service] = Relay(service, rt.db, rt.producer)
     await rt.broker.start()
-    if "intake" in rt.services:
-        rt.producer = kafka.make_input_producer(rt.settings)  # aiokafka wants a running loop
-        await rt.producer.start()
     if "intake" in rt.services:
         from services.intake import submission
 
@@ -174,12 +174,12 @@ async def stop(rt: Runtime) -> None:
     """Stop consuming first, so no handler is cut off mid-transaction; then the loops; each
     step bounded, so that a broker stuck in a rebalance cannot hold the process forever."""
     await _bounded("broker", rt.broker.stop(), 20)
-    if rt.producer is not None:
-        await _bounded("producer", rt.producer.stop(), 10)
     for task in rt.tasks:
         task.cancel()
     await _bounded("loops", asyncio.gather(*rt.tasks, return_exceptions=True), 10)
     rt.tasks.clear()
+    if rt.producer is not None:  # after the relays, so that none is cut off mid-batch
+        await _bounded("producer", rt.producer.stop(), 10)
     await _bounded("rulepack watcher", rt.watcher.stop(), 10)
     if notifier := rt.parts.get("notifier"):
         await _bounded("channels", notifier.aclose(), 10)

@@ -36,14 +36,16 @@ def make_broker(settings: Settings) -> KafkaBroker:
     )
 
 
-def make_input_producer(settings: Settings) -> AIOKafkaProducer:
-    """Intake's own producer for human inputs. A short request timeout makes a publish fail
-    within seconds when the broker is gone (so intake answers 503), and its expired batch is
-    dropped rather than sent later. It is not the broker's: consumers need the long default,
-    since joining a group can wait out a dead member's session."""
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    """The process's producer for intake's inputs and the outbox relays. A short request
+    timeout makes a publish fail within seconds when the broker is gone: intake answers 503,
+    and a relay keeps its rows and tries again. An expired batch is dropped, not sent later.
+    It is not the broker's: consumers need the long default, since joining a group can wait
+    out a dead member's session. Plain aiokafka, because FastStream's publish path doubled the
+    cost of every outbox event (docs/performance.md)."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-        request_timeout_ms=4000, client_id="beacon-intake",
+        request_timeout_ms=4000, client_id="beacon",
     )
 
 
@@ -91,26 +93,28 @@ def _headers(envelope: Envelope) -> dict[str, str]:
     return {"ce_id": envelope.id, "ce_type": envelope.type, "content-type": "application/json"}
 
 
+def _raw_headers(envelope: Envelope) -> list[tuple[str, bytes]]:
+    return [(k, v.encode()) for k, v in _headers(envelope).items()]
+
+
 async def publish(broker: KafkaBroker, topic: str, envelope: Envelope) -> None:
     """Publish and wait for the broker's acknowledgement (acks=all)."""
     await broker.publish(encode(envelope), topic=topic, key=envelope.subject.encode(),
                          headers=_headers(envelope))
 
 
-async def send(broker: KafkaBroker, topic: str, payload: str) -> "asyncio.Future":
+async def send(producer: AIOKafkaProducer, topic: str, payload: str) -> "asyncio.Future":
     """Hand an envelope, as stored (services/common/outbox.py), to the producer; returns the
     future of the broker's acknowledgement (acks=all)."""
     envelope = Envelope.model_validate_json(payload)
-    return await broker.publish(payload.encode(), topic=topic, key=envelope.subject.encode(),
-                                headers=_headers(envelope), no_confirm=True)
+    return await producer.send(topic, payload.encode(), key=envelope.subject.encode(),
+                               headers=_raw_headers(envelope))
 
 
 async def publish_input(producer: AIOKafkaProducer, topic: str, envelope: Envelope) -> None:
     """Publish a human input with intake's producer and wait for the acknowledgement."""
     await producer.send_and_wait(
-        topic, encode(envelope), key=envelope.subject.encode(),
-        headers=[(k, v.encode()) for k, v in _headers(envelope).items()],
-    )
+        topic, encode(envelope), key=envelope.subject.encode(), headers=_raw_headers(envelope))
 
 
 async def dead_letter(broker: KafkaBroker, settings: Settings, record: Any, reason: str) -> None:

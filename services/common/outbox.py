@@ -6,8 +6,8 @@ import asyncio
 from datetime import datetime
 
 import structlog
-from faststream.kafka import KafkaBroker
-from sqlalchemy import Integer, String, Text, delete, select
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import Integer, String, Text, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -37,9 +37,9 @@ def add(session: AsyncSession, service: str, topic: str, envelope: Envelope) -> 
 class Relay:
     """Publishes outbox rows in insertion order. `poke()` after a commit avoids waiting a poll."""
 
-    def __init__(self, service: str, db: Database, broker: KafkaBroker, interval_s: float = 0.5,
-                 batch: int = 200):
-        self.service, self.db, self.broker = service, db, broker
+    def __init__(self, service: str, db: Database, producer: AIOKafkaProducer,
+                 interval_s: float = 0.5, batch: int = 200):
+        self.service, self.db, self.producer = service, db, producer
         self.interval_s, self.batch = interval_s, batch
         self._wake = asyncio.Event()
         self.published = 0
@@ -70,28 +70,31 @@ class Relay:
         postgres = not self.db.url.startswith("sqlite")
         sessions = self.db.writes if postgres else self.db.reads
         async with sessions() as session, session.begin():
-            query = (
-                select(OutboxRow).where(OutboxRow.service == self.service)
-                .order_by(OutboxRow.id).limit(self.batch)
-            )
-            if postgres:
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.scalars(query)).all()
+            query = _BATCH.with_for_update(skip_locked=True) if postgres else _BATCH
+            rows = (await session.execute(query, {"service": self.service,
+                                                  "batch": self.batch})).all()
             if not rows:
                 return 0
             # Every row is handed to the producer in id order, then the acknowledgements are
             # awaited together. The producer is idempotent, so Kafka keeps one case's events
             # (one key, one partition) in this order, retries included. Rows are deleted only
             # after every publish is acknowledged.
-            acks = [await kafka.send(self.broker, row.topic, row.payload) for row in rows]
+            acks = [await kafka.send(self.producer, row.topic, row.payload) for row in rows]
             for outcome in await asyncio.gather(*acks, return_exceptions=True):
                 if isinstance(outcome, BaseException):
                     raise outcome  # the batch stays; it is published again, and repeats dropped
             ids = [r.id for r in rows]
             if postgres:
-                await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids)))
+                await session.execute(_DONE, {"ids": ids})
         if not postgres:
             async with self.db.writes() as session, session.begin():
-                await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids)))
+                await session.execute(_DONE, {"ids": ids})
         self.published += len(rows)
         return len(rows)
+
+
+# Built once, and read as plain rows rather than ORM objects: every event passes through here.
+_BATCH = (select(OutboxRow.id, OutboxRow.topic, OutboxRow.payload)
+          .where(OutboxRow.service == bindparam("service"))
+          .order_by(OutboxRow.id).limit(bindparam("batch")))
+_DONE = OutboxRow.__table__.delete().where(OutboxRow.id.in_(bindparam("ids", expanding=True)))

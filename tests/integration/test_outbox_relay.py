@@ -19,8 +19,8 @@ async def test_each_case_arrives_in_order_and_rows_go_once_published(kafka_boots
     await migrate(settings.database_url)
     topic = settings.topic("cases")
     await kafka.ensure_topics(settings)
-    db, broker = Database(settings.database_url), kafka.make_broker(settings)
-    await broker.start()
+    db, producer = Database(settings.database_url), kafka.make_producer(settings)
+    await producer.start()
     written: dict[str, list[str]] = {}
     try:
         async with db.writes() as session, session.begin():
@@ -32,13 +32,13 @@ async def test_each_case_arrives_in_order_and_rows_go_once_published(kafka_boots
                         at=utcnow()), "test")
                     add(session, "test", topic, envelope)
                     written.setdefault(case_id, []).append(envelope.id)
-        relay = Relay("test", db, broker, batch=100)
+        relay = Relay("test", db, producer, batch=100)
         while await relay.drain_once():
             pass
         async with db.reads() as session:
             assert await session.scalar(select(func.count()).select_from(OutboxRow)) == 0
     finally:
-        await broker.stop()
+        await producer.stop()
         await db.dispose()
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap,
