@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql.util import find_tables
 
 from services.common.group_commit import GroupCommit
 
@@ -63,7 +64,19 @@ def add_bulk(session: AsyncSession, model: type["Base"], **values) -> None:
 
 @event.listens_for(Session, "do_orm_execute")
 def _bulk_before_query(state) -> None:
-    _insert_bulk(state.session)  # so that the query sees them
+    """Rows go in before a statement on their table, so that it sees them; a statement on
+    other tables leaves them queued, so that group commit's works share one INSERT."""
+    rows = state.session.info.get(_BULK)
+    if rows:
+        tables = _tables(state.statement)
+        if not tables or any(table in tables for table, _ in rows):
+            _insert_bulk(state.session)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tables(statement) -> frozenset:
+    """The tables a statement reads or writes; empty when unknown (text), which flushes."""
+    return frozenset(find_tables(statement, include_crud=True, include_joins=True))
 
 
 @event.listens_for(Session, "before_commit")
