@@ -64,3 +64,23 @@ async def test_a_caller_that_gives_up_does_not_lose_the_others(db):
     assert await asyncio.wait_for(asyncio.gather(*others), 5) == ["o-0", "o-1", "o-2"]
     assert set(await written(db)) >= {"o-0", "o-1", "o-2"}
 
+
+
+async def test_a_batch_writer_gets_the_group_at_once_and_failures_alone(db):
+    calls: list[list[str]] = []
+
+    async def write(session, event_ids: list[str]) -> list[str]:
+        calls.append(list(event_ids))
+        for event_id in event_ids:
+            session.add(ProcessedEvent(consumer="test", event_id=event_id, processed_at=utcnow()))
+        await session.flush()
+        return [e.upper() for e in event_ids]
+
+    group = GroupCommit(db.writes, gather_s=0.01, write=write)
+    await group("taken")
+    results = await asyncio.gather(*(group(e) for e in ("a", "taken", "b")),
+                                   return_exceptions=True)
+    assert results[0] == "A" and results[2] == "B"
+    assert isinstance(results[1], IntegrityError)
+    assert calls == [["taken"], ["a", "taken", "b"], ["a"], ["taken"], ["b"]]
+    assert await written(db) == ["a", "b", "taken"]
