@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select, update
 
 from schemas.events import AlertRequested, Contact, DeliveryOutcome, Envelope, Topics
 from services.common import metrics, outbox
@@ -36,14 +36,14 @@ PER_CONTACT = 3  # attempts on one contact before falling back to the next
 LINK_TTL = timedelta(days=7)
 CONCURRENCY = 64
 LEASE_MARGIN = timedelta(seconds=10)
-RECORD_GATHER_S = 0.005  # outcomes recorded together; the messages themselves are already sent
+RECORD_GATHER_S = 0.02  # outcomes recorded together; the messages themselves are already sent
 
 
 @dataclass
 class Job:
     """One message to send: a single alert, or a bundle of reminders to one contact."""
 
-    members: list[tuple[Delivery, AlertRequested]]
+    members: list[tuple[Row, AlertRequested]]  # (the delivery row, its alert)
     contact: Contact
     lease: datetime  # the rows' next_at while leased: a record only counts if it still holds
 
@@ -81,7 +81,8 @@ class Notifier:
         self._wake = asyncio.Event()
         # SQLite runs on the loop, so a transaction never waits for the next send to finish:
         # the gather lets the sends finishing now be recorded together, not one by one.
-        self._record_group = GroupCommit(rt.db.writes, gather_s=RECORD_GATHER_S)
+        self._record_group = GroupCommit(rt.db.writes, gather_s=RECORD_GATHER_S,
+                                         write=self._record_jobs)
         self._sending = 0  # sends in flight (slots taken)
 
     async def aclose(self) -> None:
@@ -169,15 +170,12 @@ class Notifier:
         """
         now = utcnow()
         jobs: list[Job] = []
+        put_back: list[dict] = []
         async with self.rt.db.writes() as session, session.begin():
             postgres = session.get_bind().dialect.name == "postgresql"
-            query = (select(Delivery)
-                     .where(Delivery.status.in_(("pending", "sending")), Delivery.next_at <= now)
-                     .order_by(Delivery.severity, Delivery.next_at).limit(batch))
-            if postgres:
-                query = query.with_for_update(skip_locked=True)
+            query = _DUE.with_for_update(skip_locked=True) if postgres else _DUE
             taken: set[str] = set()
-            for row in (await session.scalars(query)).all():
+            for row in (await session.execute(query, {"now": now, "batch": batch})).all():
                 if row.alert_id in taken:
                     continue  # already in a bundle
                 if row.status == "sending":
@@ -190,30 +188,29 @@ class Notifier:
                 recipient = f"{contact.channel}:{contact.address}"
                 if not self.limiter.allow(recipient, alert.severity, now):
                     later = self.limiter.next_allowed(recipient, now)
-                    for m, _ in members:
-                        m.status, m.next_at = "pending", later
+                    put_back += [{"id": m.alert_id, "until": later} for m, _ in members]
                     continue
                 job = Job(members, contact, now + self.lease)
                 for m, a in members:
                     taken.add(m.alert_id)
-                    m.status, m.next_at, m.updated_at = "sending", job.lease, now
                     self._receipt(session, a, "attempted", contact.channel, m.attempts_total + 1)
                 jobs.append(job)
+            if jobs:  # one statement for the claim, not an ORM object per row
+                await session.execute(_LEASE, {"ids": list(taken), "until": now + self.lease,
+                                               "at": now})
+            if put_back:
+                await session.execute(_PUT_BACK, put_back)
         if jobs:
             self.rt.relays[SERVICE].poke()
         return jobs
 
-    async def _mates(self, session, row: Delivery, contact: Contact, taken: set[str],
-                     postgres: bool) -> list[tuple[Delivery, AlertRequested]]:
+    async def _mates(self, session, row, contact: Contact, taken: set[str],
+                     postgres: bool) -> list[tuple]:
         """Other pending P3-P4 reminders to the same contact: they go now, in one message."""
-        query = (select(Delivery)
-                 .where(Delivery.status == "pending", Delivery.authority_id == row.authority_id,
-                        Delivery.severity.in_(("P3", "P4")), Delivery.alert_id != row.alert_id)
-                 .order_by(Delivery.created_at).limit(policy.BUNDLE_MAX * 5))
-        if postgres:
-            query = query.with_for_update(skip_locked=True)
+        query = _MATES.with_for_update(skip_locked=True) if postgres else _MATES
         mates = []
-        for other in (await session.scalars(query)).all():
+        for other in (await session.execute(query, {"authority": row.authority_id,
+                                                     "alert": row.alert_id})).all():
             if other.alert_id in taken:
                 continue
             alert = AlertRequested.model_validate(other.alert)
@@ -268,58 +265,77 @@ class Notifier:
     async def record(self, job: Job, error: DeliveryError | None, note: str | None = None) -> None:
         """Record a send's outcome and receipts. Returns once committed, in one transaction with
         the outcomes of the sends finishing within RECORD_GATHER_S (group commit)."""
-        await self._record_group(lambda session: self._record_job(session, job, error, note))
+        await self._record_group((job, error, note))
         self.rt.relays[SERVICE].poke()
         if error is not None:
             self._wake.set()  # a fallback may be due at once
 
-    async def _record_job(self, session, job: Job, error: DeliveryError | None,
-                          note: str | None) -> None:
+    async def _record_jobs(self, session, outcomes: list[tuple[Job, DeliveryError | None,
+                                                                str | None]]) -> list[None]:
+        """A group's outcomes. The deliveries of one claim (one lease) are marked by one
+        statement; failures row by row, as each needs the retry policy and they are few."""
         now = utcnow()
-        ids = [row.alert_id for row, _ in job.members]
-        query = select(Delivery).where(Delivery.alert_id.in_(ids))
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
-        current = {d.alert_id: d for d in (await session.scalars(query)).all()}
-        channel = job.contact.channel
-        for row, alert in job.members:
-            d = current.get(row.alert_id)
-            if d is None or d.status != "sending" or d.next_at != job.lease:
-                # Our lease ran out and another worker took the row: its record counts.
-                log.warning("lease_lost", alert_id=row.alert_id, case_id=row.case_id)
-                continue
-            d.attempts_total += 1
-            d.updated_at = now
+        delivered: dict[tuple, list[Job]] = {}  # (lease, note) -> jobs
+        for job, error, note in outcomes:
             if error is None:
-                d.status, d.last_error = "delivered", note
-                self._receipt(session, alert, "delivered", channel, d.attempts_total, note)
-                log.info("delivered", channel=channel, attempt=d.attempts_total,
-                         alert_id=alert.alert_id, case_id=alert.case_id)
+                delivered.setdefault((job.lease, note), []).append(job)
+            else:
+                await self._record_failure(session, job, error, now)
+        for (lease, note), jobs in delivered.items():
+            alerts = {a.alert_id: (a, job.contact.channel) for job in jobs for _, a in job.members}
+            done = (await session.execute(_DELIVERED, {  # only where our lease still holds
+                "ids": list(alerts), "until": lease, "at": now, "note": note})).all()
+            for alert_id, attempts_total in done:
+                alert, channel = alerts.pop(alert_id)
+                self._receipt(session, alert, "delivered", channel, attempts_total, note)
+                log.info("delivered", channel=channel, attempt=attempts_total,
+                         alert_id=alert_id, case_id=alert.case_id)
+            for alert_id, (alert, _) in alerts.items():
+                # Our lease ran out and another worker took the row: its record counts.
+                log.warning("lease_lost", alert_id=alert_id, case_id=alert.case_id)
+        return [None] * len(outcomes)
+
+    async def _record_failure(self, session, job: Job, error: DeliveryError,
+                              now: datetime) -> None:
+        channel = job.contact.channel
+        alerts = {a.alert_id: a for _, a in job.members}
+        query = _LEASED.with_for_update() if session.get_bind().dialect.name == "postgresql" \
+            else _LEASED
+        current = {d.alert_id: d for d in (await session.execute(
+            query, {"ids": list(alerts), "until": job.lease})).all()}
+        changes = []
+        for alert_id, alert in alerts.items():
+            d = current.get(alert_id)
+            if d is None:
+                log.warning("lease_lost", alert_id=alert_id, case_id=alert.case_id)
                 continue
-            d.attempt += 1
-            d.last_error = error.reason[:200]
-            self._receipt(session, alert, "failed", channel, d.attempts_total, error.reason)
+            attempts_total, attempt = d.attempts_total + 1, d.attempt + 1
+            change = {"id": alert_id, "at": now, "total": attempts_total, "attempt": attempt,
+                      "error": error.reason[:200], "status": "pending",
+                      "contact": d.contact_index, "next": d.next_at}
+            changes.append(change)
+            self._receipt(session, alert, "failed", channel, attempts_total, error.reason)
             nxt = policy.after_failure(
                 now=now, severity=alert.severity, deadline=alert.ack_due,
                 contacts=len(alert.contacts), contact_index=d.contact_index,
-                attempt=d.attempt, attempts_total=d.attempts_total,
+                attempt=attempt, attempts_total=attempts_total,
                 retryable=error.retryable, retry_after_s=error.retry_after_s,
                 per_contact=self.per_contact, max_attempts=self.max_attempts,
             )
             if nxt.at is None:
-                d.status = "dead"
-                self._receipt(session, alert, "dead_lettered", channel, d.attempts_total,
+                change["status"] = "dead"
+                self._receipt(session, alert, "dead_lettered", channel, attempts_total,
                               error.reason)
                 log.error("dead_lettered", channel=channel, reason=error.reason,
-                          attempts=d.attempts_total, alert_id=alert.alert_id,
-                          case_id=alert.case_id)
+                          attempts=attempts_total, alert_id=alert_id, case_id=alert.case_id)
                 continue
             if nxt.contact_index != d.contact_index:
                 log.warning("falling_back", channel=channel, reason=error.reason,
-                            alert_id=alert.alert_id, case_id=alert.case_id,
+                            alert_id=alert_id, case_id=alert.case_id,
                             to=alert.contacts[nxt.contact_index].channel)
-            d.status, d.next_at = "pending", nxt.at
-            d.contact_index, d.attempt = nxt.contact_index, nxt.attempt
+            change.update(next=nxt.at, contact=nxt.contact_index, attempt=nxt.attempt)
+        if changes:
+            await session.execute(_FAILED, changes)
 
     def _receipt(self, session, alert: AlertRequested, status: str, channel: str, attempt: int,
                  error: str | None = None) -> None:
@@ -329,3 +345,31 @@ class Notifier:
                        authority_id=alert.authority_id, role=alert.role, kind=alert.kind,
                        status=status, channel=channel, attempt=attempt,
                        error=error[:200] if error else None), SOURCE))
+
+
+# The worker's statements, built once: Core, not ORM objects, because the notifier runs them for
+# every delivery and an ORM row costs several times a statement (docs/performance.md).
+_T = Delivery.__table__
+_DUE = (select(_T).where(_T.c.status.in_(("pending", "sending")),
+                         _T.c.next_at <= bindparam("now", type_=_T.c.next_at.type))
+        .order_by(_T.c.severity, _T.c.next_at).limit(bindparam("batch")))
+_MATES = (select(_T).where(_T.c.status == "pending", _T.c.authority_id == bindparam("authority"),
+                           _T.c.severity.in_(("P3", "P4")), _T.c.alert_id != bindparam("alert"))
+          .order_by(_T.c.created_at).limit(policy.BUNDLE_MAX * 5))
+_IDS = bindparam("ids", expanding=True)
+_HELD = (_T.c.alert_id.in_(_IDS), _T.c.status == "sending",
+         _T.c.next_at == bindparam("until", type_=_T.c.next_at.type))
+_LEASE = (update(_T).where(_T.c.alert_id.in_(_IDS))
+          .values(status="sending", next_at=bindparam("until"), updated_at=bindparam("at")))
+_PUT_BACK = (update(_T).where(_T.c.alert_id == bindparam("id"))
+             .values(status="pending", next_at=bindparam("until")))
+_DELIVERED = (update(_T).where(*_HELD)
+              .values(status="delivered", attempts_total=_T.c.attempts_total + 1,
+                      last_error=bindparam("note"), updated_at=bindparam("at"))
+              .returning(_T.c.alert_id, _T.c.attempts_total))
+_LEASED = select(_T).where(*_HELD)
+_FAILED = (update(_T).where(_T.c.alert_id == bindparam("id"))
+           .values(status=bindparam("status"), next_at=bindparam("next"),
+                   contact_index=bindparam("contact"), attempt=bindparam("attempt"),
+                   attempts_total=bindparam("total"), last_error=bindparam("error"),
+                   updated_at=bindparam("at")))
