@@ -4,7 +4,8 @@ edits it."""
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from services.common.audit import AuditRecord
 from services.common.db import utcnow
@@ -71,3 +72,17 @@ async def test_trail_is_append_only(stack):
         with pytest.raises(PermissionError):
             await session.flush()
         await session.rollback()
+
+
+async def test_trail_refuses_plain_sql_too(sqlite_db):
+    """The database itself refuses: a client that bypasses the ORM cannot edit the trail."""
+    async with sqlite_db.writes() as session, session.begin():
+        await session.execute(text(
+            "INSERT INTO audit_log (at, user_id, role, action, record, fields, outcome) "
+            "VALUES (CURRENT_TIMESTAMP, 'u', 'auditor', 'read', 'C-1', '[]', 'ok')"))
+    for statement in ("UPDATE audit_log SET outcome = 'edited'", "DELETE FROM audit_log"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with sqlite_db.writes() as session, session.begin():
+                await session.execute(text(statement))
+    async with sqlite_db.reads() as session:
+        assert (await session.execute(text("SELECT outcome FROM audit_log"))).all() == [("ok",)]

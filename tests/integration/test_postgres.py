@@ -6,10 +6,11 @@ import uuid
 from collections import defaultdict
 
 import asyncpg
+import pytest
 import pytest_asyncio
 
 from services.escalation.handlers import Escalation
-from tests.conftest import eventually, make_settings, start_stack
+from tests.conftest import eventually, make_settings, migrate, start_stack
 from tests.faults.test_escalation_crash import _read_all
 from tests.support.packs import fast_pack
 from tests.support.reports import report
@@ -84,3 +85,19 @@ async def test_two_escalation_instances_never_fire_a_timer_twice(
     assert all(len(ids) == 1 for ids in steps.values())  # and no step happened twice
     for case in cases:
         assert steps[(case, "commune:4:child_protection", "breach", 1.0)], case
+
+
+async def test_audit_trail_is_append_only_on_postgres(pg_database):
+    await migrate(pg_database)
+    conn = await asyncpg.connect(pg_database.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(
+            "INSERT INTO audit_log (at, user_id, role, action, record, fields, outcome) "
+            "VALUES (now(), 'u', 'auditor', 'read', 'C-1', '[]', 'ok')")
+        for statement in ("UPDATE audit_log SET outcome = 'edited'", "DELETE FROM audit_log",
+                          "TRUNCATE audit_log"):
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await conn.execute(statement)
+        assert await conn.fetchval("SELECT outcome FROM audit_log") == "ok"
+    finally:
+        await conn.close()
