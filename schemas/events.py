@@ -131,6 +131,11 @@ class AlertRequested(_Data):
     ack_due: datetime | None = None
     contacts: list[Contact]
     rulepack_version: str
+    # Set when the alert is about a milestone (a step with a legal deadline, such as the
+    # emergency measure), not about acknowledging: its id, the pack's label and its deadline.
+    milestone: str | None = None
+    milestone_label: str | None = None
+    milestone_due: datetime | None = None
 
 
 class TargetEscalated(_Data):

@@ -344,18 +344,19 @@ class Escalation:
             return
         suffix = f"{timer.milestone}:{timer.id}"
         if (timer.fraction or 0) < 1.0:
-            self._alert(session, case, row, "reminder", suffix=suffix)
+            self._alert(session, case, row, "reminder", suffix=suffix, milestone=m)
             return
         # Missed: like a missed acknowledgement, the supervisor chain and the next tier up.
         log.warning("milestone_missed", milestone=timer.milestone, authority_id=row.authority_id)
         m.missed_at = now
         authority = self.rt.directory.get(row.authority_id)
         for supervisor in authority.supervisors:
-            self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix)
+            self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
+                        milestone=m)
         if authority.parent:
             parent = await session.get(EscalationTarget, (case.case_id, authority.parent))
             if parent is not None and parent.role == "act" and parent.released_at is None:
-                self._alert(session, case, parent, "escalated", suffix=suffix)
+                self._alert(session, case, parent, "escalated", suffix=suffix, milestone=m)
             else:
                 await self._escalate(session, case, row, authority.parent, now)
         self._emit(session, MilestoneMissed(case_id=case.case_id, milestone=timer.milestone,
@@ -485,8 +486,12 @@ class Escalation:
     # --- events ---------------------------------------------------------------------------
 
     def _alert(self, session, case: EscalationCase, row: EscalationTarget, kind: str,
-               to: str | None = None, suffix: str = "") -> None:
+               to: str | None = None, suffix: str = "",
+               milestone: EscalationMilestone | None = None) -> None:
+        """`milestone`: the alert is about that step's deadline, not about acknowledging."""
         recipient = self.rt.directory.get(to or row.authority_id)
+        label = next((m.label for m in self.rt.pack.milestones
+                      if milestone and m.name == milestone.milestone), None)
         alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
@@ -494,6 +499,8 @@ class Escalation:
             category=CaseFacts.model_validate(case.facts).category, severity=case.severity,
             publicity=case.publicity, ack_due=row.ack_due, contacts=recipient.contacts,
             rulepack_version=case.rulepack_version,
+            milestone=milestone.milestone if milestone else None, milestone_label=label,
+            milestone_due=milestone.due_at if milestone else None,
         ), topic=Topics.ALERTS)
 
     def _emit(self, session: AsyncSession, data, topic: str = Topics.CASES) -> None:

@@ -59,6 +59,8 @@ async def apply(session: AsyncSession, envelope: Envelope, child_fingerprints=()
             _target(case, data.authority_id, alert=data.kind)
             detail = {"alert_id": data.alert_id, "authority_id": data.authority_id,
                       "kind": data.kind, "role": data.role}
+            if data.milestone:
+                detail["milestone"] = data.milestone
         case TargetEscalated():
             _target(case, data.authority_id, escalation=data.step)
             detail = data.model_dump(mode="json", exclude={"case_id"})

@@ -139,6 +139,12 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "ack_due_short": _local(alert.ack_due, "%H:%M %d/%m"),
         "rulepack_version": alert.rulepack_version,
         "link": link,
+        # About a milestone's deadline rather than acknowledging: templates say which step.
+        "milestone": alert.milestone,
+        "milestone_label": alert.milestone_label or alert.milestone,
+        "milestone_due": alert.milestone_due.isoformat() if alert.milestone_due else None,
+        "milestone_due_local": _local(alert.milestone_due, "%H:%M %d/%m/%Y"),
+        "milestone_due_short": _local(alert.milestone_due, "%H:%M %d/%m"),
     }
 
 
@@ -146,7 +152,7 @@ def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
     """The webhook JSON: built in code, codes only, stable field names (version 1)."""
     keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "role", "kind", "category",
             "category_label", "severity", "publicity", "ack_due", "ack_due_local",
-            "rulepack_version", "link", "lang")
+            "rulepack_version", "link", "lang", "milestone", "milestone_due")
     return {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
 
 
@@ -161,14 +167,15 @@ def fold_to_gsm7(text: str) -> str:
 
 def _fallback(ctx: dict[str, Any], channel: str, error: str) -> Message:
     """Plain built-in text: no template involved, so it cannot fail on one."""
-    due = ctx["ack_due_short"]
+    due = ctx["milestone_due_short"] or ctx["ack_due_short"]
+    step = f" {ctx['milestone']}" if ctx["milestone"] else ""
     if ctx["lang"] == "vi":
         subject = f"[Beacon] {ctx['severity']} vụ {ctx['case_id']}"
-        text = (f"Beacon {ctx['severity']} {ctx['kind']}: vụ {ctx['case_id']} ({ctx['category']})."
-                + (f" Hạn {due}." if due else "") + f" {ctx['link']}")
+        text = (f"Beacon {ctx['severity']} {ctx['kind']}{step}: vụ {ctx['case_id']} "
+                f"({ctx['category']})." + (f" Hạn {due}." if due else "") + f" {ctx['link']}")
     else:
         subject = f"[Beacon] {ctx['severity']} case {ctx['case_id']}"
-        text = (f"Beacon {ctx['severity']} {ctx['kind']}: case {ctx['case_id']} "
+        text = (f"Beacon {ctx['severity']} {ctx['kind']}{step}: case {ctx['case_id']} "
                 f"({ctx['category']})." + (f" Due {due}." if due else "") + f" {ctx['link']}")
     if channel == "sms" and sms_segments(text)[1] > SMS_MAX_SEGMENTS:
         text = fold_to_gsm7(text)

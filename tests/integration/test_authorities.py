@@ -147,6 +147,13 @@ async def test_missed_twelve_hour_milestone_escalates(stack):
     async with stack.rt.db.reads() as session:
         m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
     assert m.missed_at is None
+
+    async def milestone_reminders():  # about the step, not the acknowledgement already given
+        alerts = await _timeline(stack, case_id, "alert_requested")
+        return [a for a in alerts if a["kind"] == "reminder" and a["authority_id"] == CP]
+
+    reminders = await eventually(milestone_reminders)
+    assert reminders and all(a.get("milestone") == "emergency_measure" for a in reminders)
     await _fire_all(stack, milestone.due_at + timedelta(minutes=1))
 
     async def missed():
@@ -161,7 +168,8 @@ async def test_missed_twelve_hour_milestone_escalates(stack):
     async def supervisor_told():
         alerts = await _timeline(stack, case_id, "alert_requested")
         return [a for a in alerts if a["kind"] == "supervisor"
-                and a["authority_id"] == "commune:4:people_committee"]
+                and a["authority_id"] == "commune:4:people_committee"
+                and a.get("milestone") == "emergency_measure"]
 
     assert await eventually(supervisor_told)
     async with stack.client("authority") as me:

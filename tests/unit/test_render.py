@@ -59,7 +59,8 @@ def test_templates_see_an_allow_list_of_codes_only():
         "lang", "alert_id", "case_id", "authority_id", "tier", "tier_label", "agency",
         "agency_label", "role", "role_label", "kind", "kind_label", "category", "category_label",
         "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
-        "link",
+        "link", "milestone", "milestone_label", "milestone_due", "milestone_due_local",
+        "milestone_due_short",
     }
     assert "contacts" not in ctx
 
@@ -212,3 +213,37 @@ def test_bundle_lists_every_case(channel):
     for a, lnk in items:
         assert a.case_id in text and lnk in text
     assert CANARY_PHONE not in text
+
+
+MILESTONE = dict(kind="reminder", milestone="emergency_measure",
+                 milestone_label="Biện pháp bảo vệ khẩn cấp",
+                 milestone_due=DUE + timedelta(hours=9))  # 18:45 in Viet Nam
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
+def test_p1_milestone_sms_names_the_step_and_its_deadline_in_two_segments(category, kind):
+    a = alert(category=category, **{**MILESTONE, "kind": kind})
+    m = render(a, "sms", "vi", link(a))
+    assert sms_segments(m.text)[1] <= 2, m.text
+    assert "18:45 29/11" in m.text and "09:45" not in m.text  # not the acknowledgement's
+    assert "Bien phap bao ve khan cap" in fold_to_gsm7(m.text)  # the pack's label
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_milestone_email_and_webhook_say_which_step_is_due(lang):
+    a = alert(**MILESTONE)
+    email = render(a, "email", lang, link(a))
+    assert "emergency_measure" in email.subject + email.text or "Biện pháp" in email.subject
+    assert "18:45 29/11/2026" in email.text and "09:45" not in email.text
+    assert "Hạn xác nhận" not in email.text and "Acknowledge by" not in email.text
+    body = render(a, "webhook", lang, link(a)).body
+    assert body["milestone"] == "emergency_measure"
+    assert body["milestone_due"] == (DUE + timedelta(hours=9)).isoformat()
+    assert render(alert(), "webhook", lang, link(a)).body["milestone"] is None
+
+
+def test_a_bundle_of_milestone_reminders_names_each_step():
+    items = [(alert(severity="P3", case_id=f"C-{n}0000000", **MILESTONE), "L") for n in range(2)]
+    m = render_bundle(items, "email", "en")
+    assert m.text.count("step emergency_measure due 18:45 29/11/2026") == 2
