@@ -35,7 +35,8 @@ class GroupCommit:
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def __call__(self, work: Work | Any) -> Any:
+    async def __call__(self, work: Any) -> Any:
+        """`work`: a Work, or an item for the group's `write`."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop (tests): a lock of the old one is no use
             self._loop, self._lock, self._queue = loop, asyncio.Lock(), []

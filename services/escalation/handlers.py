@@ -490,8 +490,6 @@ class Escalation:
                milestone: EscalationMilestone | None = None) -> None:
         """`milestone`: the alert is about that step's deadline, not about acknowledging."""
         recipient = self.rt.directory.get(to or row.authority_id)
-        label = next((m.label for m in self.rt.pack.milestones
-                      if milestone and m.name == milestone.milestone), None)
         alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
@@ -499,7 +497,9 @@ class Escalation:
             category=CaseFacts.model_validate(case.facts).category, severity=case.severity,
             publicity=case.publicity, ack_due=row.ack_due, contacts=recipient.contacts,
             rulepack_version=case.rulepack_version,
-            milestone=milestone.milestone if milestone else None, milestone_label=label,
+            milestone=milestone.milestone if milestone else None,
+            milestone_label=milestones.label(milestone.milestone, self.rt.pack) if milestone
+            else None,
             milestone_due=milestone.due_at if milestone else None,
         ), topic=Topics.ALERTS)
 

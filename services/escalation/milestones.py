@@ -38,6 +38,11 @@ def recordable(pack: RulePack) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*MILESTONES, *(m.name for m in pack.milestones))))
 
 
+def label(milestone: str, pack: RulePack) -> str | None:
+    """The pack's label for a step; None for a step the pack gives no deadline."""
+    return next((m.label for m in pack.milestones if m.name == milestone), None)
+
+
 def check_record(milestone: str, outcome: str | None, pack: RulePack) -> str | None:
     """What is wrong with recording this milestone, or None."""
     if milestone not in recordable(pack):

@@ -37,3 +37,12 @@ def test_crime_adds_police_verification():
     due = milestone_deadlines(facts("SEX_ABUSE"), "P1", p)
     assert due["police_verification"] == FIRST + timedelta(days=20)
     assert "police_verification" not in milestone_deadlines(facts(), "P2", p)
+
+
+def test_a_step_is_labelled_from_the_pack_and_unlabelled_when_the_pack_has_none():
+    from services.escalation.milestones import label
+
+    pack = load_pack("default")
+    assert label("emergency_measure", pack) == "Biện pháp bảo vệ khẩn cấp"
+    assert label("initial_assessment", pack) == "Đánh giá ban đầu"  # a step with two rules
+    assert label("case_closed", pack) is None
