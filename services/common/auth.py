@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import JSON, Boolean, ForeignKey, String, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Base, utcnow
@@ -103,8 +103,8 @@ _PRINCIPAL = (
 )
 
 
-async def principal_for(session: AsyncSession, token: str) -> Principal | None:
-    row = (await session.execute(_PRINCIPAL, {"hash": hash_token(token)})).one_or_none()
+async def principal_for(reads: AsyncSession | AsyncConnection, token: str) -> Principal | None:
+    row = (await reads.execute(_PRINCIPAL, {"hash": hash_token(token)})).one_or_none()
     if row is None:
         return None
     return Principal(row.id, row.role, row.scope, tuple(row.authority_ids or ()))

@@ -12,7 +12,9 @@ import aiosqlite
 from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, event, make_url
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql.util import find_tables
 
@@ -207,6 +209,13 @@ class Database:
         # Small writes from concurrent requests, committed together (services/common/group_commit)
         self.write_group = GroupCommit(self.writes)
 
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[AsyncConnection]:
+        """A read connection for Core statements on a request's hot path: no ORM session, whose
+        set-up, identity map and close cost several times the query (docs/performance.md)."""
+        async with self.read_engine.connect() as connection:
+            yield connection
+
     async def dispose(self) -> None:
         await self.engine.dispose()
         if self.read_engine is not self.engine:
@@ -243,7 +252,10 @@ async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str
     return set(result.scalars().all())
 
 
-_CLAIM = {name: insert(ProcessedEvent).on_conflict_do_nothing().returning(ProcessedEvent.event_id)
+# On the table, not the class: a statement naming mapped attributes takes the ORM's bulk path,
+# which cost more than the insert itself (docs/performance.md). So do the others built once.
+_PROCESSED = ProcessedEvent.__table__
+_CLAIM = {name: insert(_PROCESSED).on_conflict_do_nothing().returning(_PROCESSED.c.event_id)
           for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
 
 

@@ -94,7 +94,8 @@ class Relay:
 
 
 # Built once, and read as plain rows rather than ORM objects: every event passes through here.
-_BATCH = (select(OutboxRow.id, OutboxRow.topic, OutboxRow.payload)
-          .where(OutboxRow.service == bindparam("service"))
-          .order_by(OutboxRow.id).limit(bindparam("batch")))
-_DONE = OutboxRow.__table__.delete().where(OutboxRow.id.in_(bindparam("ids", expanding=True)))
+_OUTBOX = OutboxRow.__table__  # the table's columns: Core statements, not the ORM's path
+_BATCH = (select(_OUTBOX.c.id, _OUTBOX.c.topic, _OUTBOX.c.payload)
+          .where(_OUTBOX.c.service == bindparam("service"))
+          .order_by(_OUTBOX.c.id).limit(bindparam("batch")))
+_DONE = _OUTBOX.delete().where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))

@@ -2,8 +2,8 @@
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.reports import Report
 from services.intake.store import CaseView, ReportRow
@@ -12,39 +12,46 @@ from services.intake.store import CaseView, ReportRow
 MATCH_WINDOW = timedelta(hours=72)
 
 
-async def match_open_case(session: AsyncSession, report: Report,
-                          child_fingerprints: list[str]) -> CaseView | None:
-    candidates = (await session.scalars(
-        select(CaseView)
-        .where(
-            CaseView.commune_code == report.location.commune_code,
-            CaseView.category == report.category,
-            CaseView.status == "open",
-            CaseView.last_received_at >= report.received_at - MATCH_WINDOW,
-            CaseView.first_received_at <= report.received_at + MATCH_WINDOW,
-        )
-        .order_by(CaseView.last_received_at.desc())
-        .limit(20)
-    )).all()
+async def match_open_case(reads: AsyncConnection, report: Report,
+                          child_fingerprints: list[str]) -> str | None:
+    """The id of the open case this report is about, or None."""
+    candidates = (await reads.execute(_CANDIDATES, {
+        "commune": report.location.commune_code, "category": report.category,
+        "earliest": report.received_at - MATCH_WINDOW, "latest": report.received_at + MATCH_WINDOW,
+    })).all()
     mine = set(child_fingerprints)
-    for case in candidates:
-        theirs = set(case.child_fingerprints or ())
+    for case_id, fingerprints in candidates:
+        theirs = set(fingerprints or ())
         # Where both sides name a child, the names must match; otherwise place, kind and time do.
         if not mine or not theirs or mine & theirs:
-            return case
+            return case_id
     return None
 
 
-async def is_independent(session: AsyncSession, case_id: str, reporter_fingerprint: str | None) -> bool:
+async def is_independent(reads: AsyncConnection, case_id: str, reporter_fingerprint: str | None) -> bool:
     """A second call from the same reporter is not a new, independent report."""
     if reporter_fingerprint is None:
         return True
-    earlier = await session.scalar(
-        select(ReportRow.report_id).where(
-            ReportRow.case_id == case_id, ReportRow.reporter_fingerprint == reporter_fingerprint
-        ).limit(1)
-    )
+    earlier = await reads.scalar(_SAME_REPORTER, {"case": case_id, "reporter": reporter_fingerprint})
     return earlier is None
+
+
+# Built once: every report runs them (docs/performance.md).
+_CANDIDATES = (
+    select(CaseView.case_id, CaseView.child_fingerprints)
+    .where(
+        CaseView.commune_code == bindparam("commune"),
+        CaseView.category == bindparam("category"),
+        CaseView.status == "open",
+        CaseView.last_received_at >= bindparam("earliest"),
+        CaseView.first_received_at <= bindparam("latest"),
+    )
+    .order_by(CaseView.last_received_at.desc())
+    .limit(20)
+)
+_SAME_REPORTER = select(ReportRow.report_id).where(
+    ReportRow.case_id == bindparam("case"), ReportRow.reporter_fingerprint == bindparam("reporter")
+).limit(1)
 
 
 def new_id(prefix: str, at: datetime | None = None) -> str:

@@ -22,8 +22,8 @@ async def principal(
 ) -> Principal:
     if creds is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    async with request.app.state.runtime.db.reads() as session:
-        who = await principal_for(session, creds.credentials)
+    async with request.app.state.runtime.db.reader() as reads:
+        who = await principal_for(reads, creds.credentials)
     if who is None:
         raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
     return who

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from sqlalchemy import bindparam, select
 
 from schemas.events import CaseUpdated, Envelope, ReportReceived
 from schemas.reports import CaseUpdate, Report
@@ -55,22 +56,23 @@ async def submit_report(
 
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
-    async with rt.db.reads() as session:
-        if (earlier := await submission.replay(rt, who, idem, session)) is not None:
+    async with rt.db.reader() as reads:
+        if (earlier := await submission.replay(rt, who, idem, reads)) is not None:
             return earlier
         if report.link_case_id:
-            case = await session.get(CaseView, report.link_case_id)
-            if case is None:
+            case_id = await reads.scalar(_CASE, {"case": report.link_case_id})
+            if case_id is None:
                 raise RequestValidationError([{"loc": ["body", "link_case_id"],
                                                "msg": "no such case", "type": "value_error"}])
         else:
-            case = await correlation.match_open_case(session, report, children)
-        independent = case is None or await correlation.is_independent(session, case.case_id, reporter)
+            case_id = await correlation.match_open_case(reads, report, children)
+        new_case = case_id is None
+        independent = new_case or await correlation.is_independent(reads, case_id, reporter)
 
-    case_id = case.case_id if case else correlation.new_id("C")
+    case_id = case_id or correlation.new_id("C")
     report_id = correlation.new_id("R")
     event = ReportReceived(
-        case_id=case_id, report_id=report_id, new_case=case is None,
+        case_id=case_id, report_id=report_id, new_case=new_case,
         received_at=report.received_at, channel=report.channel, category=report.category,
         subcategory=report.subcategory, location=report.location,
         other_locations=report.other_locations, setting=report.setting,
@@ -85,10 +87,13 @@ async def submit_report(
         reporter_fingerprint=reporter, child_fingerprints=children, created_at=utcnow(),
     )
     response = Accepted(
-        case_id=case_id, report_id=report_id, new_case=case is None, linked=case is not None,
+        case_id=case_id, report_id=report_id, new_case=new_case, linked=not new_case,
         case_url=f"/api/v1/cases/{case_id}",
     ).model_dump()
     return await submission.accept(rt, who, envelope, row, response, idem, children)
+
+
+_CASE = select(CaseView.case_id).where(CaseView.case_id == bindparam("case"))
 
 
 @router.post("/cases/{case_id}/updates", status_code=202, response_model=UpdateAccepted,
