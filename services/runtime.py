@@ -32,6 +32,7 @@ class Runtime:
     directory: object
     vault: object = None
     producer: object = None  # intake's inputs and the outbox relays (made in start: needs a loop)
+    accepted: object = None  # intake: published inputs, recorded together (intake/submission.py)
     watcher: object = None  # follows the rule-pack topic and the directory entries
     relays: dict[str, Relay] = field(default_factory=dict)
     parts: dict[str, object] = field(default_factory=dict)
@@ -61,7 +62,10 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
     if "intake" in services:
         from services.intake.identity import IdentityVault
 
+        from services.intake import submission
+
         rt.vault = IdentityVault(settings.secret("secret_key"))
+        rt.accepted = submission.recorder(rt.db)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.CASES, Topics.ALERTS,
                                             Topics.DELIVERIES], "intake-readmodel",
                       batch_handler=_readmodel(rt))
@@ -89,8 +93,7 @@ def _readmodel(rt: Runtime):
         if not envelopes:
             return
         async with rt.db.writes() as session, session.begin():
-            for envelope in envelopes:
-                await readmodel.apply(session, envelope)
+            await readmodel.apply_all(session, [(envelope, ()) for envelope in envelopes])
 
     return apply
 

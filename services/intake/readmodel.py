@@ -1,5 +1,7 @@
 """The case read model: every case event, applied once, to the case row and its timeline."""
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -8,7 +10,7 @@ from schemas.events import (
     MilestoneMissed, MilestoneRecorded, MilestoneScheduled, ReportReceived, TargetAcknowledged,
     TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
-from services.common.db import ProcessedEvent, add_bulk, claim_event, utcnow
+from services.common.db import ProcessedEvent, add_bulk, claim_events, utcnow
 from services.intake.store import CaseAuthority, CaseView, TimelineEntry
 
 CONSUMER = "intake-readmodel"
@@ -24,24 +26,43 @@ async def unapplied(db, envelopes: list[Envelope]) -> list[Envelope]:
 
 
 async def apply(session: AsyncSession, envelope: Envelope, child_fingerprints=()) -> bool:
-    """Apply one event; False when it was applied before (redelivery, or intake applied it).
-    `child_fingerprints`: intake's, for a report it accepted (they are not in the event); they
-    are added even when the consumer applied the event first."""
-    if not await claim_event(session, CONSUMER, envelope.id):
-        if child_fingerprints and (case := await session.get(CaseView, envelope.subject)):
+    """Apply one event; False when it was applied before (redelivery, or intake applied it)."""
+    return await apply_all(session, [(envelope, child_fingerprints)]) == 1
+
+
+async def apply_all(session: AsyncSession, items: list[tuple[Envelope, Sequence[str]]]) -> int:
+    """Apply events in order, claimed with one statement; returns how many were new.
+    The child fingerprints are intake's, for a report it accepted (they are not in the event);
+    they are added even when the consumer applied the event first."""
+    fresh = await claim_events(session, CONSUMER, [envelope.id for envelope, _ in items])
+    applied = 0
+    for envelope, child_fingerprints in items:
+        if envelope.id in fresh:
+            fresh.discard(envelope.id)  # a repeat later in the batch is applied once
+            await _apply(session, envelope, child_fingerprints)
+            applied += 1
+        elif child_fingerprints and (case := await session.get(CaseView, envelope.subject)):
             _add_fingerprints(case, child_fingerprints)
-        return False
+    return applied
+
+
+async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) -> None:
     data = envelope.payload()
+    if isinstance(data, ReportReceived) and data.new_case:
+        # A new case's id was made for it: there is no row to read, and it is one INSERT.
+        _open(session, data, child_fingerprints)
+        add_bulk(session, TimelineEntry, case_id=envelope.subject, at=envelope.time,
+                 kind=_kind(envelope, data), detail=_received_detail(data), event_id=envelope.id)
+        return
     case = await session.get(CaseView, envelope.subject)
     if case is None and not isinstance(data, ReportReceived):
         # Events can outrun the intake event only in a rebuild from a partial log: skip them.
-        return True
+        return
     detail: dict = {}
     match data:
         case ReportReceived():
             case = _received(session, case, data, child_fingerprints)
-            detail = {"report_id": data.report_id, "category": data.category,
-                      "new_case": data.new_case, "independent": data.independent}
+            detail = _received_detail(data)
         case CaseUpdated():
             detail = {"update_id": data.update_id, "by_role": data.by_role,
                       "indicators": data.indicators, "publicity": data.publicity,
@@ -91,7 +112,6 @@ async def apply(session: AsyncSession, envelope: Envelope, child_fingerprints=()
     case.updated_at = utcnow()
     add_bulk(session, TimelineEntry, case_id=envelope.subject, at=envelope.time,
              kind=_kind(envelope, data), detail=detail, event_id=envelope.id)
-    return True
 
 
 def _kind(envelope: Envelope, data) -> str:
@@ -100,16 +120,30 @@ def _kind(envelope: Envelope, data) -> str:
     return envelope.type.removeprefix("beacon.").replace(".", "_")
 
 
+def _received_detail(data: ReportReceived) -> dict:
+    return {"report_id": data.report_id, "category": data.category, "new_case": data.new_case,
+            "independent": data.independent}
+
+
+def _open(session: AsyncSession, data: ReportReceived, child_fingerprints=()) -> None:
+    add_bulk(session, CaseView, **_new_case(data), report_count=1,
+             independent_reports=int(data.independent),
+             child_fingerprints=sorted(set(child_fingerprints)))
+
+
+def _new_case(data: ReportReceived) -> dict:
+    return dict(
+        case_id=data.case_id, category=data.category, province_code=data.location.province_code,
+        commune_code=data.location.commune_code, setting=data.setting, status="open",
+        first_received_at=data.received_at, last_received_at=data.received_at, targets=[],
+        acknowledged=False, updated_at=utcnow())
+
+
 def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived,
               child_fingerprints=()) -> CaseView:
-    if case is None:
-        case = CaseView(
-            case_id=data.case_id, category=data.category,
-            province_code=data.location.province_code, commune_code=data.location.commune_code,
-            setting=data.setting, status="open", first_received_at=data.received_at,
-            last_received_at=data.received_at, report_count=0, independent_reports=0,
-            targets=[], child_fingerprints=[], acknowledged=False, updated_at=utcnow(),
-        )
+    if case is None:  # a report linked to a case this model has not seen (a partial log)
+        case = CaseView(**_new_case(data), report_count=0, independent_reports=0,
+                        child_fingerprints=[])
         session.add(case)
     case.report_count += 1
     _add_fingerprints(case, child_fingerprints)
