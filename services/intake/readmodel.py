@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import (
@@ -11,7 +11,7 @@ from schemas.events import (
     TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
 from services.common.db import ProcessedEvent, add_bulk, claim_events, utcnow
-from services.intake.store import CaseAuthority, CaseView, TimelineEntry
+from services.intake.store import CaseAuthority, CaseView, ReportRow, TimelineEntry
 
 CONSUMER = "intake-readmodel"
 
@@ -32,18 +32,37 @@ async def apply(session: AsyncSession, envelope: Envelope, child_fingerprints=()
 
 async def apply_all(session: AsyncSession, items: list[tuple[Envelope, Sequence[str]]]) -> int:
     """Apply events in order, claimed with one statement; returns how many were new.
-    The child fingerprints are intake's, for a report it accepted (they are not in the event);
-    they are added even when the consumer applied the event first."""
+    `items` pairs each event with the child fingerprints of a report that intake has in hand;
+    for the others they are read from the report rows, written before the event was published
+    (they never travel on Kafka). Whoever applies a report first, request or consumer, has them."""
     fresh = await claim_events(session, CONSUMER, [envelope.id for envelope, _ in items])
+    stored = await _stored_fingerprints(session, [
+        envelope.data.get("report_id") for envelope, given in items
+        if envelope.id in fresh and not given and envelope.type == RECEIVED])
     applied = 0
     for envelope, child_fingerprints in items:
         if envelope.id in fresh:
             fresh.discard(envelope.id)  # a repeat later in the batch is applied once
+            if envelope.type == RECEIVED:
+                child_fingerprints = child_fingerprints or stored.get(envelope.data.get("report_id"), ())
             await _apply(session, envelope, child_fingerprints)
             applied += 1
-        elif child_fingerprints and (case := await session.get(CaseView, envelope.subject)):
-            _add_fingerprints(case, child_fingerprints)
     return applied
+
+
+RECEIVED = "beacon.report.received"
+
+
+async def _stored_fingerprints(session: AsyncSession, report_ids: list[str]) -> dict[str, list]:
+    if not report_ids:
+        return {}
+    rows = await session.execute(_FINGERPRINTS, {"ids": report_ids})
+    return {report_id: fingerprints or [] for report_id, fingerprints in rows}
+
+
+_REPORTS = ReportRow.__table__
+_FINGERPRINTS = select(_REPORTS.c.report_id, _REPORTS.c.child_fingerprints).where(
+    _REPORTS.c.report_id.in_(bindparam("ids", expanding=True)))
 
 
 async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) -> None:

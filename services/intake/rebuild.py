@@ -5,13 +5,13 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from schemas.events import Envelope, Topics
 from services.common.config import Settings
 from services.common.db import Database, ProcessedEvent
 from services.intake import readmodel
-from services.intake.store import CaseAuthority, CaseView, ReportRow, TimelineEntry
+from services.intake.store import CaseAuthority, CaseView, TimelineEntry
 
 ORDER = (Topics.INPUTS, Topics.CASES, Topics.ALERTS, Topics.DELIVERIES)
 
@@ -51,13 +51,6 @@ async def rebuild(settings: Settings, progress=sys.stderr) -> int:
                                 continue  # the live consumer dead-lettered it; so do we
                             applied += await readmodel.apply(session, envelope)
                 print(f"  {topic}: {done}/{total}", file=progress, flush=True)
-        async with db.writes() as session, session.begin():
-            # Child fingerprints are intake's own (never on Kafka): restore them from the reports.
-            for case in (await session.scalars(select(CaseView))).all():
-                rows = (await session.scalars(
-                    select(ReportRow.child_fingerprints).where(ReportRow.case_id == case.case_id)
-                )).all()
-                case.child_fingerprints = sorted({fp for fps in rows for fp in fps or ()})
     finally:
         await consumer.stop()
         await db.dispose()
