@@ -32,7 +32,7 @@ class Runtime:
     directory: object
     vault: object = None
     producer: object = None  # intake's inputs and the outbox relays (made in start: needs a loop)
-    accepted: object = None  # intake: published inputs, recorded together (intake/submission.py)
+    inputs: object = None  # intake: requests' input writes, grouped (intake/submission.py)
     watcher: object = None  # follows the rule-pack topic and the directory entries
     relays: dict[str, Relay] = field(default_factory=dict)
     parts: dict[str, object] = field(default_factory=dict)
@@ -65,7 +65,7 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
         from services.intake import submission
 
         rt.vault = IdentityVault(settings.secret("secret_key"))
-        rt.accepted = submission.recorder(rt.db)
+        rt.inputs = submission.writer(rt.db)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.CASES, Topics.ALERTS,
                                             Topics.DELIVERIES], "intake-readmodel",
                       batch_handler=_readmodel(rt))

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql.util import find_tables
 
-from services.common.group_commit import GroupCommit
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -206,8 +205,6 @@ class Database:
         else:
             self.read_engine = self.engine
         self.reads = async_sessionmaker(self.read_engine, expire_on_commit=False)
-        # Small writes from concurrent requests, committed together (services/common/group_commit)
-        self.write_group = GroupCommit(self.writes)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncConnection]:

@@ -72,17 +72,10 @@ _PENDING = select(ReportRow.event_id).where(ReportRow.report_id == bindparam("re
 async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
                  response: dict, idem: Idempotency | None, child_fingerprints=()) -> dict:
     """`row`: the values of the input's ReportRow (a report), or None (other inputs)."""
-    async def write_pending(session) -> None:
-        if row is not None:
-            add_bulk(session, ReportRow, **row)
-        if idem is not None:
-            add_bulk(session, IdempotencyKey, user_id=who.user_id, key=idem.key,
-                     body_hash=idem.body_hash, response=response, created_at=utcnow())
-
-    # Both writes go with other requests' in one transaction (group commit): a transaction's
-    # fixed cost was most of a report's.
+    key = None if idem is None else dict(user_id=who.user_id, key=idem.key, response=response,
+                                         body_hash=idem.body_hash, created_at=utcnow())
     try:
-        await rt.db.write_group(write_pending)
+        await rt.inputs(Pending(row, key))
     except IntegrityError:
         if idem is None:
             raise
@@ -103,8 +96,16 @@ async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
                     IdempotencyKey.user_id == who.user_id, IdempotencyKey.key == idem.key))
         raise HTTPException(503, "the event log is unavailable; nothing was recorded, try again",
                             headers={"Retry-After": RETRY_AFTER_S}) from None
-    await rt.accepted(Published(who, envelope, row is not None, child_fingerprints))
+    await rt.inputs(Published(who, envelope, row is not None, child_fingerprints))
     return response
+
+
+@dataclass
+class Pending:
+    """An input before its publish: its report row (None for a follow-up) and idempotency key."""
+
+    report: dict | None
+    key: dict | None
 
 
 @dataclass
@@ -117,17 +118,25 @@ class Published:
     child_fingerprints: Sequence[str]
 
 
-def recorder(db) -> GroupCommit:
-    """Published inputs of concurrent requests recorded by one transaction with set-based
-    statements: per input, these statements were most of its cost (docs/performance.md)."""
-    return GroupCommit(db.writes, write=_record)
+def writer(db) -> GroupCommit:
+    """Concurrent requests' pending and published inputs, written by one transaction with
+    set-based statements: a transaction's fixed cost, and each input's own statements, were most
+    of a report's cost (docs/performance.md)."""
+    return GroupCommit(db.writes, write=_write)
 
 
-async def _record(session, items: list[Published]) -> list[None]:
-    if marks := [{"published_event": p.envelope.id} for p in items if p.report]:
+async def _write(session, items: list[Pending | Published]) -> list[None]:
+    for item in items:
+        if isinstance(item, Pending):
+            if item.report is not None:
+                add_bulk(session, ReportRow, **item.report)
+            if item.key is not None:
+                add_bulk(session, IdempotencyKey, **item.key)
+    published = [item for item in items if isinstance(item, Published)]
+    if marks := [{"published_event": p.envelope.id} for p in published if p.report]:
         await session.execute(_PUBLISHED, marks)
-    await readmodel.apply_all(session, [(p.envelope, p.child_fingerprints) for p in items])
-    for p in items:
+    await readmodel.apply_all(session, [(p.envelope, p.child_fingerprints) for p in published])
+    for p in published:
         audit.record(session, p.who.user_id, p.who.role, "write", p.envelope.subject,
                      sorted(p.envelope.data))
     return [None] * len(items)
