@@ -18,11 +18,14 @@ CONSUMER = "intake-readmodel"
 
 async def unapplied(db, envelopes: list[Envelope]) -> list[Envelope]:
     """The envelopes not applied yet, found with one read (no write lock)."""
-    async with db.reads() as session:
-        done = set((await session.scalars(select(ProcessedEvent.event_id).where(
-            ProcessedEvent.consumer == CONSUMER,
-            ProcessedEvent.event_id.in_({e.id for e in envelopes})))).all())
+    async with db.reader() as reads:
+        done = set((await reads.scalars(_APPLIED, {"ids": [e.id for e in envelopes]})).all())
     return [e for e in envelopes if e.id not in done]
+
+
+_PROCESSED = ProcessedEvent.__table__
+_APPLIED = select(_PROCESSED.c.event_id).where(
+    _PROCESSED.c.consumer == CONSUMER, _PROCESSED.c.event_id.in_(bindparam("ids", expanding=True)))
 
 
 async def apply(session: AsyncSession, envelope: Envelope, child_fingerprints=()) -> bool:

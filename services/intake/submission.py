@@ -43,30 +43,35 @@ def body_hash(canonical_json: str) -> str:
     return hashlib.sha256(canonical_json.encode()).hexdigest()
 
 
-async def replay(rt, who: Principal, idem: Idempotency | None, reads=None) -> dict | None:
-    """The earlier answer for this key, 409 for another body, None for a new key. `reads`:
-    a read connection the caller goes on using (one, not one per lookup)."""
+async def replay(rt, who: Principal, idem: Idempotency | None) -> dict | None:
+    """The earlier answer for this key, 409 for another body or for a first attempt still
+    under way, None for a new key."""
     if idem is None:
         return None
-    if reads is None:
-        async with rt.db.reader() as reads:
-            return await replay(rt, who, idem, reads)
-    row = (await reads.execute(_KEY, {"user_id": who.user_id, "key": idem.key})).one_or_none()
-    if row is None:
-        return None
-    if row.body_hash != idem.body_hash:
-        raise HTTPException(409, "Idempotency-Key was used before with a different body")
-    pending = await reads.scalar(_PENDING, {"report": row.response.get("report_id")})
-    if pending is not None:  # the first attempt died half-way: finish it now
-        await finish(rt, pending)
+    async with rt.db.reader() as reads:
+        row = (await reads.execute(_KEY, {"user_id": who.user_id, "key": idem.key})).one_or_none()
+        if row is None:
+            return None
+        if row.body_hash != idem.body_hash:
+            raise HTTPException(409, "Idempotency-Key was used before with a different body")
+        pending = (await reads.execute(
+            _PENDING, {"report": row.response.get("report_id")})).one_or_none()
+    if pending is not None:
+        if pending.created_at > utcnow() - IN_PROGRESS:
+            raise HTTPException(409, "Idempotency-Key is in use by a request in progress",
+                                headers={"Retry-After": RETRY_AFTER_S})
+        await finish(rt, pending.event_id)  # the first attempt died half-way: finish it now
     return row.response
 
+
+# A pending input younger than this may still be published by the request that wrote it.
+IN_PROGRESS = timedelta(seconds=PUBLISH_TIMEOUT_S + 1)
 
 # Built once, like _PUBLISHED: every submission runs them (docs/performance.md).
 _KEY = select(IdempotencyKey.body_hash, IdempotencyKey.response).where(
     IdempotencyKey.user_id == bindparam("user_id"), IdempotencyKey.key == bindparam("key"))
-_PENDING = select(ReportRow.event_id).where(ReportRow.report_id == bindparam("report"),
-                                            ReportRow.published.is_(False))
+_PENDING = select(ReportRow.event_id, ReportRow.created_at).where(
+    ReportRow.report_id == bindparam("report"), ReportRow.published.is_(False))
 
 
 async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
@@ -77,10 +82,11 @@ async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
     try:
         await rt.inputs(Pending(row, key))
     except IntegrityError:
-        if idem is None:
-            raise
-        # The key is the row's primary key: a request with the same key got there first.
-        raise HTTPException(409, "Idempotency-Key is in use by a request in progress") from None
+        # The key is the row's primary key: it was used before, or is in use. Looked up only
+        # now, when it clashed: a new key (nearly every request) costs no read.
+        if (earlier := await replay(rt, who, idem)) is not None:
+            return earlier
+        raise
     try:
         await asyncio.wait_for(
             kafka.publish_input(rt.producer, rt.settings.topic(Topics.INPUTS), envelope),

@@ -56,9 +56,7 @@ async def submit_report(
 
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
-    async with rt.db.reader() as reads:
-        if (earlier := await submission.replay(rt, who, idem, reads)) is not None:
-            return earlier
+    async with rt.db.reader() as reads:  # the key is checked when it is written (submission)
         if report.link_case_id:
             case_id = await reads.scalar(_CASE, {"case": report.link_case_id})
             if case_id is None:
