@@ -8,6 +8,7 @@ committed only after that transaction.
 import asyncio
 import hashlib
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import structlog
 from sqlalchemy import select, update
@@ -174,7 +175,9 @@ class Escalation:
                     agency=t.agency, role=t.role, ack_within=t.ack_within,
                     working_days=t.working_days, added_at=at, ack_due=t.ack_due, origin="decision")
                 add_bulk(session, EscalationTarget, **values)
-                row = EscalationTarget(**values)  # unattached: read by what follows
+                # What follows only reads it: a plain object, since building an unattached ORM
+                # object was a twentieth of a decision.
+                row = SimpleNamespace(**values, acked_at=None, released_at=None)
                 rows[t.authority_id] = row
                 added.append(t)
                 self._alert(session, case, row, "alert" if t.role == "act" else "inform")
@@ -494,7 +497,7 @@ class Escalation:
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
             tier=recipient.tier, agency=recipient.agency, role=row.role, kind=kind,
-            category=CaseFacts.model_validate(case.facts).category, severity=case.severity,
+            category=case.facts["category"], severity=case.severity,
             publicity=case.publicity, ack_due=row.ack_due, contacts=recipient.contacts,
             rulepack_version=case.rulepack_version,
             milestone=milestone.milestone if milestone else None,
