@@ -1,5 +1,12 @@
 """Operators' reports: duplicates join their case, follow-ups re-decide, scopes hold."""
 
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from services.common.db import utcnow
+from services.intake import submission
+from services.intake.store import ReportRow
 from tests.conftest import eventually
 from tests.support.reports import report
 
@@ -95,3 +102,41 @@ async def test_case_list_is_scoped_and_filtered(stack):
     async with stack.client("authority") as authority:  # commune 4's authorities only
         ids = {c["case_id"] for c in (await authority.get("/api/v1/cases")).json()["items"]}
         assert mine in ids and elsewhere not in ids
+
+
+async def test_a_retry_finishes_a_first_attempt_that_died_after_its_publish(stack, monkeypatch):
+    """A crash between the publish and its record leaves the report pending, its event on
+    Kafka. A retry while the first attempt may still be publishing gets 409 and Retry-After;
+    a later one finishes it and gets its answer. One report, one case, either way."""
+    real = stack.rt.inputs
+
+    async def dies_after_publish(item):
+        if isinstance(item, submission.Published):
+            raise RuntimeError("the process died here")
+        return await real(item)
+
+    body, key = report(), {"Idempotency-Key": "k-crash"}
+    async with stack.client("operator") as api:
+        monkeypatch.setattr(stack.rt, "inputs", dies_after_publish)
+        first = await api.post("/api/v1/reports", json=body, headers=key)
+        monkeypatch.setattr(stack.rt, "inputs", real)
+        assert first.status_code == 500
+
+        soon = await api.post("/api/v1/reports", json=body, headers=key)
+        assert soon.status_code == 409, soon.text
+        assert soon.headers["Retry-After"] == "5"
+
+        async with stack.rt.db.writes() as session, session.begin():  # time passes
+            await session.execute(update(ReportRow).values(created_at=utcnow() - timedelta(minutes=1)))
+        later = await api.post("/api/v1/reports", json=body, headers=key)
+        assert later.status_code == 202, later.text
+        async with stack.rt.db.reads() as session:
+            rows = (await session.scalars(select(ReportRow))).all()
+        assert [(r.report_id, r.published) for r in rows] == [(later.json()["report_id"], True)]
+
+        async def applied_once():
+            case = await _case(api, later.json()["case_id"])
+            return case.get("report_count") == 1 and case
+        await eventually(applied_once)
+        again = await api.post("/api/v1/reports", json=body, headers=key)
+        assert again.json() == later.json()
