@@ -60,9 +60,8 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
                  directory=OverlayDirectory(directory))
     rt.watcher = PackWatcher(rt)
     if "intake" in services:
-        from services.intake.identity import IdentityVault
-
         from services.intake import submission
+        from services.intake.identity import IdentityVault
 
         rt.vault = IdentityVault(settings.secret("secret_key"))
         rt.inputs = submission.writer(rt.db)

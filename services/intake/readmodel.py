@@ -8,12 +8,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.events import (
     AckRecorded, AlertRequested, CaseDecided, CaseUpdated, DeliveryOutcome, Envelope,
     MilestoneMissed, MilestoneRecorded, MilestoneScheduled, ReportReceived, TargetAcknowledged,
-    TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
+    TYPE_OF, TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
 from services.common.db import ProcessedEvent, add_bulk, claim_events, utcnow
 from services.intake.store import CaseAuthority, CaseView, ReportRow, TimelineEntry
 
 CONSUMER = "intake-readmodel"
+RECEIVED = TYPE_OF[ReportReceived]  # a report: its child fingerprints are in its row
 
 
 async def unapplied(db, envelopes: list[Envelope]) -> list[Envelope]:
@@ -51,9 +52,6 @@ async def apply_all(session: AsyncSession, items: list[tuple[Envelope, Sequence[
             await _apply(session, envelope, child_fingerprints)
             applied += 1
     return applied
-
-
-RECEIVED = "beacon.report.received"
 
 
 async def _stored_fingerprints(session: AsyncSession, report_ids: list[str]) -> dict[str, list]:
