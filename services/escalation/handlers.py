@@ -34,7 +34,7 @@ from schemas.events import (
     TransferRequested,
 )
 from services.common import outbox
-from services.common.db import add_bulk, claim_event, claim_events, utcnow
+from services.common.db import add_bulk, claim_event, claim_events, is_postgres, utcnow
 from services.escalation import milestones
 from services.escalation.engine import deadline, decide, milestone_deadlines, reminder_times
 from services.escalation.store import (
@@ -516,7 +516,7 @@ _DEFAULT_WINDOW = timedelta(hours=1)  # an act target always has a window; this 
 async def _due(session, table, now: datetime, batch: int) -> list:
     query = (select(table).where(table.fired_at.is_(None), table.due_at <= now)
              .order_by(table.due_at).limit(batch))
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         query = query.with_for_update(skip_locked=True)
     return list((await session.scalars(query)).all())
 

@@ -21,7 +21,7 @@ from sqlalchemy import Row, bindparam, select, update
 
 from schemas.events import AlertRequested, Contact, DeliveryOutcome, Envelope, Topics
 from services.common import metrics, outbox
-from services.common.db import add_bulk, utcnow
+from services.common.db import add_bulk, is_postgres, utcnow
 from services.common.group_commit import GroupCommit
 from services.common.links import sign_link
 from services.notifier import policy
@@ -172,7 +172,7 @@ class Notifier:
         jobs: list[Job] = []
         put_back: list[dict] = []
         async with self.rt.db.writes() as session, session.begin():
-            postgres = session.get_bind().dialect.name == "postgresql"
+            postgres = is_postgres(session)
             query = _DUE.with_for_update(skip_locked=True) if postgres else _DUE
             taken: set[str] = set()
             for row in (await session.execute(query, {"now": now, "batch": batch})).all():
@@ -299,8 +299,7 @@ class Notifier:
                               now: datetime) -> None:
         channel = job.contact.channel
         alerts = {a.alert_id: a for _, a in job.members}
-        query = _LEASED.with_for_update() if session.get_bind().dialect.name == "postgresql" \
-            else _LEASED
+        query = _LEASED.with_for_update() if is_postgres(session) else _LEASED
         current = {d.alert_id: d for d in (await session.execute(
             query, {"ids": list(alerts), "until": job.lease})).all()}
         changes = []
