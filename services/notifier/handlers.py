@@ -173,9 +173,8 @@ class Notifier:
         put_back: list[dict] = []
         async with self.rt.db.writes() as session, session.begin():
             postgres = is_postgres(session)
-            query = _DUE.with_for_update(skip_locked=True) if postgres else _DUE
             taken: set[str] = set()
-            for row in (await session.execute(query, {"now": now, "batch": batch})).all():
+            for row in await self._due(session, now, batch, postgres):
                 if row.alert_id in taken:
                     continue  # already in a bundle
                 if row.status == "sending":
@@ -203,6 +202,19 @@ class Notifier:
         if jobs:
             self.rt.relays[SERVICE].poke()
         return jobs
+
+    @staticmethod
+    async def _due(session, now, batch: int, postgres: bool) -> list:
+        """Pending rows and expired leases, most severe and oldest first, at most `batch`.
+
+        A query per status, not one `status IN (..)`: one status lets the index give the order,
+        so a claim reads `batch` rows, not every due row sorted (0.14 ms against 4.6 with 8,000
+        due rows, as after a receiver outage)."""
+        rows = []
+        for query in (_DUE, _EXPIRED):
+            query = query.with_for_update(skip_locked=True) if postgres else query
+            rows += (await session.execute(query, {"now": now, "batch": batch})).all()
+        return sorted(rows, key=lambda row: (row.severity, row.next_at))[:batch]
 
     async def _mates(self, session, row, contact: Contact, taken: set[str],
                      postgres: bool) -> list[tuple]:
@@ -349,14 +361,24 @@ class Notifier:
 # The worker's statements, built once: Core, not ORM objects, because the notifier runs them for
 # every delivery and an ORM row costs several times a statement (docs/performance.md).
 _T = Delivery.__table__
-_DUE = (select(_T).where(_T.c.status.in_(("pending", "sending")),
-                         _T.c.next_at <= bindparam("now", type_=_T.c.next_at.type))
-        .order_by(_T.c.severity, _T.c.next_at).limit(bindparam("batch")))
+
+
+def _due_in(status: str):
+    """Rows in `status` whose next_at has come, in the order of ix_deliveries_claim."""
+    return (select(_T).where(_T.c.status == status,
+                             _T.c.next_at <= bindparam("now", type_=_T.c.next_at.type))
+            .order_by(_T.c.severity, _T.c.next_at).limit(bindparam("batch")))
+
+
+_EXPIRED = _due_in("sending")  # a lease past its next_at: the worker that held it died
+_DUE = _due_in("pending")
 _MATES = (select(_T).where(_T.c.status == "pending", _T.c.authority_id == bindparam("authority"),
                            _T.c.severity.in_(("P3", "P4")), _T.c.alert_id != bindparam("alert"))
           .order_by(_T.c.created_at).limit(policy.BUNDLE_MAX * 5))
 _IDS = bindparam("ids", expanding=True)
-_HELD = (_T.c.alert_id.in_(_IDS), _T.c.status == "sending",
+# `status || ''`: the same test, but not one SQLite would look up in ix_deliveries_claim, which
+# it otherwise prefers to the key, reading every leased row (8x the samples under py-spy).
+_HELD = (_T.c.alert_id.in_(_IDS), _T.c.status.concat("") == "sending",
          _T.c.next_at == bindparam("until", type_=_T.c.next_at.type))
 _LEASE = (update(_T).where(_T.c.alert_id.in_(_IDS))
           .values(status="sending", next_at=bindparam("until"), updated_at=bindparam("at")))

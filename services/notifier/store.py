@@ -25,4 +25,9 @@ class Delivery(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
-    __table_args__ = (Index("ix_deliveries_due", "status", "next_at"),)
+    __table_args__ = (
+        # the claim's order (severity, then due time) within a status: read in index order
+        Index("ix_deliveries_claim", "status", "severity", "next_at"),
+        # a recipient's pending reminders, bundled into one message
+        Index("ix_deliveries_recipient", "authority_id", "status", "created_at"),
+    )

@@ -210,6 +210,21 @@ async def test_a_lost_lease_is_not_recorded_twice(notifier, inbox):
     assert (await rows(notifier))[a.alert_id].attempts_total == 1
 
 
+async def test_a_claim_takes_the_most_severe_of_pending_and_expired_leases(notifier, inbox):
+    stale = alert(1, inbox, severity="P2", kind="alert")
+    await notifier.handle([Envelope.wrap(stale, "test")])
+    await notifier.claim()  # its worker dies: the row stays leased
+    await make_due(notifier, stale.alert_id)
+    later = [alert(2, inbox, severity="P3", kind="alert"),
+             alert(3, inbox, severity="P1", kind="alert")]
+    for a in later:
+        await notifier.handle([Envelope.wrap(a, "test")])
+    # One slot at a time: the new P1, then the expired P2 lease, then the P3.
+    order = [[m.alert_id for m, _ in job.members] for _ in range(3)
+             for job in await notifier.claim(batch=1)]
+    assert order == [[later[1].alert_id], [stale.alert_id], [later[0].alert_id]]
+
+
 async def test_inbox_body_is_codes_only(notifier, inbox):
     a = alert(1, inbox, severity="P1", kind="alert")
     await notifier.handle([Envelope.wrap(a, "test")])

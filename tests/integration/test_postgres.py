@@ -12,6 +12,7 @@ import pytest_asyncio
 from services.escalation.handlers import Escalation
 from tests.conftest import eventually, make_settings, migrate, start_stack
 from tests.faults.test_escalation_crash import _read_all
+from tests.integration.test_migrations import schema_drift
 from tests.support.packs import fast_pack
 from tests.support.reports import report
 
@@ -101,3 +102,7 @@ async def test_audit_trail_is_append_only_on_postgres(pg_database):
         assert await conn.fetchval("SELECT outcome FROM audit_log") == "ok"
     finally:
         await conn.close()
+
+
+async def test_the_migrations_match_the_models_on_postgres(pg_database):
+    assert await schema_drift(pg_database) == []
