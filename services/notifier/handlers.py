@@ -34,7 +34,9 @@ SERVICE = "notifier"
 SOURCE = "beacon/notifier"
 PER_CONTACT = 3  # attempts on one contact before falling back to the next
 LINK_TTL = timedelta(days=7)
-CONCURRENCY = 64
+# Sends in flight. A claim fills the free slots once a quarter are free, so more slots mean
+# fewer claim transactions per delivery: 128 against 64 gave about a tenth more deliveries/s.
+CONCURRENCY = 128
 LEASE_MARGIN = timedelta(seconds=10)
 RECORD_GATHER_S = 0.02  # outcomes recorded together; the messages themselves are already sent
 

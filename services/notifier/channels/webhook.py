@@ -78,7 +78,7 @@ def classify_status(status: int, retry_after: str | None = None) -> DeliveryErro
 class SignedPoster:
     """POSTs signed JSON over one reused aiohttp session. Shared by the webhook and SMS channels.
 
-    aiohttp, not httpx: with the notifier's 64 sends in flight, httpx's pool managed about 180
+    aiohttp, not httpx: with 64 sends in flight, httpx's pool managed about 180
     posts/s to a loopback receiver here and aiohttp about 4,000 (docs/performance.md).
     """
 
@@ -100,8 +100,11 @@ class SignedPoster:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # No connection limit of aiohttp's own (100): the worker's slots bound the sends, and
+            # a send queued for a connection would spend its timeout waiting.
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers={"User-Agent": USER_AGENT}, trust_env=False)
+                connector=aiohttp.TCPConnector(limit=0), timeout=self._timeout,
+                headers={"User-Agent": USER_AGENT}, trust_env=False)
         return self._session
 
     async def post(self, url: str, data: dict[str, Any], idempotency_key: str) -> None:
