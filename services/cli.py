@@ -14,7 +14,9 @@ app = typer.Typer(no_args_is_help=True, help="Beacon: child-protection alerting 
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
 users_app = typer.Typer(no_args_is_help=True, help="Users and their bearer tokens.")
 cases_app = typer.Typer(no_args_is_help=True, help="The case read model.")
+retention_app = typer.Typer(no_args_is_help=True, help="Retention per record class.")
 app.add_typer(db_app, name="db")
+app.add_typer(retention_app, name="retention")
 app.add_typer(users_app, name="users")
 app.add_typer(cases_app, name="cases")
 
@@ -189,6 +191,32 @@ def cases_rebuild():
 
     n = asyncio.run(rebuild(_settings()))
     typer.echo(f"rebuilt the read model from {n} events")
+
+
+@retention_app.command("run")
+def retention_run(dry_run: Annotated[bool, typer.Option(help="Count; change nothing")] = False):
+    """Purge what each record class has outlived now (the services also do it every
+    BEACON_RETENTION_INTERVAL_S). A class kept for ever (0 days) is not listed."""
+    import sys
+
+    from services import retention
+    from services.common.db import Database
+    from services.common.logging import configure
+
+    settings = _settings()
+    configure(settings.log_level, stream=sys.stderr)
+
+    async def go():
+        db = Database(settings.database_url)
+        try:
+            return await retention.purge(
+                db, settings, {"intake", "notifier"}, dry_run=dry_run,
+                progress=lambda name, rows: typer.echo(f"  {name}: {rows} rows...", err=True))
+        finally:
+            await db.dispose()
+
+    for name, rows in asyncio.run(go()).items():
+        typer.echo(f"{name}: {rows} rows {'due' if dry_run else 'purged'}")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,16 @@ def _readmodel(rt: Runtime):
     return apply
 
 
+def _retention(rt: Runtime):
+    from services import retention
+
+    async def purge() -> bool:
+        await retention.purge(rt.db, rt.settings, rt.services)
+        return False  # done until the next interval
+
+    return purge
+
+
 async def check_database(db: Database) -> None:
     async with db.reads() as session:
         try:
@@ -148,6 +158,9 @@ async def start(rt: Runtime) -> None:
                                             name="timers"))
     if notifier := rt.parts.get("notifier"):
         rt.tasks.append(asyncio.create_task(notifier.run(), name="deliveries"))
+    if rt.services & {"intake", "notifier"}:  # the services with record classes to purge
+        rt.tasks.append(asyncio.create_task(
+            _every(rt.settings.retention_interval_s, _retention(rt)), name="retention"))
     log.info("started", services=sorted(rt.services), kafka=rt.settings.kafka_bootstrap,
              rulepack=rt.pack.version)
 

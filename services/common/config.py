@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     mail_from: str = "beacon@localhost"
     sms_gateway_url: str = "http://127.0.0.1:8025/sms"
 
+    # Retention per record class, in days; 0 keeps the class for ever (services/retention.py).
+    retention_identity_days: int = Field(0, ge=0, description="A closed case's identity")
+    retention_idempotency_days: int = Field(30, ge=0)
+    retention_deliveries_days: int = Field(90, ge=0, description="Finished delivery rows")
+    retention_interval_s: float = Field(3600, gt=0)
+
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     timer_interval_s: float = Field(0.25, gt=0, le=5)
     consumer_group_prefix: str = "beacon"

@@ -24,7 +24,9 @@ def _scrub(value):
     return value
 
 
-def configure(level: str = "INFO") -> None:
+def configure(level: str = "INFO", stream=None) -> None:
+    """JSON lines on `stream`: stdout for a service, stderr for a command whose output is its answer."""
+    stream = stream or sys.stdout
     processors = [
         structlog.contextvars.merge_contextvars,  # case_id bound per message
         structlog.processors.add_log_level,
@@ -36,11 +38,11 @@ def configure(level: str = "INFO") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     # Libraries log through the standard library: render them as JSON too.
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

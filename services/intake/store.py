@@ -17,7 +17,8 @@ class ReportRow(Base):
     published: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     received_at: Mapped[datetime]
     submitted_by: Mapped[str] = mapped_column(String(64))
-    identity: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet-encrypted: names, narrative
+    # Fernet-encrypted names and narrative; None once erased by retention (services/retention.py)
+    identity: Mapped[bytes | None] = mapped_column(LargeBinary)
     reporter_fingerprint: Mapped[str | None] = mapped_column(String(64))
     child_fingerprints: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime]

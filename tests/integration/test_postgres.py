@@ -106,3 +106,21 @@ async def test_audit_trail_is_append_only_on_postgres(pg_database):
 
 async def test_the_migrations_match_the_models_on_postgres(pg_database):
     assert await schema_drift(pg_database) == []
+
+
+async def test_retention_purges_on_postgres(pg_database):
+    from services import retention
+    from services.common.db import Database
+    from tests.integration import test_retention as t
+
+    await migrate(pg_database)
+    db = Database(pg_database)
+    try:
+        await t.add_case(db, "C-OLD", "closed", days_ago=40)
+        await t.add_key(db, "old", days_ago=31)
+        await t.add_delivery(db, "dead-old", "dead", days_ago=91)
+        assert await retention.purge(db, t.kept_for(identity=30), t.BOTH) == {
+            "identity": 2, "idempotency": 1, "deliveries": 1}
+        assert all(r.identity is None for r in await t.table(db, t.ReportRow))
+    finally:
+        await db.dispose()

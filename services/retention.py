@@ -1,0 +1,128 @@
+"""Retention per record class (DOMAIN.md section 7, point 4): how long each class is kept, and
+the purge that enforces it. Each service purges its own classes at start and then every
+BEACON_RETENTION_INTERVAL_S; `beacon retention run` purges now (`--dry-run` only counts).
+
+- identity: a report's sealed identity and its keyed hashes, once its case is closed and
+  unchanged for BEACON_RETENTION_IDENTITY_DAYS (default 0: kept). Each case is audited.
+- idempotency: `Idempotency-Key` answers made BEACON_RETENTION_IDEMPOTENCY_DAYS ago (30).
+- deliveries: the notifier's delivered and dead-lettered rows last changed
+  BEACON_RETENTION_DELIVERIES_DAYS ago (90). Keep them longer than the alerts topic keeps its
+  records: a row is how a redelivered alert is known as sent.
+
+Kept on purpose (docs/privacy.md): the audit log (append-only evidence), the case record and
+timeline (codes only), and the inbox of applied events, which must outlive every record that can
+still be replayed. A class with 0 days is kept for ever.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import bindparam, func, select, tuple_
+
+from services.common import audit
+from services.common.db import Database, utcnow
+from services.intake.store import CaseView, IdempotencyKey, ReportRow
+from services.notifier.store import Delivery
+
+log = structlog.get_logger("beacon.retention")
+BATCH = 500  # rows per transaction: a first purge of years of rows never holds the writers long
+WHO = ("system:retention", "system")  # the audit record's user and role
+ERASED = ["child_fingerprints", "identity", "reporter_fingerprint"]
+
+_REPORTS, _CASES = ReportRow.__table__, CaseView.__table__
+_KEYS, _DELIVERIES = IdempotencyKey.__table__, Delivery.__table__
+_BEFORE, _IDS = bindparam("before"), bindparam("ids", expanding=True)
+
+
+@dataclass(frozen=True)
+class RecordClass:
+    name: str
+    service: str  # the service whose tables these are: it purges them
+    setting: str  # the Settings field that holds the days
+    due: object  # the rows due for purging (a select; the purge takes BATCH of them at a time)
+    purge: Callable[..., Awaitable[int]]  # (session, before) -> rows purged, at most BATCH
+
+
+_SEALED = (select(_REPORTS.c.report_id, _REPORTS.c.case_id)
+           .join(_CASES, _CASES.c.case_id == _REPORTS.c.case_id)
+           .where(_CASES.c.status == "closed", _CASES.c.updated_at < _BEFORE,
+                  _REPORTS.c.identity.is_not(None)))
+
+
+async def _erase_identity(session, before: datetime) -> int:
+    rows = (await session.execute(_SEALED.limit(BATCH), {"before": before})).all()
+    if rows:
+        cases = sorted({row.case_id for row in rows})
+        await session.execute(
+            _REPORTS.update().where(_REPORTS.c.report_id.in_(_IDS))
+            .values(identity=None, reporter_fingerprint=None, child_fingerprints=[]),
+            {"ids": [row.report_id for row in rows]})
+        await session.execute(_CASES.update().where(_CASES.c.case_id.in_(_IDS))
+                              .values(child_fingerprints=[]), {"ids": cases})
+        for case_id in cases:
+            audit.record(session, *WHO, "erase", case_id, ERASED)
+    return len(rows)
+
+
+_OLD_KEYS = select(_KEYS.c.user_id, _KEYS.c.key).where(_KEYS.c.created_at < _BEFORE)
+
+
+async def _delete_keys(session, before: datetime) -> int:
+    result = await session.execute(
+        _KEYS.delete().where(tuple_(_KEYS.c.user_id, _KEYS.c.key).in_(_OLD_KEYS.limit(BATCH))),
+        {"before": before})
+    return result.rowcount
+
+
+_FINISHED = select(_DELIVERIES.c.alert_id).where(
+    _DELIVERIES.c.status.in_(("delivered", "dead")), _DELIVERIES.c.updated_at < _BEFORE)
+
+
+async def _delete_deliveries(session, before: datetime) -> int:
+    result = await session.execute(
+        _DELIVERIES.delete().where(_DELIVERIES.c.alert_id.in_(_FINISHED.limit(BATCH))),
+        {"before": before})
+    return result.rowcount
+
+
+CLASSES = (
+    RecordClass("identity", "intake", "retention_identity_days", _SEALED, _erase_identity),
+    RecordClass("idempotency", "intake", "retention_idempotency_days", _OLD_KEYS, _delete_keys),
+    RecordClass("deliveries", "notifier", "retention_deliveries_days", _FINISHED,
+                _delete_deliveries),
+)
+
+
+async def purge(db: Database, settings, services, *, now: datetime | None = None,
+                dry_run: bool = False,
+                progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+    """Purge (or with dry_run count) what each kept class of these services has outlived; the
+    rows of each class per class name. A class kept for ever (0 days) is left out."""
+    now = now or utcnow()
+    counts: dict[str, int] = {}
+    for record_class in CLASSES:
+        days = getattr(settings, record_class.setting)
+        if record_class.service not in services or not days:
+            continue
+        before = now - timedelta(days=days)
+        if dry_run:
+            async with db.reads() as session:
+                counts[record_class.name] = await session.scalar(
+                    select(func.count()).select_from(record_class.due.subquery()),
+                    {"before": before})
+            continue
+        total = 0
+        while True:  # a transaction per batch
+            async with db.writes() as session, session.begin():
+                done = await record_class.purge(session, before)
+            total += done
+            if progress and done:
+                progress(record_class.name, total)
+            if done < BATCH:
+                break
+        counts[record_class.name] = total
+        if total:
+            log.info("retention_purged", record_class=record_class.name, rows=total, days=days)
+    return counts

@@ -1,0 +1,150 @@
+"""Retention per record class on a real SQLite file: what has outlived its class goes, in
+batches, audited where it is identity; everything younger, open or kept for ever stays."""
+
+from datetime import timedelta
+from types import SimpleNamespace
+
+from sqlalchemy import select
+
+from services import retention
+from services.common.audit import AuditRecord
+from services.common.db import utcnow
+from services.intake.store import CaseView, IdempotencyKey, ReportRow
+from services.notifier.store import Delivery
+from tests.conftest import eventually, make_settings, start_stack
+from tests.support.process import beacon
+
+BOTH = {"intake", "notifier"}
+NOW = utcnow()
+
+
+def kept_for(identity=0, idempotency=30, deliveries=90):
+    return SimpleNamespace(retention_identity_days=identity,
+                           retention_idempotency_days=idempotency,
+                           retention_deliveries_days=deliveries)
+
+
+async def add_case(db, case_id, status, days_ago, reports=2):
+    at = NOW - timedelta(days=days_ago)
+    async with db.writes() as s, s.begin():
+        s.add(CaseView(case_id=case_id, category="NEGLECT", province_code=1, commune_code=4,
+                       setting="home", status=status, first_received_at=at, last_received_at=at,
+                       child_fingerprints=["fp-child"], updated_at=at))
+        for i in range(reports):
+            s.add(ReportRow(report_id=f"R-{case_id}-{i}", case_id=case_id,
+                            event_id=f"E-{case_id}-{i}", event="{}", published=True,
+                            received_at=at, submitted_by="op", identity=b"sealed",
+                            reporter_fingerprint="fp-phone", child_fingerprints=["fp-child"],
+                            created_at=at))
+
+
+async def add_key(db, key, days_ago):
+    async with db.writes() as s, s.begin():
+        s.add(IdempotencyKey(user_id="op", key=key, body_hash="h", response={},
+                             created_at=NOW - timedelta(days=days_ago)))
+
+
+async def add_delivery(db, alert_id, status, days_ago):
+    at = NOW - timedelta(days=days_ago)
+    async with db.writes() as s, s.begin():
+        s.add(Delivery(alert_id=alert_id, case_id="C-1", authority_id="commune:4:police",
+                       severity="P3", alert={}, status=status, next_at=at, created_at=at,
+                       updated_at=at))
+
+
+async def table(db, model):
+    async with db.reads() as s:
+        return (await s.scalars(select(model))).all()
+
+
+async def test_identity_of_a_closed_case_is_erased_after_its_days_and_audited(sqlite_db):
+    await add_case(sqlite_db, "C-OLD", "closed", days_ago=40)
+    await add_case(sqlite_db, "C-RECENT", "closed", days_ago=10)
+    await add_case(sqlite_db, "C-OPEN", "open", days_ago=400)
+
+    assert await retention.purge(sqlite_db, kept_for(identity=30), BOTH) == {
+        "identity": 2, "idempotency": 0, "deliveries": 0}
+
+    reports = {r.report_id: r for r in await table(sqlite_db, ReportRow)}
+    for i in range(2):
+        erased = reports[f"R-C-OLD-{i}"]
+        assert (erased.identity, erased.reporter_fingerprint, erased.child_fingerprints) == (
+            None, None, [])
+        assert reports[f"R-C-RECENT-{i}"].identity == b"sealed"
+        assert reports[f"R-C-OPEN-{i}"].identity == b"sealed"
+    cases = {c.case_id: c for c in await table(sqlite_db, CaseView)}
+    assert cases["C-OLD"].child_fingerprints == []
+    assert cases["C-RECENT"].child_fingerprints == ["fp-child"]
+    [entry] = await table(sqlite_db, AuditRecord)
+    assert (entry.user_id, entry.action, entry.record, entry.fields) == (
+        "system:retention", "erase", "C-OLD", retention.ERASED)
+
+    # Nothing is left to erase: a second run changes and records nothing.
+    assert (await retention.purge(sqlite_db, kept_for(identity=30), BOTH))["identity"] == 0
+    assert len(await table(sqlite_db, AuditRecord)) == 1
+
+
+async def test_identity_is_kept_for_ever_by_default(sqlite_db):
+    await add_case(sqlite_db, "C-OLD", "closed", days_ago=4000)
+    assert "identity" not in await retention.purge(sqlite_db, kept_for(), BOTH)
+    assert all(r.identity == b"sealed" for r in await table(sqlite_db, ReportRow))
+
+
+async def test_old_keys_and_finished_deliveries_go_in_batches(sqlite_db, monkeypatch):
+    monkeypatch.setattr(retention, "BATCH", 3)  # seven old keys: three transactions
+    for i in range(7):
+        await add_key(sqlite_db, f"old-{i}", days_ago=31)
+    await add_key(sqlite_db, "young", days_ago=29)
+    for status in ("delivered", "dead", "pending", "sending"):
+        await add_delivery(sqlite_db, f"{status}-old", status, days_ago=91)
+    await add_delivery(sqlite_db, "delivered-young", "delivered", days_ago=89)
+
+    seen = []
+    counts = await retention.purge(sqlite_db, kept_for(), BOTH,
+                                   progress=lambda name, rows: seen.append((name, rows)))
+
+    assert counts == {"idempotency": 7, "deliveries": 2}
+    assert seen == [("idempotency", 3), ("idempotency", 6), ("idempotency", 7),
+                    ("deliveries", 2)]
+    assert [k.key for k in await table(sqlite_db, IdempotencyKey)] == ["young"]
+    assert sorted(d.alert_id for d in await table(sqlite_db, Delivery)) == [
+        "delivered-young", "pending-old", "sending-old"]  # unfinished rows are never purged
+
+
+async def test_a_service_purges_only_its_own_classes(sqlite_db):
+    await add_key(sqlite_db, "old", days_ago=31)
+    await add_delivery(sqlite_db, "delivered-old", "delivered", days_ago=91)
+    assert await retention.purge(sqlite_db, kept_for(), {"notifier"}) == {"deliveries": 1}
+    assert len(await table(sqlite_db, IdempotencyKey)) == 1
+
+
+async def test_beacon_retention_run_counts_then_purges(kafka_bootstrap, tmp_path, sqlite_db):
+    await add_case(sqlite_db, "C-OLD", "closed", days_ago=40)
+    await add_key(sqlite_db, "old", days_ago=31)
+    settings = make_settings(kafka_bootstrap, sqlite_db.url, retention_identity_days=30)
+
+    dry = beacon(settings, "retention", "run", "--dry-run").stdout.splitlines()
+    assert dry == ["identity: 2 rows due", "idempotency: 1 rows due", "deliveries: 0 rows due"]
+    assert len(await table(sqlite_db, IdempotencyKey)) == 1  # a dry run changes nothing
+
+    done = beacon(settings, "retention", "run")
+    assert done.stdout.splitlines() == [
+        "identity: 2 rows purged", "idempotency: 1 rows purged", "deliveries: 0 rows purged"]
+    assert "identity: 2 rows..." in done.stderr  # progress, per batch
+    assert not await table(sqlite_db, IdempotencyKey)
+
+
+async def test_a_running_service_purges_at_start_and_then_on_its_interval(kafka_bootstrap,
+                                                                          sqlite_db):
+    await add_key(sqlite_db, "old", days_ago=31)
+    settings = make_settings(kafka_bootstrap, sqlite_db.url, retention_interval_s=0.2)
+    stack = await start_stack(settings, services=("intake",))
+    try:
+        async def purged():
+            return not await table(sqlite_db, IdempotencyKey)
+
+        await eventually(purged, timeout=10)
+        await add_key(sqlite_db, "old-too", days_ago=31)  # the next interval takes it
+        await eventually(purged, timeout=10)
+    finally:
+        await stack.stop()
