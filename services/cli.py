@@ -15,7 +15,9 @@ db_app = typer.Typer(no_args_is_help=True, help="The database.")
 users_app = typer.Typer(no_args_is_help=True, help="Users and their bearer tokens.")
 cases_app = typer.Typer(no_args_is_help=True, help="The case read model.")
 retention_app = typer.Typer(no_args_is_help=True, help="Retention per record class.")
+keys_app = typer.Typer(no_args_is_help=True, help="The secret key: rotation.")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 app.add_typer(retention_app, name="retention")
 app.add_typer(users_app, name="users")
 app.add_typer(cases_app, name="cases")
@@ -217,6 +219,34 @@ def retention_run(dry_run: Annotated[bool, typer.Option(help="Count; change noth
 
     for name, rows in asyncio.run(go()).items():
         typer.echo(f"{name}: {rows} rows {'due' if dry_run else 'purged'}")
+
+
+@keys_app.command("rotate")
+def keys_rotate():
+    """Re-seal every report's identity under BEACON_SECRET_KEY and make its keyed hashes again,
+    opening each with that key or one in BEACON_SECRET_KEY_PREVIOUS. Then the previous keys can
+    go (once the links signed with them have expired: 7 days)."""
+    from services.common.db import Database
+    from services.intake.identity import IdentityVault
+    from services.intake.key_rotation import RotationError, rotate
+
+    settings = _settings()
+    current, *previous = settings.secret_keys()
+
+    async def go():
+        db = Database(settings.database_url)
+        try:
+            return await rotate(db, IdentityVault(current, previous),
+                                progress=lambda n: typer.echo(f"  {n} reports...", err=True))
+        finally:
+            await db.dispose()
+
+    try:
+        n = asyncio.run(go())
+    except RotationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"re-sealed {n} reports under the current key")
 
 
 if __name__ == "__main__":

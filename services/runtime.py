@@ -63,7 +63,8 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
         from services.intake import submission
         from services.intake.identity import IdentityVault
 
-        rt.vault = IdentityVault(settings.secret("secret_key"))
+        current, *previous = settings.secret_keys()
+        rt.vault = IdentityVault(current, previous)
         rt.inputs = submission.writer(rt.db)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.CASES, Topics.ALERTS,
                                             Topics.DELIVERIES], "intake-readmodel",

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
 
     # Secrets. In development they are generated once under var/; production must set them.
     secret_key: str | None = Field(None, description="Encrypts identity at rest; signs links")
+    # Earlier secret keys, comma-separated: they still open identity and verify links, and
+    # `beacon keys rotate` moves everything to the current key (docs/privacy.md).
+    secret_key_previous: str | None = None
     webhook_secret: str | None = None
 
     # Where the demo directory's contacts point (the local receivers that `make run` starts).
@@ -82,6 +85,11 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(32))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    def secret_keys(self) -> list[str]:
+        """The current secret key first, then the previous ones."""
+        previous = [k.strip() for k in (self.secret_key_previous or "").split(",")]
+        return [self.secret("secret_key"), *[k for k in previous if k]]
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

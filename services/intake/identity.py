@@ -7,15 +7,18 @@ import hmac
 import json
 import unicodedata
 
-from cryptography.fernet import Fernet
+from collections.abc import Sequence
+
+from cryptography.fernet import Fernet, MultiFernet
 
 from schemas.reports import Report
 
 
 class IdentityVault:
-    def __init__(self, secret: str):
-        key = hashlib.sha256(("beacon-identity:" + secret).encode()).digest()
-        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+    """Seals with the current secret; opens with it or any previous one (key rotation)."""
+
+    def __init__(self, secret: str, previous: Sequence[str] = ()):
+        self._fernet = MultiFernet([_fernet(key) for key in (secret, *previous)])
         self._hmac_key = hashlib.sha256(("beacon-fingerprint:" + secret).encode()).digest()
 
     def seal(self, report: Report) -> bytes:
@@ -29,16 +32,35 @@ class IdentityVault:
     def open(self, token: bytes) -> dict:
         return json.loads(self._fernet.decrypt(token))
 
+    def reseal(self, token: bytes) -> bytes:
+        """The same identity sealed under the current secret."""
+        return self._fernet.rotate(token)
+
     def fingerprint(self, kind: str, value: str) -> str:
         return hmac.new(self._hmac_key, f"{kind}:{_normal(value)}".encode(), "sha256").hexdigest()
 
     def child_fingerprints(self, report: Report) -> list[str]:
-        return sorted({self.fingerprint("child", c.name) for c in report.children if c.name})
+        return self._children(c.name for c in report.children)
 
     def reporter_fingerprint(self, report: Report) -> str | None:
-        phone = report.reporter.phone if report.reporter else None
+        return self._phone(report.reporter.phone if report.reporter else None)
+
+    def fingerprints(self, identity: dict) -> tuple[list[str], str | None]:
+        """The child and reporter hashes of an opened identity (as `open` returns it)."""
+        return (self._children(c.get("name") for c in identity.get("children") or []),
+                self._phone((identity.get("reporter") or {}).get("phone")))
+
+    def _children(self, names) -> list[str]:
+        return sorted({self.fingerprint("child", name) for name in names if name})
+
+    def _phone(self, phone: str | None) -> str | None:
         digits = "".join(ch for ch in phone or "" if ch.isdigit())
         return self.fingerprint("phone", digits[-9:]) if digits else None
+
+
+def _fernet(secret: str) -> Fernet:
+    key = hashlib.sha256(("beacon-identity:" + secret).encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
 
 
 def _normal(text: str) -> str:

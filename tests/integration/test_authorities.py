@@ -100,13 +100,18 @@ async def test_one_click_link_acknowledges_without_identity(stack):
                         secret).rsplit("/", 1)[1]
     not_routed = sign_link(stack.base_url, case_id, "view", ELSEWHERE,
                            utcnow() + timedelta(days=7), secret).rsplit("/", 1)[1]
+    before_rotation = sign_link(stack.base_url, case_id, "view", POLICE,
+                                utcnow() + timedelta(days=7), "earlier-secret").rsplit("/", 1)[1]
     async with stack.client() as anonymous:
         page = await anonymous.get(f"/a/{token}")
         assert page.status_code == 200 and "Acknowledge" in page.text
         assert "Canary" not in page.text  # codes only on a page without identity
-        for bad in (forged, expired, not_routed, "garbage"):
+        for bad in (forged, expired, not_routed, "garbage", before_rotation):
             assert (await anonymous.get(f"/a/{bad}")).status_code == 404
             assert (await anonymous.post(f"/a/{bad}")).status_code == 404
+        # A link signed with a key since rotated out works while that key is still listed.
+        stack.rt.settings.secret_key_previous = "earlier-secret"
+        assert (await anonymous.get(f"/a/{before_rotation}")).status_code == 200
         # The link grants that one action, nothing else.
         assert (await anonymous.get(f"/api/v1/cases/{case_id}")).status_code == 401
         done = await anonymous.post(f"/a/{token}")

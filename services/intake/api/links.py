@@ -32,11 +32,14 @@ async def _claims(rt, token: str) -> tuple[CaseView, LinkClaims, dict]:
     async with rt.db.reads() as session:
         case = await session.get(CaseView, case_id)
     if case is not None:
-        secret, now = rt.settings.secret("secret_key"), utcnow()
-        for target in case.targets:
-            claims = verify_link(token, authority_id=target["authority_id"], secret=secret, now=now)
-            if claims is not None and claims.action in ACTIONS and claims.case_id == case.case_id:
-                return case, claims, target
+        now = utcnow()
+        for secret in rt.settings.secret_keys():  # a link signed before a key rotation still works
+            for target in case.targets:
+                claims = verify_link(token, authority_id=target["authority_id"], secret=secret,
+                                     now=now)
+                if (claims is not None and claims.action in ACTIONS
+                        and claims.case_id == case.case_id):
+                    return case, claims, target
     # One answer for unknown, forged and expired links: nothing to learn from the difference.
     raise HTTPException(404, "this link is not valid or has expired")
 

@@ -1,0 +1,68 @@
+"""`beacon keys rotate`: every sealed identity re-sealed under the current BEACON_SECRET_KEY, and
+its keyed hashes made again under it, so that the previous keys can be dropped.
+
+The hashes are what duplicate reports are matched on, and they are keyed by the secret: until a
+report's hashes are made again, a new report about the same child does not match it. So run this
+right after the new key is deployed (docs/privacy.md).
+"""
+
+from collections.abc import Callable
+
+from cryptography.fernet import InvalidToken
+from sqlalchemy import bindparam, select
+
+from services.common.db import Database
+from services.intake.identity import IdentityVault
+from services.intake.store import CaseView, ReportRow
+
+BATCH = 200  # reports per transaction
+
+_REPORTS, _CASES = ReportRow.__table__, CaseView.__table__
+_NEXT = (select(_REPORTS.c.report_id, _REPORTS.c.case_id, _REPORTS.c.identity)
+         .where(_REPORTS.c.identity.is_not(None), _REPORTS.c.report_id > bindparam("after"))
+         .order_by(_REPORTS.c.report_id).limit(bindparam("batch")))
+_RESEAL = (_REPORTS.update().where(_REPORTS.c.report_id == bindparam("id"))
+           .values(identity=bindparam("sealed"), child_fingerprints=bindparam("children"),
+                   reporter_fingerprint=bindparam("reporter")))
+_OF_CASES = (select(_REPORTS.c.case_id, _REPORTS.c.child_fingerprints)
+             .where(_REPORTS.c.case_id.in_(bindparam("cases", expanding=True))))
+_CASE_HASHES = (_CASES.update().where(_CASES.c.case_id == bindparam("id"))
+                .values(child_fingerprints=bindparam("children")))
+
+
+class RotationError(Exception):
+    pass
+
+
+async def rotate(db: Database, vault: IdentityVault,
+                 progress: Callable[[int], None] | None = None) -> int:
+    """Re-seal every report that still holds identity; returns how many. Safe to run again."""
+    after, total = "", 0
+    while True:
+        async with db.writes() as session, session.begin():
+            rows = (await session.execute(_NEXT, {"after": after, "batch": BATCH})).all()
+            if not rows:
+                return total
+            changes = []
+            for row in rows:
+                try:
+                    children, reporter = vault.fingerprints(vault.open(row.identity))
+                    sealed = vault.reseal(row.identity)
+                except InvalidToken:
+                    raise RotationError(
+                        f"report {row.report_id}: no configured key opens its identity; add the "
+                        "key it was sealed with to BEACON_SECRET_KEY_PREVIOUS") from None
+                changes.append({"id": row.report_id, "sealed": sealed, "children": children,
+                                "reporter": reporter})
+            await session.execute(_RESEAL, changes)
+            # A case's hashes are those of its reports; a case whose reports span batches is
+            # made again with each, the last time with all of them re-made.
+            hashes: dict[str, set[str]] = {row.case_id: set() for row in rows}
+            for case_id, children in (await session.execute(
+                    _OF_CASES, {"cases": list(hashes)})).all():
+                hashes[case_id].update(children or [])
+            await session.execute(_CASE_HASHES, [
+                {"id": case_id, "children": sorted(children)} for case_id, children in hashes.items()])
+        after, total = rows[-1].report_id, total + len(rows)
+        if progress:
+            progress(total)

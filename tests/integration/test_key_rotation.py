@@ -1,0 +1,81 @@
+"""Key rotation on a real SQLite file: identity sealed under an old secret is re-sealed under the
+new one, its hashes are made again, and the old secret can then be dropped."""
+
+import pytest
+from cryptography.fernet import InvalidToken
+from sqlalchemy import select
+
+from schemas.reports import Report
+from services.intake.identity import IdentityVault
+from services.intake.key_rotation import RotationError, rotate
+from services.intake.store import CaseView, ReportRow
+from tests.conftest import make_settings
+from tests.integration import test_retention as rows
+from tests.support.process import beacon
+from tests.support.reports import report
+
+OLD, NEW = "old-secret", "new-secret"
+
+
+async def add_sealed(db, vault, case_id, names):
+    """A case with one report per child name, sealed and hashed by `vault`."""
+    await rows.add_case(db, case_id, "open", days_ago=1, reports=0)
+    async with db.writes() as s, s.begin():
+        for i, name in enumerate(names):
+            r = Report.model_validate(report(children=[{"age": 6, "sex": "female", "name": name}],
+                       reporter={"name": "Trần Văn B", "phone": f"09120000{i:02d}",
+                                 "relationship": "neighbour", "consent_to_contact": True}))
+            s.add(ReportRow(report_id=f"R-{case_id}-{i}", case_id=case_id,
+                            event_id=f"E-{case_id}-{i}", event="{}", published=True,
+                            received_at=rows.NOW, submitted_by="op", identity=vault.seal(r),
+                            reporter_fingerprint=vault.reporter_fingerprint(r),
+                            child_fingerprints=vault.child_fingerprints(r), created_at=rows.NOW))
+        case = await s.get(CaseView, case_id)
+        case.child_fingerprints = sorted({vault.fingerprint("child", n) for n in names})
+
+
+async def test_rotation_reseals_identity_and_remakes_the_hashes(sqlite_db, monkeypatch):
+    monkeypatch.setattr("services.intake.key_rotation.BATCH", 2)  # a case across batches
+    old = IdentityVault(OLD)
+    await add_sealed(sqlite_db, old, "C-A", ["Nguyễn Thị A", "Lê Văn C", "Phạm Thị D"])
+    await add_sealed(sqlite_db, old, "C-B", ["Hoàng Văn E"])
+    before = {r.report_id: old.open(r.identity) for r in await rows.table(sqlite_db, ReportRow)}
+
+    seen = []
+    assert await rotate(sqlite_db, IdentityVault(NEW, [OLD]), progress=seen.append) == 4
+    assert seen == [2, 4]
+
+    new_only = IdentityVault(NEW)
+    for r in await rows.table(sqlite_db, ReportRow):
+        assert new_only.open(r.identity) == before[r.report_id]  # the old key is not needed
+        with pytest.raises(InvalidToken):
+            old.open(r.identity)
+        children, reporter = new_only.fingerprints(before[r.report_id])
+        assert (r.child_fingerprints, r.reporter_fingerprint) == (children, reporter)
+        assert reporter is not None and children and children != old.fingerprints(
+            before[r.report_id])[0]
+    cases = {c.case_id: c.child_fingerprints for c in await rows.table(sqlite_db, CaseView)}
+    assert cases["C-A"] == sorted(new_only.fingerprint("child", n)
+                                  for n in ("Nguyễn Thị A", "Lê Văn C", "Phạm Thị D"))
+    assert cases["C-B"] == [new_only.fingerprint("child", "Hoàng Văn E")]
+
+    # Run again (after a crash, say): everything already under the new key stays readable.
+    assert await rotate(sqlite_db, IdentityVault(NEW, [OLD])) == 4
+    assert all(new_only.open(r.identity) for r in await rows.table(sqlite_db, ReportRow))
+
+
+async def test_identity_under_a_key_not_configured_stops_the_rotation(sqlite_db):
+    await add_sealed(sqlite_db, IdentityVault("lost-secret"), "C-A", ["Nguyễn Thị A"])
+    with pytest.raises(RotationError, match="R-C-A-0"):
+        await rotate(sqlite_db, IdentityVault(NEW, [OLD]))
+    async with sqlite_db.reads() as s:  # nothing half-done
+        assert IdentityVault("lost-secret").open(await s.scalar(select(ReportRow.identity)))
+
+
+async def test_beacon_keys_rotate(kafka_bootstrap, sqlite_db):
+    await add_sealed(sqlite_db, IdentityVault(OLD), "C-A", ["Nguyễn Thị A"])
+    settings = make_settings(kafka_bootstrap, sqlite_db.url, secret_key=NEW,
+                             secret_key_previous=f" {OLD} ,another")
+    done = beacon(settings, "keys", "rotate")
+    assert done.stdout.strip() == "re-sealed 1 reports under the current key"
+    assert "1 reports..." in done.stderr
