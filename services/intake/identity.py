@@ -22,10 +22,12 @@ class IdentityVault:
         self._hmac_key = hashlib.sha256(("beacon-fingerprint:" + secret).encode()).digest()
 
     def seal(self, report: Report) -> bytes:
-        """The report's identity and narrative, encrypted; everything else travels as codes."""
+        """The report's identity and narrative, encrypted; everything else travels as codes.
+        The confidentiality flag goes with them: it decides who may see the reporter."""
         identity = report.model_dump(
             mode="json",
-            include={"children", "reporter", "narrative", "suspect", "receiving_point"},
+            include={"children", "reporter", "narrative", "suspect", "receiving_point",
+                     "confidential"},
         )
         return self._fernet.encrypt(json.dumps(identity, ensure_ascii=False).encode())
 
