@@ -14,7 +14,8 @@ MATCH_WINDOW = timedelta(hours=72)
 
 async def match_open_case(reads: AsyncConnection, report: Report,
                           child_fingerprints: list[str]) -> str | None:
-    """The id of the open case this report is about, or None."""
+    """The id of the open case this report is about, or None (`child_fingerprints`: the
+    report's, as IdentityVault.matching gives them)."""
     candidates = (await reads.execute(_CANDIDATES, {
         "commune": report.location.commune_code, "category": report.category,
         "earliest": report.received_at - MATCH_WINDOW, "latest": report.received_at + MATCH_WINDOW,
@@ -28,11 +29,13 @@ async def match_open_case(reads: AsyncConnection, report: Report,
     return None
 
 
-async def is_independent(reads: AsyncConnection, case_id: str, reporter_fingerprint: str | None) -> bool:
+async def is_independent(reads: AsyncConnection, case_id: str,
+                         reporter_fingerprints: list[str]) -> bool:
     """A second call from the same reporter is not a new, independent report."""
-    if reporter_fingerprint is None:
+    if not reporter_fingerprints:
         return True
-    earlier = await reads.scalar(_SAME_REPORTER, {"case": case_id, "reporter": reporter_fingerprint})
+    earlier = await reads.scalar(_SAME_REPORTER, {"case": case_id,
+                                                  "reporters": reporter_fingerprints})
     return earlier is None
 
 
@@ -50,7 +53,8 @@ _CANDIDATES = (
     .limit(20)
 )
 _SAME_REPORTER = select(ReportRow.report_id).where(
-    ReportRow.case_id == bindparam("case"), ReportRow.reporter_fingerprint == bindparam("reporter")
+    ReportRow.case_id == bindparam("case"),
+    ReportRow.reporter_fingerprint.in_(bindparam("reporters", expanding=True)),
 ).limit(1)
 
 

@@ -19,7 +19,9 @@ class IdentityVault:
 
     def __init__(self, secret: str, previous: Sequence[str] = ()):
         self._fernet = MultiFernet([_fernet(key) for key in (secret, *previous)])
-        self._hmac_key = hashlib.sha256(("beacon-fingerprint:" + secret).encode()).digest()
+        self._hmac_keys = [hashlib.sha256(("beacon-fingerprint:" + key).encode()).digest()
+                           for key in (secret, *previous)]
+        self._hmac_key = self._hmac_keys[0]
 
     def seal(self, report: Report) -> bytes:
         """The report's identity and narrative, encrypted; everything else travels as codes.
@@ -38,8 +40,9 @@ class IdentityVault:
         """The same identity sealed under the current secret."""
         return self._fernet.rotate(token)
 
-    def fingerprint(self, kind: str, value: str) -> str:
-        return hmac.new(self._hmac_key, f"{kind}:{_normal(value)}".encode(), "sha256").hexdigest()
+    def fingerprint(self, kind: str, value: str, key: bytes | None = None) -> str:
+        return hmac.new(key or self._hmac_key, f"{kind}:{_normal(value)}".encode(),
+                        "sha256").hexdigest()
 
     def child_fingerprints(self, report: Report) -> list[str]:
         return self._children(c.name for c in report.children)
@@ -52,12 +55,24 @@ class IdentityVault:
         return (self._children(c.get("name") for c in identity.get("children") or []),
                 self._phone((identity.get("reporter") or {}).get("phone")))
 
-    def _children(self, names) -> list[str]:
-        return sorted({self.fingerprint("child", name) for name in names if name})
+    def matching(self, report: Report) -> tuple[list[str], list[str]]:
+        """The child and reporter hashes to match this report on: under every configured key,
+        since until `beacon keys rotate` has run, stored hashes may be under a previous one."""
+        names = [c.name for c in report.children]
+        phone = report.reporter.phone if report.reporter else None
+        children, reporters = set(), []
+        for key in self._hmac_keys:
+            children.update(self._children(names, key))
+            if (hashed := self._phone(phone, key)) is not None:
+                reporters.append(hashed)
+        return sorted(children), reporters
 
-    def _phone(self, phone: str | None) -> str | None:
+    def _children(self, names, key: bytes | None = None) -> list[str]:
+        return sorted({self.fingerprint("child", name, key) for name in names if name})
+
+    def _phone(self, phone: str | None, key: bytes | None = None) -> str | None:
         digits = "".join(ch for ch in phone or "" if ch.isdigit())
-        return self.fingerprint("phone", digits[-9:]) if digits else None
+        return self.fingerprint("phone", digits[-9:], key) if digits else None
 
 
 def _fernet(secret: str) -> Fernet:

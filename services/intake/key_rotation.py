@@ -1,9 +1,9 @@
 """`beacon keys rotate`: every sealed identity re-sealed under the current BEACON_SECRET_KEY, and
 its keyed hashes made again under it, so that the previous keys can be dropped.
 
-The hashes are what duplicate reports are matched on, and they are keyed by the secret: until a
-report's hashes are made again, a new report about the same child does not match it. So run this
-right after the new key is deployed (docs/privacy.md).
+The hashes are what duplicate reports are matched on, and they are keyed by the secret. Until
+this has run, new reports are matched under every listed key (IdentityVault.matching), so the
+previous keys must stay listed until it has finished (docs/privacy.md).
 """
 
 from collections.abc import Callable

@@ -6,6 +6,7 @@ from cryptography.fernet import InvalidToken
 from sqlalchemy import select
 
 from schemas.reports import Report
+from services.intake.correlation import is_independent, match_open_case
 from services.intake.identity import IdentityVault
 from services.intake.key_rotation import RotationError, rotate
 from services.intake.store import CaseView, ReportRow
@@ -18,7 +19,8 @@ OLD, NEW = "old-secret", "new-secret"
 
 
 async def add_sealed(db, vault, case_id, names):
-    """A case with one report per child name, sealed and hashed by `vault`."""
+    """An open NEGLECT case in commune 4, one report per child name, sealed and hashed by
+    `vault`, each reporter calling from 09120000<i>."""
     await rows.add_case(db, case_id, "open", days_ago=1, reports=0)
     async with db.writes() as s, s.begin():
         for i, name in enumerate(names):
@@ -79,3 +81,22 @@ async def test_beacon_keys_rotate(kafka_bootstrap, sqlite_db):
     done = beacon(settings, "keys", "rotate")
     assert done.stdout.strip() == "re-sealed 1 reports under the current key"
     assert "1 reports..." in done.stderr
+
+
+async def test_before_the_rotation_has_run_a_report_still_matches_under_the_previous_key(
+        sqlite_db):
+    await add_sealed(sqlite_db, IdentityVault(OLD), "C-A", ["Nguyễn Thị A"])
+    again = Report.model_validate(report(
+        category="NEGLECT", children=[{"age": 6, "sex": "female", "name": "nguyen thi a"}],
+        reporter={"phone": "0912000000", "consent_to_contact": False}))
+
+    async def seen_by(vault):
+        children, reporters = vault.matching(again)
+        async with sqlite_db.reader() as reads:
+            return (await match_open_case(reads, again, children),
+                    await is_independent(reads, "C-A", reporters))
+
+    # The same child, called in again by the same reporter: the same case, not a new voice.
+    assert await seen_by(IdentityVault(NEW, [OLD])) == ("C-A", False)
+    # Without the previous key the stored hashes mean nothing: this is why it stays listed.
+    assert await seen_by(IdentityVault(NEW)) == (None, True)

@@ -56,6 +56,7 @@ async def submit_report(
 
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
+    match_children, match_reporters = rt.vault.matching(report)
     async with rt.db.reader() as reads:  # the key is checked when it is written (submission)
         if report.link_case_id:
             case_id = await reads.scalar(_CASE, {"case": report.link_case_id})
@@ -63,9 +64,10 @@ async def submit_report(
                 raise RequestValidationError([{"loc": ["body", "link_case_id"],
                                                "msg": "no such case", "type": "value_error"}])
         else:
-            case_id = await correlation.match_open_case(reads, report, children)
+            case_id = await correlation.match_open_case(reads, report, match_children)
         new_case = case_id is None
-        independent = new_case or await correlation.is_independent(reads, case_id, reporter)
+        independent = new_case or await correlation.is_independent(reads, case_id,
+                                                                   match_reporters)
 
     case_id = case_id or correlation.new_id("C")
     report_id = correlation.new_id("R")
