@@ -10,7 +10,7 @@ from sqlalchemy import select
 from services.common.audit import AuditRecord
 from services.common.auth import Principal
 from services.common.db import utcnow
-from services.intake.api.identity import _opened
+from services.intake.api.identity import _opened, must_act
 from services.intake.identity import IdentityVault
 from tests.integration.test_authorities import _p1_case, _user
 from tests.support.reports import CANARIES, report
@@ -91,3 +91,13 @@ def test_a_reporter_sealed_before_the_flag_was_kept_is_withheld_from_authorities
     assert _opened(vault, row, operator).reporter == old["reporter"]
     row.identity = vault._fernet.encrypt(json.dumps({**old, "confidential": False}).encode())
     assert _opened(vault, row, authority).reporter == old["reporter"]
+
+
+def test_an_authority_that_handed_the_case_on_no_longer_sees_identity():
+    police = Principal("u", "authority", "commune:4", ("commune:4:police",))
+    target = {"authority_id": "commune:4:police", "role": "act"}
+    assert must_act(SimpleNamespace(targets=[target]), police)
+    for gone in ({"transferred_to": "commune:5:police"}, {"released": True}, {"role": "inform"}):
+        assert not must_act(SimpleNamespace(targets=[{**target, **gone}]), police), gone
+    assert not must_act(SimpleNamespace(targets=[{**target, "authority_id": "commune:4:health"}]),
+                        police)

@@ -52,9 +52,7 @@ async def case_identity(case_id: str, request: Request, response: Response, rt: 
                                                                 "authority"))]):
     async with rt.db.reads() as session:
         case = await readable_case(session, request, who, case_id)
-        if who.role == "authority" and not any(
-                t.get("role") == "act" and t.get("authority_id") in who.authority_ids
-                for t in case.targets):
+        if who.role == "authority" and not must_act(case, who):
             await deny(request, who, case_id, "identity is shown only to those who must act")
         rows = (await session.execute(
             select(ReportRow.report_id, ReportRow.received_at, ReportRow.identity)
@@ -65,6 +63,13 @@ async def case_identity(case_id: str, request: Request, response: Response, rt: 
         audit.record(session, who.user_id, who.role, "read", case_id, shown)
     response.headers["Cache-Control"] = "no-store"
     return CaseIdentity(case_id=case_id, reports=reports)
+
+
+def must_act(case, who: Principal) -> bool:
+    """One of the caller's authorities is an act target of the case, and still holds it (not
+    transferred to another authority, not released)."""
+    return any(t.get("role") == "act" and t.get("authority_id") in who.authority_ids
+               and not t.get("transferred_to") and not t.get("released") for t in case.targets)
 
 
 def _opened(vault, row, who: Principal) -> ReportIdentity:
