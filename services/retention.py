@@ -66,32 +66,28 @@ async def _erase_identity(session, before: datetime) -> int:
     return len(rows)
 
 
+def _deleting(table, due):
+    """A purge that deletes a batch of the rows `due` selects (by the columns it selects)."""
+    statement = table.delete().where(
+        tuple_(*due.selected_columns).in_(due.limit(bindparam("batch"))))
+
+    async def purge(session, before: datetime) -> int:
+        return (await session.execute(statement, {"before": before, "batch": BATCH})).rowcount
+
+    return purge
+
+
 _OLD_KEYS = select(_KEYS.c.user_id, _KEYS.c.key).where(_KEYS.c.created_at < _BEFORE)
-
-
-async def _delete_keys(session, before: datetime) -> int:
-    result = await session.execute(
-        _KEYS.delete().where(tuple_(_KEYS.c.user_id, _KEYS.c.key).in_(_OLD_KEYS.limit(BATCH))),
-        {"before": before})
-    return result.rowcount
-
-
 _FINISHED = select(_DELIVERIES.c.alert_id).where(
     _DELIVERIES.c.status.in_(("delivered", "dead")), _DELIVERIES.c.updated_at < _BEFORE)
 
 
-async def _delete_deliveries(session, before: datetime) -> int:
-    result = await session.execute(
-        _DELIVERIES.delete().where(_DELIVERIES.c.alert_id.in_(_FINISHED.limit(BATCH))),
-        {"before": before})
-    return result.rowcount
-
-
 CLASSES = (
     RecordClass("identity", "intake", "retention_identity_days", _SEALED, _erase_identity),
-    RecordClass("idempotency", "intake", "retention_idempotency_days", _OLD_KEYS, _delete_keys),
+    RecordClass("idempotency", "intake", "retention_idempotency_days", _OLD_KEYS,
+                _deleting(_KEYS, _OLD_KEYS)),
     RecordClass("deliveries", "notifier", "retention_deliveries_days", _FINISHED,
-                _delete_deliveries),
+                _deleting(_DELIVERIES, _FINISHED)),
 )
 
 

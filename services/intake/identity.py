@@ -20,8 +20,7 @@ class IdentityVault:
     def __init__(self, secret: str, previous: Sequence[str] = ()):
         self._fernet = MultiFernet([_fernet(key) for key in (secret, *previous)])
         self._hmac_keys = [hashlib.sha256(("beacon-fingerprint:" + key).encode()).digest()
-                           for key in (secret, *previous)]
-        self._hmac_key = self._hmac_keys[0]
+                           for key in (secret, *previous)]  # the current one first
 
     def seal(self, report: Report) -> bytes:
         """The report's identity and narrative, encrypted; everything else travels as codes.
@@ -41,7 +40,7 @@ class IdentityVault:
         return self._fernet.rotate(token)
 
     def fingerprint(self, kind: str, value: str, key: bytes | None = None) -> str:
-        return hmac.new(key or self._hmac_key, f"{kind}:{_normal(value)}".encode(),
+        return hmac.new(key or self._hmac_keys[0], f"{kind}:{_normal(value)}".encode(),
                         "sha256").hexdigest()
 
     def child_fingerprints(self, report: Report) -> list[str]:
@@ -55,17 +54,19 @@ class IdentityVault:
         return (self._children(c.get("name") for c in identity.get("children") or []),
                 self._phone((identity.get("reporter") or {}).get("phone")))
 
-    def matching(self, report: Report) -> tuple[list[str], list[str]]:
-        """The child and reporter hashes to match this report on: under every configured key,
-        since until `beacon keys rotate` has run, stored hashes may be under a previous one."""
+    def matching(self, report: Report, children: list[str],
+                 reporter: str | None) -> tuple[list[str], list[str]]:
+        """The hashes to match this report on: its own (`children`, `reporter`, under the current
+        key) and those under each previous key, since until `beacon keys rotate` has run, stored
+        hashes may be under one of them."""
         names = [c.name for c in report.children]
         phone = report.reporter.phone if report.reporter else None
-        children, reporters = set(), []
-        for key in self._hmac_keys:
-            children.update(self._children(names, key))
+        every_child, reporters = set(children), [reporter] if reporter else []
+        for key in self._hmac_keys[1:]:
+            every_child.update(self._children(names, key))
             if (hashed := self._phone(phone, key)) is not None:
                 reporters.append(hashed)
-        return sorted(children), reporters
+        return sorted(every_child), reporters
 
     def _children(self, names, key: bytes | None = None) -> list[str]:
         return sorted({self.fingerprint("child", name, key) for name in names if name})

@@ -91,7 +91,8 @@ async def test_before_the_rotation_has_run_a_report_still_matches_under_the_prev
         reporter={"phone": "0912000000", "consent_to_contact": False}))
 
     async def seen_by(vault):
-        children, reporters = vault.matching(again)
+        children, reporters = vault.matching(again, vault.child_fingerprints(again),
+                                             vault.reporter_fingerprint(again))
         async with sqlite_db.reader() as reads:
             return (await match_open_case(reads, again, children),
                     await is_independent(reads, "C-A", reporters))

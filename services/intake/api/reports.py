@@ -56,7 +56,7 @@ async def submit_report(
 
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
-    match_children, match_reporters = rt.vault.matching(report)
+    match_children, match_reporters = rt.vault.matching(report, children, reporter)
     async with rt.db.reader() as reads:  # the key is checked when it is written (submission)
         if report.link_case_id:
             case_id = await reads.scalar(_CASE, {"case": report.link_case_id})
