@@ -13,7 +13,9 @@ when the receiver has the signed POST; times come from the receiver's log.
 - latency: alerts written on a fixed schedule (open loop) at RATE/s; latency = scheduled write
   -> arrival at the receiver. RATE is below what the notifier sustains here.
 - throughput: then a backlog of N alerts written at once; deliveries/s = alerts delivered /
-  (first write -> last arrival at the receiver), waiting at most CAP_S seconds.
+  (first write -> last delivery), waiting at most CAP_S seconds. An alert is delivered when the
+  receiver has it and its `delivered` receipt is on the deliveries topic: the notifier has
+  recorded it. (Counting arrivals alone rewarded sending ahead of recording.)
 Baseline, same run, same receiver: raw httpx posting with one reused AsyncClient, the body and
 headers of a delivery Beacon made in this run, with as many posts in flight as the notifier's
 CONCURRENCY (for N posts or 10 s); and the same open loop at RATE/s. A second throughput
@@ -31,7 +33,8 @@ import aiohttp
 import httpx
 
 from bench.common import (
-    PY, Row, Workspace, closed_loop, free_port, note, open_loop, percentile_rows, producer,
+    PY, Observer, Row, Workspace, closed_loop, free_port, note, open_loop, percentile_rows,
+    producer,
 )
 
 N_BACKLOG = 2000
@@ -115,6 +118,7 @@ async def run(quick: bool = False) -> list[Row]:
     n_rate = int(RATE * (3 if quick else SECONDS_AT_RATE))
     ws = Workspace("notifier")
     prod = producer(linger_ms=5)
+    receipts = None
     try:
         port = free_port()
         await ws.spawn("receiver", [PY, "-m", "bench.receiver", "--dir", str(ws.dir / "inbox"),
@@ -125,6 +129,10 @@ async def run(quick: bool = False) -> list[Row]:
         await ws.migrate(settings)
         await ws.beacon("notifier", settings)
         alerts = ws.topic(Topics.ALERTS)
+        # Receipts are keyed by case id, and each alert here has a case of its own.
+        receipts = Observer(ws.topic(Topics.DELIVERIES), "beacon.delivery.outcome",
+                            accept=lambda value: b'"status":"delivered"' in value)
+        await receipts.start()
         note(f"notifier: beacon run notifier, receiver bench/receiver.py at {hook}, "
              f"topics {ws.prefix}*, database {ws.dir}")
         await prod.start()
@@ -155,12 +163,18 @@ async def run(quick: bool = False) -> list[Row]:
         futures = [await prod.send(alerts, v, key=k, headers=HEADERS) for _, k, v in backlog]
         await asyncio.gather(*futures)
         complete = await receiver.wait_for([a for a, _, _ in backlog], CAP_S)
-        got = [receiver.arrived[a] for a, _, _ in backlog if a in receiver.arrived]
+        await receipts.wait_for([k for _, k, _ in backlog], CAP_S if complete else 0)
+        clock = time.time() - time.perf_counter()  # receipts are timed by perf_counter
+        got = [max(receiver.arrived[a], receipts.seen[k][0] + clock) for a, k, _ in backlog
+               if a in receiver.arrived and k in receipts.seen]
         tp = len(got) / (max(got) - start) if got else 0.0
+        arrived = [receiver.arrived[a] for a, _, _ in backlog if a in receiver.arrived]
         requests = receiver.path.read_bytes().count(b"\n")
         note(f"notifier: {len(lat)}/{n_rate} delivered at {RATE:.0f}/s; {len(got)}/{n_backlog} of "
-             f"the backlog delivered{'' if complete else f' (stopped waiting after {CAP_S} s)'}; "
-             f"receiver requests: {requests}")
+             f"the backlog delivered and recorded"
+             f"{'' if complete else f' (stopped waiting after {CAP_S} s)'}; "
+             f"receiver requests: {requests}; arrivals alone: "
+             f"{len(arrived) / (max(arrived) - start) if arrived else 0:,.0f}/s")
 
         # Baseline: raw httpx, one reused client, the same body and headers as a real delivery.
         sample = receiver.first_request
@@ -212,6 +226,8 @@ async def run(quick: bool = False) -> list[Row]:
 
             aiohttp_tp = await backlog_rate(post_aiohttp, "aiohttp-backlog")
     finally:
+        if receipts is not None:
+            await receipts.stop()
         await prod.stop()
         await ws.close()
 

@@ -294,8 +294,9 @@ class Observer:
     """Watches a topic from its current end (no consumer group: it commits nothing) and notes the
     perf_counter time at which each record of one CloudEvents type arrives, by record key."""
 
-    def __init__(self, topic: str, ce_type: str):
+    def __init__(self, topic: str, ce_type: str, accept=None):
         self.topic, self.ce_type = topic, ce_type.encode()
+        self.accept = accept  # optional test of the record's value (bytes)
         self.seen: dict[bytes, list[float]] = {}
         self.count = 0
         self._task: asyncio.Task | None = None
@@ -320,7 +321,8 @@ class Observer:
             now = time.perf_counter()
             for records in batch.values():
                 for r in records:
-                    if dict(r.headers).get("ce_type") == self.ce_type:
+                    if dict(r.headers).get("ce_type") == self.ce_type and (
+                            self.accept is None or self.accept(r.value)):
                         self.seen.setdefault(r.key, []).append(now)
                         self.count += 1
 

@@ -44,7 +44,8 @@ class GroupCommit:
         self._queue.append((work, future))
         async with self._lock:
             if not future.done():
-                await asyncio.sleep(self._gather_s)
+                if len(self._queue) < self._max_group:  # a full group need not wait for more
+                    await asyncio.sleep(self._gather_s)
                 group = self._queue[:self._max_group]
                 del self._queue[:self._max_group]
                 # Shielded: a caller cancelled now must not leave the others' work unwritten.

@@ -37,8 +37,12 @@ LINK_TTL = timedelta(days=7)
 # Sends in flight. A claim fills the free slots once a quarter are free, so more slots mean
 # fewer claim transactions per delivery: 128 against 64 gave about a tenth more deliveries/s.
 CONCURRENCY = 128
+# Jobs claimed and not yet recorded: sending, or sent and waiting for the group commit. Unbounded,
+# the sends outran their records: with 6,000 alerts queued the last outcome was committed seconds
+# after the last send, and a longer backlog would outlive its leases and be sent again.
+UNRECORDED_MAX = 8 * CONCURRENCY
 LEASE_MARGIN = timedelta(seconds=10)
-RECORD_GATHER_S = 0.02  # outcomes recorded together; the messages themselves are already sent
+RECORD_GATHER_S = 0.005  # outcomes recorded together; the messages themselves are already sent
 
 
 @dataclass
@@ -86,6 +90,8 @@ class Notifier:
         self._record_group = GroupCommit(rt.db.writes, gather_s=RECORD_GATHER_S,
                                          write=self._record_jobs)
         self._sending = 0  # sends in flight (slots taken)
+        self._open = 0  # jobs claimed and not yet recorded: sending, or waiting for the commit
+        self._urgent = False  # a P1 or a fallback is due: claim into any free slot
 
     async def aclose(self) -> None:
         await aclose(self.channels)
@@ -109,6 +115,7 @@ class Notifier:
                          alert=alert.model_dump(mode="json"), status="pending", contact_index=0,
                          attempt=0, attempts_total=0, next_at=self._first_due(alert, now),
                          created_at=now, updated_at=now)
+        self._urgent = self._urgent or any(a.severity == "P1" for a in alerts)
         self._wake.set()
 
     def _first_due(self, alert: AlertRequested, now: datetime) -> datetime:
@@ -126,14 +133,16 @@ class Notifier:
         """Claim what is due into free slots; a slow send never holds up the next P1.
 
         A slot is a send in flight: it frees when the send ends, before its outcome is recorded,
-        so that waiting for the group commit does not keep the next sends from starting."""
+        so that waiting for the group commit does not keep the next sends from starting; but no
+        more than UNRECORDED_MAX outcomes may wait for it."""
         tasks: set[asyncio.Task] = set()
         try:
             while True:
                 self._wake.clear()
-                room = CONCURRENCY - self._sending
+                room = self._room()
                 jobs: list[Job] = []
-                if room > 0:
+                if self._worth_claiming(room):
+                    self._urgent = False
                     try:
                         jobs = await self.claim(room)
                     except asyncio.CancelledError:
@@ -141,12 +150,13 @@ class Notifier:
                     except Exception:
                         log.exception("delivery_claim_failed")
                 self._sending += len(jobs)
+                self._open += len(jobs)
                 for job in jobs:
                     task = asyncio.create_task(self.send(job))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                if jobs and len(jobs) == room:
-                    continue  # a full batch: wait only for a free slot
+                if jobs and len(jobs) == room and self._worth_claiming(self._room()):
+                    continue  # a full batch: more may be due
                 try:
                     await asyncio.wait_for(self._wake.wait(), 0.25)
                 except TimeoutError:
@@ -156,12 +166,25 @@ class Notifier:
                 task.cancel()  # their rows stay leased and are sent again after the lease
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _room(self) -> int:
+        return min(CONCURRENCY - self._sending, UNRECORDED_MAX - self._open)
+
     def _slot_freed(self) -> None:
         self._sending = max(0, self._sending - 1)  # a send called directly took no slot
-        # Claim again once a quarter of the slots are free, not at every finished send: a claim
-        # is a transaction, and one per delivery made claiming the bottleneck. A new alert wakes
-        # the loop at once (handle), so a P1 never waits for this.
-        if self._sending <= CONCURRENCY * 3 // 4:
+        self._claim_if_room()
+
+    def _recorded(self) -> None:
+        self._open = max(0, self._open - 1)
+        self._claim_if_room()
+
+    def _worth_claiming(self, room: int) -> bool:
+        # Claim once a quarter of the slots are free, not at every finished send: a claim is a
+        # transaction, and one per delivery made claiming the bottleneck. A new P1, or a
+        # fallback, takes any free slot at once.
+        return room >= CONCURRENCY // 4 or (room > 0 and self._urgent)
+
+    def _claim_if_room(self) -> None:
+        if self._worth_claiming(self._room()):
             self._wake.set()
 
     async def claim(self, batch: int = CONCURRENCY) -> list[Job]:
@@ -273,8 +296,11 @@ class Notifier:
                     error = DeliveryError(type(exc).__name__, retryable=True)
             finally:
                 self._slot_freed()
-            metrics.DELIVERIES.labels(contact.channel, "ok" if error is None else "error").inc()
-            await self.record(job, error, note)
+            try:
+                metrics.DELIVERIES.labels(contact.channel, "ok" if error is None else "error").inc()
+                await self.record(job, error, note)
+            finally:
+                self._recorded()
 
     async def record(self, job: Job, error: DeliveryError | None, note: str | None = None) -> None:
         """Record a send's outcome and receipts. Returns once committed, in one transaction with
@@ -282,7 +308,8 @@ class Notifier:
         await self._record_group((job, error, note))
         self.rt.relays[SERVICE].poke()
         if error is not None:
-            self._wake.set()  # a fallback may be due at once
+            self._urgent = True  # a fallback may be due at once
+            self._wake.set()
 
     async def _record_jobs(self, session, outcomes: list[tuple[Job, DeliveryError | None,
                                                                 str | None]]) -> list[None]:

@@ -1,7 +1,8 @@
 """The delivery worker against a real SQLite file and the loopback receivers (no Kafka needed):
 bundling, rate limits, receipts, the render fallback note and leases. The worker is stepped by
-hand (claim, send), so nothing here sleeps."""
+hand (claim, send), so nothing here sleeps, but for the one test of the worker loop's bound."""
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -13,7 +14,7 @@ from sqlalchemy import select, update
 from schemas.events import AlertRequested, Contact, DeliveryOutcome, Envelope
 from services.common.db import Base, Database, utcnow
 from services.common.outbox import OutboxRow
-from services.notifier import policy
+from services.notifier import handlers, policy
 from services.notifier.handlers import Notifier
 from services.notifier.render import Renderer
 from services.notifier.store import Delivery
@@ -231,3 +232,38 @@ async def test_inbox_body_is_codes_only(notifier, inbox):
     await step(notifier)
     body = json.dumps(inbox.requests()[0]["body"])
     assert a.case_id in body and "NEGLECT" in body
+
+
+async def test_sends_wait_when_too_many_outcomes_are_unrecorded(notifier, inbox, monkeypatch):
+    """Sends free their slot before their outcome is committed, but only so far: past
+    UNRECORDED_MAX the loop claims nothing more until records catch up. Unbounded, a long
+    backlog sent faster than it was recorded and outlived its leases."""
+    monkeypatch.setattr(handlers, "CONCURRENCY", 4)
+    monkeypatch.setattr(handlers, "UNRECORDED_MAX", 8)
+    gate, group = asyncio.Event(), notifier._record_group
+
+    async def held(item):  # the database is slow to record
+        await gate.wait()
+        return await group(item)
+
+    notifier._record_group = held
+    urgent = [alert(i, inbox, severity="P2", kind="alert") for i in range(20)]
+    await notifier.handle([Envelope.wrap(a, "test") for a in urgent])
+    worker = asyncio.create_task(notifier.run())
+    try:
+        async with asyncio.timeout(10):
+            while len(inbox.requests()) < 8:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # the worker has time to send more, were it allowed to
+        assert len(inbox.requests()) == 8
+        gate.set()
+        async with asyncio.timeout(10):
+            while len(inbox.requests()) < 20:
+                await asyncio.sleep(0.02)
+        async with asyncio.timeout(10):
+            while any(r.status != "delivered" for r in (await rows(notifier)).values()):
+                await asyncio.sleep(0.02)
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+    assert len(inbox.requests()) == 20
