@@ -32,25 +32,31 @@ class GroupCommit:
         self._gather_s = gather_s  # 0: only the work that is ready now joins (one loop turn)
         self._max_group = max_group
         self._queue: list[tuple[Any, asyncio.Future]] = []
-        self._lock: asyncio.Lock | None = None
+        self._writer: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, work: Any) -> Any:
         """`work`: a Work, or an item for the group's `write`."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # a new event loop (tests): a lock of the old one is no use
-            self._loop, self._lock, self._queue = loop, asyncio.Lock(), []
+        if self._loop is not loop:  # a new event loop (tests): the old one's writer is gone
+            self._loop, self._queue, self._writer = loop, [], None
         future = loop.create_future()
         self._queue.append((work, future))
-        async with self._lock:
-            if not future.done():
-                if len(self._queue) < self._max_group:  # a full group need not wait for more
-                    await asyncio.sleep(self._gather_s)
-                group = self._queue[:self._max_group]
-                del self._queue[:self._max_group]
-                # Shielded: a caller cancelled now must not leave the others' work unwritten.
-                await asyncio.shield(self._write(group))
-        return await future  # done by now, or being written by a group whose leader gave up
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        """Write groups while work is queued. A task of its own, not the first caller's turn: a
+        caller that gives up does not leave the others' work unwritten, and callers whose work
+        is done need no turn at a lock (with hundreds waiting, handing it on took longer than
+        the writes)."""
+        while self._queue:
+            if len(self._queue) < self._max_group:  # a full group need not wait for more
+                await asyncio.sleep(self._gather_s)
+            group = self._queue[:self._max_group]
+            del self._queue[:self._max_group]
+            await self._write(group)
 
     async def _write(self, group: list[tuple[Any, asyncio.Future]]) -> None:
         try:
@@ -59,20 +65,29 @@ class GroupCommit:
                     results = await self._write_items(session, [work for work, _ in group])
             except Exception as exc:
                 if len(group) == 1:
-                    group[0][1].set_exception(exc)
+                    _settle(group[0][1], exc=exc)
                     return
                 for work, future in group:  # each alone: the failure is its owner's
                     try:
                         async with self._sessions() as session, session.begin():
                             [result] = await self._write_items(session, [work])
                     except Exception as alone:
-                        future.set_exception(alone)
+                        _settle(future, exc=alone)
                     else:
-                        future.set_result(result)
+                        _settle(future, result)
                 return
             for (_, future), result in zip(group, results, strict=True):
-                future.set_result(result)
+                _settle(future, result)
         finally:
             for _, future in group:
                 if not future.done():
                     future.cancel()
+
+
+def _settle(future: asyncio.Future, result: Any = None, exc: Exception | None = None) -> None:
+    if future.done():  # its caller gave up; the work was written all the same
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
