@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     # `beacon keys rotate` moves everything to the current key (docs/privacy.md).
     secret_key_previous: str | None = None
     webhook_secret: str | None = None
+    webhook_secret_previous: str | None = None  # comma-separated: still signed with, in rotation
 
     # Where the demo directory's contacts point (the local receivers that `make run` starts).
     demo_webhook_base: str = "http://127.0.0.1:8025"
@@ -88,8 +89,15 @@ class Settings(BaseSettings):
 
     def secret_keys(self) -> list[str]:
         """The current secret key first, then the previous ones."""
-        previous = [k.strip() for k in (self.secret_key_previous or "").split(",")]
-        return [self.secret("secret_key"), *[k for k in previous if k]]
+        return self._rotating("secret_key")
+
+    def webhook_secrets(self) -> list[str]:
+        """The current webhook secret first, then the previous ones."""
+        return self._rotating("webhook_secret")
+
+    def _rotating(self, name: str) -> list[str]:
+        previous = [k.strip() for k in (getattr(self, f"{name}_previous") or "").split(",")]
+        return [self.secret(name), *[k for k in previous if k]]
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

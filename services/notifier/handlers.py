@@ -66,9 +66,9 @@ class Notifier:
     def __init__(self, rt):
         self.rt = rt
         s = rt.settings
-        secret = s.secret("webhook_secret")
+        secret, *previous = s.webhook_secrets()
         config = ChannelConfig(
-            webhook_secret=secret, smtp_host=s.smtp_host, smtp_port=s.smtp_port,
+            webhook_secret=secret, previous_secrets=previous, smtp_host=s.smtp_host, smtp_port=s.smtp_port,
             smtp_starttls=s.smtp_starttls, smtp_username=s.smtp_username,
             smtp_password=s.smtp_password, mail_from=s.mail_from,
             sms_gateway_url=s.sms_gateway_url, sms_secret=secret,

@@ -12,6 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from schemas.events import AlertRequested, Contact
+from services.common.config import Settings
 from services.common.links import sign_link
 from services.notifier.channels import (
     ChannelConfig,
@@ -110,6 +111,30 @@ async def test_signature_tolerance_refuses_old_timestamps(inbox):
     # a receiver rotating secrets may get several signatures in one header
     both = "v1=deadbeef, " + h["x-beacon-signature"]
     assert verify_signature(SECRET, str(ts), raw, both, now=ts)
+
+
+async def test_during_a_secret_rotation_both_secrets_sign(inbox):
+    """BEACON_WEBHOOK_SECRET_PREVIOUS: receivers still on the old secret and those already on the
+    new one both accept every webhook and SMS-gateway request; a third secret does not."""
+    settings = Settings(secret_key="k", webhook_secret="new-secret",
+                        webhook_secret_previous=" old-secret, ")
+    secret, *previous = settings.webhook_secrets()
+    assert (secret, previous) == ("new-secret", ["old-secret"])
+    channels = build_channels(ChannelConfig(
+        webhook_secret=secret, previous_secrets=previous, smtp_host=None,
+        sms_gateway_url=inbox.http_url + "/sms", sms_secret=secret))
+    try:
+        await channels["webhook"].send(inbox.http_url + "/hooks/a", Message("", "", {"a": 1}), "k1")
+        await channels["sms"].send("+84901234567", Message("", "Beacon test", None), "k2")
+    finally:
+        await aclose(channels)
+    assert len(inbox.requests()) == 2
+    for row, raw in zip(inbox.requests(), inbox.http.raw_bodies, strict=True):
+        h = headers_of(row)
+        ts, header = h["x-beacon-timestamp"], h["x-beacon-signature"]
+        assert verify_signature("new-secret", ts, raw, header)
+        assert verify_signature("old-secret", ts, raw, header)
+        assert not verify_signature("other-secret", ts, raw, header)
 
 
 @pytest.mark.parametrize("status,retryable", [

@@ -14,7 +14,8 @@ __all__ = [
 def build_channels(config: ChannelConfig) -> dict[str, Channel]:
     """The channels this configuration enables. Bad settings fail here, at start-up."""
     channels: dict[str, Channel] = {
-        "webhook": WebhookChannel(config.webhook_secret, config.webhook_timeout_s),
+        "webhook": WebhookChannel(config.webhook_secret, config.webhook_timeout_s,
+                                  previous=config.previous_secrets),
     }
     if config.smtp_host:
         channels["email"] = EmailChannel(
@@ -25,8 +26,9 @@ def build_channels(config: ChannelConfig) -> dict[str, Channel]:
     if config.sms_gateway_url:
         if not config.sms_secret:
             raise ValueError("sms_gateway_url is set but sms_secret is empty")
+        previous = config.previous_secrets if config.sms_secret == config.webhook_secret else []
         channels["sms"] = SmsGatewayChannel(
-            config.sms_gateway_url, config.sms_secret, config.sms_timeout_s
+            config.sms_gateway_url, config.sms_secret, config.sms_timeout_s, previous=previous
         )
     return channels
 

@@ -48,6 +48,9 @@ class ChannelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     webhook_secret: str = Field(min_length=1)
+    # Earlier secrets, signed with too while receivers move to the new one (docs/notifier.md).
+    # They sign SMS-gateway requests as well when sms_secret is the webhook secret, as in Beacon.
+    previous_secrets: list[str] = []
     webhook_timeout_s: float = Field(10.0, gt=0)
     smtp_host: str | None = "127.0.0.1"
     smtp_port: int = Field(1025, ge=1, le=65535)

@@ -7,6 +7,7 @@ another shape gets its own small adapter with the same `send` method.
 
 import math
 import re
+from collections.abc import Sequence
 
 from services.notifier.channels.base import DeliveryError, Message
 from services.notifier.channels.webhook import SignedPoster
@@ -48,11 +49,12 @@ def normalise_number(address: str) -> str:
 class SmsGatewayChannel:
     name = "sms"
 
-    def __init__(self, gateway_url: str, secret: str, timeout_s: float = 10.0):
+    def __init__(self, gateway_url: str, secret: str, timeout_s: float = 10.0,
+                 previous: Sequence[str] = ()):
         if not gateway_url.startswith(("http://", "https://")):
             raise ValueError(f"sms_gateway_url must be an http(s) URL, got {gateway_url!r}")
         self._url = gateway_url
-        self._poster = SignedPoster(secret, timeout_s)
+        self._poster = SignedPoster(secret, timeout_s, previous)
 
     async def send(self, address: str, message: Message, idempotency_key: str) -> None:
         encoding, segments = sms_segments(message.text)

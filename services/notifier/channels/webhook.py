@@ -11,6 +11,7 @@ import hmac
 import json
 import time
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -82,10 +83,11 @@ class SignedPoster:
     posts/s to a loopback receiver here and aiohttp about 4,000 (docs/performance.md).
     """
 
-    def __init__(self, secret: str, timeout_s: float):
+    def __init__(self, secret: str, timeout_s: float, previous: Sequence[str] = ()):
         if not secret:
             raise ValueError("a signing secret is required")
-        self._secret = secret
+        # Signed with every secret, current first: a receiver holding either one accepts.
+        self._secrets = [secret, *previous]
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None  # made on first use, in the loop
         # The environment's proxy (HTTP(S)_PROXY, NO_PROXY), read once: aiohttp's trust_env
@@ -116,7 +118,7 @@ class SignedPoster:
             "Content-Type": "application/json",
             "Idempotency-Key": idempotency_key,
             TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+            SIGNATURE_HEADER: ", ".join(sign(s, timestamp, body) for s in self._secrets),
         }
         try:
             client = self._client()
@@ -149,8 +151,8 @@ class WebhookChannel:
 
     name = "webhook"
 
-    def __init__(self, secret: str, timeout_s: float = 10.0):
-        self._poster = SignedPoster(secret, timeout_s)
+    def __init__(self, secret: str, timeout_s: float = 10.0, previous: Sequence[str] = ()):
+        self._poster = SignedPoster(secret, timeout_s, previous)
 
     async def send(self, address: str, message: Message, idempotency_key: str) -> None:
         data = message.body or {"subject": message.subject, "text": message.text}
