@@ -72,7 +72,7 @@ def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP po
     services = frozenset(runtime.SERVICES if service is Service.all else (service.value,))
     try:
         rt = runtime.build(settings, services)
-        asyncio.run(runtime.preflight(settings))
+        asyncio.run(runtime.preflight(settings, services))
         config = uvicorn.Config(create_app(rt), host=settings.http_host,
                                 port=port or settings.http_port, log_config=None,
                                 lifespan="on", timeout_graceful_shutdown=10)

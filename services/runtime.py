@@ -128,7 +128,30 @@ async def check_kafka(settings: Settings) -> None:
                           f"{type(exc).__name__} {exc}") from None
 
 
-async def preflight(settings: Settings) -> None:
+async def check_alert_retention(settings: Settings) -> None:
+    """A delivery row is how the notifier knows an alert was already delivered. Purged while the
+    alerts topic still holds the alert, a replay of the topic (a consumer group whose offsets
+    expired during a long stop, say) would deliver it to the authority again."""
+    days = settings.retention_deliveries_days
+    if not days:
+        return  # the rows are kept for ever
+    config = await kafka.topic_config(settings, Topics.ALERTS)
+    kept_ms = int(config.get("retention.ms") or -1)
+    if "compact" in config.get("cleanup.policy", "") or kept_ms < 0:
+        kept = "for ever"
+    elif kept_ms > days * 86_400_000:
+        kept = f"{kept_ms / 86_400_000:g} days"
+    else:
+        return
+    raise ConfigError(
+        f"BEACON_RETENTION_DELIVERIES_DAYS is {days} days, but topic "
+        f"{settings.topic(Topics.ALERTS)} keeps alerts {kept}: a replay of that topic would "
+        "deliver again the alerts whose delivery rows were purged. Lower the topic's "
+        "retention.ms below it, or raise BEACON_RETENTION_DELIVERIES_DAYS (0 keeps the rows "
+        "for ever).")
+
+
+async def preflight(settings: Settings, services: frozenset[str] = frozenset()) -> None:
     """What `beacon run` checks before serving, so that it exits with a message, not a trace."""
     db = Database(settings.database_url)
     try:
@@ -136,6 +159,8 @@ async def preflight(settings: Settings) -> None:
     finally:
         await db.dispose()
     await check_kafka(settings)
+    if "notifier" in services:
+        await check_alert_retention(settings)
 
 
 async def start(rt: Runtime) -> None:

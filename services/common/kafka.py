@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -70,6 +71,21 @@ async def ensure_topics(settings: Settings) -> None:
             await _leaders_elected(admin, [t.name for t in wanted])
     finally:
         await admin.close()
+
+
+async def topic_config(settings: Settings, name: str) -> dict[str, str]:
+    """A topic's effective configuration, the broker's defaults included."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, settings.topic(name))])
+    finally:
+        await admin.close()
+    [(error_code, message, _type, topic, entries)] = response.resources
+    if error_code:
+        raise RuntimeError(f"describing topic {topic}: error {error_code} {message}")
+    return {entry[0]: entry[1] for entry in entries}
 
 
 async def _leaders_elected(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float = 15) -> None:

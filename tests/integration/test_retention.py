@@ -1,18 +1,23 @@
 """Retention per record class on a real SQLite file: what has outlived its class goes, in
 batches, audited where it is identity; everything younger, open or kept for ever stays."""
 
+import asyncio
+import subprocess
 from datetime import timedelta
 from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import select
 
-from services import retention
+from services import retention, runtime
+from services.common import kafka
+from services.common.config import ConfigError
 from services.common.audit import AuditRecord
 from services.common.db import utcnow
 from services.intake.store import CaseView, IdempotencyKey, ReportRow
 from services.notifier.store import Delivery
 from tests.conftest import eventually, make_settings, start_stack
-from tests.support.process import beacon
+from tests.support.process import BEACON, beacon, beacon_env
 
 BOTH = {"intake", "notifier"}
 NOW = utcnow()
@@ -148,3 +153,40 @@ async def test_a_running_service_purges_at_start_and_then_on_its_interval(kafka_
         await eventually(purged, timeout=10)
     finally:
         await stack.stop()
+
+
+async def test_the_notifier_will_not_start_if_alerts_outlive_their_delivery_rows(
+        kafka_bootstrap, sqlite_db):
+    """Purged delivery rows whose alerts are still on the topic would be delivered again by a
+    replay; start-up refuses that configuration with a message that says what to change."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    settings = make_settings(kafka_bootstrap, sqlite_db.url)
+    await runtime.preflight(settings, frozenset({"notifier"}))  # the broker's 7 days < 90 days
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(
+            ConfigResourceType.TOPIC, settings.topic("beacon.alerts"),
+            configs={"retention.ms": str(200 * 86_400_000)})])
+    finally:
+        await admin.close()
+
+    async def kept_200_days():
+        return (await kafka.topic_config(settings, "beacon.alerts"))["retention.ms"] == str(
+            200 * 86_400_000)
+
+    await eventually(kept_200_days, timeout=10)
+    run = await asyncio.to_thread(subprocess.run, [BEACON, "run", "notifier"],
+                                  env=beacon_env(settings), capture_output=True, text=True,
+                                  timeout=120)
+    assert run.returncode == 2
+    assert "BEACON_RETENTION_DELIVERIES_DAYS is 90 days" in run.stderr
+    assert "keeps alerts 200 days" in run.stderr
+    await runtime.preflight(settings, frozenset({"intake"}))  # only the notifier's concern
+    for days in (0, 365):  # kept for ever, or longer than the topic: no replay can repeat one
+        longer = settings.model_copy(update={"retention_deliveries_days": days})
+        await runtime.preflight(longer, frozenset({"notifier"}))
+    with pytest.raises(ConfigError, match="keeps alerts 200 days"):
+        await runtime.preflight(settings, frozenset({"notifier", "intake"}))
