@@ -68,8 +68,8 @@ class Notifier:
         s = rt.settings
         secret, *previous = s.webhook_secrets()
         config = ChannelConfig(
-            webhook_secret=secret, previous_secrets=previous, smtp_host=s.smtp_host, smtp_port=s.smtp_port,
-            smtp_starttls=s.smtp_starttls, smtp_username=s.smtp_username,
+            webhook_secret=secret, previous_secrets=previous, smtp_host=s.smtp_host,
+            smtp_port=s.smtp_port, smtp_starttls=s.smtp_starttls, smtp_username=s.smtp_username,
             smtp_password=s.smtp_password, mail_from=s.mail_from,
             sms_gateway_url=s.sms_gateway_url, sms_secret=secret,
         )
