@@ -200,7 +200,9 @@ def _settle_heap() -> None:
     the process, yet every full collection walked it again: 100-130 ms with the loop stopped, and
     a tenth to a seventh of the notifier's and escalation's CPU went to the collector. Frozen, it
     is not walked again; a first generation of 50,000 objects, not 700, suits handlers that each
-    make thousands of short-lived ones (docs/performance.md, seventh round)."""
+    make thousands of short-lived ones (docs/performance.md, seventh round). A frozen object
+    that start-up's state later drops (a replaced rule pack) is still freed by reference
+    counting; only a reference cycle among such objects would stay, and they change rarely."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
