@@ -65,7 +65,11 @@ start() {
   mkdir -p "$var/data" "$var/logs"
   sed -e "s|@DATA@|$var/data|" -e "s|@PORT@|$port|g" -e "s|@CPORT@|$cport|g" "$here/server.properties" > "$var/server.properties"
   if [ ! -f "$var/data/meta.properties" ]; then
-    local cid; cid="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    # Kafka's own rule for cluster ids: never one that starts with "-", which the storage tool
+    # would read as an option (1 start in 64 failed on it).
+    local cid; cid="$(python3 -c 'import base64,uuid
+while (c := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
+print(c)')"
     say "formatting KRaft storage (cluster $cid)"
     java -Xmx128m -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2.properties" \
       kafka.tools.StorageTool format -t "$cid" -c "$var/server.properties" >"$var/logs/format.out" 2>&1 \
