@@ -91,7 +91,7 @@ class Notifier:
                                          write=self._record_jobs)
         self._sending = 0  # sends in flight (slots taken)
         self._open = 0  # jobs claimed and not yet recorded: sending, or waiting for the commit
-        self._urgent = False  # a P1 or a fallback is due: claim into any free slot
+        self._urgent = False  # an urgent alert (P1, P2) or a fallback is due: any free slot will do
 
     async def aclose(self) -> None:
         await aclose(self.channels)
@@ -115,7 +115,7 @@ class Notifier:
                          alert=alert.model_dump(mode="json"), status="pending", contact_index=0,
                          attempt=0, attempts_total=0, next_at=self._first_due(alert, now),
                          created_at=now, updated_at=now)
-        self._urgent = self._urgent or any(a.severity == "P1" for a in alerts)
+        self._urgent = self._urgent or any(a.severity in policy.NEVER_DELAYED for a in alerts)
         self._wake.set()
 
     def _first_due(self, alert: AlertRequested, now: datetime) -> datetime:
@@ -179,8 +179,8 @@ class Notifier:
 
     def _worth_claiming(self, room: int) -> bool:
         # Claim once a quarter of the slots are free, not at every finished send: a claim is a
-        # transaction, and one per delivery made claiming the bottleneck. A new P1, or a
-        # fallback, takes any free slot at once.
+        # transaction, and one per delivery made claiming the bottleneck. A new urgent alert
+        # (P1, P2), or a fallback, takes any free slot at once.
         return room >= CONCURRENCY // 4 or (room > 0 and self._urgent)
 
     def _claim_if_room(self) -> None:

@@ -247,8 +247,8 @@ async def test_sends_wait_when_too_many_outcomes_are_unrecorded(notifier, inbox,
         return await group(item)
 
     notifier._record_group = held
-    urgent = [alert(i, inbox, severity="P2", kind="alert") for i in range(20)]
-    await notifier.handle([Envelope.wrap(a, "test") for a in urgent])
+    queued = [alert(i, inbox, severity="P2", kind="alert") for i in range(20)]
+    await notifier.handle([Envelope.wrap(a, "test") for a in queued])
     worker = asyncio.create_task(notifier.run())
     try:
         async with asyncio.timeout(10):
