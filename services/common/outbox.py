@@ -57,8 +57,9 @@ class Relay:
             except Exception:
                 log.exception("outbox_relay_failed")  # broker or database away: try again soon
                 await asyncio.sleep(1)
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            try:  # not wait_for: on 3.11 it loses a cancel that comes as the event is set
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

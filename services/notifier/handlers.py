@@ -157,8 +157,9 @@ class Notifier:
                     task.add_done_callback(tasks.discard)
                 if jobs and len(jobs) == room and self._worth_claiming(self._room()):
                     continue  # a full batch: more may be due
-                try:
-                    await asyncio.wait_for(self._wake.wait(), 0.25)
+                try:  # not wait_for: on 3.11 it loses a cancel that comes as the event is set
+                    async with asyncio.timeout(0.25):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
         finally:
