@@ -94,15 +94,23 @@ def db_upgrade(revision: str = "head"):
     typer.echo(f"database at {revision}")
 
 
-async def _with_session(fn):
+async def _with_db(fn, settings=None):
+    """`fn(db)` on the configured database, closed afterwards."""
     from services.common.db import Database
 
-    db = Database(_settings().database_url)
+    db = Database((settings or _settings()).database_url)
     try:
-        async with db.writes() as session, session.begin():
-            return await fn(session)
+        return await fn(db)
     finally:
         await db.dispose()
+
+
+async def _with_session(fn):
+    async def in_transaction(db):
+        async with db.writes() as session, session.begin():
+            return await fn(session)
+
+    return await _with_db(in_transaction)
 
 
 @users_app.command("create")
@@ -202,22 +210,14 @@ def retention_run(dry_run: Annotated[bool, typer.Option(help="Count; change noth
     import sys
 
     from services import retention
-    from services.common.db import Database
     from services.common.logging import configure
 
     settings = _settings()
     configure(settings.log_level, stream=sys.stderr)
-
-    async def go():
-        db = Database(settings.database_url)
-        try:
-            return await retention.purge(
-                db, settings, {"intake", "notifier"}, dry_run=dry_run,
-                progress=lambda name, rows: typer.echo(f"  {name}: {rows} rows...", err=True))
-        finally:
-            await db.dispose()
-
-    for name, rows in asyncio.run(go()).items():
+    counts = asyncio.run(_with_db(lambda db: retention.purge(
+        db, settings, {"intake", "notifier"}, dry_run=dry_run,
+        progress=lambda name, rows: typer.echo(f"  {name}: {rows} rows...", err=True)), settings))
+    for name, rows in counts.items():
         typer.echo(f"{name}: {rows} rows {'due' if dry_run else 'purged'}")
 
 
@@ -226,23 +226,15 @@ def keys_rotate():
     """Re-seal every report's identity under BEACON_SECRET_KEY and make its keyed hashes again,
     opening each with that key or one in BEACON_SECRET_KEY_PREVIOUS. Then the previous keys can
     go (once the links signed with them have expired: 7 days)."""
-    from services.common.db import Database
     from services.intake.identity import IdentityVault
     from services.intake.key_rotation import RotationError, rotate
 
     settings = _settings()
     current, *previous = settings.secret_keys()
-
-    async def go():
-        db = Database(settings.database_url)
-        try:
-            return await rotate(db, IdentityVault(current, previous),
-                                progress=lambda n: typer.echo(f"  {n} reports...", err=True))
-        finally:
-            await db.dispose()
-
     try:
-        n = asyncio.run(go())
+        n = asyncio.run(_with_db(lambda db: rotate(
+            db, IdentityVault(current, previous),
+            progress=lambda n: typer.echo(f"  {n} reports...", err=True)), settings))
     except RotationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
