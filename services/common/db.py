@@ -227,6 +227,15 @@ class Database:
         async with self.read_engine.connect() as connection:
             yield connection
 
+    async def is_up(self, timeout_s: float = 2.0) -> bool:
+        """Whether the database answers a trivial query now (a consumer's outage test)."""
+        try:
+            async with asyncio.timeout(timeout_s), self.read_engine.connect() as connection:
+                await connection.exec_driver_sql("SELECT 1")
+            return True
+        except Exception:
+            return False
+
     async def dispose(self) -> None:
         await self.engine.dispose()
         if self.read_engine is not self.engine:

@@ -163,6 +163,7 @@ def consume(
     broker: KafkaBroker, settings: Settings, topics: list[str], group: str,
     handler: Handler | None = None, batch_handler: BatchHandler | None = None,
     from_beginning: bool = True, max_records: int = 200,
+    database_up: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """Subscribe to typed envelopes on `topics` in consumer group `group`.
 
@@ -170,10 +171,14 @@ def consume(
     message caps a consumer near a hundred messages a second). `batch_handler`, when given,
     applies a whole batch at once (one transaction); `handler` takes one envelope at a time.
     Either must be idempotent by event id: after a failure or a crash the batch comes again.
+    A message that keeps failing is dead-lettered after MAX_ATTEMPTS, but a failure while
+    `database_up()` says the database is away is not the message's fault: it is not counted, and
+    the batch is retried until the database is back, so an outage dead-letters nothing.
     """
     if (handler is None) == (batch_handler is None):
         raise ValueError("give handler or batch_handler")
     failures: dict[tuple[str, int, int], int] = {}
+    outage = 0  # failures in a row while the database was away
 
     async def one(envelope: Envelope) -> None:
         with structlog.contextvars.bound_contextvars(case_id=envelope.subject, event_id=envelope.id):
@@ -183,6 +188,7 @@ def consume(
                 await batch_handler([envelope])
 
     async def on_batch(records: list) -> None:
+        nonlocal outage
         parsed = []
         for record in records:
             try:
@@ -204,14 +210,21 @@ def consume(
             try:
                 await one(envelope)
                 failures.pop(place, None)
+                outage = 0
             except Exception as exc:
+                if database_up is not None and not await database_up():
+                    outage += 1
+                    log.warning("handler_waiting_for_database", group=group, attempt=outage,
+                                case_id=envelope.subject, error=type(exc).__name__)
+                    await asyncio.sleep(backoff_s(outage, 5))
+                    raise  # NACK, uncounted: it comes again once the database answers
                 n = failures[place] = failures.get(place, 0) + 1
                 if n >= MAX_ATTEMPTS:
                     failures.pop(place, None)
                     await dead_letter(broker, settings, record, f"failed {n} times: {_reason(exc)}")
                     continue
                 log.exception("handler_failed", attempt=n, group=group, case_id=envelope.subject)
-                await asyncio.sleep(min(2**n * 0.1, 2))  # a failing database is not hammered
+                await asyncio.sleep(backoff_s(n, 2))  # a failing handler is not hammered
                 raise  # NACK: nothing of this batch is committed; it comes again
 
     broker.subscriber(
@@ -227,6 +240,10 @@ def consume(
         heartbeat_interval_ms=1000,
         title=group,
     )(on_batch)
+
+
+def backoff_s(failures: int, cap_s: float) -> float:
+    return min(2**failures * 0.1, cap_s)
 
 
 def _reason(exc: Exception) -> str:

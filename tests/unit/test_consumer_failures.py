@@ -1,0 +1,124 @@
+"""What the consumer does when its handler fails: a message at fault is dead-lettered after
+MAX_ATTEMPTS; while the database is away nothing is counted and nothing is dead-lettered."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from services.common import kafka
+from services.common.config import Settings
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
+BODY = (FIXTURES / "beacon.delivery.outcome.v1.json").read_bytes()
+
+
+class FakeBroker:
+    """Just enough of a KafkaBroker for kafka.consume: it keeps the handler and the publishes."""
+
+    def __init__(self):
+        self.published: list[dict] = []
+        self.handler = None
+
+    def subscriber(self, *topics, **options):
+        def register(fn):
+            self.handler = fn
+            return fn
+        return register
+
+    async def publish(self, body, **kw):
+        self.published.append({"body": body, **kw})
+
+
+RECORD = SimpleNamespace(topic="beacon.deliveries", partition=0, offset=7, key=b"C-1", value=BODY)
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(kafka, "backoff_s", lambda failures, cap_s: 0)
+
+
+def consumer(handler, database_up=None) -> FakeBroker:
+    broker = FakeBroker()
+    kafka.consume(broker, Settings(topic_prefix=""), ["beacon.deliveries"], "test", handler,
+                  database_up=database_up)
+    return broker
+
+
+async def redeliver(broker: FakeBroker, times: int) -> int:
+    """Hand the record in as Kafka would after each NACK; returns how many tries raised."""
+    raised = 0
+    for _ in range(times):
+        try:
+            await broker.handler([RECORD])
+        except RuntimeError:
+            raised += 1
+    return raised
+
+
+async def test_a_message_that_keeps_failing_is_dead_lettered_with_the_reason():
+    async def handler(envelope):
+        raise RuntimeError("bad data in this message")
+
+    broker = consumer(handler, database_up=_answer(True))
+
+    raised = await redeliver(broker, kafka.MAX_ATTEMPTS)
+
+    assert raised == kafka.MAX_ATTEMPTS - 1  # the last try dead-letters and goes on
+    [dead] = broker.published
+    assert dead["topic"] == "beacon.deadletter" and dead["body"] == BODY
+    assert dead["headers"]["dlq_reason"].startswith(f"failed {kafka.MAX_ATTEMPTS} times")
+    assert "bad data in this message" in dead["headers"]["dlq_reason"]
+
+
+async def test_failures_while_the_database_is_away_dead_letter_nothing():
+    up, applied = [False], []
+
+    async def handler(envelope):
+        if not up[0]:
+            raise RuntimeError("connection refused")
+        applied.append(envelope.id)
+
+    broker = consumer(handler, database_up=lambda: _answer(up[0])())
+
+    assert await redeliver(broker, 3 * kafka.MAX_ATTEMPTS) == 3 * kafka.MAX_ATTEMPTS
+    assert broker.published == []  # a long outage: every try raised (NACK), none was counted
+    up[0] = True
+    await redeliver(broker, 1)
+    assert len(applied) == 1 and broker.published == []
+
+
+async def test_failures_before_an_outage_still_count_after_it():
+    """An outage neither resets nor adds to a message's own count of failures."""
+    up = [True]
+
+    async def handler(envelope):
+        raise RuntimeError("bad data in this message")
+
+    broker = consumer(handler, database_up=lambda: _answer(up[0])())
+    await redeliver(broker, kafka.MAX_ATTEMPTS - 1)
+    up[0] = False
+    await redeliver(broker, 10)
+    assert broker.published == []
+    up[0] = True
+    await redeliver(broker, 1)
+    assert len(broker.published) == 1
+
+
+def _answer(value: bool):
+    async def database_up() -> bool:
+        return value
+    return database_up
+
+
+async def test_the_database_probe_tells_up_from_away(tmp_path):
+    from services.common.db import Database
+
+    here = Database(f"sqlite+aiosqlite:///{tmp_path}/beacon.db")
+    away = Database("postgresql+asyncpg://beacon:beacon@127.0.0.1:1/beacon")  # nothing listens
+    try:
+        assert await here.is_up() is True
+        assert await away.is_up(timeout_s=1) is False
+    finally:
+        await here.dispose()
+        await away.dispose()
