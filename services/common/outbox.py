@@ -3,11 +3,12 @@ relay publishes them to Kafka afterwards. A crash anywhere neither loses nor dup
 unpublished rows are published after restart, and consumers drop repeats by event id."""
 
 import asyncio
+import zlib
 from datetime import datetime
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import Integer, String, Text, bindparam, select
+from sqlalchemy import Integer, String, Text, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -43,6 +44,7 @@ class Relay:
         self.interval_s, self.batch = interval_s, batch
         self._wake = asyncio.Event()
         self.published = 0
+        self._lock_key = zlib.crc32(f"beacon.outbox.{service}".encode())  # one lock per service
 
     def poke(self) -> None:
         self._wake.set()
@@ -65,15 +67,17 @@ class Relay:
             self._wake.clear()
 
     async def drain_once(self) -> int:
-        # On PostgreSQL several relays share the table: lock the batch (SKIP LOCKED) while it is
-        # published. SQLite has one relay per file, so the batch is read without the write lock
-        # and other writers are not held up by a slow broker.
+        # On PostgreSQL the relays of one service's instances take turns (a lock held for the
+        # transaction): two publishing neighbouring batches at once could put one case's events
+        # on Kafka out of order. SQLite has one relay per file, so the batch is read without the
+        # write lock and other writers are not held up by a slow broker.
         postgres = not self.db.url.startswith("sqlite")
         sessions = self.db.writes if postgres else self.db.reads
         async with sessions() as session, session.begin():
-            query = _BATCH.with_for_update(skip_locked=True) if postgres else _BATCH
-            rows = (await session.execute(query, {"service": self.service,
-                                                  "batch": self.batch})).all()
+            if postgres and not await session.scalar(_TAKE_TURN, {"key": self._lock_key}):
+                return 0  # another instance is publishing; it drains what is there
+            rows = (await session.execute(_BATCH, {"service": self.service,
+                                                   "batch": self.batch})).all()
             if not rows:
                 return 0
             # Every row is handed to the producer in id order, then the acknowledgements are
@@ -100,3 +104,4 @@ _BATCH = (select(_OUTBOX.c.id, _OUTBOX.c.topic, _OUTBOX.c.payload)
           .where(_OUTBOX.c.service == bindparam("service"))
           .order_by(_OUTBOX.c.id).limit(bindparam("batch")))
 _DONE = _OUTBOX.delete().where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+_TAKE_TURN = select(func.pg_try_advisory_xact_lock(bindparam("key")))

@@ -124,3 +124,48 @@ async def test_retention_purges_on_postgres(pg_database):
         assert all(r.identity is None for r in await t.table(db, t.ReportRow))
     finally:
         await db.dispose()
+
+
+async def test_relays_of_two_instances_take_turns_on_postgres(kafka_bootstrap, pg_database):
+    """Two instances publishing neighbouring batches at once could put a case's events on Kafka
+    out of order: while one relay publishes, the other's drain takes nothing."""
+    from schemas.events import Envelope, MilestoneRecorded
+    from services.common import kafka
+    from services.common.db import Database, utcnow
+    from services.common.outbox import Relay, add
+
+    settings = make_settings(kafka_bootstrap, pg_database)
+    await migrate(pg_database)
+    await kafka.ensure_topics(settings)
+    topic = settings.topic("cases")
+    first, second = Database(pg_database), Database(pg_database)
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    held, release = asyncio.Event(), asyncio.Event()
+
+    class Held:
+        """The first instance's producer: it holds the batch until the test lets it go."""
+
+        async def send(self, *args, **kwargs):
+            held.set()
+            await release.wait()
+            return await producer.send(*args, **kwargs)
+
+    try:
+        async with first.writes() as session, session.begin():
+            for n in range(10):
+                add(session, "test", topic, Envelope.wrap(MilestoneRecorded(
+                    case_id="C-1", milestone=f"step-{n}", authority_id="a", by_user="u",
+                    at=utcnow()), "test"))
+        publishing = asyncio.create_task(Relay("test", first, Held(), batch=5).drain_once())
+        await asyncio.wait_for(held.wait(), 10)
+        later = Relay("test", second, producer, batch=5)
+        assert await later.drain_once() == 0  # not the next five while the first five are out
+        release.set()
+        assert await asyncio.wait_for(publishing, 10) == 5
+        assert await later.drain_once() == 5
+    finally:
+        release.set()
+        await producer.stop()
+        await first.dispose()
+        await second.dispose()
