@@ -52,14 +52,17 @@ class Job:
     members: list[tuple[Row, AlertRequested]]  # (the delivery row, its alert)
     contact: Contact
     lease: datetime  # the rows' next_at while leased: a record only counts if it still holds
+    bundle: str | None = None  # a bundle's key, kept on its rows (`Delivery.bundle`)
+
+    def __post_init__(self) -> None:
+        if self.bundle is None and len(self.members) > 1:
+            ids = ",".join(sorted(a.alert_id for _, a in self.members))
+            self.bundle = "bundle-" + hashlib.sha256(ids.encode()).hexdigest()[:32]
 
     @property
     def key(self) -> str:
-        """The Idempotency-Key: the alert id, or one derived from the bundle's alert ids."""
-        if len(self.members) == 1:
-            return self.members[0][1].alert_id
-        ids = ",".join(sorted(a.alert_id for _, a in self.members))
-        return "bundle-" + hashlib.sha256(ids.encode()).hexdigest()[:32]
+        """The Idempotency-Key: the alert id, or the bundle's key."""
+        return self.bundle or self.members[0][1].alert_id
 
 
 class Notifier:
@@ -74,10 +77,9 @@ class Notifier:
             sms_gateway_url=s.sms_gateway_url, sms_secret=secret,
         )
         self.channels = build_channels(config)
-        # A claimed row is sent again after its lease if its worker died; the lease outlasts the
-        # slowest send, so a live worker is not doubled.
-        self.lease = timedelta(seconds=max(config.webhook_timeout_s, config.smtp_timeout_s,
-                                           config.sms_timeout_s)) + LEASE_MARGIN
+        # The longest a send may take, whatever the channel: send() cuts it there.
+        self.send_bound = timedelta(seconds=max(config.webhook_timeout_s, config.smtp_timeout_s,
+                                                config.sms_timeout_s))
         self.link_secret = s.secret("secret_key")
         self.renderer = Renderer()
         self.limiter = policy.RateLimiter(never_limited=policy.NEVER_DELAYED)
@@ -92,6 +94,12 @@ class Notifier:
         self._sending = 0  # sends in flight (slots taken)
         self._open = 0  # jobs claimed and not yet recorded: sending, or waiting for the commit
         self._urgent = False  # an urgent alert (P1, P2) or a fallback is due: any free slot will do
+
+    @property
+    def lease(self) -> timedelta:
+        """A claimed row is sent again after its lease if its worker died. The lease outlasts the
+        send bound, so a live worker is not doubled (the margin covers the claim and record)."""
+        return self.send_bound + LEASE_MARGIN
 
     async def aclose(self) -> None:
         await aclose(self.channels)
@@ -123,8 +131,8 @@ class Notifier:
             return now
         # Held for the window so that reminders to the same contact can join it.
         due = now + self.bundle_window
-        if alert.ack_due is not None:
-            due = max(now, min(due, alert.ack_due))
+        if (deadline := _deadline(alert)) is not None:
+            due = max(now, min(due, deadline))
         return due
 
     # --- the worker loop ---------------------------------------------------------------------
@@ -161,7 +169,9 @@ class Notifier:
                     async with asyncio.timeout(0.25):
                         await self._wake.wait()
                 except TimeoutError:
-                    pass
+                    # Nothing woke us, but a retry may have fallen due: any free slot will do,
+                    # so it waits no longer than this, not for a quarter of the slots.
+                    self._urgent = True
         finally:
             for task in tasks:
                 task.cancel()  # their rows stay leased and are sent again after the lease
@@ -203,26 +213,36 @@ class Notifier:
             for row in await self._due(session, now, batch, postgres):
                 if row.alert_id in taken:
                     continue  # already in a bundle
-                if row.status == "sending":
-                    log.warning("lease_expired", alert_id=row.alert_id, case_id=row.case_id)
                 alert = AlertRequested.model_validate(row.alert)
                 contact = alert.contacts[row.contact_index]
                 members = [(row, alert)]
-                if policy.should_bundle(alert.severity, alert.kind):
+                bundle = None
+                if row.status == "sending":
+                    log.warning("lease_expired", alert_id=row.alert_id, case_id=row.case_id)
+                    # A bundle goes again as the same message under the same key, so that the
+                    # receiver can drop the repeat: not as its alerts one by one.
+                    if bundle := row.bundle:
+                        members += await self._bundled(session, row, taken, now, postgres)
+                elif policy.should_bundle(alert.severity, alert.kind):
                     members += await self._mates(session, row, contact, taken, postgres)
                 recipient = f"{contact.channel}:{contact.address}"
                 if not self.limiter.allow(recipient, alert.severity, now):
                     later = self.limiter.next_allowed(recipient, now)
                     put_back += [{"id": m.alert_id, "until": later} for m, _ in members]
                     continue
-                job = Job(members, contact, now + self.lease)
+                job = Job(members, contact, now + self.lease, bundle)
                 for m, a in members:
                     taken.add(m.alert_id)
                     self._receipt(session, a, "attempted", contact.channel, m.attempts_total + 1)
                 jobs.append(job)
-            if jobs:  # one statement for the claim, not an ORM object per row
-                await session.execute(_LEASE, {"ids": list(taken), "until": now + self.lease,
-                                               "at": now})
+            # One statement for the claim, not an ORM object per row, and one per bundle (a single
+            # alert's NULL clears the key of a bundle it was in before).
+            leases: dict[str | None, list[str]] = {}
+            for job in jobs:
+                leases.setdefault(job.bundle, []).extend(m.alert_id for m, _ in job.members)
+            for bundle, ids in leases.items():
+                await session.execute(_LEASE, {"ids": ids, "until": now + self.lease, "at": now,
+                                               "bundle": bundle})
             if put_back:
                 await session.execute(_PUT_BACK, put_back)
         if jobs:
@@ -241,6 +261,15 @@ class Notifier:
             query = query.with_for_update(skip_locked=True) if postgres else query
             rows += (await session.execute(query, {"now": now, "batch": batch})).all()
         return sorted(rows, key=lambda row: (row.severity, row.next_at))[:batch]
+
+    @staticmethod
+    async def _bundled(session, row, taken: set[str], now: datetime, postgres: bool) -> list:
+        """The other rows of an expired bundle: leased together, so they expired together."""
+        query = _BUNDLED.with_for_update(skip_locked=True) if postgres else _BUNDLED
+        return [(other, AlertRequested.model_validate(other.alert))
+                for other in (await session.execute(query, {
+                    "bundle": row.bundle, "alert": row.alert_id, "now": now})).all()
+                if other.alert_id not in taken]
 
     async def _mates(self, session, row, contact: Contact, taken: set[str],
                      postgres: bool) -> list[tuple]:
@@ -289,9 +318,14 @@ class Notifier:
                         note = f"render_fallback: {message.render_error}"[:200]
                         log.warning("render_fallback_used", channel=contact.channel,
                                     error=message.render_error)
-                    await channel.send(contact.address, message, job.key)
+                    # A channel's own timeouts may be per step (aiosmtplib's are per command),
+                    # so a slow server could outlast the lease and have the row sent again.
+                    async with asyncio.timeout(self.send_bound.total_seconds()):
+                        await channel.send(contact.address, message, job.key)
                 except DeliveryError as exc:
                     error = exc
+                except TimeoutError:
+                    error = DeliveryError("timeout", retryable=True)
                 except Exception as exc:  # a bug in a channel must not lose the alert
                     log.exception("channel_crashed", channel=contact.channel)
                     error = DeliveryError(type(exc).__name__, retryable=True)
@@ -300,6 +334,10 @@ class Notifier:
             try:
                 metrics.DELIVERIES.labels(contact.channel, "ok" if error is None else "error").inc()
                 await self.record(job, error, note)
+            except Exception:
+                # Nothing recorded: the rows stay leased and are sent again after the lease.
+                log.exception("delivery_record_failed", channel=contact.channel,
+                              outcome="delivered" if error is None else error.reason)
             finally:
                 self._recorded()
 
@@ -357,7 +395,8 @@ class Notifier:
             changes.append(change)
             self._receipt(session, alert, "failed", channel, attempts_total, error.reason)
             nxt = policy.after_failure(
-                now=now, severity=alert.severity, deadline=alert.ack_due,
+                now=now, severity=alert.severity, queued_at=d.created_at,
+                deadline=policy.retry_deadline(alert.severity, _deadline(alert), d.created_at),
                 contacts=len(alert.contacts), contact_index=d.contact_index,
                 attempt=attempt, attempts_total=attempts_total,
                 retryable=error.retryable, retry_after_s=error.retry_after_s,
@@ -388,6 +427,11 @@ class Notifier:
                        error=error[:200] if error else None), SOURCE))
 
 
+def _deadline(alert: AlertRequested) -> datetime | None:
+    """The deadline an alert is about: its milestone's, else the acknowledgement's."""
+    return alert.milestone_due if alert.milestone else alert.ack_due
+
+
 # The worker's statements, built once: Core, not ORM objects, because the notifier runs them for
 # every delivery and an ORM row costs several times a statement (docs/performance.md).
 _T = Delivery.__table__
@@ -411,7 +455,13 @@ _IDS = bindparam("ids", expanding=True)
 _HELD = (_T.c.alert_id.in_(_IDS), _T.c.status.concat("") == "sending",
          _T.c.next_at == bindparam("until", type_=_T.c.next_at.type))
 _LEASE = (update(_T).where(_T.c.alert_id.in_(_IDS))
-          .values(status="sending", next_at=bindparam("until"), updated_at=bindparam("at")))
+          .values(status="sending", next_at=bindparam("until"), updated_at=bindparam("at"),
+                  bundle=bindparam("bundle")))
+# An expired bundle's other rows; `sending` P3-P4 rows are few, and read by ix_deliveries_claim.
+_BUNDLED = select(_T).where(_T.c.status == "sending", _T.c.severity.in_(("P3", "P4")),
+                            _T.c.next_at <= bindparam("now", type_=_T.c.next_at.type),
+                            _T.c.bundle == bindparam("bundle"),
+                            _T.c.alert_id != bindparam("alert"))
 _PUT_BACK = (update(_T).where(_T.c.alert_id == bindparam("id"))
              .values(status="pending", next_at=bindparam("until")))
 _DELIVERED = (update(_T).where(*_HELD)

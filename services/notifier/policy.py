@@ -7,7 +7,9 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-MAX_ATTEMPTS = 12
+# Only a guard against a runaway: an alert with a deadline is tried until its deadline, 65-90
+# tries (about 120 at the most) when every try fails at once; the guard must not end it sooner.
+MAX_ATTEMPTS = 150
 BUNDLE_WINDOW = timedelta(minutes=5)  # P3-P4 reminders to one recipient within this go together
 BUNDLE_MAX = 10  # alerts in one bundled message; more wait for the next one
 NEVER_LIMITED = frozenset({"P1"})  # DOMAIN: storm protection never delays a P1
@@ -15,6 +17,12 @@ NEVER_DELAYED = frozenset({"P1", "P2"})  # the notifier's choice: urgent alerts 
 # The longest wait between tries: a receiver that comes back sees an urgent alert soon.
 RETRY_CAP_S = {"P1": 30.0, "P2": 60.0}
 DEFAULT_RETRY_CAP_S = 300.0
+# A long window raises the cap to a share of it, so a 3-day window is not tried every 5 minutes.
+TRIES_PER_WINDOW = 30
+# DOMAIN.md's acknowledgement windows, in clock time: how long an alert that was already late
+# when queued (a breach told to a supervisor, a missed milestone) is retried.
+LATE_WINDOW = {"P1": timedelta(minutes=15), "P2": timedelta(hours=1),
+               "P3": timedelta(hours=24), "P4": timedelta(hours=72)}
 
 
 def backoff_bound(attempt: int, base_s: float = 1.0, cap_s: float = 300.0) -> float:
@@ -120,6 +128,17 @@ def bundle_due(first_queued_at: datetime, window: timedelta = BUNDLE_WINDOW) -> 
     return first_queued_at + window
 
 
+def retry_deadline(severity: str, due: datetime | None, queued_at: datetime) -> datetime | None:
+    """Until when a failed alert is retried: its deadline `due`, or, when `due` had passed by
+    the time the alert was queued, its severity's LATE_WINDOW from then. None (no deadline: an
+    inform alert) means one round through its contacts."""
+    if due is None:
+        return None
+    if due <= queued_at:
+        return queued_at + LATE_WINDOW.get(severity, LATE_WINDOW["P4"])
+    return due
+
+
 @dataclass(frozen=True)
 class NextTry:
     """Where a failed delivery goes next: which contact, and when (None: dead-letter it)."""
@@ -134,6 +153,7 @@ def after_failure(
     now: datetime,
     severity: str,
     deadline: datetime | None,
+    queued_at: datetime,
     contacts: int,
     contact_index: int,
     attempt: int,
@@ -149,15 +169,18 @@ def after_failure(
     - A retryable failure is tried again on the same contact after a backoff, `per_contact`
       times; a permanent one (bad address, 4xx, SMTP 5xx) moves on at once.
     - Moving on to the next contact is immediate: another channel may well work now.
-    - After the last contact, an alert with a deadline starts a new round after a backoff, until
-      the deadline or `max_attempts`; one without (inform) has had its one round.
-    Backoff waits are capped by severity (RETRY_CAP_S), and a receiver's Retry-After is honoured
-    within the deadline.
+    - After the last contact, an alert with a deadline (retry_deadline) starts a new round after
+      a backoff, until the deadline; one without (inform) has had its one round.
+    Backoff waits are capped by severity (RETRY_CAP_S), or by the window from `queued_at` to the
+    deadline over TRIES_PER_WINDOW when that is longer; a receiver's Retry-After is honoured
+    within the cap and the deadline. `max_attempts` only stops a runaway.
     """
     stop = NextTry(contact_index, attempt, None)
     if attempts_total >= max_attempts or (deadline is not None and now >= deadline):
         return stop
     cap = RETRY_CAP_S.get(severity, DEFAULT_RETRY_CAP_S)
+    if deadline is not None:
+        cap = max(cap, (deadline - queued_at).total_seconds() / TRIES_PER_WINDOW)
 
     def backoff() -> datetime | None:
         at = next_attempt(attempts_total, now, deadline, cap_s=cap, rng=rng,

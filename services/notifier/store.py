@@ -22,6 +22,9 @@ class Delivery(Base):
     attempts_total: Mapped[int] = mapped_column(Integer, default=0)
     next_at: Mapped[datetime]
     last_error: Mapped[str | None] = mapped_column(String(200))  # or the render fallback note
+    # The Idempotency-Key of the bundle it was last leased in: after a crash the same rows go
+    # again as the same bundle under the same key.
+    bundle: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

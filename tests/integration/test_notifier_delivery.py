@@ -1,6 +1,7 @@
 """The delivery worker against a real SQLite file and the loopback receivers (no Kafka needed):
 bundling, rate limits, receipts, the render fallback note and leases. The worker is stepped by
-hand (claim, send), so nothing here sleeps, but for the one test of the worker loop's bound."""
+hand (claim, send), so nothing here sleeps, but for the tests of the worker loop and of slow
+servers."""
 
 import asyncio
 import json
@@ -8,7 +9,10 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from types import SimpleNamespace
 
+import pytest
 import pytest_asyncio
+import structlog
+from aiosmtpd.controller import Controller
 from sqlalchemy import select, update
 
 from schemas.events import AlertRequested, Contact, DeliveryOutcome, Envelope
@@ -19,6 +23,7 @@ from services.notifier.handlers import Notifier
 from services.notifier.render import Renderer
 from services.notifier.store import Delivery
 from tests.conftest import make_settings
+from tools.inbox import free_port
 
 
 class _Relay:
@@ -41,14 +46,14 @@ async def notifier(tmp_path, inbox):
 
 
 def alert(i, inbox, severity="P3", kind="reminder", authority="commune:4:child_protection",
-          contacts=None, due=timedelta(hours=8)):
+          contacts=None, due=timedelta(hours=8), **kw):
     return AlertRequested(
         alert_id=f"C-{i}:{authority}:{kind}", case_id=f"C-{i}", authority_id=authority,
         tier="commune", agency="child_protection", role="act", kind=kind,
         category="NEGLECT", severity=severity, publicity="PA0",
         ack_due=datetime.now(UTC) + due if due else None,
         contacts=contacts or [Contact(channel="webhook", address=f"{inbox.http_url}/hooks/a")],
-        rulepack_version="default@1",
+        rulepack_version="default@1", **kw,
     )
 
 
@@ -267,3 +272,168 @@ async def test_sends_wait_when_too_many_outcomes_are_unrecorded(notifier, inbox,
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
     assert len(inbox.requests()) == 20
+
+
+def webhook_then_email(inbox, name="sup"):
+    return [Contact(channel="webhook", address=f"{inbox.http_url}/hooks/{name}"),
+            Contact(channel="email", address=f"{name}@example.vn")]
+
+
+@pytest.mark.parametrize("late", [
+    # a breach told to a supervisor: the target's ack_due has passed
+    dict(kind="supervisor", due=timedelta(seconds=-1)),
+    # a reminder about a milestone: its deadline is the milestone's, not the (met) ack_due
+    dict(kind="reminder", due=timedelta(hours=-5), milestone="emergency_measure",
+         milestone_due=datetime.now(UTC) + timedelta(hours=6)),
+])
+async def test_an_alert_past_its_ack_due_still_falls_back(notifier, inbox, late):
+    a = alert(1, inbox, severity="P1", contacts=webhook_then_email(inbox), **late)
+    await notifier.handle([Envelope.wrap(a, "test")])
+    inbox.http.status = 404
+    assert await step(notifier) == 1
+    row = (await rows(notifier))[a.alert_id]
+    assert (row.status, row.contact_index, row.last_error) == ("pending", 1, "http_404")
+    assert await step(notifier) == 1  # the fallback, at once
+    assert len(inbox.mails()) == 1
+    assert [(r.status, r.channel) for r in await receipts(notifier)] == [
+        ("attempted", "webhook"), ("failed", "webhook"),
+        ("attempted", "email"), ("delivered", "email")]
+
+
+async def test_a_late_alert_is_retried_within_its_severitys_window(notifier, inbox):
+    a = alert(1, inbox, severity="P2", kind="supervisor", due=timedelta(hours=-2),
+              contacts=[Contact(channel="webhook", address=f"{inbox.http_url}/hooks/sup")])
+    await notifier.handle([Envelope.wrap(a, "test")])
+    inbox.http.status = 503
+    for _ in range(5):  # every retry on the one contact, none dead-lettered
+        await make_due(notifier, a.alert_id)
+        assert await step(notifier) == 1
+    row = (await rows(notifier))[a.alert_id]
+    assert row.status == "pending" and row.attempts_total == 5
+    assert row.next_at <= row.created_at + policy.LATE_WINDOW["P2"]
+
+
+async def test_an_expired_bundle_goes_again_as_the_same_bundle(notifier, inbox):
+    reminders = [alert(i, inbox) for i in range(3)]
+    for a in reminders:
+        await notifier.handle([Envelope.wrap(a, "test")])
+    await make_due(notifier, reminders[0].alert_id)
+    [job] = await notifier.claim()
+    assert len(job.members) == 3
+    # The bundle is sent, then the worker dies before recording it; its lease runs out.
+    await notifier.channels["webhook"].send(job.contact.address, notifier.renderer.render_bundle(
+        [(a, "http://x/a/t") for _, a in job.members], "webhook", "vi"), job.key)
+    for a in reminders:
+        await make_due(notifier, a.alert_id)
+    [again] = await notifier.claim()
+    assert again.key == job.key and len(again.members) == 3
+    await notifier.send(again)
+    hooks = inbox.requests()
+    assert [h["headers"]["Idempotency-Key"] for h in hooks] == [job.key, job.key]
+    assert all(len(h["body"]["items"]) == 3 for h in hooks)  # the receiver drops the repeat
+    assert {d.status for d in (await rows(notifier)).values()} == {"delivered"}
+
+
+class SlowSmtp:
+    """An SMTP server that takes its time over every command (a tarpit, a loaded MTA)."""
+
+    def __init__(self, delay_s: float):
+        self.delay_s = delay_s
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        await asyncio.sleep(self.delay_s)
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        await asyncio.sleep(self.delay_s)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(self.delay_s)
+        return "250 OK"
+
+
+async def test_a_slow_smtp_server_is_cut_at_the_send_bound_before_the_lease(notifier, inbox):
+    # Each command answers within aiosmtplib's per-command timeout, the whole mail does not: the
+    # send is cut at the notifier's bound, well inside the lease, and recorded as a failure.
+    port = free_port()
+    controller = Controller(SlowSmtp(0.7), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        email = notifier.channels["email"]
+        email._port, email._timeout = port, 1.0  # per command: as in production, the bound
+        notifier.send_bound = timedelta(seconds=1.0)
+        assert notifier.lease == notifier.send_bound + handlers.LEASE_MARGIN
+        a = alert(1, inbox, severity="P1", kind="alert",
+                  contacts=[Contact(channel="email", address="cp.4@example.vn")])
+        await notifier.handle([Envelope.wrap(a, "test")])
+        [job] = await notifier.claim()
+        started = asyncio.get_running_loop().time()
+        await notifier.send(job)
+        took = asyncio.get_running_loop().time() - started
+    finally:
+        controller.stop()
+    assert 0.9 < took < 1.8  # cut at the bound, not after three slow commands (2.1 s)
+    row = (await rows(notifier))[a.alert_id]
+    # Recorded under its own lease: a retry, not a row left leased to be sent again blindly.
+    assert (row.status, row.attempts_total, row.last_error) == ("pending", 1, "timeout")
+    assert [(r.status, r.error) for r in await receipts(notifier)] == [
+        ("attempted", None), ("failed", "timeout")]
+
+
+async def test_an_smtp_greeting_refusal_moves_to_the_next_contact(notifier, inbox):
+    async def refuse(reader, writer):
+        writer.write(b"554 5.7.1 no service for you\r\n")
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    notifier.channels["email"]._port = server.sockets[0].getsockname()[1]
+    contacts = [Contact(channel="email", address="cp.4@example.vn"),
+                Contact(channel="webhook", address=f"{inbox.http_url}/hooks/a")]
+    a = alert(1, inbox, severity="P1", kind="alert", contacts=contacts)
+    try:
+        await notifier.handle([Envelope.wrap(a, "test")])
+        assert await step(notifier) == 1
+        assert await step(notifier) == 1  # permanent: the next contact at once
+    finally:
+        server.close()
+    assert [(r.status, r.channel, r.error) for r in await receipts(notifier)] == [
+        ("attempted", "email", None), ("failed", "email", "smtp_554"),
+        ("attempted", "webhook", None), ("delivered", "webhook", None)]
+
+
+async def test_a_failed_record_is_logged_not_raised(notifier, inbox):
+    async def broken(item):
+        raise RuntimeError("database away")
+
+    notifier._record_group = broken
+    a = alert(1, inbox, severity="P1", kind="alert")
+    await notifier.handle([Envelope.wrap(a, "test")])
+    [job] = await notifier.claim()
+    with structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await notifier.send(job)  # does not raise
+    [failed] = [e for e in logs if e["event"] == "delivery_record_failed"]
+    assert failed["case_id"] == a.case_id and failed["log_level"] == "error"
+    # Still leased: it is sent again after the lease.
+    assert (await rows(notifier))[a.alert_id].status == "sending"
+    assert notifier._open == 0
+
+
+async def test_a_due_retry_takes_a_free_slot_without_waiting_for_a_quarter(notifier, inbox):
+    a = alert(1, inbox, severity="P3", kind="alert")
+    await notifier.handle([Envelope.wrap(a, "test")])
+    notifier._urgent = False  # a retry falling due after its backoff: nothing wakes the loop
+    notifier._sending = handlers.CONCURRENCY - 1  # one slot free, fewer than a quarter
+    worker = asyncio.create_task(notifier.run())
+    try:
+        async with asyncio.timeout(2):
+            while not inbox.requests():
+                await asyncio.sleep(0.02)
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)

@@ -7,10 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.notifier.policy import (
+    DEFAULT_RETRY_CAP_S,
+    LATE_WINDOW,
+    MAX_ATTEMPTS,
     NEVER_DELAYED,
     RETRY_CAP_S,
+    TRIES_PER_WINDOW,
     RateLimiter,
     after_failure,
+    retry_deadline,
 )
 
 T0 = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
@@ -18,8 +23,8 @@ DUE = T0 + timedelta(minutes=15)
 
 
 def fail(**kw):
-    args = dict(now=T0, severity="P1", deadline=DUE, contacts=3, contact_index=0, attempt=1,
-                attempts_total=1, retryable=True, rng=random.Random(1))
+    args = dict(now=T0, severity="P1", deadline=DUE, queued_at=T0, contacts=3, contact_index=0,
+                attempt=1, attempts_total=1, retryable=True, rng=random.Random(1))
     args.update(kw)
     return after_failure(**args)
 
@@ -56,10 +61,11 @@ def test_an_alert_without_deadline_has_one_round():
     assert fail(deadline=None, contact_index=1, retryable=False).at == T0
 
 
-def test_the_budget_and_the_deadline_end_it():
-    assert fail(attempts_total=12).at is None
-    assert fail(max_attempts=3, attempts_total=3, retryable=False).at is None
+def test_the_deadline_ends_it_and_the_guard_stops_a_runaway():
     assert fail(now=DUE).at is None
+    assert fail(attempts_total=12).at is not None  # the old budget no longer ends it early
+    assert fail(attempts_total=MAX_ATTEMPTS).at is None
+    assert fail(max_attempts=3, attempts_total=3, retryable=False).at is None
 
 
 def test_retry_after_is_honoured_within_the_cap_and_deadline():
@@ -70,14 +76,109 @@ def test_retry_after_is_honoured_within_the_cap_and_deadline():
     assert fail(severity="P1", retry_after_s=3600).at <= T0 + timedelta(seconds=RETRY_CAP_S["P1"])
 
 
-@given(attempts=st.integers(1, 11), seed=st.integers(0, 2**32),
-       severity=st.sampled_from(["P1", "P2", "P3", "P4"]))
+def cap_of(severity: str, window: timedelta) -> float:
+    return max(RETRY_CAP_S.get(severity, DEFAULT_RETRY_CAP_S),
+               window.total_seconds() / TRIES_PER_WINDOW)
+
+
+def test_the_cap_is_the_severitys_or_a_share_of_a_long_window():
+    assert cap_of("P1", timedelta(minutes=15)) == 30  # a P1 retries at least every 30 s
+    assert cap_of("P3", timedelta(minutes=15)) == 300
+    assert cap_of("P4", timedelta(days=3)) == 8640  # not every 5 minutes for 3 days
+    for at in (None, 3600):  # Retry-After stays within the widened cap
+        nxt = fail(severity="P4", deadline=T0 + timedelta(days=3), attempts_total=20,
+                   retry_after_s=at, rng=random.Random(5))
+        assert T0 < nxt.at <= T0 + timedelta(seconds=8640)
+
+
+@given(attempts=st.integers(1, 40), seed=st.integers(0, 2**32),
+       severity=st.sampled_from(["P1", "P2", "P3", "P4"]),
+       window_s=st.floats(60, 3 * 86400))
 @settings(max_examples=200)
-def test_urgent_alerts_wait_at_most_their_cap(attempts, seed, severity):
+def test_alerts_wait_at_most_their_cap(attempts, seed, severity, window_s):
+    window = timedelta(seconds=window_s)
     nxt = fail(severity=severity, attempt=1, attempts_total=attempts, rng=random.Random(seed),
-               deadline=T0 + timedelta(days=3))
-    cap = RETRY_CAP_S.get(severity, 300)
-    assert nxt.at is not None and nxt.at <= T0 + timedelta(seconds=cap)
+               deadline=T0 + window)
+    assert nxt.at is not None and nxt.at <= T0 + timedelta(seconds=cap_of(severity, window))
+
+
+def test_retry_deadline():
+    assert retry_deadline("P1", None, T0) is None  # inform: one round
+    assert retry_deadline("P1", DUE, T0) == DUE
+    # Late when queued: its severity's acknowledgement window (DOMAIN.md), from then.
+    acks = {"P1": timedelta(minutes=15), "P2": timedelta(hours=1), "P3": timedelta(hours=24),
+            "P4": timedelta(hours=72)}
+    for severity, window in acks.items():
+        assert retry_deadline(severity, T0, T0) == T0 + window
+        assert retry_deadline(severity, T0 - timedelta(hours=5), T0) == T0 + window
+
+
+def fail_until_dead(severity, deadline, queued_at, contacts, seed, fail_s=0.0, permanent=()):
+    """Every try fails (`fail_s` after it starts; the tries numbered in `permanent` for good):
+    the start time of each try, and the waits between them, until the policy gives up."""
+    rng = random.Random(seed)
+    at, ci, att, tot, starts, waits = queued_at, 0, 0, 0, [], []
+    while True:
+        starts.append(at)
+        now = at + timedelta(seconds=fail_s)
+        tot += 1
+        att += 1
+        nxt = after_failure(now=now, severity=severity, deadline=deadline, queued_at=queued_at,
+                            contacts=contacts, contact_index=ci, attempt=att, attempts_total=tot,
+                            retryable=tot not in permanent, rng=rng)
+        if nxt.at is None:
+            return starts, waits
+        waits.append((nxt.at - now).total_seconds())
+        ci, att, at = nxt.contact_index, nxt.attempt, nxt.at
+
+
+@given(severity=st.sampled_from(["P1", "P2"]), window_s=st.floats(60, 12 * 3600),
+       contacts=st.integers(1, 3), seed=st.integers(0, 2**32), fail_s=st.floats(0, 20),
+       permanent=st.sets(st.integers(1, 40), max_size=10))
+@settings(max_examples=100, deadline=None)
+def test_an_urgent_alert_is_retried_until_its_deadline(severity, window_s, contacts, seed,
+                                                       fail_s, permanent):
+    window = timedelta(seconds=window_s)
+    cap = cap_of(severity, window)
+    starts, waits = fail_until_dead(severity, T0 + window, T0, contacts, seed, fail_s, permanent)
+    assert len(starts) < MAX_ATTEMPTS  # the deadline ended it, not the runaway guard
+    assert starts[-1] >= T0 + window - timedelta(seconds=cap)  # within one cap of the deadline
+    assert starts[-1] <= T0 + window
+    assert max(waits, default=0) <= cap + 1e-6  # never a longer pause: P1 15 min, every 30 s
+
+
+@given(severity=st.sampled_from(["P1", "P2", "P3", "P4"]),
+       window_s=st.floats(1, 3 * 86400), contacts=st.integers(1, 3), seed=st.integers(0, 2**32))
+@settings(max_examples=100, deadline=None)
+def test_tries_across_a_window_stay_bounded(severity, window_s, contacts, seed):
+    # Every try fails at once, the most tries a window can hold: the cap grows with the window
+    # (TRIES_PER_WINDOW), so a 3-day window holds about as many as a 15-minute one.
+    deadline = T0 + timedelta(seconds=window_s)
+    starts, _ = fail_until_dead(severity, deadline, T0, contacts, seed)
+    assert starts[-1] == deadline  # ended by the deadline...
+    assert len(starts) < MAX_ATTEMPTS  # ...well before the guard
+
+
+@given(severity=st.sampled_from(["P1", "P2", "P3", "P4"]), late_s=st.floats(0, 3 * 86400),
+       contacts=st.integers(2, 3), seed=st.integers(0, 2**32),
+       first_permanent=st.booleans())
+@settings(max_examples=100, deadline=None)
+def test_a_late_alert_falls_back_and_is_retried_within_its_late_window(
+        severity, late_s, contacts, seed, first_permanent):
+    # A breach told to a supervisor, a missed milestone: its deadline passed before it was queued.
+    deadline = retry_deadline(severity, T0 - timedelta(seconds=late_s), T0)
+    assert deadline == T0 + LATE_WINDOW[severity]
+    first = fail(severity=severity, deadline=deadline, contacts=contacts,
+                 retryable=not first_permanent, rng=random.Random(seed))
+    if first_permanent:
+        assert (first.contact_index, first.attempt, first.at) == (1, 0, T0)  # the next, at once
+    else:
+        assert first.contact_index == 0 and T0 <= first.at <= deadline
+    starts, _ = fail_until_dead(severity, deadline, T0, contacts, seed,
+                                permanent={1} if first_permanent else ())
+    assert all(T0 <= s <= deadline for s in starts)  # within its late window...
+    assert starts[-1] == deadline  # ...until its end
+    assert len(starts) < MAX_ATTEMPTS
 
 
 def test_p2_is_never_delayed_by_the_notifiers_limiter():

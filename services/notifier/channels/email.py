@@ -36,6 +36,9 @@ def _classify(exc: Exception) -> DeliveryError:
         permanent = bool(codes) and all(500 <= c < 600 for c in codes)
         code = codes[0] if codes else 0
         return DeliveryError(f"smtp_{code}", retryable=not permanent)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):  # the greeting (554) included
+        code = exc.code
+        return DeliveryError(f"smtp_{code}", retryable=not (500 <= code < 600))
     if isinstance(exc, (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError)):
         return DeliveryError("connect_error", retryable=True)
     if isinstance(exc, (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPReadTimeoutError)):
@@ -44,9 +47,6 @@ def _classify(exc: Exception) -> DeliveryError:
         return DeliveryError("disconnected", retryable=True)
     if isinstance(exc, aiosmtplib.SMTPNotSupported):  # e.g. STARTTLS asked but not offered
         return DeliveryError("smtp_not_supported", retryable=False)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        code = exc.code
-        return DeliveryError(f"smtp_{code}", retryable=not (500 <= code < 600))
     if isinstance(exc, OSError):
         return DeliveryError("connect_error", retryable=True)
     if isinstance(exc, aiosmtplib.SMTPException):
