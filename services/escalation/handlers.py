@@ -87,7 +87,7 @@ class Escalation:
                 await self._on_milestone(session, data)
             case TransferRequested():
                 await self._on_transfer(session, data)
-            case DeliveryOutcome(status="dead_lettered", role="act"):
+            case DeliveryOutcome(status="failed" | "dead_lettered", role="act"):
                 await self._on_undeliverable(session, data)
 
     async def _on_report(self, session, envelope: Envelope, data: ReportReceived,
@@ -130,8 +130,7 @@ class Escalation:
         changes: dict = {"indicators": old.indicators | set(data.indicators)}
         floor = case.publicity
         if data.publicity is not None:  # a person may lower publicity; automation may not
-            case.human_publicity = data.publicity
-            floor = data.publicity
+            case.human_publicity = floor = data.publicity
         if data.severity_override is not None:
             changes["severity_override"] = data.severity_override
         await self._decide(session, case, old.model_copy(update=changes), floor, envelope.time,
@@ -141,16 +140,20 @@ class Escalation:
                       at: datetime, cause: str, fresh: bool = False) -> None:
         """Decide under the pack in force. `at` is when intake accepted the input (so a
         redelivery decides the same), or when a re-evaluation ran. A `fresh` case has no rows
-        yet, so nothing is read back (most inputs open a case: see docs/performance.md)."""
-        facts = facts.model_copy(update={
-            "publicity": _max_publicity(case.human_publicity, floor)})
-        decision = decide(facts, self.rt.pack, self.rt.directory, at)
+        yet, so nothing is read back (most inputs open a case: see docs/performance.md).
+        `floor`: the publicity the decision may not go below. It is not what a person set
+        (case.human_publicity), or rules such as the institutional step-up would build on their
+        own earlier result and raise publicity at every re-decision."""
+        facts = facts.model_copy(update={"publicity": case.human_publicity})
+        decision = decide(facts, self.rt.pack, self.rt.directory, at, floor)
+        raised = decision.severity < case.severity  # P1 is the highest
         case.facts = facts.model_dump(mode="json")
         case.severity, case.publicity = decision.severity, decision.publicity
         case.rulepack_version = decision.rulepack_version
         case.decisions += 1
         case.updated_at = utcnow()
-        targets, added, changed = await self._apply_targets(session, case, decision, at, fresh)
+        targets, added, changed = await self._apply_targets(session, case, decision, at, fresh,
+                                                             raised)
         self._emit(session, CaseDecided(case_id=case.case_id, decision=decision, added=added,
                                         changed=changed, cause=cause))
         await self._schedule_milestones(session, case, facts, decision.severity, targets, fresh)
@@ -158,11 +161,12 @@ class Escalation:
                  added=len(added), changed=len(changed))
 
     async def _apply_targets(self, session, case: EscalationCase, decision: Decision,
-                             at: datetime, fresh: bool,
+                             at: datetime, fresh: bool, raised: bool,
                              ) -> tuple[list[EscalationTarget], list[Target], list[Target]]:
-        """Only what changed is acted on: new targets, inform -> act, a shorter deadline.
-        A target once told stays on the case: duties are never silently dropped. Returns the
-        case's target rows after the change, and the targets added and changed."""
+        """Only what changed is acted on: new targets, inform -> act, a shorter deadline, a
+        higher severity (`raised`). A target once told stays on the case: duties are never
+        silently dropped. Returns the case's target rows after the change, and the targets
+        added and changed."""
         existing = {} if fresh else {t.authority_id: t for t in (await session.scalars(
             select(EscalationTarget).where(EscalationTarget.case_id == case.case_id))).all()}
         rows = dict(existing)
@@ -184,17 +188,21 @@ class Escalation:
             elif t.role == "act" and row.acked_at is None and row.released_at is None and (
                 row.role == "inform" or (t.ack_due and row.ack_due and t.ack_due < row.ack_due)
             ):
-                upgraded = row.role == "inform"
                 row.role, row.ack_within, row.working_days = "act", t.ack_within, t.working_days
                 row.ack_due, row.added_at = t.ack_due, at
                 await self._cancel_timers(session, row, "rescheduled")
                 changed.append(t)
-                if upgraded:
-                    self._alert(session, case, row, "alert")
             else:
                 continue
             if row.role == "act" and row.ack_due is not None:
                 self._schedule(session, row)
+        # A target already on the case that has yet to answer is told when it must answer
+        # sooner or the case got more severe; the decision count keeps each alert id apart.
+        sooner = {t.authority_id for t in changed}
+        for row in existing.values():
+            if (row.role == "act" and row.acked_at is None and row.released_at is None
+                    and (raised or row.authority_id in sooner)):
+                self._alert(session, case, row, "alert", suffix=f"decision:{case.decisions}")
         return list(rows.values()), added, changed
 
     async def _on_ack(self, session, data: TargetAcknowledged) -> None:
@@ -283,26 +291,36 @@ class Escalation:
     async def _schedule_milestones(self, session, case: EscalationCase, facts: CaseFacts,
                                    severity: str, targets: list[EscalationTarget],
                                    fresh: bool) -> None:
-        """Hold the case to the pack's milestone deadlines. A deadline once set stands: a later
-        decision adds milestones (P2 -> P1 adds the emergency measure) but never moves one."""
+        """Hold the case to the pack's milestone deadlines. A later decision adds milestones
+        (P2 -> P1 adds the emergency measure) and may bring a deadline nearer (P3 -> P2: the
+        initial assessment within 24 h, not 3 working days), never further."""
         if case.closed_at is not None:
             return
         dues = milestone_deadlines(facts, severity, self.rt.pack)
         if not dues:
             return
-        known = set() if fresh else set((await session.scalars(
-            select(EscalationMilestone.milestone).where(
-                EscalationMilestone.case_id == case.case_id))).all())
+        known = {} if fresh else {m.milestone: m for m in (await session.scalars(
+            select(EscalationMilestone).where(
+                EscalationMilestone.case_id == case.case_id))).all()}
         duties = [milestones.Duty(t.authority_id, t.tier, t.agency, t.released_at is None)
                   for t in targets if t.role == "act"]
         for mid, due in dues.items():
-            if mid in known:
+            m = known.get(mid)
+            if m is None:
+                holder = milestones.owner(mid, duties, self.rt.pack)
+                if holder is None:
+                    continue
+                add_bulk(session, EscalationMilestone, case_id=case.case_id, milestone=mid,
+                         authority_id=holder, due_at=due, scheduled_at=utcnow())
+            elif (m.done_at is None and m.missed_at is None and m.due_at is not None
+                  and due < m.due_at and m.authority_id is not None):
+                holder, m.due_at = m.authority_id, due
+                await session.execute(update(MilestoneTimer).where(
+                    MilestoneTimer.case_id == case.case_id, MilestoneTimer.milestone == mid,
+                    MilestoneTimer.fired_at.is_(None)).values(fired_at=utcnow(),
+                                                              outcome="rescheduled"))
+            else:
                 continue
-            holder = milestones.owner(mid, duties, self.rt.pack)
-            if holder is None:
-                continue
-            add_bulk(session, EscalationMilestone, case_id=case.case_id, milestone=mid,
-                     authority_id=holder, due_at=due, scheduled_at=utcnow())
             start = facts.first_received_at
             fractions = self.rt.pack.reminder_fractions
             for fraction, at in zip([*fractions, 1.0],
@@ -361,7 +379,7 @@ class Escalation:
             if parent is not None and parent.role == "act" and parent.released_at is None:
                 self._alert(session, case, parent, "escalated", suffix=suffix, milestone=m)
             else:
-                await self._escalate(session, case, row, authority.parent, now)
+                await self._escalate(session, case, row, authority.parent, now, suffix)
         self._emit(session, MilestoneMissed(case_id=case.case_id, milestone=timer.milestone,
                                             authority_id=row.authority_id, due_at=timer.due_at,
                                             to_authority_id=authority.parent))
@@ -410,21 +428,66 @@ class Escalation:
             Timer.fired_at.is_(None)).values(fired_at=utcnow(), outcome=why))
 
     async def fire_due(self, now: datetime | None = None, batch: int = 100) -> int:
-        """Fire the timers that are due. On PostgreSQL, instances share them (SKIP LOCKED)."""
+        """Fire the timers that are due, a batch in one transaction. On PostgreSQL, instances
+        share them (SKIP LOCKED)."""
         now = now or utcnow()
-        async with self.rt.db.writes() as session, session.begin():
-            timers = await _due(session, Timer, now, batch)
-            for timer in timers:
-                timer.fired_at, timer.outcome = now, "fired"
-                await self._fire(session, timer, now)
-            steps = await _due(session, MilestoneTimer, now, batch)
-            for step in steps:
-                step.fired_at, step.outcome = now, "fired"
-                with structlog.contextvars.bound_contextvars(case_id=step.case_id):
-                    await self._milestone_due(session, step, now)
-        if timers or steps:
+        fired = None
+        try:
+            async with self.rt.db.writes() as session, session.begin():
+                due = [*await _due(session, Timer, now, batch),
+                       *await _due(session, MilestoneTimer, now, batch)]
+                for timer in due:
+                    await self._fire_timer(session, timer, now)
+            fired = len(due)
+        except Exception:
+            # A timer that cannot fire fails every batch it is in, and, the most overdue, it is
+            # in every batch: fire them one by one so that it holds back no other.
+            log.warning("timer_batch_failed", exc_info=True)
+        if fired is None:  # out of the except block: a timer's failure is not chained to this
+            fired = await self._fire_one_by_one(now, batch)
+        if fired:
             self.rt.relays[SERVICE].poke()
-        return len(timers) + len(steps)
+        return fired
+
+    async def _fire_one_by_one(self, now: datetime, batch: int) -> int:
+        async with self.rt.db.reads() as session:
+            due = [(table, timer_id, case_id) for table in (Timer, MilestoneTimer)
+                   for timer_id, case_id in (await session.execute(
+                       select(table.id, table.case_id)
+                       .where(table.fired_at.is_(None), table.due_at <= now)
+                       .order_by(table.due_at).limit(batch))).all()]
+        fired = 0
+        for table, timer_id, case_id in due:
+            with structlog.contextvars.bound_contextvars(case_id=case_id):
+                try:
+                    async with self.rt.db.writes() as session, session.begin():
+                        timers = await _due(session, table, now, 1, timer_id)  # [] if taken
+                        for timer in timers:
+                            await self._fire_timer(session, timer, now)
+                    fired += len(timers)
+                except Exception:
+                    log.exception("timer_failed", table=table.__tablename__, timer_id=timer_id)
+                    await self._retry_later(table, timer_id, now)
+        return fired
+
+    async def _retry_later(self, table: type[Timer] | type[MilestoneTimer], timer_id: int,
+                           now: datetime) -> None:
+        """Put a timer that failed back, to fire later. It is not dropped: it is a duty to alert
+        someone about a child (a reminder, a missed deadline), and the cause may pass (a
+        directory or pack put right). It waits longer each time, so it costs the others little."""
+        async with self.rt.db.writes() as session, session.begin():
+            timer = await session.get(table, timer_id)
+            if timer is not None and timer.fired_at is None:
+                timer.due_at = now + min(_RETRY_FIRST * 2 ** min(timer.attempts, 6), _RETRY_MAX)
+                timer.attempts += 1
+
+    async def _fire_timer(self, session, timer: Timer | MilestoneTimer, now: datetime) -> None:
+        timer.fired_at, timer.outcome = now, "fired"
+        with structlog.contextvars.bound_contextvars(case_id=timer.case_id):
+            if isinstance(timer, Timer):
+                await self._fire(session, timer, now)
+            else:
+                await self._milestone_due(session, timer, now)
 
     async def _fire(self, session, timer: Timer, now: datetime) -> None:
         case = await session.get(EscalationCase, timer.case_id)
@@ -432,18 +495,22 @@ class Escalation:
         if (row is None or case is None or row.acked_at is not None
                 or row.released_at is not None or case.closed_at is not None):
             return
-        with structlog.contextvars.bound_contextvars(case_id=timer.case_id):
-            if timer.kind == "reminder":
-                self._alert(session, case, row, "reminder", suffix=str(timer.id))
-                self._emit(session, TargetEscalated(case_id=case.case_id,
-                                                    authority_id=row.authority_id,
-                                                    step="reminder", fraction=timer.fraction))
-                return
-            log.warning("ack_deadline_missed", authority_id=row.authority_id)
-            await self._breach(session, case, row, now, suffix=str(timer.id))
+        if timer.kind == "reminder":
+            self._alert(session, case, row, "reminder", suffix=str(timer.id))
+            self._emit(session, TargetEscalated(case_id=case.case_id,
+                                                authority_id=row.authority_id,
+                                                step="reminder", fraction=timer.fraction))
+            return
+        log.warning("ack_deadline_missed", authority_id=row.authority_id)
+        await self._breach(session, case, row, now, suffix=str(timer.id))
 
     async def _on_undeliverable(self, session, data: DeliveryOutcome) -> None:
-        """An act alert that reached nobody is escalated now, not at its deadline."""
+        """An act alert that reached nobody is escalated now, not at its deadline: after
+        UNREACHED_AFTER failed tries (the notifier goes on trying until the deadline), or when
+        it is dead-lettered sooner. Once: the first of the two escalates."""
+        if data.attempt != UNREACHED_AFTER if data.status == "failed" else (
+                data.attempt >= UNREACHED_AFTER):
+            return  # not yet unreached, or escalated at its UNREACHED_AFTER-th failure already
         row = await session.get(EscalationTarget, (data.case_id, data.authority_id))
         case = await session.get(EscalationCase, data.case_id)
         if row is None or case is None or row.acked_at is not None or row.role != "act":
@@ -460,31 +527,38 @@ class Escalation:
         for supervisor in authority.supervisors:
             self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix)
         if authority.parent:
-            await self._escalate(session, case, row, authority.parent, now)
+            await self._escalate(session, case, row, authority.parent, now, suffix)
 
     async def _escalate(self, session, case: EscalationCase, row: EscalationTarget,
-                        parent_id: str, now: datetime) -> None:
-        """The next tier up becomes an act target with the same ack window."""
-        existing = await session.get(EscalationTarget, (case.case_id, parent_id))
-        if existing is not None and existing.role == "act":
-            return  # already holding the next tier to a deadline
-        parent = self.rt.directory.get(parent_id)
+                        parent_id: str, now: datetime, suffix: str) -> None:
+        """The next tier up is told and held to the same ack window from now: it becomes an act
+        target, or, already one, keeps the earlier of its own deadline and that one."""
+        parent = await session.get(EscalationTarget, (case.case_id, parent_id))
+        if parent is not None and parent.released_at is not None:
+            return  # a transfer passed its duty to another authority
         due = (deadline(now, row.ack_within, row.working_days) if row.ack_within
                else now + (row.ack_due - row.added_at))
-        if existing is None:
-            existing = EscalationTarget(
-                case_id=case.case_id, authority_id=parent_id, tier=parent.tier,
-                agency=parent.agency, role="act", ack_within=row.ack_within,
+        if parent is None:
+            authority = self.rt.directory.get(parent_id)
+            parent = EscalationTarget(
+                case_id=case.case_id, authority_id=parent_id, tier=authority.tier,
+                agency=authority.agency, role="act", ack_within=row.ack_within,
                 working_days=row.working_days, added_at=now, ack_due=due, origin="escalated")
-            session.add(existing)
-        else:
-            existing.role, existing.ack_within, existing.working_days = (
+            session.add(parent)
+        elif parent.role != "act":
+            parent.role, parent.ack_within, parent.working_days = (
                 "act", row.ack_within, row.working_days)
-            existing.added_at, existing.ack_due, existing.origin = now, due, "escalated"
+            parent.added_at, parent.ack_due, parent.origin = now, due, "escalated"
+        elif parent.acked_at is None and (parent.ack_due is None or due < parent.ack_due):
+            await self._cancel_timers(session, parent, "rescheduled")
+            parent.added_at, parent.ack_due = now, due
+        else:
+            due = None  # it has answered, or must answer sooner anyway: its clock stands
         self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
                                             step="escalated", to_authority_id=parent_id))
-        self._alert(session, case, existing, "escalated")
-        self._schedule(session, existing)
+        self._alert(session, case, parent, "escalated", suffix=suffix)
+        if due is not None:
+            self._schedule(session, parent)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -510,12 +584,18 @@ class Escalation:
         outbox.add(session, SERVICE, self.rt.settings.topic(topic), Envelope.wrap(data, SOURCE))
 
 
+# Failed tries after which an act alert counts as unreached and its target is escalated. A P1
+# reaches it in about two minutes of failures (the notifier's backoff is capped at 30 s).
+UNREACHED_AFTER = 12
 _DEFAULT_WINDOW = timedelta(hours=1)  # an act target always has a window; this is a backstop
+_RETRY_FIRST, _RETRY_MAX = timedelta(minutes=1), timedelta(hours=1)  # a timer that failed
 
 
-async def _due(session, table, now: datetime, batch: int) -> list:
-    query = (select(table).where(table.fired_at.is_(None), table.due_at <= now)
-             .order_by(table.due_at).limit(batch))
+async def _due(session, table, now: datetime, batch: int, timer_id: int | None = None) -> list:
+    query = select(table).where(table.fired_at.is_(None), table.due_at <= now)
+    if timer_id is not None:
+        query = query.where(table.id == timer_id)
+    query = query.order_by(table.due_at).limit(batch)
     if is_postgres(session):
         query = query.with_for_update(skip_locked=True)
     return list((await session.scalars(query)).all())

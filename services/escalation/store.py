@@ -50,6 +50,7 @@ class Timer(Base):
     due_at: Mapped[datetime]
     fired_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(16))  # fired, cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # failed fires
 
     __table_args__ = (Index("ix_esc_timers_due", "fired_at", "due_at"),
                       Index("ix_esc_timers_target", "case_id", "authority_id"))
@@ -84,6 +85,7 @@ class MilestoneTimer(Base):
     due_at: Mapped[datetime]
     fired_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(16))  # fired, done, closed
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # failed fires
 
     __table_args__ = (Index("ix_esc_milestone_timers_due", "fired_at", "due_at"),
                       Index("ix_esc_milestone_timers_case", "case_id", "milestone"))

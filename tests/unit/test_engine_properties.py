@@ -73,6 +73,24 @@ def test_publicity_never_below_what_a_person_set(name, facts):
 
 
 @FAST
+@given(packs, cases(), st.sampled_from(PUBLICITIES))
+def test_publicity_never_below_the_case_level_so_far_and_never_built_on_it(name, facts, floor):
+    # The floor is the case's earlier level: kept as it is, not stepped up like a person's.
+    free = _decide(name, facts)
+    kept = decide(facts, PACKS[name], DIRECTORIES[name], facts.first_received_at, floor)
+    assert kept.publicity == max(free.publicity, floor, key=LEVEL.get)
+
+
+@FAST
+@given(packs, cases())
+def test_re_deciding_the_same_facts_never_changes_publicity(name, facts):
+    first = _decide(name, facts)
+    again = decide(facts, PACKS[name], DIRECTORIES[name], facts.first_received_at, first.publicity)
+    assert again.publicity == first.publicity
+    assert again.model_dump(mode="json") == first.model_dump(mode="json")
+
+
+@FAST
 @given(packs, cases(), st.integers(0, 10_000))
 def test_every_act_target_has_a_deadline_after_the_decision(name, facts, later):
     d = _decide(name, facts, later)

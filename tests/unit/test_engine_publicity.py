@@ -18,11 +18,12 @@ HERE = Location(province_code=1, commune_code=4)
 H = timedelta(hours=1)
 
 
-def publicity(publicity="PA0", indicators=(), setting="home", reports=(AT,)) -> tuple[str, list[str]]:
+def publicity(publicity="PA0", indicators=(), setting="home", reports=(AT,),
+              floor="PA0") -> tuple[str, list[str]]:
     f = CaseFacts(case_id="C-TEST", category="EMOTIONAL", location=HERE, setting=setting,
                   child_ages=(10,), indicators=frozenset(indicators), publicity=publicity,
                   linked_reports=tuple(reports), first_received_at=min(reports))
-    d = decide(f, PACK, DIRECTORY, AT)
+    d = decide(f, PACK, DIRECTORY, AT, floor)
     return d.publicity, d.matched_rules
 
 
@@ -77,6 +78,16 @@ def test_institutional_with_staff_suspected_goes_one_level_up(setting):
     assert publicity("PA2", indicators={"staff_suspected"}, setting=setting)[0] == "PA2"
     pub, rules = publicity(indicators={"staff_suspected", "media_local"}, setting=setting)
     assert pub == "PA2" and "publicity.institutional_staff_suspected" in rules
+
+
+def test_the_case_level_so_far_is_a_floor_not_stepped_up():
+    # A re-decision passes the case's level (PA1 from the step-up): it stays PA1, not PA2.
+    pub, rules = publicity(indicators={"staff_suspected"}, setting="school", floor="PA1")
+    assert pub == "PA1"
+    assert "publicity.set_by_person" not in rules and "publicity.kept" not in rules
+    # Kept when the rules give less now (a new pack), and said so.
+    pub, rules = publicity(floor="PA2")
+    assert pub == "PA2" and "publicity.kept" in rules and "publicity.set_by_person" not in rules
 
 
 def test_staff_suspected_outside_an_institution_changes_nothing():

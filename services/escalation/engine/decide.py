@@ -13,11 +13,14 @@ from .routing import route
 from .severity import assess_severity
 
 
-def decide(facts: CaseFacts, pack: RulePack, directory: Directory, at: datetime) -> Decision:
+def decide(facts: CaseFacts, pack: RulePack, directory: Directory, at: datetime,
+           publicity_floor: str = "PA0") -> Decision:
+    """`publicity_floor`: the case's publicity so far, which automation never lowers; unlike
+    facts.publicity (what a person set) no rule builds on it."""
     _require_aware(at)
     s = Situation.of(facts)
     severity, severity_rules = assess_severity(facts, pack, s)
-    publicity, publicity_rules = assess_publicity(facts, pack, s)
+    publicity, publicity_rules = assess_publicity(facts, pack, s, publicity_floor)
     targets, routing_rules = route(facts, severity, publicity, pack, directory, at, s)
     # One validation of the whole decision is cheaper than building each Target on its own.
     return Decision.model_validate({

@@ -1,4 +1,5 @@
-"""Public attention (DOMAIN.md section 4): the highest of every source; never below facts.publicity."""
+"""Public attention (DOMAIN.md section 4): the highest of every source; never below facts.publicity
+(what a person set) nor below `floor` (the case's level so far: it only goes up automatically)."""
 
 from datetime import datetime, timedelta
 
@@ -9,6 +10,7 @@ from .conditions import Situation, any_holds
 
 LEVEL = {pub: i for i, pub in enumerate(PUBLICITIES)}  # PA0 -> 0
 SET_BY_PERSON_RULE = "publicity.set_by_person"
+KEPT_RULE = "publicity.kept"
 
 
 def most_in_window(times: tuple[datetime, ...], window: timedelta) -> int:
@@ -22,7 +24,8 @@ def most_in_window(times: tuple[datetime, ...], window: timedelta) -> int:
     return best
 
 
-def assess_publicity(facts: CaseFacts, pack: RulePack, s: Situation) -> tuple[str, list[str]]:
+def assess_publicity(facts: CaseFacts, pack: RulePack, s: Situation,
+                     floor: str = "PA0") -> tuple[str, list[str]]:
     level = LEVEL[facts.publicity]
     fired = [SET_BY_PERSON_RULE] if level > 0 else []
     for rule in pack.publicity.indicator_rules:
@@ -41,4 +44,9 @@ def assess_publicity(facts: CaseFacts, pack: RulePack, s: Situation) -> tuple[st
         if any_holds(rule.when, s):
             fired.append(rule.id)
             level = min(level + rule.levels, len(PUBLICITIES) - 1)
+    # The floor is applied after the step-up, not stepped up itself: re-deciding the same facts
+    # must give the same level, not one more each time.
+    if LEVEL[floor] > level:
+        fired.append(KEPT_RULE)
+        level = LEVEL[floor]
     return PUBLICITIES[level], fired

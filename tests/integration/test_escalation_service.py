@@ -1,0 +1,266 @@
+"""The escalation service on a database of its own (no broker): re-decisions, timers, breaches.
+
+Inputs go straight to Escalation.handle; what it emits is read back from the outbox.
+"""
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest_asyncio
+import structlog
+from sqlalchemy import select, update
+
+from schemas.events import CaseUpdated, DeliveryOutcome, Envelope, ReportReceived
+from schemas.reports import Location
+from services.common.config import Settings
+from services.common.outbox import OutboxRow
+from services.escalation.directory import build_directory
+from services.escalation import handlers
+from services.escalation.handlers import Escalation
+from services.escalation.rulepack import load_pack
+from services.escalation.store import (
+    EscalationCase,
+    EscalationMilestone,
+    EscalationTarget,
+    MilestoneTimer,
+    Timer,
+)
+
+T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # Wednesday 09:00 in Hanoi
+M = timedelta(minutes=1)
+CP, POLICE = "commune:4:child_protection", "commune:4:police"
+PROVINCE_CP = "province:1:child_protection"
+
+
+class _Relay:
+    def poke(self) -> None:
+        pass
+
+
+def _use(esc: Escalation, pack_name: str) -> None:
+    """Put a shipped pack in force, as the pack watcher does."""
+    esc.rt.pack = load_pack(pack_name)
+    esc.rt.directory = build_directory(esc.rt.pack)
+
+
+@pytest_asyncio.fixture
+async def esc(sqlite_db):
+    pack = load_pack("default")
+    return Escalation(SimpleNamespace(settings=Settings(), db=sqlite_db, pack=pack,
+                                      directory=build_directory(pack),
+                                      relays={"escalation": _Relay()}))
+
+
+def _wrap(data, at: datetime) -> Envelope:
+    envelope = Envelope.wrap(data, "beacon/intake")
+    envelope.time = at
+    return envelope
+
+
+async def _report(esc, case_id: str = "C-1", at: datetime = T0, **fields) -> None:
+    body = dict(case_id=case_id, report_id=f"R-{case_id}-{at.timestamp()}", new_case=True,
+                received_at=at, channel="phone", category="PHYS_VIOLENCE",
+                location=Location(province_code=1, commune_code=4), setting="home",
+                child_ages=[10], indicators=[], publicity="PA0")
+    await esc.handle([_wrap(ReportReceived(**{**body, **fields}), at)])
+
+
+async def _update(esc, case_id: str = "C-1", at: datetime = T0 + 5 * M, **fields) -> None:
+    update = CaseUpdated(case_id=case_id, update_id=f"U-{at.timestamp()}", by_role="operator",
+                         **fields)
+    await esc.handle([_wrap(update, at)])
+
+
+async def _emitted(esc, kind: str | None = None) -> list[dict]:
+    async with esc.rt.db.reads() as s:
+        rows = (await s.scalars(select(OutboxRow).order_by(OutboxRow.id))).all()
+    events = [Envelope.model_validate_json(r.payload) for r in rows]
+    return [e.data for e in events if kind is None or e.type == kind]
+
+
+async def _rows(esc, table, case_id: str = "C-1", **where) -> list:
+    async with esc.rt.db.reads() as s:
+        query = select(table).where(table.case_id == case_id)
+        for name, value in where.items():
+            query = query.where(getattr(table, name) == value)
+        return list((await s.scalars(query)).all())
+
+
+async def _case(esc, case_id: str = "C-1") -> EscalationCase:
+    async with esc.rt.db.reads() as s:
+        return await s.get(EscalationCase, case_id)
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# --- publicity ------------------------------------------------------------------------------
+
+
+async def test_publicity_is_not_raised_again_by_re_decisions(esc):
+    # Institutional with staff_suspected: one level up, once (DOMAIN.md section 4).
+    await _report(esc, setting="school", indicators=["staff_suspected"])
+    assert (await _case(esc)).publicity == "PA1"
+    await _update(esc, indicators=["crime"])  # nothing about publicity
+    assert (await _case(esc)).publicity == "PA1"
+    assert await esc.reevaluate_open("publication-1") == 1
+    assert (await _case(esc)).publicity == "PA1"
+    for decided in await _emitted(esc, "beacon.case.decided"):
+        assert decided["decision"]["publicity"] == "PA1"
+        assert "publicity.set_by_person" not in decided["decision"]["matched_rules"]
+
+
+async def test_publicity_is_not_lowered_automatically_but_a_person_may_lower_it(esc):
+    await _report(esc, setting="school", indicators=["staff_suspected"])
+    # A pack without the step-up: the case keeps the level it had.
+    pack = esc.rt.pack
+    esc.rt.pack = pack.model_copy(update={
+        "publicity": pack.publicity.model_copy(update={"step_up": []})})
+    await esc.reevaluate_open("publication-1")
+    case = await _case(esc)
+    assert case.publicity == "PA1"
+    decided = (await _emitted(esc, "beacon.case.decided"))[-1]["decision"]
+    assert "publicity.kept" in decided["matched_rules"]
+    assert "publicity.set_by_person" not in decided["matched_rules"]
+    # A person sets PA2, then lowers it to PA0: only what the rules give is left (nothing here).
+    await _update(esc, publicity="PA2")
+    assert (await _case(esc)).publicity == "PA2"
+    await _update(esc, at=T0 + 10 * M, publicity="PA0")
+    assert (await _case(esc)).publicity == "PA0"
+
+
+# --- re-decisions: what changed is told ------------------------------------------------------
+
+
+async def test_a_target_whose_deadline_moves_earlier_is_alerted_and_its_timers_follow(esc):
+    await _report(esc)  # PHYS_VIOLENCE, age 10: P2, commune child protection within 1 h
+    first = await _emitted(esc, "beacon.alert.requested")
+    assert [(a["authority_id"], a["kind"]) for a in first] == [
+        (CP, "alert"), (PROVINCE_CP, "inform")]
+    await _update(esc, indicators=["ongoing"])  # P1: 15 minutes from the update
+    new_due = T0 + 20 * M
+    told = {a["authority_id"]: a for a in (await _emitted(esc, "beacon.alert.requested"))[2:]}
+    assert set(told) == {CP, POLICE}
+    assert told[CP]["kind"] == "alert" and told[CP]["severity"] == "P1"
+    assert _at(told[CP]["ack_due"]) == new_due
+    assert told[CP]["alert_id"] != first[0]["alert_id"]  # the notifier would drop a repeat
+    pending = sorted((t.kind, t.due_at) for t in await _rows(esc, Timer, authority_id=CP)
+                     if t.fired_at is None)
+    assert pending == [("breach", new_due), ("reminder", T0 + 5 * M + timedelta(seconds=450)),
+                       ("reminder", T0 + 17 * M)]
+
+
+async def test_a_higher_severity_is_told_to_targets_yet_to_answer(esc):
+    # BULLYING P3: commune child protection within 1 working day (Thursday 09:00 local).
+    await _report(esc, category="BULLYING")
+    due = (await _rows(esc, EscalationTarget, authority_id=CP))[0].ack_due
+    # Thursday 08:30: serious injury makes it P2, yet 1 h from now is later than the deadline.
+    await _update(esc, at=due - 30 * M, indicators=["serious_injury"])
+    decided = (await _emitted(esc, "beacon.case.decided"))[-1]
+    assert decided["decision"]["severity"] == "P2" and decided["changed"] == []
+    alerts = [a for a in await _emitted(esc, "beacon.alert.requested") if a["authority_id"] == CP]
+    assert [(a["kind"], a["severity"], _at(a["ack_due"])) for a in alerts] == [
+        ("alert", "P3", due), ("alert", "P2", due)]
+
+
+async def test_a_milestone_deadline_moves_earlier_never_later(esc):
+    await _report(esc, category="BULLYING")  # P3: initial assessment within 3 working days
+    await _update(esc, indicators=["serious_injury"])  # P2: within 24 h of the first receipt
+    [m] = await _rows(esc, EscalationMilestone, milestone="initial_assessment")
+    assert m.due_at == T0 + timedelta(hours=24)
+    steps = await _rows(esc, MilestoneTimer, milestone="initial_assessment")
+    assert sorted(t.due_at for t in steps if t.fired_at is None) == [
+        T0 + timedelta(hours=12), T0 + timedelta(hours=19.2), T0 + timedelta(hours=24)]
+    assert {t.outcome for t in steps if t.fired_at is not None} == {"rescheduled"}
+    scheduled = [e for e in await _emitted(esc, "beacon.milestone.scheduled")
+                 if e["milestone"] == "initial_assessment"]
+    assert _at(scheduled[-1]["due_at"]) == T0 + timedelta(hours=24)
+    # A supervisor lowers the severity: the nearer deadline stands.
+    await _update(esc, at=T0 + 10 * M, severity_override="P3")
+    [m] = await _rows(esc, EscalationMilestone, milestone="initial_assessment")
+    assert m.due_at == T0 + timedelta(hours=24)
+
+
+# --- breaches ----------------------------------------------------------------------------------
+
+
+async def test_a_breach_holds_a_parent_already_acting_to_the_same_window(esc):
+    # P1 at PA1: the province already acts, within 2 h (04:00); the commune within 15 min.
+    await _report(esc, indicators=["immediate_danger"], publicity="PA1")
+    before = len(await _emitted(esc))
+    now = T0 + 16 * M
+    await esc.fire_due(now)
+    new = (await _emitted(esc))[before:]
+    assert {"case_id": "C-1", "authority_id": CP, "step": "escalated", "fraction": None,
+            "to_authority_id": PROVINCE_CP} in new
+    escalated = [e for e in new if e.get("kind") == "escalated" and e["authority_id"] == PROVINCE_CP]
+    assert len(escalated) == 1 and _at(escalated[0]["ack_due"]) == now + 15 * M
+    [province] = await _rows(esc, EscalationTarget, authority_id=PROVINCE_CP)
+    assert province.ack_due == now + 15 * M
+    pending = [t for t in await _rows(esc, Timer, authority_id=PROVINCE_CP) if t.fired_at is None]
+    assert sorted(t.due_at for t in pending if t.kind == "breach") == [now + 15 * M]
+
+
+async def test_an_act_alert_unreached_after_its_tries_escalates_once(esc):
+    # The notifier goes on trying until the deadline; escalation does not wait for it.
+    for case_id in ("C-1", "C-2"):
+        await _report(esc, case_id, indicators=["immediate_danger"])
+
+    async def outcome(case_id: str, status: str, attempt: int) -> list[dict]:
+        before = len(await _emitted(esc))
+        await esc.handle([_wrap(DeliveryOutcome(
+            alert_id=f"{case_id}:{CP}:alert", case_id=case_id, authority_id=CP, role="act",
+            kind="alert", status=status, channel="webhook", attempt=attempt,
+            error="http_503"), T0 + attempt * M)])
+        return [e for e in (await _emitted(esc))[before:] if e.get("step") == "breach"]
+
+    assert await outcome("C-1", "failed", handlers.UNREACHED_AFTER - 1) == []
+    assert len(await outcome("C-1", "failed", handlers.UNREACHED_AFTER)) == 1
+    assert await outcome("C-1", "dead_lettered", handlers.UNREACHED_AFTER + 30) == []  # not twice
+    # Dead-lettered before its UNREACHED_AFTER-th try (say, every contact refused it for good).
+    assert len(await outcome("C-2", "dead_lettered", 3)) == 1
+
+
+# --- timers ------------------------------------------------------------------------------------
+
+
+async def test_a_timer_that_cannot_fire_holds_back_no_other(esc, monkeypatch):
+    # A case routed under the 2020 pack has a district target; the default pack, put in force
+    # since, has no district tier, so that target's timers fail (KeyError from the directory).
+    _use(esc, "vn2020")
+    await _report(esc, "C-OLD", indicators=["immediate_danger"], publicity="PA1")
+    _use(esc, "default")
+    await _report(esc, "C-NEW", at=T0 + M, indicators=["immediate_danger"])
+    poisoned = [t.id for t in await _rows(esc, Timer, "C-OLD") if t.authority_id.startswith("district:")]
+    assert poisoned
+
+    now = T0 + timedelta(hours=5)  # every timer of both cases is overdue
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        # A logger made now sees the capture (the service's logger is cached on first use).
+        monkeypatch.setattr(handlers, "log", structlog.get_logger("beacon.escalation"))
+        assert await esc.fire_due(now) > 0
+    new = await _rows(esc, Timer, "C-NEW")
+    assert {(t.authority_id, t.kind) for t in new if t.outcome == "fired"} >= {
+        (CP, "breach"), (POLICE, "breach")}
+    failed = [e for e in logs if e["event"] == "timer_failed"]
+    assert {e["timer_id"] for e in failed} == set(poisoned)
+    assert all(e["case_id"] == "C-OLD" and e["log_level"] == "error" and e["exc_info"]
+               for e in failed)
+
+    def waiting(rows):
+        return {t.id: (t.attempts, t.due_at) for t in rows if t.id in poisoned and t.fired_at is None}
+
+    # Put back, not dropped: retried after 1 minute, then after 2.
+    assert waiting(await _rows(esc, Timer, "C-OLD")) == {i: (1, now + M) for i in poisoned}
+    await esc.fire_due(now + 30 * timedelta(seconds=1))
+    assert waiting(await _rows(esc, Timer, "C-OLD")) == {i: (1, now + M) for i in poisoned}
+    await esc.fire_due(now + M)
+    assert waiting(await _rows(esc, Timer, "C-OLD")) == {i: (2, now + 3 * M) for i in poisoned}
+    # At most an hour apart, however many times it failed.
+    async with esc.rt.db.writes() as s, s.begin():
+        await s.execute(update(Timer).where(Timer.id.in_(poisoned)).values(attempts=100))
+    later = now + timedelta(hours=2)
+    await esc.fire_due(later)
+    assert waiting(await _rows(esc, Timer, "C-OLD")) == {
+        i: (101, later + timedelta(hours=1)) for i in poisoned}
