@@ -406,7 +406,7 @@ async def test_an_smtp_greeting_refusal_moves_to_the_next_contact(notifier, inbo
         ("attempted", "webhook", None), ("delivered", "webhook", None)]
 
 
-async def test_a_failed_record_is_logged_not_raised(notifier, inbox):
+async def test_a_failed_record_is_logged_not_raised(notifier, inbox, monkeypatch):
     async def broken(item):
         raise RuntimeError("database away")
 
@@ -416,6 +416,8 @@ async def test_a_failed_record_is_logged_not_raised(notifier, inbox):
     [job] = await notifier.claim()
     with structlog.testing.capture_logs(
             processors=[structlog.contextvars.merge_contextvars]) as logs:
+        # A logger made now sees the capture (the service's logger is cached on first use).
+        monkeypatch.setattr(handlers, "log", structlog.get_logger("beacon.notifier"))
         await notifier.send(job)  # does not raise
     [failed] = [e for e in logs if e["event"] == "delivery_record_failed"]
     assert failed["case_id"] == a.case_id and failed["log_level"] == "error"
