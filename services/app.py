@@ -25,19 +25,29 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await _too_large(send, self.max_bytes)
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                over = True
                 raise _TooLarge
             return message
 
+        async def sending(message):
+            nonlocal started
+            if over and not started:
+                return  # FastAPI's 400 for the body it could not read: the 413 goes instead
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, sending)
         except _TooLarge:
+            pass
+        if over and not started:
             await _too_large(send, self.max_bytes)
 
 

@@ -138,12 +138,15 @@ def directory_history(authority_id: str, token: Token, url: Url = None) -> None:
 audit_app = typer.Typer(no_args_is_help=True, help="The audit trail (auditor role).")
 
 
+WHEN = "ISO 8601: a date (2026-01-01) or a time; without a zone, UTC"
+
+
 @audit_app.command("query")
 def audit_query(token: Token, url: Url = None,
                 case: Annotated[str | None, typer.Option(help="Case id (or pack version)")] = None,
                 user: Annotated[str | None, typer.Option(help="User id")] = None,
-                since: Annotated[str | None, typer.Option(help="ISO-8601")] = None,
-                until: Annotated[str | None, typer.Option(help="ISO-8601")] = None,
+                since: Annotated[str | None, typer.Option(help=WHEN)] = None,
+                until: Annotated[str | None, typer.Option(help=WHEN)] = None,
                 limit: int = 100) -> None:
     """Audit records by case, user and time."""
     params = {k: v for k, v in {"case_id": case, "user_id": user, "since": since,

@@ -10,7 +10,7 @@ from schemas.events import (
     MilestoneMissed, MilestoneRecorded, MilestoneScheduled, ReportReceived, TargetAcknowledged,
     TYPE_OF, TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
-from services.common.db import ProcessedEvent, add_bulk, claim_events, utcnow
+from services.common.db import ProcessedEvent, add_bulk, claim_events, is_postgres, utcnow
 from services.intake.store import CaseAuthority, CaseView, ReportRow, TimelineEntry
 
 CONSUMER = "intake-readmodel"
@@ -74,7 +74,10 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
         add_bulk(session, TimelineEntry, case_id=envelope.subject, at=envelope.time,
                  kind=_kind(envelope, data), detail=_received_detail(data), event_id=envelope.id)
         return
-    case = await session.get(CaseView, envelope.subject)
+    # On PostgreSQL locked and read afresh: another intake instance applying an event to this
+    # case waits, or its change would be lost. SQLite has one writer at a time.
+    pg = is_postgres(session)
+    case = await session.get(CaseView, envelope.subject, with_for_update=pg, populate_existing=pg)
     if case is None and not isinstance(data, ReportReceived):
         # Events can outrun the intake event only in a rebuild from a partial log: skip them.
         return
@@ -213,6 +216,9 @@ def _target(case: CaseView, authority_id: str, **changes) -> None:
 
 
 async def timeline(session: AsyncSession, case_id: str) -> list[TimelineEntry]:
+    # By the events' own time and id, not the order they were applied in: a rebuild applies
+    # topic by topic, and must show the same timeline as the live model.
     return list((await session.scalars(
-        select(TimelineEntry).where(TimelineEntry.case_id == case_id).order_by(TimelineEntry.id)
+        select(TimelineEntry).where(TimelineEntry.case_id == case_id)
+        .order_by(TimelineEntry.at, TimelineEntry.event_id)
     )).all())

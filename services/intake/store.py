@@ -30,6 +30,9 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     body_hash: Mapped[str] = mapped_column(String(64))
     response: Mapped[dict] = mapped_column(JSON)
+    # A follow-up's event until it is on Kafka (a report's is on its ReportRow): what a retry or
+    # the start-up sweep publishes again if the request died half-way. Codes only, no identity.
+    event: Mapped[str | None] = mapped_column(String)
     created_at: Mapped[datetime]
 
 

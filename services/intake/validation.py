@@ -11,6 +11,9 @@ from vietnam_provinces import Province, Ward
 from schemas.reports import Location, Report
 
 CLOCK_SKEW = timedelta(minutes=5)
+# A report is entered when the hotline or a commune point receives it. An older received_at is a
+# typo (a wrong year would make every deadline overdue at once).
+MAX_AGE = timedelta(days=30)
 
 
 @cache
@@ -59,4 +62,7 @@ def check_report(report: Report, pack, now: datetime) -> list[dict]:
         errors += check_location(("other_locations", i), other)
     if report.received_at > now + CLOCK_SKEW:
         errors.append(_error(("received_at",), "is in the future"))
+    elif report.received_at < now - MAX_AGE:
+        errors.append(_error(("received_at",), f"is more than {MAX_AGE.days} days ago; "
+                                               "enter the time the report was received"))
     return errors

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from services.common.audit import AuditRecord
 from services.common.db import utcnow
 from services.common.links import sign_link
 from services.escalation.store import EscalationMilestone, EscalationTarget, MilestoneTimer, Timer
@@ -13,6 +14,7 @@ from tests.support.reports import report
 
 CP, POLICE = "commune:4:child_protection", "commune:4:police"
 ELSEWHERE = "commune:8:child_protection"  # a neighbouring commune of province 1
+PROVINCE_CP = "province:1:child_protection"  # informed of a P1 case, not asked to act
 
 
 async def _user(stack, user_id: str, role: str, scope: str, authorities: list[str]) -> str:
@@ -275,3 +277,47 @@ async def test_transfer_reroutes_and_duty_ends_when_new_authority_acknowledges(s
     kinds = {e for e in ("target_transferred", "target_released")
              if await _timeline(stack, case_id, e)}
     assert kinds == {"target_transferred", "target_released"}
+
+
+def _answers(authority_id: str) -> list[tuple[str, dict]]:
+    """Everything an authority may do only while it holds the duty to act on a case."""
+    return [("acknowledgements", {"authority_id": authority_id}),
+            ("milestones", {"authority_id": authority_id, "milestone": "emergency_measure"}),
+            ("milestones", {"authority_id": authority_id, "milestone": "case_closed",
+                            "outcome": "resolved"}),
+            ("transfers", {"from_authority_id": authority_id, "to_authority_id": POLICE,
+                           "reason": "other"})]
+
+
+async def test_only_an_authority_that_must_act_answers_for_the_case(stack):
+    """An informed authority, and one that handed the case on, may not acknowledge, record a
+    milestone or transfer: 403, in the audit trail as denied."""
+    province = await _user(stack, "test-province1", "authority", "province:1", [PROVINCE_CP])
+    case_id, case = await _p1_case(stack)
+    assert PROVINCE_CP in {t["authority_id"] for t in case["targets"] if t["role"] == "inform"}
+    async with stack.client(province) as informed:
+        for path, body in _answers(PROVINCE_CP):
+            answer = await informed.post(f"/api/v1/cases/{case_id}/{path}", json=body)
+            assert answer.status_code == 403, (path, body, answer.text)
+
+    async with stack.client("authority") as me:
+        moved = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": CP, "to_authority_id": ELSEWHERE, "reason": "wrong_jurisdiction"})
+        assert moved.status_code == 202, moved.text
+
+        async def handed_on():
+            targets = (await me.get(f"/api/v1/cases/{case_id}")).json()["targets"]
+            return any(t["authority_id"] == CP and t.get("transferred_to") for t in targets)
+
+        await eventually(handed_on)
+        for path, body in _answers(CP):
+            answer = await me.post(f"/api/v1/cases/{case_id}/{path}", json=body)
+            assert answer.status_code == 403, (path, body, answer.text)
+
+    async with stack.rt.db.reads() as session:
+        denied = (await session.scalars(select(AuditRecord.user_id).where(
+            AuditRecord.record == case_id, AuditRecord.outcome == "denied"))).all()
+    assert sorted(denied) == sorted([province] * 4 + ["test-authority"] * 4)
+    assert not await _timeline(stack, case_id, "milestone_recorded")
+    async with stack.client("supervisor") as api:
+        assert (await api.get(f"/api/v1/cases/{case_id}")).json()["status"] == "open"

@@ -1,13 +1,20 @@
 """Operators' reports: duplicates join their case, follow-ups re-decide, scopes hold."""
 
-from datetime import timedelta
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
 
+from aiokafka import AIOKafkaConsumer
 from sqlalchemy import select, update
 
+from schemas.events import Envelope, Topics
+from services.common import kafka
+from services.common.audit import AuditRecord
 from services.common.db import utcnow
 from services.intake import submission
-from services.intake.store import ReportRow
+from services.intake.store import IdempotencyKey, ReportRow
 from tests.conftest import eventually
+from tests.integration.test_authorities import _user
 from tests.support.reports import report
 
 
@@ -128,6 +135,20 @@ async def test_a_retry_finishes_a_first_attempt_that_died_after_its_publish(stac
 
         async with stack.rt.db.writes() as session, session.begin():  # time passes
             await session.execute(update(ReportRow).values(created_at=utcnow() - timedelta(minutes=1)))
+
+        # The broker does not answer: 503 within the publish timeout, the report still pending.
+        async def hangs(*args):
+            await asyncio.sleep(3600)
+        real_publish = kafka.publish_input
+        monkeypatch.setattr(kafka, "publish_input", hangs)
+        monkeypatch.setattr(submission, "PUBLISH_TIMEOUT_S", 0.2)
+        down = await api.post("/api/v1/reports", json=body, headers=key)
+        assert down.status_code == 503, down.text
+        assert down.headers["Retry-After"] == "5"
+        async with stack.rt.db.reads() as session:
+            assert [r.published for r in (await session.scalars(select(ReportRow))).all()] == [False]
+        monkeypatch.setattr(kafka, "publish_input", real_publish)
+
         later = await api.post("/api/v1/reports", json=body, headers=key)
         assert later.status_code == 202, later.text
         async with stack.rt.db.reads() as session:
@@ -140,3 +161,145 @@ async def test_a_retry_finishes_a_first_attempt_that_died_after_its_publish(stac
         await eventually(applied_once)
         again = await api.post("/api/v1/reports", json=body, headers=key)
         assert again.json() == later.json()
+
+
+def _dies_before_publish(stack):
+    """rt.inputs for a process that dies after storing an input as pending, before its publish."""
+    real = stack.rt.inputs
+
+    async def inputs(item):
+        await real(item)
+        if isinstance(item, submission.Pending):
+            raise RuntimeError("the process died here")
+    return inputs
+
+
+async def _key_event(stack, key: str) -> str | None:
+    async with stack.rt.db.reads() as session:
+        return await session.scalar(select(IdempotencyKey.event).where(IdempotencyKey.key == key))
+
+
+async def _inputs(settings) -> list[Envelope]:
+    consumer = AIOKafkaConsumer(settings.topic(Topics.INPUTS),
+                                bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    out, idle = [], 0
+    try:
+        while idle < 3:
+            batch = await consumer.getmany(timeout_ms=500)
+            idle = 0 if batch else idle + 1
+            out += [Envelope.model_validate_json(r.value) for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_a_follow_up_retry_answers_only_once_its_event_is_on_kafka(stack, monkeypatch):
+    """A follow-up has a report's guarantees: its first attempt dies after storing its key, before
+    its publish. A retry while it may still be publishing gets 409; with the broker down, 503 and
+    it stays pending; later, the retry publishes the same event and gets the first answer."""
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+        url, body = f"/api/v1/cases/{case_id}/updates", {"publicity": "PA2"}
+        key = {"Idempotency-Key": "u-crash"}
+        real_inputs, real_publish = stack.rt.inputs, kafka.publish_input
+        monkeypatch.setattr(stack.rt, "inputs", _dies_before_publish(stack))
+        assert (await api.post(url, json=body, headers=key)).status_code == 500
+        monkeypatch.setattr(stack.rt, "inputs", real_inputs)
+        pending = Envelope.model_validate_json(await _key_event(stack, "u-crash"))
+
+        soon = await api.post(url, json=body, headers=key)
+        assert soon.status_code == 409, soon.text
+        assert soon.headers["Retry-After"] == "5"
+
+        async with stack.rt.db.writes() as session, session.begin():  # time passes
+            await session.execute(update(IdempotencyKey).values(
+                created_at=utcnow() - timedelta(minutes=1)))
+
+        async def down(*args):
+            raise ConnectionError("the broker is down")
+        monkeypatch.setattr(kafka, "publish_input", down)
+        refused = await api.post(url, json=body, headers=key)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert await _key_event(stack, "u-crash") == pending.model_dump_json()  # still pending
+        fresh = await api.post(url, json=body, headers={"Idempotency-Key": "u-fresh"})
+        assert fresh.status_code == 503
+        assert await _key_event(stack, "u-fresh") is None  # a 503 leaves nothing behind
+        async with stack.rt.db.reads() as session:
+            assert await session.get(IdempotencyKey, ("test-operator", "u-fresh")) is None
+        monkeypatch.setattr(kafka, "publish_input", real_publish)
+
+        later = await api.post(url, json=body, headers=key)
+        assert later.status_code == 202, later.text
+        assert later.json()["update_id"] == pending.data["update_id"]
+        assert await _key_event(stack, "u-crash") is None
+        assert (await api.post(url, json=body, headers=key)).json() == later.json()
+    updates = [e.id for e in await _inputs(stack.rt.settings) if e.type == pending.type]
+    assert updates == [pending.id]
+
+
+async def test_the_start_up_sweep_finishes_a_pending_follow_up(stack, monkeypatch):
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+        real_inputs = stack.rt.inputs
+        monkeypatch.setattr(stack.rt, "inputs", _dies_before_publish(stack))
+        died = await api.post(f"/api/v1/cases/{case_id}/updates", json={"publicity": "PA2"},
+                              headers={"Idempotency-Key": "u-sweep"})
+        assert died.status_code == 500
+        monkeypatch.setattr(stack.rt, "inputs", real_inputs)
+        pending = Envelope.model_validate_json(await _key_event(stack, "u-sweep"))
+
+        assert await submission.sweep(stack.rt, older_than=timedelta(0)) == 1
+        assert await _key_event(stack, "u-sweep") is None
+        timeline = (await _case(api, case_id))["timeline"]
+        assert pending.data["update_id"] in [t["detail"].get("update_id") for t in timeline]
+    assert pending.id in [e.id for e in await _inputs(stack.rt.settings)]
+
+
+async def test_a_link_to_a_case_outside_the_jurisdiction_is_refused_like_an_unknown_one(stack):
+    local = await _user(stack, "test-commune4-operator", "operator", "commune:4", [])
+    async with stack.client("operator") as api:
+        other = (await api.post("/api/v1/reports", json=report(
+            location={"province_code": 79, "commune_code": 26506}))).json()["case_id"]
+    async with stack.client(local) as me:
+        outside = await me.post("/api/v1/reports", json=report(link_case_id=other))
+        unknown = await me.post("/api/v1/reports", json=report(link_case_id="C-ZZZZZZZZZZ"))
+    assert outside.status_code == unknown.status_code == 422
+    assert outside.json() == unknown.json()  # nothing to learn about which case ids exist
+    assert outside.json()["detail"][0]["loc"] == ["body", "link_case_id"]
+    async with stack.rt.db.reads() as session:
+        denied = (await session.scalars(select(AuditRecord.record).where(
+            AuditRecord.user_id == local, AuditRecord.outcome == "denied"))).all()
+    assert denied == [other]
+    async with stack.client("operator") as api:
+        assert (await _case(api, other))["report_count"] == 1
+
+
+async def test_received_at_more_than_30_days_ago_is_refused_with_the_field(stack):
+    """A wrong year would make every deadline overdue at once; year 1 was a 500 (an overflow)."""
+    def ago(days):
+        return (datetime.now(UTC) - timedelta(days=days)).isoformat()
+
+    async with stack.client("operator") as api:
+        for received_at in ("0001-01-01T00:00:00+00:00", "0001-01-02T00:00:00+14:00", ago(31)):
+            answer = await api.post("/api/v1/reports", json=report(received_at=received_at))
+            assert answer.status_code == 422, (received_at, answer.text)
+            assert answer.json()["detail"][0]["loc"] == ["body", "received_at"]
+            assert "30 days" in answer.json()["detail"][0]["msg"]
+        ok = await api.post("/api/v1/reports", json=report(received_at=ago(29)))
+        assert ok.status_code == 202, ok.text
+
+
+async def test_a_chunked_body_over_the_limit_is_413(stack):
+    """No Content-Length: the limit is counted as the body streams (it was FastAPI's 400)."""
+    body = json.dumps(report(narrative="x" * 300_000)).encode()
+
+    async def chunks():
+        for i in range(0, len(body), 10_000):
+            yield body[i:i + 10_000]
+
+    async with stack.client("operator") as api:
+        answer = await api.post("/api/v1/reports", content=chunks(),
+                                headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413, answer.text

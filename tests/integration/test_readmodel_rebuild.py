@@ -2,8 +2,9 @@
 
 import asyncio
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from services.intake import readmodel
 from services.intake.rebuild import rebuild
 from services.intake.store import CaseAuthority, CaseView, TimelineEntry
 from tests.conftest import eventually
@@ -22,8 +23,11 @@ async def _snapshot(db) -> dict:
                 "targets": sorted(({k: v for k, v in t.items() if v is not None}
                                    for t in c.targets), key=lambda t: t["authority_id"]),
             }
-        timeline = sorted((t.case_id, t.kind, t.event_id)
-                          for t in (await session.scalars(select(TimelineEntry))).all())
+        # In the order the API shows it: live and rebuilt must agree on it too.
+        timeline = {case_id: [(t.kind, t.event_id) for t in await readmodel.timeline(session, case_id)]
+                    for case_id in cases}
+        assert sum(map(len, timeline.values())) == await session.scalar(
+            select(func.count()).select_from(TimelineEntry))
         routed = sorted((a.case_id, a.authority_id)
                         for a in (await session.scalars(select(CaseAuthority))).all())
     return {"cases": cases, "timeline": timeline, "routed": routed}

@@ -1,10 +1,11 @@
 """The audit trail for auditors: append-only, queried by case, user, action and time, and a
 per-case access report. Reading the trail is itself recorded."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from services.common import audit
@@ -33,14 +34,31 @@ class AuditPage(BaseModel):
     offset: int
 
 
+WHEN = "ISO 8601: a date (2026-01-01) or a time; without a zone, UTC."
+
+
+def _utc(name: str, value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+        raise RequestValidationError([{"loc": ["query", name], "msg": "out of range",
+                                       "type": "value_error"}]) from None
+
+
 @router.get("", response_model=AuditPage)
 async def trail(rt: Runtime, who: Auditor,
                 case_id: str | None = Query(None, max_length=64,
                                             description="or any record: a pack version..."),
                 user_id: str | None = Query(None, max_length=64),
                 action: str | None = Query(None, max_length=32),
-                since: datetime | None = None, until: datetime | None = None,
-                limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)):
+                since: Annotated[datetime | None, Query(description=WHEN + " From then on.")] = None,
+                until: Annotated[datetime | None, Query(description=WHEN + " Before then.")] = None,
+                limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000)):
+    since, until = _utc("since", since), _utc("until", until)
     async with rt.db.reads() as session:
         total, rows = await audit.query(session, case_id=case_id, user_id=user_id, action=action,
                                         since=since, until=until, limit=limit, offset=offset)

@@ -18,26 +18,10 @@ from services.common.db import utcnow
 from services.escalation import milestones
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
-from services.intake.api.cases import READERS, readable_case
-from services.intake.api.deps import Runtime, deny, role
-from services.intake.store import CaseView
+from services.intake.api.cases import READERS, acting_target, readable_case
+from services.intake.api.deps import Runtime, role
 
 router = APIRouter(prefix="/api/v1", tags=["authorities"])
-
-
-async def _case_target(request: Request, rt, who: Principal, case_id: str,
-                       authority_id: str) -> tuple[CaseView, dict]:
-    """The case and this authority's target on it, or 403/404 (a refusal is audited)."""
-    if authority_id not in who.authority_ids:
-        await deny(request, who, case_id, "you do not answer for that authority")
-    async with rt.db.reads() as session:
-        case = await session.get(CaseView, case_id)
-    if case is None:
-        raise HTTPException(404, "no such case")
-    target = next((t for t in case.targets if t["authority_id"] == authority_id), None)
-    if target is None:
-        await deny(request, who, case_id, "this case is not routed to that authority")
-    return case, target
 
 
 class RecordMilestone(BaseModel):
@@ -51,7 +35,7 @@ class RecordMilestone(BaseModel):
              responses={403: {}, 404: {}, 409: {}, 422: {}, 503: {}})
 async def record_milestone(case_id: str, body: RecordMilestone, request: Request, rt: Runtime,
                            who: Annotated[Principal, Depends(role("authority"))]):
-    case, _ = await _case_target(request, rt, who, case_id, body.authority_id)
+    case, _ = await acting_target(request, rt, who, case_id, body.authority_id)
     if problem := milestones.check_record(body.milestone, body.outcome, rt.pack):
         raise HTTPException(422, problem)
     if case.status == "closed":
@@ -98,9 +82,7 @@ class Transfer(BaseModel):
              responses={403: {}, 404: {}, 409: {}, 422: {}, 503: {}})
 async def transfer(case_id: str, body: Transfer, request: Request, rt: Runtime,
                    who: Annotated[Principal, Depends(role("authority"))]):
-    case, target = await _case_target(request, rt, who, case_id, body.from_authority_id)
-    if target.get("role") != "act" or target.get("released"):
-        raise HTTPException(409, "only an authority that must act on the case can transfer it")
+    case, _ = await acting_target(request, rt, who, case_id, body.from_authority_id)
     if body.to_authority_id == body.from_authority_id:
         raise HTTPException(422, "to_authority_id: transfer to another authority")
     if body.to_authority_id not in rt.directory:

@@ -129,6 +129,31 @@ async def list_cases(
     return CasePage(items=[_out(c) for c in rows], total=total or 0, limit=limit, offset=offset)
 
 
+def holds_duty(target: dict) -> bool:
+    """An act target that still holds the case: not transferred on, not released. Only it sees
+    the identity, acknowledges, records milestones and transfers; an informed one does none."""
+    return (target.get("role") == "act" and not target.get("transferred_to")
+            and not target.get("released"))
+
+
+async def acting_target(request: Request, rt, who: Principal, case_id: str,
+                        authority_id: str) -> tuple[CaseView, dict]:
+    """The case and the caller's authority's target on it, if that target holds the duty;
+    otherwise 404 or 403 (a refusal is audited)."""
+    if authority_id not in who.authority_ids:
+        await deny(request, who, case_id, "you do not answer for that authority")
+    async with rt.db.reads() as session:
+        case = await session.get(CaseView, case_id)
+    if case is None:
+        raise HTTPException(404, "no such case")
+    target = next((t for t in case.targets if t["authority_id"] == authority_id), None)
+    if target is None:
+        await deny(request, who, case_id, "this case is not routed to that authority")
+    if not holds_duty(target):
+        await deny(request, who, case_id, "only an authority that must act on the case may do this")
+    return case, target
+
+
 class Acknowledge(BaseModel):
     authority_id: str
 
@@ -137,15 +162,7 @@ class Acknowledge(BaseModel):
              responses={403: {}, 404: {}, 409: {}, 503: {}})
 async def acknowledge(case_id: str, body: Acknowledge, request: Request, rt: Runtime,
                       who: Annotated[Principal, Depends(role("authority"))]):
-    if body.authority_id not in who.authority_ids:
-        await deny(request, who, case_id, "you do not answer for that authority")
-    async with rt.db.reads() as session:
-        case = await session.get(CaseView, case_id)
-    if case is None:
-        raise HTTPException(404, "no such case")
-    target = next((t for t in case.targets if t["authority_id"] == body.authority_id), None)
-    if target is None:
-        await deny(request, who, case_id, "this case is not routed to that authority")
+    await acting_target(request, rt, who, case_id, body.authority_id)
     event = TargetAcknowledged(case_id=case_id, authority_id=body.authority_id,
                                by_user=who.user_id, at=utcnow())
     envelope = Envelope.wrap(event, "beacon/intake")

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from services.common import audit
 from services.common.auth import Principal
-from services.intake.api.cases import readable_case
+from services.intake.api.cases import holds_duty, readable_case
 from services.intake.api.deps import Runtime, deny, role
 from services.intake.store import ReportRow
 
@@ -68,8 +68,7 @@ async def case_identity(case_id: str, request: Request, response: Response, rt: 
 def must_act(case, who: Principal) -> bool:
     """One of the caller's authorities is an act target of the case, and still holds it (not
     transferred to another authority, not released)."""
-    return any(t.get("role") == "act" and t.get("authority_id") in who.authority_ids
-               and not t.get("transferred_to") and not t.get("released") for t in case.targets)
+    return any(t.get("authority_id") in who.authority_ids and holds_duty(t) for t in case.targets)
 
 
 def _opened(vault, row, who: Principal) -> ReportIdentity:

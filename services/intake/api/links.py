@@ -20,6 +20,7 @@ from services.common.auth import Principal
 from services.common.db import utcnow
 from services.common.links import LinkClaims, verify_link
 from services.intake import submission
+from services.intake.api.cases import holds_duty
 from services.intake.api.deps import Runtime
 from services.intake.store import CaseView
 
@@ -66,7 +67,7 @@ async def link_page(token: str, rt: Runtime):
              f"{escape(case.category)}. For: {escape(claims.authority_id)}.</p>")
     if target.get("acknowledged_at"):
         return _page("Acknowledged", facts + "<p>This authority has acknowledged the case.</p>")
-    if target.get("role") != "act":
+    if not holds_duty(target):
         return _page("For your information", facts + "<p>No acknowledgement is expected.</p>")
     due = f"<p>Acknowledge by {escape(str(target.get('ack_due') or ''))} (UTC).</p>"
     form = (f"<form method='post' action='/a/{escape(token)}'>"
@@ -78,7 +79,7 @@ async def link_page(token: str, rt: Runtime):
 @router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 503: {}})
 async def link_acknowledge(token: str, rt: Runtime):
     case, claims, target = await _claims(rt, token)
-    if target.get("role") != "act":
+    if not holds_duty(target):
         raise HTTPException(409, "no acknowledgement is expected from this authority")
     if target.get("acknowledged_at"):
         return _page("Acknowledged", "<p>This authority had already acknowledged the case.</p>")

@@ -9,6 +9,7 @@ from sqlalchemy import bindparam, select
 
 from schemas.events import CaseUpdated, Envelope, ReportReceived
 from schemas.reports import CaseUpdate, Report
+from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import correlation, submission
@@ -45,6 +46,10 @@ async def submit_report(
     who: Annotated[Principal, Depends(role("operator", "supervisor"))],
     idempotency_key: IdempotencyHeader = None,
 ):
+    """A report as the hotline or a commune point received it (DOMAIN.md section 6). Each problem
+    is a 422 naming its field: a code not in the active rule pack, a commune outside its province,
+    a `received_at` more than 5 minutes in the future or more than 30 days ago (a report is
+    entered when it is received), a `link_case_id` that is unknown or outside your jurisdiction."""
     errors = check_report(report, rt.pack, utcnow())
     if errors:
         raise RequestValidationError(errors)
@@ -57,13 +62,9 @@ async def submit_report(
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
     match_children, match_reporters = rt.vault.matching(report, children, reporter)
+    case_id = await _linked_case(rt, who, report.link_case_id) if report.link_case_id else None
     async with rt.db.reader() as reads:  # the key is checked when it is written (submission)
-        if report.link_case_id:
-            case_id = await reads.scalar(_CASE, {"case": report.link_case_id})
-            if case_id is None:
-                raise RequestValidationError([{"loc": ["body", "link_case_id"],
-                                               "msg": "no such case", "type": "value_error"}])
-        else:
+        if case_id is None:
             case_id = await correlation.match_open_case(reads, report, match_children)
         new_case = case_id is None
         independent = new_case or await correlation.is_independent(reads, case_id,
@@ -93,7 +94,23 @@ async def submit_report(
     return await submission.accept(rt, who, envelope, row, response, idem, children)
 
 
-_CASE = select(CaseView.case_id).where(CaseView.case_id == bindparam("case"))
+async def _linked_case(rt, who: Principal, case_id: str) -> str:
+    """The case an operator links a report to. One outside the caller's jurisdiction is refused
+    like an unknown one, so that its existence does not leak, and the attempt is audited."""
+    async with rt.db.reader() as reads:
+        case = (await reads.execute(_CASE, {"case": case_id})).one_or_none()
+    if case is not None and who.covers(case.province_code, case.commune_code):
+        return case.case_id
+    if case is not None:
+        async with rt.db.writes() as session, session.begin():
+            audit.record(session, who.user_id, who.role, "denied", case_id, ["link_case_id"],
+                         outcome="denied")
+    raise RequestValidationError([{"loc": ["body", "link_case_id"], "msg": "no such case",
+                                   "type": "value_error"}])
+
+
+_CASE = select(CaseView.case_id, CaseView.province_code, CaseView.commune_code).where(
+    CaseView.case_id == bindparam("case"))
 
 
 @router.post("/cases/{case_id}/updates", status_code=202, response_model=UpdateAccepted,
@@ -121,8 +138,6 @@ async def update_case(
     if idempotency_key:
         idem = submission.Idempotency(
             idempotency_key, submission.body_hash(case_id + update.model_dump_json()))
-        if (earlier := await submission.replay(rt, who, idem)) is not None:
-            return earlier
     update_id = correlation.new_id("U")
     event = CaseUpdated(
         case_id=case_id, update_id=update_id, by_role=who.role, indicators=update.indicators,
