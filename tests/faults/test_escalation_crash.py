@@ -7,7 +7,7 @@ import random
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select
 
 from schemas.events import Envelope, ReportReceived, Topics
@@ -15,6 +15,7 @@ from schemas.reports import Location
 from services.common.db import Database
 from services.escalation.store import EscalationCase, Timer
 from tests.conftest import eventually, make_settings
+from tests.support.consumers import read_all
 from tests.support.packs import fast_pack
 from tests.support.process import BeaconProcess, beacon
 
@@ -29,22 +30,6 @@ def _report(i: int) -> Envelope:
         indicators=["ongoing"],
     )
     return Envelope.wrap(data, "test")
-
-
-async def _read_all(settings, topic: str) -> list[Envelope]:
-    consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    out = []
-    try:
-        idle = 0
-        while idle < 3:
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            idle = 0 if batch else idle + 1
-            out += [Envelope.model_validate_json(r.value) for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def test_escalation_survives_kill_9(kafka_bootstrap, tmp_path):
@@ -92,8 +77,8 @@ async def test_escalation_survives_kill_9(kafka_bootstrap, tmp_path):
         service.stop()
 
     assert kills == REPORTS // 30
-    cases = await _read_all(settings, Topics.CASES)
-    alerts = await _read_all(settings, Topics.ALERTS)
+    cases = await read_all(settings, Topics.CASES)
+    alerts = await read_all(settings, Topics.ALERTS)
 
     decided = defaultdict(set)
     escalations = defaultdict(set)

@@ -4,7 +4,6 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer
 from sqlalchemy import select, update
 
 from schemas.events import Envelope, Topics
@@ -15,6 +14,7 @@ from services.intake import submission
 from services.intake.store import IdempotencyKey, ReportRow
 from tests.conftest import eventually
 from tests.integration.test_authorities import _user
+from tests.support.consumers import read_all
 from tests.support.reports import report
 
 
@@ -179,22 +179,6 @@ async def _key_event(stack, key: str) -> str | None:
         return await session.scalar(select(IdempotencyKey.event).where(IdempotencyKey.key == key))
 
 
-async def _inputs(settings) -> list[Envelope]:
-    consumer = AIOKafkaConsumer(settings.topic(Topics.INPUTS),
-                                bootstrap_servers=settings.kafka_bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    out, idle = [], 0
-    try:
-        while idle < 3:
-            batch = await consumer.getmany(timeout_ms=500)
-            idle = 0 if batch else idle + 1
-            out += [Envelope.model_validate_json(r.value) for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
-    return out
-
-
 async def test_a_follow_up_retry_answers_only_once_its_event_is_on_kafka(stack, monkeypatch):
     """A follow-up has a report's guarantees: its first attempt dies after storing its key, before
     its publish. A retry while it may still be publishing gets 409; with the broker down, 503 and
@@ -235,7 +219,7 @@ async def test_a_follow_up_retry_answers_only_once_its_event_is_on_kafka(stack, 
         assert later.json()["update_id"] == pending.data["update_id"]
         assert await _key_event(stack, "u-crash") is None
         assert (await api.post(url, json=body, headers=key)).json() == later.json()
-    updates = [e.id for e in await _inputs(stack.rt.settings) if e.type == pending.type]
+    updates = [e.id for e in await read_all(stack.rt.settings, Topics.INPUTS) if e.type == pending.type]
     assert updates == [pending.id]
 
 
@@ -254,7 +238,7 @@ async def test_the_start_up_sweep_finishes_a_pending_follow_up(stack, monkeypatc
         assert await _key_event(stack, "u-sweep") is None
         timeline = (await _case(api, case_id))["timeline"]
         assert pending.data["update_id"] in [t["detail"].get("update_id") for t in timeline]
-    assert pending.id in [e.id for e in await _inputs(stack.rt.settings)]
+    assert pending.id in [e.id for e in await read_all(stack.rt.settings, Topics.INPUTS)]
 
 
 async def test_a_link_to_a_case_outside_the_jurisdiction_is_refused_like_an_unknown_one(stack):

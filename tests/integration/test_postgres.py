@@ -11,8 +11,8 @@ import pytest_asyncio
 
 from services.escalation.handlers import Escalation
 from tests.conftest import eventually, make_settings, migrate, start_stack
-from tests.faults.test_escalation_crash import _read_all
 from tests.integration.test_migrations import schema_drift
+from tests.support.consumers import read_all
 from tests.support.packs import fast_pack
 from tests.support.reports import report
 
@@ -75,7 +75,7 @@ async def test_two_escalation_instances_never_fire_a_timer_twice(
         await second.stop()
         await first.stop()
 
-    events = await _read_all(settings, "beacon.cases")
+    events = await read_all(settings, "beacon.cases")
     steps = defaultdict(set)
     for e in events:
         if e.type == "beacon.target.escalated":

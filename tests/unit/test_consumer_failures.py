@@ -8,26 +8,10 @@ import pytest
 
 from services.common import kafka
 from services.common.config import Settings
+from tests.support.consumers import FakeBroker
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 BODY = (FIXTURES / "beacon.delivery.outcome.v1.json").read_bytes()
-
-
-class FakeBroker:
-    """Just enough of a KafkaBroker for kafka.consume: it keeps the handler and the publishes."""
-
-    def __init__(self):
-        self.published: list[dict] = []
-        self.handler = None
-
-    def subscriber(self, *topics, **options):
-        def register(fn):
-            self.handler = fn
-            return fn
-        return register
-
-    async def publish(self, body, **kw):
-        self.published.append({"body": body, **kw})
 
 
 RECORD = SimpleNamespace(topic="beacon.deliveries", partition=0, offset=7, key=b"C-1", value=BODY)

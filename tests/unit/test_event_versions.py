@@ -14,6 +14,7 @@ from schemas import compat
 from schemas.events import EVENT_TYPES, SCHEMA_VERSION, DeliveryOutcome, Envelope, ReportReceived
 from services.common import kafka
 from services.common.config import Settings
+from tests.support.consumers import FakeBroker
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 CASE = "C-1M8JM7GV2A2SSRWFC"
@@ -103,23 +104,6 @@ def test_other_dataschemas_are_refused(dataschema, message):
     raw = stored("beacon.report.received.v1.json") | {"dataschema": dataschema}
     with pytest.raises(ValueError, match=message):
         Envelope.model_validate(raw).payload()
-
-
-class FakeBroker:
-    """Just enough of a KafkaBroker for services.common.kafka.consume: it records publishes."""
-
-    def __init__(self):
-        self.published: list[dict] = []
-        self.handler = None
-
-    def subscriber(self, *topics, **options):
-        def register(fn):
-            self.handler = fn
-            return fn
-        return register
-
-    async def publish(self, body, **kw):
-        self.published.append({"body": body, **kw})
 
 
 def record(body: bytes, offset: int) -> SimpleNamespace:
