@@ -513,8 +513,9 @@ class Escalation:
             return  # not yet unreached, or escalated at its UNREACHED_AFTER-th failure already
         row = await session.get(EscalationTarget, (data.case_id, data.authority_id))
         case = await session.get(EscalationCase, data.case_id)
-        if row is None or case is None or row.acked_at is not None or row.role != "act":
-            return
+        if (row is None or case is None or row.acked_at is not None or row.role != "act"
+                or row.released_at is not None or case.closed_at is not None):
+            return  # as for a timer: no duty is left to escalate
         log.warning("act_alert_undeliverable", authority_id=row.authority_id)
         await self._breach(session, case, row, utcnow(), suffix="undelivered")
 

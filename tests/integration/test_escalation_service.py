@@ -221,6 +221,13 @@ async def test_an_act_alert_unreached_after_its_tries_escalates_once(esc):
     # Dead-lettered before its UNREACHED_AFTER-th try (say, every contact refused it for good).
     assert len(await outcome("C-2", "dead_lettered", 3)) == 1
 
+    # A closed case has no duty left to escalate.
+    await _report(esc, "C-3", indicators=["immediate_danger"])
+    async with esc.rt.db.writes() as session, session.begin():
+        await session.execute(update(EscalationCase).where(EscalationCase.case_id == "C-3")
+                              .values(closed_at=T0 + 5 * M))
+    assert await outcome("C-3", "failed", handlers.UNREACHED_AFTER) == []
+
 
 # --- timers ------------------------------------------------------------------------------------
 
