@@ -1,15 +1,24 @@
-"""PostgreSQL, the production database: the whole flow on it, and two escalation instances that
-share timers without ever firing one twice (row locks, SKIP LOCKED)."""
+"""PostgreSQL, the production database: the whole flow on it, and several instances sharing it:
+escalation instances never fire a timer twice (row locks, SKIP LOCKED), outbox relays take
+turns, and intake instances lose no read-model update."""
 
 import asyncio
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
+from schemas.events import Envelope, MilestoneRecorded, ReportReceived
+from schemas.reports import Location
+from services.common import kafka
+from services.common.db import Database, utcnow
+from services.common.outbox import Relay, add
 from services.escalation.handlers import Escalation
+from services.intake import readmodel
+from services.intake.store import CaseView
 from tests.conftest import eventually, make_settings, migrate, start_stack
 from tests.integration.test_migrations import schema_drift
 from tests.support.consumers import read_all
@@ -129,11 +138,6 @@ async def test_retention_purges_on_postgres(pg_database):
 async def test_relays_of_two_instances_take_turns_on_postgres(kafka_bootstrap, pg_database):
     """Two instances publishing neighbouring batches at once could put a case's events on Kafka
     out of order: while one relay publishes, the other's drain takes nothing."""
-    from schemas.events import Envelope, MilestoneRecorded
-    from services.common import kafka
-    from services.common.db import Database, utcnow
-    from services.common.outbox import Relay, add
-
     settings = make_settings(kafka_bootstrap, pg_database)
     await migrate(pg_database)
     await kafka.ensure_topics(settings)
@@ -169,3 +173,46 @@ async def test_relays_of_two_instances_take_turns_on_postgres(kafka_bootstrap, p
         await producer.stop()
         await first.dispose()
         await second.dispose()
+
+
+def _received_event(case_id: str, report_id: str, new_case: bool) -> Envelope:
+    return Envelope.wrap(ReportReceived(
+        case_id=case_id, report_id=report_id, new_case=new_case, received_at=datetime.now(UTC),
+        channel="phone", category="NEGLECT", location=Location(province_code=1, commune_code=4),
+        setting="home", child_ages=[3], independent=True), "beacon/intake")
+
+
+async def test_two_intake_instances_applying_reports_to_one_case_lose_neither(pg_database):
+    """The read model's case row is locked while an event is applied: another instance waits."""
+    await migrate(pg_database)
+    a, b = Database(pg_database), Database(pg_database)  # two intake processes
+    case_id = f"C-{uuid.uuid4().hex[:12].upper()}"
+    try:
+        async with a.writes() as session, session.begin():
+            await readmodel.apply(session, _received_event(case_id, "R-1", True), ["fa"])
+        a_wrote, a_may_commit = asyncio.Event(), asyncio.Event()
+
+        async def first():
+            async with a.writes() as session, session.begin():
+                await readmodel.apply(session, _received_event(case_id, "R-2", False), ["fb"])
+                await session.flush()
+                a_wrote.set()
+                await a_may_commit.wait()
+
+        async def second():
+            await a_wrote.wait()
+            async with b.writes() as session, session.begin():
+                # Unlocked, this read saw report_count 1 and wrote 2 over the first's 2.
+                await readmodel.apply(session, _received_event(case_id, "R-3", False), ["fc"])
+
+        tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
+        await asyncio.sleep(0.5)  # the second is waiting for the first's lock by now
+        a_may_commit.set()
+        await asyncio.gather(*tasks)
+        async with a.reads() as session:
+            case = await session.get(CaseView, case_id)
+        assert (case.report_count, case.independent_reports) == (3, 3)
+        assert case.child_fingerprints == ["fa", "fb", "fc"]
+    finally:
+        await a.dispose()
+        await b.dispose()
