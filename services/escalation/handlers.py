@@ -508,9 +508,12 @@ class Escalation:
         """An act alert that reached nobody is escalated now, not at its deadline: after
         UNREACHED_AFTER failed tries (the notifier goes on trying until the deadline), or when
         it is dead-lettered sooner. Once: the first of the two escalates."""
-        if data.attempt != UNREACHED_AFTER if data.status == "failed" else (
-                data.attempt >= UNREACHED_AFTER):
-            return  # not yet unreached, or escalated at its UNREACHED_AFTER-th failure already
+        if data.status == "failed":
+            unreached = data.attempt == UNREACHED_AFTER
+        else:  # dead-lettered: unless its UNREACHED_AFTER-th failure escalated it already
+            unreached = data.attempt < UNREACHED_AFTER
+        if not unreached:
+            return
         row = await session.get(EscalationTarget, (data.case_id, data.authority_id))
         case = await session.get(EscalationCase, data.case_id)
         if (row is None or case is None or row.acked_at is not None or row.role != "act"

@@ -44,7 +44,7 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_with_the_reason():
     async def handler(envelope):
         raise RuntimeError("bad data in this message")
 
-    broker = consumer(handler, database_up=_answer(True))
+    broker = consumer(handler, database_up=_answer(lambda: True))
 
     raised = await redeliver(broker, kafka.MAX_ATTEMPTS)
 
@@ -63,7 +63,7 @@ async def test_failures_while_the_database_is_away_dead_letter_nothing():
             raise RuntimeError("connection refused")
         applied.append(envelope.id)
 
-    broker = consumer(handler, database_up=lambda: _answer(up[0])())
+    broker = consumer(handler, database_up=_answer(lambda: up[0]))
 
     assert await redeliver(broker, 3 * kafka.MAX_ATTEMPTS) == 3 * kafka.MAX_ATTEMPTS
     assert broker.published == []  # a long outage: every try raised (NACK), none was counted
@@ -79,7 +79,7 @@ async def test_failures_before_an_outage_still_count_after_it():
     async def handler(envelope):
         raise RuntimeError("bad data in this message")
 
-    broker = consumer(handler, database_up=lambda: _answer(up[0])())
+    broker = consumer(handler, database_up=_answer(lambda: up[0]))
     await redeliver(broker, kafka.MAX_ATTEMPTS - 1)
     up[0] = False
     await redeliver(broker, 10)
@@ -89,9 +89,10 @@ async def test_failures_before_an_outage_still_count_after_it():
     assert len(broker.published) == 1
 
 
-def _answer(value: bool):
+def _answer(up):
+    """database_up() as the consumer calls it, answering what `up()` says now."""
     async def database_up() -> bool:
-        return value
+        return up()
     return database_up
 
 
