@@ -219,6 +219,7 @@ class Database:
         else:
             self.read_engine = self.engine
         self.reads = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        self._disposed = False
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncConnection]:
@@ -228,7 +229,10 @@ class Database:
             yield connection
 
     async def is_up(self, timeout_s: float = 2.0) -> bool:
-        """Whether the database answers a trivial query now (a consumer's outage test)."""
+        """Whether the database answers a trivial query now (a consumer's outage test). Once
+        disposed, no: a probe must not open a connection that nothing would close."""
+        if self._disposed:
+            return False
         try:
             async with asyncio.timeout(timeout_s), self.read_engine.connect() as connection:
                 await connection.exec_driver_sql("SELECT 1")
@@ -237,6 +241,7 @@ class Database:
             return False
 
     async def dispose(self) -> None:
+        self._disposed = True
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()

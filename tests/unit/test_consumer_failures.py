@@ -107,3 +107,4 @@ async def test_the_database_probe_tells_up_from_away(tmp_path):
     finally:
         await here.dispose()
         await away.dispose()
+    assert await here.is_up() is False  # disposed: no new connection is opened to ask
