@@ -20,7 +20,8 @@ class CaseFacts(BaseModel):
     subcategory: str | None = None
     location: Location
     other_locations: tuple[Location, ...] = ()
-    setting: Setting
+    setting: Setting  # the first report's
+    other_settings: tuple[Setting, ...] = ()  # linked reports' others: each can add authorities
     child_ages: tuple[int, ...]
     indicators: frozenset[str] = frozenset()
     publicity: Publicity = "PA0"  # the highest set by a person (report or update)

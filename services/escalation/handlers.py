@@ -114,6 +114,9 @@ class Escalation:
         case.human_publicity = _max_publicity(case.human_publicity, data.publicity)
         facts = old.model_copy(update={
             "other_locations": tuple(dict.fromkeys((*old.other_locations, *data.other_locations))),
+            "other_settings": tuple(dict.fromkeys(
+                (*old.other_settings, data.setting) if data.setting != old.setting
+                else old.other_settings)),
             "child_ages": (*old.child_ages, *data.child_ages),
             "indicators": old.indicators | set(data.indicators),
             "linked_reports": (*old.linked_reports, *linked),
@@ -520,7 +523,8 @@ class Escalation:
                 or row.released_at is not None or case.closed_at is not None):
             return  # as for a timer: no duty is left to escalate
         log.warning("act_alert_undeliverable", authority_id=row.authority_id)
-        await self._breach(session, case, row, utcnow(), suffix="undelivered")
+        # Named after the unreached target: a supervisor over two of them is told of each.
+        await self._breach(session, case, row, utcnow(), suffix=f"undelivered:{row.authority_id}")
 
     async def _breach(self, session, case: EscalationCase, row: EscalationTarget,
                       now: datetime, suffix: str) -> None:

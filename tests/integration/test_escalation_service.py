@@ -130,6 +130,21 @@ async def test_publicity_is_not_lowered_automatically_but_a_person_may_lower_it(
     assert (await _case(esc)).publicity == "PA0"
 
 
+async def test_a_linked_report_from_a_school_brings_in_the_education_authority(esc):
+    # The first report was at home; a second about the same child names the school.
+    await _report(esc)
+    assert not await _rows(esc, EscalationTarget, authority_id="province:1:education")
+    await _report(esc, at=T0 + 30 * M, new_case=False, setting="school",
+                  indicators=["staff_suspected"])
+    [education] = await _rows(esc, EscalationTarget, authority_id="province:1:education")
+    assert education.role == "act" and education.ack_due is not None
+    case = await _case(esc)
+    assert case.facts["setting"] == "home" and case.facts["other_settings"] == ["school"]
+    assert case.publicity == "PA1"  # institutional, staff suspected: one level up
+    decided = (await _emitted(esc, "beacon.case.decided"))[-1]["decision"]
+    assert "additions.institutional.school" in decided["matched_rules"]
+
+
 # --- re-decisions: what changed is told ------------------------------------------------------
 
 
@@ -227,6 +242,24 @@ async def test_an_act_alert_unreached_after_its_tries_escalates_once(esc):
         await session.execute(update(EscalationCase).where(EscalationCase.case_id == "C-3")
                               .values(closed_at=T0 + 5 * M))
     assert await outcome("C-3", "failed", handlers.UNREACHED_AFTER) == []
+
+
+async def test_each_unreached_target_is_told_to_a_supervisor_they_share(esc):
+    # Child protection and police both act on a P1; one people's committee supervises both.
+    await _report(esc, indicators=["immediate_danger"])
+    acting = {t.authority_id for t in await _rows(esc, EscalationTarget, role="act")}
+    assert {CP, POLICE} <= acting
+    before = len(await _emitted(esc))
+    for authority in (CP, POLICE):
+        await esc.handle([_wrap(DeliveryOutcome(
+            alert_id=f"C-1:{authority}:alert", case_id="C-1", authority_id=authority, role="act",
+            kind="alert", status="dead_lettered", channel="webhook", attempt=3,
+            error="http_410"), T0 + 5 * M)])
+    new = (await _emitted(esc))[before:]
+    told = [e["alert_id"] for e in new if e.get("kind") == "supervisor"]
+    assert len(told) == len(set(told)) == 2  # one each, under ids the notifier keeps apart
+    assert {e["authority_id"] for e in new if e.get("kind") == "supervisor"} == {
+        "commune:4:people_committee"}
 
 
 # --- timers ------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def cases(draw, pack_name: str = "default"):
         location=draw(locations),
         other_locations=tuple(draw(st.lists(locations, max_size=2))),
         setting=draw(st.sampled_from(SETTINGS_)),
+        other_settings=tuple(draw(st.lists(st.sampled_from(SETTINGS_), max_size=2, unique=True))),
         child_ages=tuple(draw(st.lists(st.integers(0, 17), min_size=1, max_size=4))),
         indicators=frozenset(draw(st.sets(st.sampled_from(sorted(pack.indicator_codes)), max_size=5))),
         publicity=draw(st.sampled_from(PUBLICITIES)),
@@ -131,6 +132,17 @@ def test_one_entry_per_authority_and_all_resolve(name, facts):
     for t in d.targets:
         authority = DIRECTORIES[name].get(t.authority_id)
         assert (authority.tier, authority.agency) == (t.tier, t.agency)
+
+
+@FAST
+@given(packs, cases(), st.sampled_from(SETTINGS_))
+def test_a_linked_reports_setting_never_removes_a_target_or_lowers_severity(name, facts, setting):
+    before = _decide(name, facts)
+    after = _decide(name, facts.model_copy(
+        update={"other_settings": (*facts.other_settings, setting)}))
+    assert {t.authority_id for t in before.targets} <= {t.authority_id for t in after.targets}
+    assert RANK[after.severity] <= RANK[before.severity]
+    assert LEVEL[after.publicity] >= LEVEL[before.publicity]
 
 
 @FAST

@@ -11,7 +11,7 @@ class Situation(NamedTuple):
     """What conditions can test, derived once per decision (a tuple: cheap to build)."""
 
     category: str
-    setting: str
+    settings: frozenset[str]  # of all the case's reports
     indicators: frozenset[str]
     youngest: int | None  # age rules use the youngest child (DOMAIN.md section 5)
     institutional: bool
@@ -21,12 +21,13 @@ class Situation(NamedTuple):
     def of(cls, facts: CaseFacts) -> "Situation":
         others = facts.other_locations
         province = facts.location.province_code
+        settings = frozenset((facts.setting, *facts.other_settings))
         return cls(
             facts.category,
-            facts.setting,
+            settings,
             facts.indicators,
             min(facts.child_ages) if facts.child_ages else None,
-            facts.setting in INSTITUTIONAL_SETTINGS,
+            not settings.isdisjoint(INSTITUTIONAL_SETTINGS),
             bool(others) and any(loc.province_code != province for loc in others),
         )
 
@@ -37,7 +38,7 @@ def holds(cond: Condition, s: Situation) -> bool:
         return False
     if categories and s.category not in categories:
         return False
-    if settings and s.setting not in settings:
+    if settings and s.settings.isdisjoint(settings):
         return False
     if institutional is not None and s.institutional != institutional:
         return False
