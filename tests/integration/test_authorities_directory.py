@@ -52,7 +52,10 @@ async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
     assert await eventually(delivered_to_new_contact)
     async with stack.client("auditor") as auditor:
         trail = (await auditor.get("/api/v1/audit", params={"case_id": CP})).json()
-    assert [r["action"] for r in trail["items"]] == ["directory_change", "directory_change"]
+    # Changes and reads alike: an entry holds people's contact details.
+    assert [r["action"] for r in trail["items"]] == [
+        "directory_change", "directory_change", "read", "read"]
+    assert [r["fields"] for r in trail["items"]][2:] == [["authority"], ["history"]]
 
 
 def answer(output: str):

@@ -82,11 +82,15 @@ async def test_uploader_cannot_approve(stack):
     async with stack.client(other) as admin2:
         approved = await admin2.post(f"/api/v1/rulepacks/{DRAFT}/approval")
         assert approved.status_code == 200 and approved.json()["approved_by"] == "test-admin2"
+        assert (await admin2.get(f"/api/v1/rulepacks/{DRAFT}")).status_code == 200
+        assert (await admin2.get("/api/v1/rulepacks")).status_code == 200
     async with stack.client("auditor") as auditor:
         trail = (await auditor.get("/api/v1/audit", params={"case_id": DRAFT})).json()["items"]
+        listed = (await auditor.get("/api/v1/audit", params={"case_id": "rulepacks"})).json()
     assert [(r["user_id"], r["action"], r["outcome"]) for r in trail] == [
         ("test-admin", "rule_change", "ok"), ("test-admin", "denied", "denied"),
-        ("test-admin2", "rule_change", "ok")]
+        ("test-admin2", "rule_change", "ok"), ("test-admin2", "read", "ok")]
+    assert [(r["user_id"], r["action"]) for r in listed["items"]] == [("test-admin2", "read")]
 
 
 async def test_replay_lists_the_cases_a_change_would_touch(stack):

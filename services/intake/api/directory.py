@@ -36,6 +36,8 @@ async def show(authority_id: str, rt: Runtime,
                who: Annotated[Principal, Depends(role("admin", "auditor"))]):
     async with rt.db.reads() as session:
         row = await session.get(directory_admin.DirectoryEntry, authority_id)
+    async with rt.db.writes() as session, session.begin():  # contacts are personal data
+        audit.record(session, who.user_id, who.role, "read", authority_id[:64], ["authority"])
     if row is not None:
         return AuthorityOut(authority=Authority.model_validate(row.data), source="admin",
                             version=row.version)
@@ -69,5 +71,7 @@ async def history(authority_id: str, rt: Runtime,
                   who: Annotated[Principal, Depends(role("admin", "auditor"))]):
     async with rt.db.reads() as session:
         rows = await directory_admin.history(session, authority_id)
+    async with rt.db.writes() as session, session.begin():
+        audit.record(session, who.user_id, who.role, "read", authority_id[:64], ["history"])
     return [{"version": r.version, "changed_by": r.changed_by, "changed_at": r.changed_at,
              "authority": r.data} for r in rows]
