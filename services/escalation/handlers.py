@@ -302,6 +302,8 @@ class Escalation:
         dues = milestone_deadlines(facts, severity, self.rt.pack)
         if not dues:
             return
+        working = {m.name: m.within.is_working_days
+                   for m in self.rt.pack.milestones_for(severity)}
         known = {} if fresh else {m.milestone: m for m in (await session.scalars(
             select(EscalationMilestone).where(
                 EscalationMilestone.case_id == case.case_id))).all()}
@@ -326,8 +328,8 @@ class Escalation:
                 continue
             start = facts.first_received_at
             fractions = self.rt.pack.reminder_fractions
-            for fraction, at in zip([*fractions, 1.0],
-                                    [*reminder_times(start, due, fractions), due], strict=True):
+            reminders = self._reminder_times(start, due, working[mid])
+            for fraction, at in zip([*fractions, 1.0], [*reminders, due], strict=True):
                 add_bulk(session, MilestoneTimer, case_id=case.case_id, milestone=mid,
                          authority_id=holder, fraction=fraction, due_at=at)
             self._emit(session, MilestoneScheduled(case_id=case.case_id, milestone=mid,
@@ -417,12 +419,19 @@ class Escalation:
 
     def _schedule(self, session, row: EscalationTarget) -> None:
         for fraction, due in zip(self.rt.pack.reminder_fractions,
-                                 reminder_times(row.added_at, row.ack_due,
-                                                self.rt.pack.reminder_fractions), strict=True):
+                                 self._reminder_times(row.added_at, row.ack_due,
+                                                      row.working_days), strict=True):
             add_bulk(session, Timer, case_id=row.case_id, authority_id=row.authority_id,
                      kind="reminder", fraction=fraction, due_at=due)
         add_bulk(session, Timer, case_id=row.case_id, authority_id=row.authority_id,
                  kind="breach", fraction=1.0, due_at=row.ack_due)
+
+    def _reminder_times(self, start: datetime, due: datetime,
+                        working_days: bool) -> list[datetime]:
+        pack = self.rt.pack
+        return reminder_times(start, due, pack.reminder_fractions, working_days,
+                              timezone=pack.calendar.timezone,
+                              country=pack.calendar.holidays_country)
 
     async def _cancel_timers(self, session, row: EscalationTarget, why: str) -> None:
         """Stop a target's acknowledgement clock (its milestone clocks run on)."""

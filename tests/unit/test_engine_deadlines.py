@@ -3,7 +3,10 @@
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import holidays
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.decisions import CaseFacts
 from schemas.reports import Location
@@ -72,6 +75,35 @@ def test_reminders_at_fractions_of_the_window():
     due = deadline(start, "PT15M")
     assert reminder_times(start, due, PACK.reminder_fractions) == [
         start + timedelta(minutes=7, seconds=30), start + timedelta(minutes=12)]
+
+
+def test_working_day_reminders_skip_the_weekend():
+    start = vn(2026, 11, 27, 16, 0)  # Friday 16:00, one working day: due Monday 16:00
+    due = deadline(start, "P1D", working_days=True)
+    assert due == vn(2026, 11, 30, 16, 0)
+    # 24 working hours: Friday's last 8, then Monday's first 16. Not Sunday 04:00.
+    assert reminder_times(start, due, [0.5, 0.8], working_days=True) == [
+        vn(2026, 11, 30, 4, 0), vn(2026, 11, 30, 11, 12)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 1)),
+       st.integers(1, 10), st.lists(st.floats(0.01, 0.99), min_size=1, max_size=3))
+def test_working_day_reminders_fall_on_working_days_in_order(local, days, fractions):
+    start = local.replace(tzinfo=VN)
+    due = deadline(start, f"P{days}D", working_days=True)
+    fractions = sorted(fractions)
+    times = reminder_times(start, due, fractions, working_days=True)
+    assert len(times) == len(fractions)
+    assert all(start <= a <= b <= due for a, b in zip(times, [*times[1:], due], strict=True))
+    calendar = holidays.country_holidays("VN")
+    first, due_local = start.date(), due.astimezone(VN)
+    last = due_local.date() - timedelta(days=due_local.time() == datetime.min.time())
+    if not any(calendar.is_working_day(first + timedelta(days=n))
+               for n in range((last - first).days + 1)):
+        return  # no working time in the window at all (New Year's Day 00:00 to 2 Jan 00:00)
+    for at in times:
+        assert calendar.is_working_day(at.astimezone(VN).date())
 
 
 def test_ack_due_counts_from_the_decision_time():

@@ -65,7 +65,42 @@ def deadline(start: datetime, within: str, working_days: bool = False, *,
     return add_working_days(start, span.days, timezone, country)
 
 
-def reminder_times(start: datetime, due: datetime, fractions: list[float]) -> list[datetime]:
-    """Reminder moments at these fractions of the span from start to due (e.g. [0.5, 0.8])."""
+def reminder_times(start: datetime, due: datetime, fractions: list[float],
+                   working_days: bool = False, *, timezone: str = DEFAULT_TIMEZONE,
+                   country: str = DEFAULT_COUNTRY) -> list[datetime]:
+    """Reminder moments at these fractions of the span from start to due (e.g. [0.5, 0.8]).
+    For a working-day deadline, fractions of the working time in it: weekends and holidays do
+    not count, so a reminder never falls on a day nobody is at the desk."""
     span = due - start
-    return [start + span * f for f in fractions]
+    if not working_days:
+        return [start + span * f for f in fractions]
+    _require_aware(start)
+    zone = _zone(timezone)
+    spans = _working_spans(start.astimezone(zone).replace(tzinfo=None),
+                           due.astimezone(zone).replace(tzinfo=None), country)
+    total = sum((end - begin for begin, end in spans), timedelta())
+    if not total:
+        return [start + span * f for f in fractions]
+    out = []
+    for f in fractions:
+        left, at = total * f, spans[-1][1]
+        for begin, end in spans:
+            if left < end - begin:  # at a span's very end: the next working day's start
+                at = begin + left
+                break
+            left -= end - begin
+        out.append(at.replace(tzinfo=zone).astimezone(start.tzinfo))
+    return out
+
+
+def _working_spans(start: datetime, due: datetime, country: str) -> list[tuple[datetime, datetime]]:
+    """The parts of [start, due] (local, naive) that fall on working days."""
+    calendar, spans, day = _calendar(country), [], start.date()
+    while day <= due.date():
+        if calendar.is_working_day(day):
+            midnight = datetime.combine(day, datetime.min.time())
+            begin, end = max(start, midnight), min(due, midnight + timedelta(days=1))
+            if end > begin:
+                spans.append((begin, end))
+        day += timedelta(days=1)
+    return spans
