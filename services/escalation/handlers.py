@@ -553,7 +553,9 @@ class Escalation:
         parent = await session.get(EscalationTarget, (case.case_id, parent_id))
         if parent is not None and parent.released_at is not None:
             return  # a transfer passed its duty to another authority
-        due = (deadline(now, row.ack_within, row.working_days) if row.ack_within
+        due = (deadline(now, row.ack_within, row.working_days,
+                        timezone=self.rt.pack.calendar.timezone,
+                        country=self.rt.pack.calendar.holidays_country) if row.ack_within
                else now + (row.ack_due - row.added_at))
         if parent is None:
             authority = self.rt.directory.get(parent_id)
