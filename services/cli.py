@@ -224,21 +224,22 @@ def retention_run(dry_run: Annotated[bool, typer.Option(help="Count; change noth
 @keys_app.command("rotate")
 def keys_rotate():
     """Re-seal every report's identity under BEACON_SECRET_KEY and make its keyed hashes again,
-    opening each with that key or one in BEACON_SECRET_KEY_PREVIOUS. Then the previous keys can
-    go (once the links signed with them have expired: 7 days)."""
+    then every severity override's reason, opening each with that key or one in
+    BEACON_SECRET_KEY_PREVIOUS. Then the previous keys can go (once the links signed with them
+    have expired: 7 days)."""
     from services.intake.identity import IdentityVault
     from services.intake.key_rotation import RotationError, rotate
 
     settings = _settings()
     current, *previous = settings.secret_keys()
     try:
-        n = asyncio.run(_with_db(lambda db: rotate(
+        reports, reasons = asyncio.run(_with_db(lambda db: rotate(
             db, IdentityVault(current, previous),
-            progress=lambda n: typer.echo(f"  {n} reports...", err=True)), settings))
+            progress=lambda what, n: typer.echo(f"  {n} {what}...", err=True)), settings))
     except RotationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"re-sealed {n} reports under the current key")
+    typer.echo(f"re-sealed {reports} reports and {reasons} override reasons under the current key")
 
 
 if __name__ == "__main__":

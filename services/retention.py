@@ -2,8 +2,9 @@
 the purge that enforces it. Each service purges its own classes at start and then every
 BEACON_RETENTION_INTERVAL_S; `beacon retention run` purges now (`--dry-run` only counts).
 
-- identity: a report's sealed identity and its keyed hashes, once its case is closed and
-  unchanged for BEACON_RETENTION_IDENTITY_DAYS (default 0: kept). Each case is audited.
+- identity: a report's sealed identity and its keyed hashes, and a severity override's sealed
+  reason, once its case is closed and unchanged for BEACON_RETENTION_IDENTITY_DAYS (default 0:
+  kept). Each case is audited.
 - idempotency: `Idempotency-Key` answers made BEACON_RETENTION_IDEMPOTENCY_DAYS ago (30).
 - deliveries: the notifier's delivered and dead-lettered rows last changed
   BEACON_RETENTION_DELIVERIES_DAYS ago (90). Keep them longer than the alerts topic keeps its
@@ -19,19 +20,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import bindparam, func, select, tuple_
+from sqlalchemy import bindparam, func, literal_column, select, tuple_, union_all
 
 from services.common import audit
 from services.common.db import Database, utcnow
-from services.intake.store import CaseView, IdempotencyKey, ReportRow
+from services.intake.store import CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow
 from services.notifier.store import Delivery
 
 log = structlog.get_logger("beacon.retention")
 BATCH = 500  # rows per transaction: a first purge of years of rows never holds the writers long
 WHO = ("system:retention", "system")  # the audit record's user and role
-ERASED = ["child_fingerprints", "identity", "reporter_fingerprint"]
+ERASED = ["child_fingerprints", "identity", "reporter_fingerprint"]  # a report's
+OVERRIDE_ERASED = ["override.reason"]
 
-_REPORTS, _CASES = ReportRow.__table__, CaseView.__table__
+_REPORTS, _CASES, _OVERRIDES = ReportRow.__table__, CaseView.__table__, SeverityOverrideRow.__table__
 _KEYS, _DELIVERIES = IdempotencyKey.__table__, Delivery.__table__
 _BEFORE, _IDS = bindparam("before"), bindparam("ids", expanding=True)
 
@@ -45,24 +47,39 @@ class RecordClass:
     purge: Callable[..., Awaitable[int]]  # (session, before) -> rows purged, at most BATCH
 
 
-_SEALED = (select(_REPORTS.c.report_id, _REPORTS.c.case_id)
-           .join(_CASES, _CASES.c.case_id == _REPORTS.c.case_id)
-           .where(_CASES.c.status == "closed", _CASES.c.updated_at < _BEFORE,
-                  _REPORTS.c.identity.is_not(None)))
+def _sealed(table, id_column, sealed_column, kind: str):
+    """The rows of `table` that still hold something sealed, of closed cases unchanged since."""
+    return (select(id_column.label("id"), table.c.case_id, literal_column(f"'{kind}'").label("kind"))
+            .join(_CASES, _CASES.c.case_id == table.c.case_id)
+            .where(_CASES.c.status == "closed", _CASES.c.updated_at < _BEFORE,
+                   sealed_column.is_not(None)))
+
+
+_SEALED = union_all(
+    _sealed(_REPORTS, _REPORTS.c.report_id, _REPORTS.c.identity, "report"),
+    _sealed(_OVERRIDES, _OVERRIDES.c.update_id, _OVERRIDES.c.reason, "override"))
 
 
 async def _erase_identity(session, before: datetime) -> int:
     rows = (await session.execute(_SEALED.limit(BATCH), {"before": before})).all()
-    if rows:
-        cases = sorted({row.case_id for row in rows})
+    reports = [row for row in rows if row.kind == "report"]
+    if reports:
         await session.execute(
             _REPORTS.update().where(_REPORTS.c.report_id.in_(_IDS))
             .values(identity=None, reporter_fingerprint=None, child_fingerprints=[]),
-            {"ids": [row.report_id for row in rows]})
+            {"ids": [row.id for row in reports]})
         await session.execute(_CASES.update().where(_CASES.c.case_id.in_(_IDS))
-                              .values(child_fingerprints=[]), {"ids": cases})
-        for case_id in cases:
-            audit.record(session, *WHO, "erase", case_id, ERASED)
+                              .values(child_fingerprints=[]),
+                              {"ids": sorted({row.case_id for row in reports})})
+    if overrides := [row.id for row in rows if row.kind == "override"]:
+        await session.execute(_OVERRIDES.update().where(_OVERRIDES.c.update_id.in_(_IDS))
+                              .values(reason=None), {"ids": overrides})
+    erased: dict[str, set[str]] = {}
+    for row in rows:
+        erased.setdefault(row.case_id, set()).update(
+            ERASED if row.kind == "report" else OVERRIDE_ERASED)
+    for case_id, fields in sorted(erased.items()):
+        audit.record(session, *WHO, "erase", case_id, sorted(fields))
     return len(rows)
 
 

@@ -18,7 +18,7 @@ class AuditRecord(Base):
     action: Mapped[str] = mapped_column(String(32))  # read, write, export, rule_change, denied
     record: Mapped[str] = mapped_column(String(64), index=True)  # a case id, pack version, user id
     fields: Mapped[list] = mapped_column(JSON, default=list)
-    outcome: Mapped[str] = mapped_column(String(16), default="ok")
+    outcome: Mapped[str] = mapped_column(String(16), default="ok")  # ok, denied, replayed
 
 
 def record(session: AsyncSession, user_id: str, role: str, action: str, record_id: str,

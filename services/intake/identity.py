@@ -35,8 +35,15 @@ class IdentityVault:
     def open(self, token: bytes) -> dict:
         return json.loads(self._fernet.decrypt(token))
 
+    def seal_text(self, text: str) -> bytes:
+        """Free text that may name people (a severity override's reason), encrypted."""
+        return self._fernet.encrypt(text.encode())
+
+    def open_text(self, token: bytes) -> str:
+        return self._fernet.decrypt(token).decode()
+
     def reseal(self, token: bytes) -> bytes:
-        """The same identity sealed under the current secret."""
+        """The same identity (or text) sealed under the current secret."""
         return self._fernet.rotate(token)
 
     def fingerprint(self, kind: str, value: str, key: bytes | None = None) -> str:

@@ -1,5 +1,6 @@
 """`beacon keys rotate`: every sealed identity re-sealed under the current BEACON_SECRET_KEY, and
-its keyed hashes made again under it, so that the previous keys can be dropped.
+its keyed hashes made again under it, then every severity override's sealed reason re-sealed, so
+that the previous keys can be dropped.
 
 The hashes are what duplicate reports are matched on, and they are keyed by the secret. Until
 this has run, new reports are matched under every listed key (IdentityVault.matching), so the
@@ -13,9 +14,9 @@ from sqlalchemy import bindparam, select
 
 from services.common.db import Database
 from services.intake.identity import IdentityVault
-from services.intake.store import CaseView, ReportRow
+from services.intake.store import CaseView, ReportRow, SeverityOverrideRow
 
-BATCH = 200  # reports per transaction
+BATCH = 200  # reports (or override reasons) per transaction
 
 _REPORTS, _CASES = ReportRow.__table__, CaseView.__table__
 _NEXT = (select(_REPORTS.c.report_id, _REPORTS.c.case_id, _REPORTS.c.identity)
@@ -29,14 +30,27 @@ _OF_CASES = (select(_REPORTS.c.case_id, _REPORTS.c.child_fingerprints)
 _CASE_HASHES = (_CASES.update().where(_CASES.c.case_id == bindparam("id"))
                 .values(child_fingerprints=bindparam("children")))
 
+_OVERRIDES = SeverityOverrideRow.__table__
+_NEXT_REASONS = (select(_OVERRIDES.c.update_id, _OVERRIDES.c.reason)
+                 .where(_OVERRIDES.c.reason.is_not(None),
+                        _OVERRIDES.c.update_id > bindparam("after"))
+                 .order_by(_OVERRIDES.c.update_id).limit(bindparam("batch")))
+_RESEAL_REASON = (_OVERRIDES.update().where(_OVERRIDES.c.update_id == bindparam("id"))
+                  .values(reason=bindparam("sealed")))
+
 
 class RotationError(Exception):
     pass
 
 
 async def rotate(db: Database, vault: IdentityVault,
-                 progress: Callable[[int], None] | None = None) -> int:
-    """Re-seal every report that still holds identity; returns how many. Safe to run again."""
+                 progress: Callable[[str, int], None] | None = None) -> tuple[int, int]:
+    """Re-seal every report that still holds identity, then every override reason; returns how
+    many of each. `progress(what, done)` after each batch. Safe to run again."""
+    return (await _reports(db, vault, progress), await _reasons(db, vault, progress))
+
+
+async def _reports(db: Database, vault: IdentityVault, progress) -> int:
     after, total = "", 0
     while True:
         async with db.writes() as session, session.begin():
@@ -65,4 +79,25 @@ async def rotate(db: Database, vault: IdentityVault,
                 {"id": case_id, "children": sorted(children)} for case_id, children in hashes.items()])
         after, total = rows[-1].report_id, total + len(rows)
         if progress:
-            progress(total)
+            progress("reports", total)
+
+
+async def _reasons(db: Database, vault: IdentityVault, progress) -> int:
+    after, total = "", 0
+    while True:
+        async with db.writes() as session, session.begin():
+            rows = (await session.execute(_NEXT_REASONS, {"after": after, "batch": BATCH})).all()
+            if not rows:
+                return total
+            changes = []
+            for row in rows:
+                try:
+                    changes.append({"id": row.update_id, "sealed": vault.reseal(row.reason)})
+                except InvalidToken:
+                    raise RotationError(
+                        f"override {row.update_id}: no configured key opens its reason; add the "
+                        "key it was sealed with to BEACON_SECRET_KEY_PREVIOUS") from None
+            await session.execute(_RESEAL_REASON, changes)
+        after, total = rows[-1].update_id, total + len(rows)
+        if progress:
+            progress("override reasons", total)

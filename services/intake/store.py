@@ -1,4 +1,5 @@
-"""Intake's tables: reports (identity sealed), idempotency keys, and the case read model."""
+"""Intake's tables: reports (identity sealed), severity overrides (reason sealed), idempotency
+keys, and the case read model."""
 
 from datetime import datetime
 
@@ -24,14 +25,32 @@ class ReportRow(Base):
     created_at: Mapped[datetime]
 
 
+class SeverityOverrideRow(Base):
+    """A supervisor's severity override. Its event carries the severity only: the reason is free
+    text that may name people, so it stays here, sealed like a report's identity."""
+
+    __tablename__ = "severity_overrides"
+    update_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(40), index=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event: Mapped[str] = mapped_column(String)  # the CaseUpdated event as published (codes only)
+    published: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    severity: Mapped[str] = mapped_column(String(4))
+    # Fernet-encrypted; None once erased by retention (services/retention.py)
+    reason: Mapped[bytes | None] = mapped_column(LargeBinary)
+    by_user: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
     user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     body_hash: Mapped[str] = mapped_column(String(64))
     response: Mapped[dict] = mapped_column(JSON)
-    # A follow-up's event until it is on Kafka (a report's is on its ReportRow): what a retry or
-    # the start-up sweep publishes again if the request died half-way. Codes only, no identity.
+    # A follow-up's event until it is on Kafka (a report's is on its ReportRow, an override's on
+    # its SeverityOverrideRow): what a retry or the start-up sweep publishes again if the request
+    # died half-way. Codes only, no identity.
     event: Mapped[str | None] = mapped_column(String)
     created_at: Mapped[datetime]
 

@@ -1,7 +1,8 @@
 """Accepting a human input: durable, published, then applied — or refused with nothing left behind.
 
 1. The input (identity sealed) is written as *pending* with its idempotency key: a report as
-   its row, a follow-up with an Idempotency-Key as its event on the key.
+   its row, a severity override as its row (the reason sealed), another follow-up with an
+   Idempotency-Key as its event on the key.
 2. Its event is published and the broker acknowledges it (acks=all), or we give up after 5 s:
    the pending rows are deleted and the caller gets 503 with Retry-After.
 3. The input is marked published and the event applied to the read model.
@@ -27,7 +28,7 @@ from services.common.auth import Principal
 from services.common.db import add_bulk, utcnow
 from services.common.group_commit import GroupCommit
 from services.intake import readmodel
-from services.intake.store import IdempotencyKey, ReportRow
+from services.intake.store import IdempotencyKey, ReportRow, SeverityOverrideRow
 
 log = structlog.get_logger("beacon.intake")
 PUBLISH_TIMEOUT_S = 5
@@ -55,9 +56,9 @@ async def replay(rt, who: Principal, idem: Idempotency | None) -> dict | None:
             return None
         if key.body_hash != idem.body_hash:
             raise HTTPException(409, "Idempotency-Key was used before with a different body")
-        # Not published yet: a follow-up's event is on its key, a report's on its row.
-        pending = key if key.event is not None else (await reads.execute(
-            _PENDING, {"report": key.response.get("report_id")})).one_or_none()
+        # Not published yet: a follow-up's event is on its key, a report's or an override's on
+        # its row.
+        pending = key if key.event is not None else await _pending_row(reads, key.response)
     if pending is not None:
         if pending.created_at > utcnow() - IN_PROGRESS:
             raise HTTPException(409, "Idempotency-Key is in use by a request in progress",
@@ -74,8 +75,20 @@ IN_PROGRESS = timedelta(seconds=PUBLISH_TIMEOUT_S + 1)
 _KEY = select(IdempotencyKey.body_hash, IdempotencyKey.response, IdempotencyKey.event,
               IdempotencyKey.created_at).where(
     IdempotencyKey.user_id == bindparam("user_id"), IdempotencyKey.key == bindparam("key"))
-_PENDING = select(ReportRow.event, ReportRow.created_at).where(
-    ReportRow.report_id == bindparam("report"), ReportRow.published.is_(False))
+# The answer's id field, and the unpublished row it names.
+_PENDING = (
+    ("report_id", select(ReportRow.event, ReportRow.created_at).where(
+        ReportRow.report_id == bindparam("id"), ReportRow.published.is_(False))),
+    ("update_id", select(SeverityOverrideRow.event, SeverityOverrideRow.created_at).where(
+        SeverityOverrideRow.update_id == bindparam("id"), SeverityOverrideRow.published.is_(False))),
+)
+
+
+async def _pending_row(reads, response: dict):
+    for field, statement in _PENDING:
+        if field in response:
+            return (await reads.execute(statement, {"id": response[field]})).one_or_none()
+    return None
 
 
 async def _publish(rt, envelope: Envelope) -> None:
@@ -92,40 +105,49 @@ async def _publish(rt, envelope: Envelope) -> None:
 
 
 async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
-                 response: dict, idem: Idempotency | None, child_fingerprints=()) -> dict:
-    """`row`: the values of the input's ReportRow (a report), or None (other inputs)."""
+                 response: dict, idem: Idempotency | None, child_fingerprints=(),
+                 table: type | None = None) -> dict:
+    """`row`: the values of the input's own row in `table` (a report's ReportRow, an override's
+    SeverityOverrideRow), which holds its event until it is published; both None for other
+    inputs, whose event waits on their idempotency key."""
     key = None if idem is None else dict(
         user_id=who.user_id, key=idem.key, response=response, body_hash=idem.body_hash,
         event=None if row is not None else envelope.model_dump_json(), created_at=utcnow())
     try:
-        await rt.inputs(Pending(row, key))
+        await rt.inputs(Pending(row, key, table))
     except IntegrityError:
         # The key is the row's primary key: it was used before, or is in use. Looked up only
         # now, when it clashed: a new key (nearly every request) costs no read.
         if (earlier := await replay(rt, who, idem)) is not None:
+            async with rt.db.writes() as session, session.begin():  # every attempt is recorded
+                audit.record(session, who.user_id, who.role, "write",
+                             earlier.get("case_id", envelope.subject), sorted(envelope.data),
+                             outcome="replayed")
             return earlier
         raise
     try:
         await _publish(rt, envelope)
     except HTTPException:
         async with rt.db.writes() as session, session.begin():  # nothing left behind
-            if row is not None:
-                await session.execute(delete(ReportRow).where(ReportRow.event_id == envelope.id))
+            if table is not None:
+                await session.execute(delete(table).where(table.event_id == envelope.id))
             if idem is not None:
                 await session.execute(delete(IdempotencyKey).where(
                     IdempotencyKey.user_id == who.user_id, IdempotencyKey.key == idem.key))
         raise
-    await rt.inputs(Published(who, envelope, row is not None, child_fingerprints,
+    await rt.inputs(Published(who, envelope, table, child_fingerprints,
                               None if idem is None else idem.key))
     return response
 
 
 @dataclass
 class Pending:
-    """An input before its publish: its report row (None for a follow-up) and idempotency key."""
+    """An input before its publish: its own row in `table` (None for other follow-ups) and its
+    idempotency key."""
 
-    report: dict | None
+    row: dict | None
     key: dict | None
+    table: type | None = None  # ReportRow or SeverityOverrideRow
 
 
 @dataclass
@@ -134,9 +156,9 @@ class Published:
 
     who: Principal
     envelope: Envelope
-    report: bool  # a report (a ReportRow to mark), not a follow-up
+    table: type | None  # the table of its own row to mark; None: its key holds its event
     child_fingerprints: Sequence[str]
-    key: str | None = None  # its Idempotency-Key: a follow-up's holds the event until now
+    key: str | None = None  # its Idempotency-Key
 
 
 def writer(db) -> GroupCommit:
@@ -149,15 +171,16 @@ def writer(db) -> GroupCommit:
 async def _write(session, items: list[Pending | Published]) -> list[None]:
     for item in items:
         if isinstance(item, Pending):
-            if item.report is not None:
-                add_bulk(session, ReportRow, **item.report)
+            if item.row is not None:
+                add_bulk(session, item.table, **item.row)
             if item.key is not None:
                 add_bulk(session, IdempotencyKey, **item.key)
     published = [item for item in items if isinstance(item, Published)]
-    if marks := [{"published_event": p.envelope.id} for p in published if p.report]:
-        await session.execute(_PUBLISHED, marks)
+    for table, statement in _PUBLISHED.items():
+        if marks := [{"published_event": p.envelope.id} for p in published if p.table is table]:
+            await session.execute(statement, marks)
     if keys := [{"key_user": p.who.user_id, "key_name": p.key}
-                for p in published if p.key is not None and not p.report]:
+                for p in published if p.key is not None and p.table is None]:
         await session.execute(_KEY_PUBLISHED, keys)
     await readmodel.apply_all(session, [(p.envelope, p.child_fingerprints) for p in published])
     for p in published:
@@ -166,21 +189,24 @@ async def _write(session, items: list[Pending | Published]) -> list[None]:
     return [None] * len(items)
 
 
-_REPORTS, _KEYS = ReportRow.__table__, IdempotencyKey.__table__
-_PUBLISHED = (_REPORTS.update()
-              .where(_REPORTS.c.event_id == bindparam("published_event")).values(published=True))
+_KEYS = IdempotencyKey.__table__
+_PUBLISHED = {model: (model.__table__.update()
+                      .where(model.__table__.c.event_id == bindparam("published_event"))
+                      .values(published=True))
+              for model in (ReportRow, SeverityOverrideRow)}
 _KEY_PUBLISHED = (_KEYS.update().where(_KEYS.c.user_id == bindparam("key_user"),
                                        _KEYS.c.key == bindparam("key_name")).values(event=None))
 
 
 async def finish(rt, event: str, key: tuple[str, str] | None = None) -> None:
     """Publish a pending input again (same event id: consumers drop a repeat), mark it published
-    (its report row, and its idempotency key: (user id, key)) and apply it. 503 if the broker does
+    (its own row, and its idempotency key: (user id, key)) and apply it. 503 if the broker does
     not take it: the input stays pending for a later retry or the sweep."""
     envelope = Envelope.model_validate_json(event)
     await _publish(rt, envelope)
     async with rt.db.writes() as session, session.begin():
-        await session.execute(_PUBLISHED, {"published_event": envelope.id})
+        for statement in _PUBLISHED.values():  # by event id: its row is in one of them, if any
+            await session.execute(statement, {"published_event": envelope.id})
         if key is not None:
             await session.execute(_KEY_PUBLISHED, {"key_user": key[0], "key_name": key[1]})
         await readmodel.apply(session, envelope)  # a report's fingerprints: from its row
@@ -190,15 +216,17 @@ async def sweep(rt, older_than: timedelta = timedelta(seconds=30)) -> int:
     """At start-up: finish inputs a crash left pending. Erring towards acting on a real report."""
     cutoff = utcnow() - older_than
     async with rt.db.reads() as session:
-        reports = (await session.scalars(select(ReportRow.event).where(
-            ReportRow.published.is_(False), ReportRow.created_at < cutoff))).all()
+        rows = []  # reports and overrides, reports first
+        for table in _PUBLISHED:
+            rows += (await session.scalars(select(table.event).where(
+                table.published.is_(False), table.created_at < cutoff))).all()
         updates = (await session.execute(
             select(IdempotencyKey.event, IdempotencyKey.user_id, IdempotencyKey.key).where(
                 IdempotencyKey.event.is_not(None), IdempotencyKey.created_at < cutoff))).all()
-    for event in reports:
+    for event in rows:
         await finish(rt, event)
     for event, user_id, key in updates:
         await finish(rt, event, (user_id, key))
-    if count := len(reports) + len(updates):
+    if count := len(rows) + len(updates):
         log.info("pending_inputs_finished", count=count)
     return count

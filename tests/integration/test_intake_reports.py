@@ -241,6 +241,27 @@ async def test_the_start_up_sweep_finishes_a_pending_follow_up(stack, monkeypatc
     assert pending.id in [e.id for e in await read_all(stack.rt.settings, Topics.INPUTS)]
 
 
+async def test_an_idempotent_replay_is_audited(stack):
+    """Every write attempt leaves a record: a repeat answered from its key too."""
+    body, key = report(), {"Idempotency-Key": "k-audited"}
+    async with stack.client("operator") as api:
+        first = await api.post("/api/v1/reports", json=body, headers=key)
+        again = await api.post("/api/v1/reports", json=body, headers=key)
+        case_id = first.json()["case_id"]
+        url = f"/api/v1/cases/{case_id}/updates"
+        for _ in range(2):
+            answer = await api.post(url, json={"publicity": "PA2"}, headers={"Idempotency-Key": "u-a"})
+            assert answer.status_code == 202, answer.text
+    assert again.json() == first.json()
+    async with stack.rt.db.reads() as session:
+        writes = (await session.execute(select(AuditRecord.outcome, AuditRecord.fields).where(
+            AuditRecord.record == case_id, AuditRecord.action == "write",
+            AuditRecord.user_id == "test-operator").order_by(AuditRecord.id))).all()
+    assert [outcome for outcome, _ in writes] == ["ok", "replayed", "ok", "replayed"]
+    assert writes[0].fields == writes[1].fields and "report_id" in writes[1].fields
+    assert writes[2].fields == writes[3].fields and "publicity" in writes[3].fields
+
+
 async def test_a_link_to_a_case_outside_the_jurisdiction_is_refused_like_an_unknown_one(stack):
     local = await _user(stack, "test-commune4-operator", "operator", "commune:4", [])
     async with stack.client("operator") as api:

@@ -9,7 +9,7 @@ from schemas.reports import Report
 from services.intake.correlation import is_independent, match_open_case
 from services.intake.identity import IdentityVault
 from services.intake.key_rotation import RotationError, rotate
-from services.intake.store import CaseView, ReportRow
+from services.intake.store import CaseView, ReportRow, SeverityOverrideRow
 from tests.conftest import make_settings
 from tests.integration import test_retention as rows
 from tests.support.process import beacon
@@ -44,7 +44,8 @@ async def test_rotation_reseals_identity_and_remakes_the_hashes(sqlite_db, monke
     before = {r.report_id: old.open(r.identity) for r in await rows.table(sqlite_db, ReportRow)}
 
     seen = []
-    assert await rotate(sqlite_db, IdentityVault(NEW, [OLD]), progress=seen.append) == 4
+    assert await rotate(sqlite_db, IdentityVault(NEW, [OLD]),
+                        progress=lambda what, n: seen.append(n)) == (4, 0)
     assert seen == [2, 4]
 
     new_only = IdentityVault(NEW)
@@ -62,8 +63,37 @@ async def test_rotation_reseals_identity_and_remakes_the_hashes(sqlite_db, monke
     assert cases["C-B"] == [new_only.fingerprint("child", "Hoàng Văn E")]
 
     # Run again (after a crash, say): everything already under the new key stays readable.
-    assert await rotate(sqlite_db, IdentityVault(NEW, [OLD])) == 4
+    assert await rotate(sqlite_db, IdentityVault(NEW, [OLD])) == (4, 0)
     assert all(new_only.open(r.identity) for r in await rows.table(sqlite_db, ReportRow))
+
+
+async def test_rotation_reseals_override_reasons(sqlite_db, monkeypatch):
+    monkeypatch.setattr("services.intake.key_rotation.BATCH", 2)
+    old = IdentityVault(OLD)
+    await rows.add_case(sqlite_db, "C-A", "open", days_ago=1, reports=0)
+    reasons = [f"spoke to Trần Văn {n}" for n in range(3)]
+    for n, reason in enumerate(reasons):
+        await rows.add_override(sqlite_db, "C-A", n, reason=old.seal_text(reason))
+    await rows.add_override(sqlite_db, "C-A", 3, reason=None)  # erased by retention
+
+    seen = []
+    assert await rotate(sqlite_db, IdentityVault(NEW, [OLD]),
+                        progress=lambda what, n: seen.append((what, n))) == (0, 3)
+    assert seen == [("override reasons", 2), ("override reasons", 3)]
+    new_only = IdentityVault(NEW)
+    stored = sorted(await rows.table(sqlite_db, SeverityOverrideRow), key=lambda o: o.update_id)
+    assert [new_only.open_text(o.reason) for o in stored[:3]] == reasons
+    assert stored[3].reason is None
+    for o in stored[:3]:
+        with pytest.raises(InvalidToken):
+            old.open_text(o.reason)
+
+
+async def test_a_reason_under_a_key_not_configured_stops_the_rotation(sqlite_db):
+    await rows.add_case(sqlite_db, "C-A", "open", days_ago=1, reports=0)
+    await rows.add_override(sqlite_db, "C-A", 0, reason=IdentityVault("lost-secret").seal_text("x"))
+    with pytest.raises(RotationError, match="U-C-A-0"):
+        await rotate(sqlite_db, IdentityVault(NEW, [OLD]))
 
 
 async def test_identity_under_a_key_not_configured_stops_the_rotation(sqlite_db):
@@ -76,11 +106,12 @@ async def test_identity_under_a_key_not_configured_stops_the_rotation(sqlite_db)
 
 async def test_beacon_keys_rotate(kafka_bootstrap, sqlite_db):
     await add_sealed(sqlite_db, IdentityVault(OLD), "C-A", ["Nguyễn Thị A"])
+    await rows.add_override(sqlite_db, "C-A", 0, reason=IdentityVault(OLD).seal_text("checked"))
     settings = make_settings(kafka_bootstrap, sqlite_db.url, secret_key=NEW,
                              secret_key_previous=f" {OLD} ,another")
     done = beacon(settings, "keys", "rotate")
-    assert done.stdout.strip() == "re-sealed 1 reports under the current key"
-    assert "1 reports..." in done.stderr
+    assert done.stdout.strip() == "re-sealed 1 reports and 1 override reasons under the current key"
+    assert "1 reports..." in done.stderr and "1 override reasons..." in done.stderr
 
 
 async def test_before_the_rotation_has_run_a_report_still_matches_under_the_previous_key(

@@ -126,11 +126,15 @@ async def test_retention_purges_on_postgres(pg_database):
     db = Database(pg_database)
     try:
         await t.add_case(db, "C-OLD", "closed", days_ago=40)
+        await t.add_override(db, "C-OLD", 0)
         await t.add_key(db, "old", days_ago=31)
         await t.add_delivery(db, "dead-old", "dead", days_ago=91)
+        assert (await retention.purge(db, t.kept_for(identity=30), t.BOTH, dry_run=True))[
+            "identity"] == 3
         assert await retention.purge(db, t.kept_for(identity=30), t.BOTH) == {
-            "identity": 2, "idempotency": 1, "deliveries": 1}
+            "identity": 3, "idempotency": 1, "deliveries": 1}
         assert all(r.identity is None for r in await t.table(db, t.ReportRow))
+        assert [o.reason for o in await t.table(db, t.SeverityOverrideRow)] == [None]
     finally:
         await db.dispose()
 

@@ -14,7 +14,7 @@ from services.common import kafka
 from services.common.config import ConfigError
 from services.common.audit import AuditRecord
 from services.common.db import utcnow
-from services.intake.store import CaseView, IdempotencyKey, ReportRow
+from services.intake.store import CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow
 from services.notifier.store import Delivery
 from tests.conftest import eventually, make_settings, start_stack
 from tests.support.process import BEACON, beacon, beacon_env
@@ -41,6 +41,13 @@ async def add_case(db, case_id, status, days_ago, reports=2):
                             received_at=at, submitted_by="op", identity=b"sealed",
                             reporter_fingerprint="fp-phone", child_fingerprints=["fp-child"],
                             created_at=at))
+
+
+async def add_override(db, case_id, n, reason=b"sealed reason"):
+    async with db.writes() as s, s.begin():
+        s.add(SeverityOverrideRow(update_id=f"U-{case_id}-{n}", case_id=case_id,
+                                  event_id=f"EU-{case_id}-{n}", event="{}", published=True,
+                                  severity="P2", reason=reason, by_user="sup", created_at=NOW))
 
 
 async def add_key(db, key, days_ago):
@@ -87,6 +94,36 @@ async def test_identity_of_a_closed_case_is_erased_after_its_days_and_audited(sq
     # Nothing is left to erase: a second run changes and records nothing.
     assert (await retention.purge(sqlite_db, kept_for(identity=30), BOTH))["identity"] == 0
     assert len(await table(sqlite_db, AuditRecord)) == 1
+
+
+async def test_override_reasons_of_a_closed_case_are_erased_with_its_identity(sqlite_db,
+                                                                             monkeypatch):
+    monkeypatch.setattr(retention, "BATCH", 2)  # reports and overrides share the batches
+    await add_case(sqlite_db, "C-OLD", "closed", days_ago=40, reports=1)
+    for n in range(2):
+        await add_override(sqlite_db, "C-OLD", n)
+    await add_case(sqlite_db, "C-ERASED", "closed", days_ago=40, reports=0)  # reports gone
+    await add_override(sqlite_db, "C-ERASED", 0)
+    await add_case(sqlite_db, "C-RECENT", "closed", days_ago=10, reports=0)
+    await add_override(sqlite_db, "C-RECENT", 0)
+    await add_case(sqlite_db, "C-OPEN", "open", days_ago=400, reports=0)
+    await add_override(sqlite_db, "C-OPEN", 0)
+
+    assert (await retention.purge(sqlite_db, kept_for(identity=30), BOTH, dry_run=True))[
+        "identity"] == 4
+    assert (await retention.purge(sqlite_db, kept_for(identity=30), BOTH))["identity"] == 4
+
+    reasons = {o.update_id: o.reason for o in await table(sqlite_db, SeverityOverrideRow)}
+    assert reasons == {"U-C-OLD-0": None, "U-C-OLD-1": None, "U-C-ERASED-0": None,
+                       "U-C-RECENT-0": b"sealed reason", "U-C-OPEN-0": b"sealed reason"}
+    assert [r.identity for r in await table(sqlite_db, ReportRow)] == [None]
+    erased = {}
+    for entry in await table(sqlite_db, AuditRecord):
+        assert (entry.user_id, entry.action) == ("system:retention", "erase")
+        erased.setdefault(entry.record, set()).update(entry.fields)
+    assert erased == {"C-OLD": {*retention.ERASED, *retention.OVERRIDE_ERASED},
+                      "C-ERASED": set(retention.OVERRIDE_ERASED)}
+    assert (await retention.purge(sqlite_db, kept_for(identity=30), BOTH))["identity"] == 0
 
 
 async def test_identity_is_kept_for_ever_by_default(sqlite_db):

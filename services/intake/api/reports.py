@@ -14,7 +14,7 @@ from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import correlation, submission
 from services.intake.api.deps import Runtime, deny, role
-from services.intake.store import CaseView
+from services.intake.store import CaseView, ReportRow, SeverityOverrideRow
 from services.intake.validation import check_codes, check_report
 
 router = APIRouter(prefix="/api/v1", tags=["reports"])
@@ -91,7 +91,8 @@ async def submit_report(
         case_id=case_id, report_id=report_id, new_case=new_case, linked=not new_case,
         case_url=f"/api/v1/cases/{case_id}",
     ).model_dump()
-    return await submission.accept(rt, who, envelope, row, response, idem, children)
+    return await submission.accept(rt, who, envelope, row, response, idem, children,
+                                   table=ReportRow)
 
 
 async def _linked_case(rt, who: Principal, case_id: str) -> str:
@@ -147,4 +148,10 @@ async def update_case(
     )
     envelope = Envelope.wrap(event, SOURCE)
     response = UpdateAccepted(case_id=case_id, update_id=update_id).model_dump()
-    return await submission.accept(rt, who, envelope, None, response, idem)
+    table = row = None  # other follow-ups: the event waits on the idempotency key, if any
+    if override := update.severity_override:  # the reason stays here, sealed (docs/privacy.md)
+        table, row = SeverityOverrideRow, dict(
+            update_id=update_id, case_id=case_id, event_id=envelope.id,
+            event=envelope.model_dump_json(), published=False, severity=override.severity,
+            reason=rt.vault.seal_text(override.reason), by_user=who.user_id, created_at=utcnow())
+    return await submission.accept(rt, who, envelope, row, response, idem, table=table)
