@@ -6,6 +6,9 @@ BEACON_RETENTION_INTERVAL_S; `beacon retention run` purges now (`--dry-run` only
   reason, once its case is closed and unchanged for BEACON_RETENTION_IDENTITY_DAYS (default 0:
   kept). Each case is audited.
 - idempotency: `Idempotency-Key` answers made BEACON_RETENTION_IDEMPOTENCY_DAYS ago (30).
+- withdrawn: inputs refused with 503 BEACON_RETENTION_WITHDRAWN_DAYS ago (1), with their sealed
+  identity: adopted if their event reached Kafka after all, else removed
+  (services/intake/submission.py).
 - deliveries: the notifier's delivered and dead-lettered rows last changed
   BEACON_RETENTION_DELIVERIES_DAYS ago (90). Keep them longer than the alerts topic keeps its
   records: a row is how a redelivered alert is known as sent.
@@ -24,7 +27,10 @@ from sqlalchemy import bindparam, func, literal_column, select, tuple_, union_al
 
 from services.common import audit
 from services.common.db import Database, utcnow
-from services.intake.store import CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow
+from services.intake import submission
+from services.intake.store import (
+    CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow, WithdrawnInput,
+)
 from services.notifier.store import Delivery
 
 log = structlog.get_logger("beacon.retention")
@@ -95,6 +101,8 @@ def _deleting(table, due):
 
 
 _OLD_KEYS = select(_KEYS.c.user_id, _KEYS.c.key).where(_KEYS.c.created_at < _BEFORE)
+_WITHDRAWN = select(WithdrawnInput.__table__.c.event_id).where(
+    WithdrawnInput.__table__.c.withdrawn_at < _BEFORE)
 _FINISHED = select(_DELIVERIES.c.alert_id).where(
     _DELIVERIES.c.status.in_(("delivered", "dead")), _DELIVERIES.c.updated_at < _BEFORE)
 
@@ -103,6 +111,8 @@ CLASSES = (
     RecordClass("identity", "intake", "retention_identity_days", _SEALED, _erase_identity),
     RecordClass("idempotency", "intake", "retention_idempotency_days", _OLD_KEYS,
                 _deleting(_KEYS, _OLD_KEYS)),
+    RecordClass("withdrawn", "intake", "retention_withdrawn_days", _WITHDRAWN,
+                submission.purge_withdrawn),
     RecordClass("deliveries", "notifier", "retention_deliveries_days", _FINISHED,
                 _deleting(_DELIVERIES, _FINISHED)),
 )

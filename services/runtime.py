@@ -86,7 +86,7 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
 
 
 def _readmodel(rt: Runtime):
-    from services.intake import readmodel
+    from services.intake import readmodel, submission
 
     async def apply(envelopes):
         # Most inputs were applied already by the request that accepted them: a read skips
@@ -96,6 +96,10 @@ def _readmodel(rt: Runtime):
             return
         async with rt.db.writes() as session, session.begin():
             await readmodel.apply_all(session, [(envelope, ()) for envelope in envelopes])
+            # An input of ours not applied by its request: one refused with 503 whose event the
+            # broker took after all is accepted now, as the event on Kafka says.
+            await submission.adopt(session, [e.id for e in envelopes
+                                             if e.source == submission.SOURCE])
 
     return apply
 

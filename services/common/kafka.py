@@ -40,7 +40,8 @@ def make_broker(settings: Settings) -> KafkaBroker:
 def make_producer(settings: Settings) -> AIOKafkaProducer:
     """The process's producer for intake's inputs and the outbox relays. A short request
     timeout makes a publish fail within seconds when the broker is gone: intake answers 503,
-    and a relay keeps its rows and tries again. An expired batch is dropped, not sent later.
+    and a relay keeps its rows and tries again. A failed publish may still reach the broker
+    once it is back (seen in the outage fault test), so intake withdraws rather than deletes.
     It is not the broker's: consumers need the long default, since joining a group can wait
     out a dead member's session. Plain aiokafka, because FastStream's publish path doubled the
     cost of every outbox event (docs/performance.md)."""

@@ -29,6 +29,17 @@ _APPLIED = select(_PROCESSED.c.event_id).where(
     _PROCESSED.c.consumer == CONSUMER, _PROCESSED.c.event_id.in_(bindparam("ids", expanding=True)))
 
 
+async def applied(session: AsyncSession, event_ids: list[str]) -> set[str]:
+    """Which of these events have been applied (in this transaction's view)."""
+    if not event_ids:
+        return set()
+    return set((await session.scalars(_APPLIED, {"ids": event_ids})).all())
+
+
+async def was_applied(session: AsyncSession, event_id: str) -> bool:
+    return bool(await applied(session, [event_id]))
+
+
 async def apply(session: AsyncSession, envelope: Envelope, child_fingerprints=()) -> bool:
     """Apply one event; False when it was applied before (redelivery, or intake applied it)."""
     return await apply_all(session, [(envelope, child_fingerprints)]) == 1

@@ -42,6 +42,21 @@ class SeverityOverrideRow(Base):
     created_at: Mapped[datetime]
 
 
+class WithdrawnInput(Base):
+    """An input refused with 503 after its publish failed. The broker may have taken its event
+    all the same (its acknowledgement lost), so its rows stay, unpublished, until the event
+    turns up on Kafka (the input is adopted: accepted after all) or the retention purge removes
+    them (services/intake/submission.py)."""
+
+    __tablename__ = "withdrawn_inputs"
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(40))
+    user_id: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str | None] = mapped_column(String(200))  # its Idempotency-Key, if any
+    withdrawn_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
     user_id: Mapped[str] = mapped_column(String(64), primary_key=True)

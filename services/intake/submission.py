@@ -1,10 +1,14 @@
-"""Accepting a human input: durable, published, then applied — or refused with nothing left behind.
+"""Accepting a human input: durable, published, then applied — or refused, and never half of each.
 
 1. The input (identity sealed) is written as *pending* with its idempotency key: a report as
    its row, a severity override as its row (the reason sealed), another follow-up with an
    Idempotency-Key as its event on the key.
-2. Its event is published and the broker acknowledges it (acks=all), or we give up after 5 s:
-   the pending rows are deleted and the caller gets 503 with Retry-After.
+2. Its event is published and the broker acknowledges it (acks=all), or we give up after 5 s
+   and the caller gets 503 with Retry-After. The input is then *withdrawn*, not deleted: a broker
+   may have taken the event and lost only its acknowledgement. If the event turns up on Kafka
+   after all, intake's own consumer adopts the input (accepted, as the event says); if it never
+   does, the retention purge removes it (`withdrawn`, 1 day). A retry with the same
+   Idempotency-Key publishes it again under the same ids. The start-up sweep leaves it alone.
 3. The input is marked published and the event applied to the read model.
 A crash after 1 leaves a pending input whose event may be on Kafka: a retry with the same
 Idempotency-Key, or the start-up sweep, publishes it again under the same event id, which every
@@ -15,11 +19,11 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from fastapi import HTTPException
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, exists, select
 from sqlalchemy.exc import IntegrityError
 
 from schemas.events import Envelope, Topics
@@ -28,9 +32,10 @@ from services.common.auth import Principal
 from services.common.db import add_bulk, utcnow
 from services.common.group_commit import GroupCommit
 from services.intake import readmodel
-from services.intake.store import IdempotencyKey, ReportRow, SeverityOverrideRow
+from services.intake.store import IdempotencyKey, ReportRow, SeverityOverrideRow, WithdrawnInput
 
 log = structlog.get_logger("beacon.intake")
+SOURCE = "beacon/intake"  # every input's envelope
 PUBLISH_TIMEOUT_S = 5
 RETRY_AFTER_S = "5"
 
@@ -128,16 +133,76 @@ async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
     try:
         await _publish(rt, envelope)
     except HTTPException:
-        async with rt.db.writes() as session, session.begin():  # nothing left behind
-            if table is not None:
-                await session.execute(delete(table).where(table.event_id == envelope.id))
-            if idem is not None:
-                await session.execute(delete(IdempotencyKey).where(
-                    IdempotencyKey.user_id == who.user_id, IdempotencyKey.key == idem.key))
-        raise
+        if await _withdraw(rt, who, envelope, row is not None, idem):
+            raise
     await rt.inputs(Published(who, envelope, table, child_fingerprints,
                               None if idem is None else idem.key))
     return response
+
+
+async def _withdraw(rt, who: Principal, envelope: Envelope, has_row: bool,
+                    idem: Idempotency | None) -> bool:
+    """After a failed publish: withdraw the input (True), or find that its event is on Kafka
+    after all, applied by intake's consumer (False: it is accepted)."""
+    if not has_row and idem is None:
+        return True  # nothing of it was stored, so nothing can be half-accepted
+    async with rt.db.writes() as session, session.begin():
+        if await readmodel.was_applied(session, envelope.id):
+            return False
+        add_bulk(session, WithdrawnInput, event_id=envelope.id, case_id=envelope.subject,
+                 user_id=who.user_id, role=who.role, key=idem.key if idem else None,
+                 withdrawn_at=utcnow())
+    log.warning("input_withdrawn", case_id=envelope.subject, event_id=envelope.id)
+    return True
+
+
+async def adopt(session, event_ids: Sequence[str]) -> int:
+    """Inputs withdrawn after a failed publish whose events are on Kafka after all (these ids):
+    marked published like any accepted input, and recorded. How many there were."""
+    if not event_ids:
+        return 0
+    rows = (await session.execute(_WITHDRAWN, {"ids": list(event_ids)})).all()
+    if rows:
+        marks = [{"published_event": r.event_id} for r in rows]
+        for statement in _PUBLISHED.values():
+            await session.execute(statement, marks)
+        if keys := [{"key_user": r.user_id, "key_name": r.key} for r in rows if r.key]:
+            await session.execute(_KEY_PUBLISHED, keys)
+        await session.execute(_UNWITHDRAW, {"ids": [r.event_id for r in rows]})
+        for r in rows:
+            audit.record(session, r.user_id, r.role, "write", r.case_id, outcome="adopted")
+            log.warning("withdrawn_input_adopted", case_id=r.case_id, event_id=r.event_id)
+    return len(rows)
+
+
+async def purge_withdrawn(session, before: datetime) -> int:
+    """The retention purge of inputs withdrawn before `before`, at most BATCH: adopted if the
+    consumer has applied their events by now (it may have before they were withdrawn), else
+    removed with their rows and keys. How many were settled."""
+    rows = (await session.execute(_WITHDRAWN_BEFORE, {"before": before, "batch": BATCH})).all()
+    ids = [r.event_id for r in rows]
+    applied = await readmodel.applied(session, ids)
+    await adopt(session, sorted(applied))
+    if gone := [r for r in rows if r.event_id not in applied]:
+        dropped = {"ids": [r.event_id for r in gone]}
+        for table in _PUBLISHED:
+            await session.execute(delete(table).where(table.event_id.in_(_IDS)), dropped)
+        for r in gone:
+            if r.key:
+                await session.execute(delete(IdempotencyKey).where(
+                    IdempotencyKey.user_id == r.user_id, IdempotencyKey.key == r.key))
+        await session.execute(_UNWITHDRAW, dropped)
+    return len(rows)
+
+
+BATCH = 500
+_W, _IDS = WithdrawnInput.__table__, bindparam("ids", expanding=True)
+_WITHDRAWN = select(_W.c.event_id, _W.c.case_id, _W.c.user_id, _W.c.role, _W.c.key).where(
+    _W.c.event_id.in_(_IDS))
+_WITHDRAWN_BEFORE = (select(_W.c.event_id, _W.c.user_id, _W.c.key)
+                     .where(_W.c.withdrawn_at < bindparam("before"))
+                     .order_by(_W.c.withdrawn_at).limit(bindparam("batch")))
+_UNWITHDRAW = _W.delete().where(_W.c.event_id.in_(_IDS))
 
 
 @dataclass
@@ -207,22 +272,27 @@ async def finish(rt, event: str, key: tuple[str, str] | None = None) -> None:
     async with rt.db.writes() as session, session.begin():
         for statement in _PUBLISHED.values():  # by event id: its row is in one of them, if any
             await session.execute(statement, {"published_event": envelope.id})
+        await session.execute(_UNWITHDRAW, {"ids": [envelope.id]})  # a withdrawn one is accepted
         if key is not None:
             await session.execute(_KEY_PUBLISHED, {"key_user": key[0], "key_name": key[1]})
         await readmodel.apply(session, envelope)  # a report's fingerprints: from its row
 
 
 async def sweep(rt, older_than: timedelta = timedelta(seconds=30)) -> int:
-    """At start-up: finish inputs a crash left pending. Erring towards acting on a real report."""
+    """At start-up: finish inputs a crash left pending. Erring towards acting on a real report.
+    An input refused with 503 (withdrawn) is not finished: its caller was told it was not."""
     cutoff = utcnow() - older_than
     async with rt.db.reads() as session:
-        rows = []  # reports and overrides, reports first
+        rows = []  # reports and overrides, reports first; not those refused with 503
         for table in _PUBLISHED:
             rows += (await session.scalars(select(table.event).where(
-                table.published.is_(False), table.created_at < cutoff))).all()
+                table.published.is_(False), table.created_at < cutoff,
+                table.event_id.not_in(select(_W.c.event_id))))).all()
         updates = (await session.execute(
             select(IdempotencyKey.event, IdempotencyKey.user_id, IdempotencyKey.key).where(
-                IdempotencyKey.event.is_not(None), IdempotencyKey.created_at < cutoff))).all()
+                IdempotencyKey.event.is_not(None), IdempotencyKey.created_at < cutoff,
+                ~exists().where(_W.c.user_id == IdempotencyKey.user_id,
+                                _W.c.key == IdempotencyKey.key)))).all()
     for event in rows:
         await finish(rt, event)
     for event, user_id, key in updates:

@@ -4,13 +4,15 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+from aiokafka.errors import KafkaTimeoutError
 from sqlalchemy import select, update
 
 from schemas.events import Envelope, Topics
+from services import retention
 from services.common import kafka
 from services.common.audit import AuditRecord
 from services.common.db import utcnow
-from services.intake import submission
+from services.intake import readmodel, submission
 from services.intake.store import IdempotencyKey, ReportRow
 from tests.conftest import eventually
 from tests.integration.test_authorities import _user
@@ -163,6 +165,68 @@ async def test_a_retry_finishes_a_first_attempt_that_died_after_its_publish(stac
         assert again.json() == later.json()
 
 
+async def test_a_report_whose_acknowledgement_was_lost_is_adopted_not_half_accepted(
+        stack, monkeypatch):
+    """The broker takes the event but its acknowledgement never comes: 503, and then the event
+    is on Kafka, where escalation acts on it. Intake adopts the report (accepted, its identity
+    kept, recorded) and a retry with its key gets the answer under the same ids."""
+    taken, real_publish = [], kafka.publish_input
+
+    async def ack_lost(*args):
+        taken.append(args)
+        raise KafkaTimeoutError()
+
+    body, key = report(), {"Idempotency-Key": "k-ack-lost"}
+    async with stack.client("operator") as api:
+        monkeypatch.setattr(kafka, "publish_input", ack_lost)
+        refused = await api.post("/api/v1/reports", json=body, headers=key)
+        monkeypatch.setattr(kafka, "publish_input", real_publish)
+        assert refused.status_code == 503, refused.text
+        [(producer, topic, envelope)] = taken
+        await real_publish(producer, topic, envelope)  # the broker had it after all
+
+        async def adopted():
+            async with stack.rt.db.reads() as session:
+                return await session.scalar(select(ReportRow.published).where(
+                    ReportRow.event_id == envelope.id))
+        await eventually(adopted)
+        case_id, report_id = envelope.subject, envelope.data["report_id"]
+        identity = (await api.get(f"/api/v1/cases/{case_id}/identity")).json()
+        assert [r["report_id"] for r in identity["reports"]] == [report_id]
+        assert identity["reports"][0]["children"][0]["name"] == "Canaryname Thi Hidden"
+        retry = await api.post("/api/v1/reports", json=body, headers=key)
+        assert retry.status_code == 202, retry.text
+        assert (retry.json()["case_id"], retry.json()["report_id"]) == (case_id, report_id)
+    async with stack.rt.db.reads() as session:
+        outcomes = (await session.scalars(select(AuditRecord.outcome).where(
+            AuditRecord.record == case_id, AuditRecord.action == "write"))).all()
+    assert sorted(outcomes) == ["adopted", "replayed"]
+    sent = [e.id for e in await read_all(stack.rt.settings, Topics.INPUTS)
+            if e.data.get("report_id") == report_id]
+    assert sent == [envelope.id]
+
+
+async def test_a_lost_acknowledgement_already_seen_on_kafka_is_202(stack, monkeypatch):
+    """When the event was on Kafka and applied before the publish gave up, the answer is 202."""
+    real_publish = kafka.publish_input
+
+    async def applied_then_lost(producer, topic, envelope):
+        await real_publish(producer, topic, envelope)
+
+        async def applied():
+            return await readmodel.unapplied(stack.rt.db, [envelope]) == []
+        await eventually(applied)
+        raise KafkaTimeoutError()
+
+    monkeypatch.setattr(kafka, "publish_input", applied_then_lost)
+    async with stack.client("operator") as api:
+        answer = await api.post("/api/v1/reports", json=report())
+        assert answer.status_code == 202, answer.text
+    async with stack.rt.db.reads() as session:
+        assert await session.scalar(select(ReportRow.published).where(
+            ReportRow.report_id == answer.json()["report_id"])) is True
+
+
 def _dies_before_publish(stack):
     """rt.inputs for a process that dies after storing an input as pending, before its publish."""
     real = stack.rt.inputs
@@ -209,9 +273,7 @@ async def test_a_follow_up_retry_answers_only_once_its_event_is_on_kafka(stack, 
         assert await _key_event(stack, "u-crash") == pending.model_dump_json()  # still pending
         fresh = await api.post(url, json=body, headers={"Idempotency-Key": "u-fresh"})
         assert fresh.status_code == 503
-        assert await _key_event(stack, "u-fresh") is None  # a 503 leaves nothing behind
-        async with stack.rt.db.reads() as session:
-            assert await session.get(IdempotencyKey, ("test-operator", "u-fresh")) is None
+        assert await _key_event(stack, "u-fresh") is not None  # refused: withdrawn, kept
         monkeypatch.setattr(kafka, "publish_input", real_publish)
 
         later = await api.post(url, json=body, headers=key)
@@ -219,6 +281,12 @@ async def test_a_follow_up_retry_answers_only_once_its_event_is_on_kafka(stack, 
         assert later.json()["update_id"] == pending.data["update_id"]
         assert await _key_event(stack, "u-crash") is None
         assert (await api.post(url, json=body, headers=key)).json() == later.json()
+    # The refused one is not published by the sweep, and the purge removes it.
+    assert await submission.sweep(stack.rt, older_than=timedelta(0)) == 0
+    await retention.purge(stack.rt.db, stack.rt.settings, {"intake"},
+                          now=utcnow() + timedelta(days=2))
+    async with stack.rt.db.reads() as session:
+        assert await session.get(IdempotencyKey, ("test-operator", "u-fresh")) is None
     updates = [e.id for e in await read_all(stack.rt.settings, Topics.INPUTS) if e.type == pending.type]
     assert updates == [pending.id]
 

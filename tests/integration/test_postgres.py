@@ -132,7 +132,7 @@ async def test_retention_purges_on_postgres(pg_database):
         assert (await retention.purge(db, t.kept_for(identity=30), t.BOTH, dry_run=True))[
             "identity"] == 3
         assert await retention.purge(db, t.kept_for(identity=30), t.BOTH) == {
-            "identity": 3, "idempotency": 1, "deliveries": 1}
+            "identity": 3, "idempotency": 1, "withdrawn": 0, "deliveries": 1}
         assert all(r.identity is None for r in await t.table(db, t.ReportRow))
         assert [o.reason for o in await t.table(db, t.SeverityOverrideRow)] == [None]
     finally:

@@ -7,14 +7,17 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services import retention, runtime
 from services.common import kafka
 from services.common.config import ConfigError
 from services.common.audit import AuditRecord
-from services.common.db import utcnow
-from services.intake.store import CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow
+from services.common.db import ProcessedEvent, utcnow
+from services.intake import readmodel
+from services.intake.store import (
+    CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow, WithdrawnInput,
+)
 from services.notifier.store import Delivery
 from tests.conftest import eventually, make_settings, start_stack
 from tests.support.process import BEACON, beacon, beacon_env
@@ -23,10 +26,11 @@ BOTH = {"intake", "notifier"}
 NOW = utcnow()
 
 
-def kept_for(identity=0, idempotency=30, deliveries=90):
+def kept_for(identity=0, idempotency=30, deliveries=90, withdrawn=1):
     return SimpleNamespace(retention_identity_days=identity,
                            retention_idempotency_days=idempotency,
-                           retention_deliveries_days=deliveries)
+                           retention_deliveries_days=deliveries,
+                           retention_withdrawn_days=withdrawn)
 
 
 async def add_case(db, case_id, status, days_ago, reports=2):
@@ -75,7 +79,7 @@ async def test_identity_of_a_closed_case_is_erased_after_its_days_and_audited(sq
     await add_case(sqlite_db, "C-OPEN", "open", days_ago=400)
 
     assert await retention.purge(sqlite_db, kept_for(identity=30), BOTH) == {
-        "identity": 2, "idempotency": 0, "deliveries": 0}
+        "identity": 2, "idempotency": 0, "withdrawn": 0, "deliveries": 0}
 
     reports = {r.report_id: r for r in await table(sqlite_db, ReportRow)}
     for i in range(2):
@@ -145,12 +149,37 @@ async def test_old_keys_and_finished_deliveries_go_in_batches(sqlite_db, monkeyp
     counts = await retention.purge(sqlite_db, kept_for(), BOTH,
                                    progress=lambda name, rows: seen.append((name, rows)))
 
-    assert counts == {"idempotency": 7, "deliveries": 2}
+    assert counts == {"idempotency": 7, "withdrawn": 0, "deliveries": 2}
     assert seen == [("idempotency", 3), ("idempotency", 6), ("idempotency", 7),
                     ("deliveries", 2)]
     assert [k.key for k in await table(sqlite_db, IdempotencyKey)] == ["young"]
     assert sorted(d.alert_id for d in await table(sqlite_db, Delivery)) == [
         "delivered-young", "pending-old", "sending-old"]  # unfinished rows are never purged
+
+
+async def test_a_withdrawn_input_is_adopted_if_its_event_was_applied_else_removed(sqlite_db):
+    """Refused with 503 two days ago: one whose event intake's consumer has applied since (the
+    broker took it after all) is accepted; the other goes, with its sealed identity and key."""
+    for case_id in ("C-LANDED", "C-REFUSED"):
+        await add_case(sqlite_db, case_id, "open", days_ago=2, reports=1)
+        await add_key(sqlite_db, f"k-{case_id}", days_ago=2)
+        async with sqlite_db.writes() as s, s.begin():
+            await s.execute(update(ReportRow).where(ReportRow.case_id == case_id)
+                            .values(published=False))
+            s.add(WithdrawnInput(event_id=f"E-{case_id}-0", case_id=case_id, user_id="op",
+                                 role="operator", key=f"k-{case_id}",
+                                 withdrawn_at=NOW - timedelta(days=2)))
+    async with sqlite_db.writes() as s, s.begin():
+        s.add(ProcessedEvent(consumer=readmodel.CONSUMER, event_id="E-C-LANDED-0",
+                             processed_at=NOW))
+
+    assert (await retention.purge(sqlite_db, kept_for(), {"intake"}))["withdrawn"] == 2
+    assert [(r.report_id, r.published) for r in await table(sqlite_db, ReportRow)] == [
+        ("R-C-LANDED-0", True)]
+    assert [k.key for k in await table(sqlite_db, IdempotencyKey)] == ["k-C-LANDED"]
+    assert not await table(sqlite_db, WithdrawnInput)
+    trail = [(r.record, r.outcome) for r in await table(sqlite_db, AuditRecord)]
+    assert trail == [("C-LANDED", "adopted")]
 
 
 async def test_a_service_purges_only_its_own_classes(sqlite_db):
@@ -166,12 +195,14 @@ async def test_beacon_retention_run_counts_then_purges(kafka_bootstrap, tmp_path
     settings = make_settings(kafka_bootstrap, sqlite_db.url, retention_identity_days=30)
 
     dry = beacon(settings, "retention", "run", "--dry-run").stdout.splitlines()
-    assert dry == ["identity: 2 rows due", "idempotency: 1 rows due", "deliveries: 0 rows due"]
+    assert dry == ["identity: 2 rows due", "idempotency: 1 rows due", "withdrawn: 0 rows due",
+                   "deliveries: 0 rows due"]
     assert len(await table(sqlite_db, IdempotencyKey)) == 1  # a dry run changes nothing
 
     done = beacon(settings, "retention", "run")
     assert done.stdout.splitlines() == [
-        "identity: 2 rows purged", "idempotency: 1 rows purged", "deliveries: 0 rows purged"]
+        "identity: 2 rows purged", "idempotency: 1 rows purged", "withdrawn: 0 rows purged",
+        "deliveries: 0 rows purged"]
     assert "identity: 2 rows..." in done.stderr  # progress, per batch
     assert not await table(sqlite_db, IdempotencyKey)
 

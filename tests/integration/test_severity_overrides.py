@@ -1,7 +1,7 @@
 """A supervisor's severity override on the real stack: its reason kept in intake, sealed, opened
 for the hotline and auditors in scope and refused to everyone else, every reading audited, and
-the reason on no topic and in no log line. Its row is as durable as a report's: nothing left by a
-refused publish, a crash-left one finished by a retry or the start-up sweep."""
+the reason on no topic and in no log line. Its row is as durable as a report's: a refused publish
+withdrawn, a crash-left one finished by a retry or the start-up sweep."""
 
 from datetime import timedelta
 from types import SimpleNamespace
@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy import select, update
 
 from schemas.events import Envelope, Topics
+from services import retention
 from services.common import kafka
 from services.common.audit import AuditRecord
 from services.common.db import utcnow
@@ -116,7 +117,9 @@ async def test_the_reason_is_kept_sealed_and_opened_only_for_those_allowed(stack
         assert all(canary not in str(r.fields) for r in trail)
 
 
-async def test_a_refused_publish_leaves_no_override_behind(stack, monkeypatch):
+async def test_a_refused_override_is_withdrawn_not_half_accepted(stack, monkeypatch):
+    """Refused with 503: kept unpublished (the broker might have taken it), never listed or
+    swept; a retry with its key publishes it under the same id, one without is purged."""
     case_id = await _new_case(stack)
 
     async def down(*args):
@@ -126,15 +129,24 @@ async def test_a_refused_publish_leaves_no_override_behind(stack, monkeypatch):
     monkeypatch.setattr(kafka, "publish_input", down)
     refused = await _override(stack, case_id, headers={"Idempotency-Key": "o-down"})
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
-    assert await _rows(stack) == []  # nothing half-accepted
-    async with stack.rt.db.reads() as session:
-        assert await session.get(IdempotencyKey, ("test-supervisor", "o-down")) is None
-
+    assert (await _override(stack, case_id)).status_code == 503  # no key
+    assert [r.published for r in await _rows(stack)] == [False, False]
+    assert (await _read(stack, "supervisor", case_id)).json()["overrides"] == []
     monkeypatch.setattr(kafka, "publish_input", real_publish)
+    assert await submission.sweep(stack.rt, older_than=timedelta(0)) == 0
+
+    async with stack.rt.db.writes() as session, session.begin():  # time passes
+        await session.execute(update(SeverityOverrideRow).values(
+            created_at=utcnow() - timedelta(minutes=1)))
     accepted = await _override(stack, case_id, headers={"Idempotency-Key": "o-down"})
     assert accepted.status_code == 202, accepted.text
+    await retention.purge(stack.rt.db, stack.rt.settings, {"intake"},
+                          now=utcnow() + timedelta(days=2))
     assert [(r.update_id, r.published) for r in await _rows(stack)] == [
         (accepted.json()["update_id"], True)]
+    events = [e for e in await read_all(stack.rt.settings, Topics.INPUTS)
+              if e.data.get("update_id") is not None]
+    assert [e.data["update_id"] for e in events] == [accepted.json()["update_id"]]
 
 
 async def test_the_start_up_sweep_finishes_a_pending_override(stack, monkeypatch):

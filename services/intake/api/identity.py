@@ -20,7 +20,7 @@ from services.common import audit
 from services.common.auth import Principal
 from services.intake.api.cases import holds_duty, readable_case
 from services.intake.api.deps import Runtime, deny, role
-from services.intake.store import ReportRow
+from services.intake.store import ReportRow, WithdrawnInput
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
 log = structlog.get_logger("beacon.intake")
@@ -56,7 +56,9 @@ async def case_identity(case_id: str, request: Request, response: Response, rt: 
             await deny(request, who, case_id, "identity is shown only to those who must act")
         rows = (await session.execute(
             select(ReportRow.report_id, ReportRow.received_at, ReportRow.identity)
-            .where(ReportRow.case_id == case_id).order_by(ReportRow.received_at))).all()
+            .where(ReportRow.case_id == case_id,  # not a report refused with 503
+                   ReportRow.event_id.not_in(select(WithdrawnInput.event_id)))
+            .order_by(ReportRow.received_at))).all()
     reports = [_opened(rt.vault, row, who) for row in rows]
     shown = sorted({f"identity.{name}" for r in reports for name in SHOWN if getattr(r, name)})
     async with rt.db.writes() as session, session.begin():

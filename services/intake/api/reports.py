@@ -18,7 +18,7 @@ from services.intake.store import CaseView, ReportRow, SeverityOverrideRow
 from services.intake.validation import check_codes, check_report
 
 router = APIRouter(prefix="/api/v1", tags=["reports"])
-SOURCE = "beacon/intake"
+SOURCE = submission.SOURCE
 
 IdempotencyHeader = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
