@@ -227,6 +227,25 @@ async def test_a_lost_acknowledgement_already_seen_on_kafka_is_202(stack, monkey
             ReportRow.report_id == answer.json()["report_id"])) is True
 
 
+async def test_a_refused_report_on_an_open_case_shows_no_identity(stack, monkeypatch):
+    """Withdrawn, not accepted: its identity is not opened with the case's."""
+    async with stack.client("operator") as api:
+        first = (await api.post("/api/v1/reports", json=report())).json()
+
+        async def down(*args):
+            raise ConnectionError("the broker is down")
+        monkeypatch.setattr(kafka, "publish_input", down)
+        second = report(reporter={"name": "Canarysecond Caller", "phone": "0911222333",
+                                  "consent_to_contact": True})
+        assert (await api.post("/api/v1/reports", json=second)).status_code == 503
+        async with stack.rt.db.reads() as session:
+            rows = (await session.scalars(select(ReportRow.case_id))).all()
+        assert rows == [first["case_id"]] * 2  # it would have joined the case
+        identity = (await api.get(f"/api/v1/cases/{first['case_id']}/identity")).json()
+    assert [r["report_id"] for r in identity["reports"]] == [first["report_id"]]
+    assert "Canarysecond" not in json.dumps(identity)
+
+
 def _dies_before_publish(stack):
     """rt.inputs for a process that dies after storing an input as pending, before its publish."""
     real = stack.rt.inputs
