@@ -6,7 +6,7 @@ BEACON_RETENTION_INTERVAL_S; `beacon retention run` purges now (`--dry-run` only
   reason, once its case is closed and unchanged for BEACON_RETENTION_IDENTITY_DAYS (default 0:
   kept). Each case is audited.
 - idempotency: `Idempotency-Key` answers made BEACON_RETENTION_IDEMPOTENCY_DAYS ago (30).
-- withdrawn: inputs refused with 503 BEACON_RETENTION_WITHDRAWN_DAYS ago (1), with their sealed
+- withdrawn: inputs refused with 503 BEACON_RETENTION_WITHDRAWN_DAYS ago (30), with their sealed
   identity: adopted if their event reached Kafka after all, else removed
   (services/intake/submission.py).
 - deliveries: the notifier's delivered and dead-lettered rows last changed

@@ -96,10 +96,12 @@ def _readmodel(rt: Runtime):
             return
         async with rt.db.writes() as session, session.begin():
             await readmodel.apply_all(session, [(envelope, ()) for envelope in envelopes])
-            # An input of ours not applied by its request: one refused with 503 whose event the
-            # broker took after all is accepted now, as the event on Kafka says.
-            await submission.adopt(session, [e.id for e in envelopes
-                                             if e.source == submission.SOURCE])
+        # An input of ours not applied by its request: one refused with 503 whose event the
+        # broker took after all is accepted now, as the event on Kafka says. In a transaction
+        # of its own, after the application is committed: see submission._withdraw.
+        if inputs := [e.id for e in envelopes if e.source == submission.SOURCE]:
+            async with rt.db.writes() as session, session.begin():
+                await submission.adopt(session, inputs)
 
     return apply
 

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # Retention per record class, in days; 0 keeps the class for ever (services/retention.py).
     retention_identity_days: int = Field(0, ge=0, description="A closed case's identity")
     retention_idempotency_days: int = Field(30, ge=0)
-    retention_withdrawn_days: int = Field(1, ge=0, description="Inputs refused with 503")
+    retention_withdrawn_days: int = Field(30, ge=0, description="Inputs refused with 503")
     retention_deliveries_days: int = Field(90, ge=0, description="Finished delivery rows")
     retention_interval_s: float = Field(3600, gt=0)
 

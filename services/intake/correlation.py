@@ -6,7 +6,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.reports import Report
-from services.intake.store import CaseView, ReportRow
+from services.intake.store import CaseView, ReportRow, WithdrawnInput
 
 # Reports this far apart in the same commune and category are taken to be about one incident.
 MATCH_WINDOW = timedelta(hours=72)
@@ -55,6 +55,7 @@ _CANDIDATES = (
 _SAME_REPORTER = select(ReportRow.report_id).where(
     ReportRow.case_id == bindparam("case"),
     ReportRow.reporter_fingerprint.in_(bindparam("reporters", expanding=True)),
+    ReportRow.event_id.not_in(select(WithdrawnInput.event_id)),  # refused: no earlier report
 ).limit(1)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, select
 
 from services.common.db import Database
 from services.intake.identity import IdentityVault
-from services.intake.store import CaseView, ReportRow, SeverityOverrideRow
+from services.intake.store import CaseView, ReportRow, SeverityOverrideRow, WithdrawnInput
 
 BATCH = 200  # reports (or override reasons) per transaction
 
@@ -26,7 +26,9 @@ _RESEAL = (_REPORTS.update().where(_REPORTS.c.report_id == bindparam("id"))
            .values(identity=bindparam("sealed"), child_fingerprints=bindparam("children"),
                    reporter_fingerprint=bindparam("reporter")))
 _OF_CASES = (select(_REPORTS.c.case_id, _REPORTS.c.child_fingerprints)
-             .where(_REPORTS.c.case_id.in_(bindparam("cases", expanding=True))))
+             .where(_REPORTS.c.case_id.in_(bindparam("cases", expanding=True)),
+                    # a report refused with 503 is not one of the case's (submission.py)
+                    _REPORTS.c.event_id.not_in(select(WithdrawnInput.event_id))))
 _CASE_HASHES = (_CASES.update().where(_CASES.c.case_id == bindparam("id"))
                 .values(child_fingerprints=bindparam("children")))
 

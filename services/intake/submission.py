@@ -7,7 +7,7 @@
    and the caller gets 503 with Retry-After. The input is then *withdrawn*, not deleted: a broker
    may have taken the event and lost only its acknowledgement. If the event turns up on Kafka
    after all, intake's own consumer adopts the input (accepted, as the event says); if it never
-   does, the retention purge removes it (`withdrawn`, 1 day). A retry with the same
+   does, the retention purge removes it (`withdrawn`, 30 days). A retry with the same
    Idempotency-Key publishes it again under the same ids. The start-up sweep leaves it alone.
 3. The input is marked published and the event applied to the read model.
 A crash after 1 leaves a pending input whose event may be on Kafka: a retry with the same
@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from schemas.events import Envelope, Topics
 from services.common import audit, kafka
 from services.common.auth import Principal
-from services.common.db import add_bulk, utcnow
+from services.common.db import ProcessedEvent, add_bulk, utcnow
 from services.common.group_commit import GroupCommit
 from services.intake import readmodel
 from services.intake.store import IdempotencyKey, ReportRow, SeverityOverrideRow, WithdrawnInput
@@ -68,8 +68,14 @@ async def replay(rt, who: Principal, idem: Idempotency | None) -> dict | None:
         if pending.created_at > utcnow() - IN_PROGRESS:
             raise HTTPException(409, "Idempotency-Key is in use by a request in progress",
                                 headers={"Retry-After": RETRY_AFTER_S})
-        # The first attempt died half-way: finish it now (503 and still pending if we can't).
-        await finish(rt, pending.event, (who.user_id, idem.key))
+        # The first attempt died half-way, or was refused: finish it now. If the broker does not
+        # take it, this caller gets 503 and the input is withdrawn, as any refused one is.
+        try:
+            await finish(rt, pending.event, (who.user_id, idem.key))
+        except HTTPException:
+            envelope = Envelope.model_validate_json(pending.event)
+            if await _withdraw(rt, who, envelope, True, idem):
+                raise
     return key.response
 
 
@@ -147,11 +153,15 @@ async def _withdraw(rt, who: Principal, envelope: Envelope, has_row: bool,
     if not has_row and idem is None:
         return True  # nothing of it was stored, so nothing can be half-accepted
     async with rt.db.writes() as session, session.begin():
+        await session.execute(_WITHDRAW, [dict(
+            event_id=envelope.id, case_id=envelope.subject, user_id=who.user_id, role=who.role,
+            key=idem.key if idem else None, withdrawn_at=utcnow())])
+    # Checked after the withdrawal is committed, as the consumer checks for withdrawals after
+    # its application is: whichever comes second sees the other (on PostgreSQL too).
+    async with rt.db.writes() as session, session.begin():
         if await readmodel.was_applied(session, envelope.id):
+            await adopt(session, [envelope.id])
             return False
-        add_bulk(session, WithdrawnInput, event_id=envelope.id, case_id=envelope.subject,
-                 user_id=who.user_id, role=who.role, key=idem.key if idem else None,
-                 withdrawn_at=utcnow())
     log.warning("input_withdrawn", case_id=envelope.subject, event_id=envelope.id)
     return True
 
@@ -161,14 +171,14 @@ async def adopt(session, event_ids: Sequence[str]) -> int:
     marked published like any accepted input, and recorded. How many there were."""
     if not event_ids:
         return 0
-    rows = (await session.execute(_WITHDRAWN, {"ids": list(event_ids)})).all()
+    # Deleted first, returning what was there: of two adopters at once, one does the rest.
+    rows = (await session.execute(_ADOPT, {"ids": list(event_ids)})).all()
     if rows:
         marks = [{"published_event": r.event_id} for r in rows]
         for statement in _PUBLISHED.values():
             await session.execute(statement, marks)
         if keys := [{"key_user": r.user_id, "key_name": r.key} for r in rows if r.key]:
             await session.execute(_KEY_PUBLISHED, keys)
-        await session.execute(_UNWITHDRAW, {"ids": [r.event_id for r in rows]})
         for r in rows:
             audit.record(session, r.user_id, r.role, "write", r.case_id, outcome="adopted")
             log.warning("withdrawn_input_adopted", case_id=r.case_id, event_id=r.event_id)
@@ -177,8 +187,11 @@ async def adopt(session, event_ids: Sequence[str]) -> int:
 
 async def purge_withdrawn(session, before: datetime) -> int:
     """The retention purge of inputs withdrawn before `before`, at most BATCH: adopted if the
-    consumer has applied their events by now (it may have before they were withdrawn), else
-    removed with their rows and keys. How many were settled."""
+    consumer has applied their events by now, else removed with their rows and keys. How many
+    were settled. First, any withdrawn input whose event has been applied is adopted, whatever
+    its age: a backstop for the consumer's own adoption, should it have failed."""
+    adopted = await adopt(session, (await session.scalars(
+        _APPLIED_WITHDRAWN, {"batch": BATCH})).all())
     rows = (await session.execute(_WITHDRAWN_BEFORE, {"before": before, "batch": BATCH})).all()
     ids = [r.event_id for r in rows]
     applied = await readmodel.applied(session, ids)
@@ -192,17 +205,23 @@ async def purge_withdrawn(session, before: datetime) -> int:
                 await session.execute(delete(IdempotencyKey).where(
                     IdempotencyKey.user_id == r.user_id, IdempotencyKey.key == r.key))
         await session.execute(_UNWITHDRAW, dropped)
-    return len(rows)
+    return adopted + len(rows)
 
 
 BATCH = 500
 _W, _IDS = WithdrawnInput.__table__, bindparam("ids", expanding=True)
-_WITHDRAWN = select(_W.c.event_id, _W.c.case_id, _W.c.user_id, _W.c.role, _W.c.key).where(
-    _W.c.event_id.in_(_IDS))
+_WITHDRAW = _W.insert()  # with its values as parameters: a statement compiled once
+_ADOPT = _W.delete().where(_W.c.event_id.in_(_IDS)).returning(
+    _W.c.event_id, _W.c.case_id, _W.c.user_id, _W.c.role, _W.c.key)
 _WITHDRAWN_BEFORE = (select(_W.c.event_id, _W.c.user_id, _W.c.key)
                      .where(_W.c.withdrawn_at < bindparam("before"))
                      .order_by(_W.c.withdrawn_at).limit(bindparam("batch")))
 _UNWITHDRAW = _W.delete().where(_W.c.event_id.in_(_IDS))
+_P = ProcessedEvent.__table__
+_APPLIED_WITHDRAWN = (select(_W.c.event_id)
+                      .join(_P, (_P.c.event_id == _W.c.event_id)
+                            & (_P.c.consumer == readmodel.CONSUMER))
+                      .limit(bindparam("batch")))
 
 
 @dataclass

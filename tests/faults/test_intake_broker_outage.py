@@ -107,7 +107,8 @@ async def test_every_202_survives_a_broker_outage(own_broker, intake):
     withdrawn = {r for r, published in (await rows()).items() if not published}
     assert len(withdrawn) + len(on_kafka - set(accepted)) == len(refused)
     assert await submission.sweep(intake.rt, older_than=timedelta(0)) == 0
-    await retention.purge(intake.rt.db, settings, {"intake"}, now=utcnow() + timedelta(days=2))
+    a_day = settings.model_copy(update={"retention_withdrawn_days": 1})
+    await retention.purge(intake.rt.db, a_day, {"intake"}, now=utcnow() + timedelta(days=2))
     assert set(await rows()) == on_kafka
     async with intake.rt.db.reads() as session:
         keys = set((await session.scalars(select(IdempotencyKey.key))).all())

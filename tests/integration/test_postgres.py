@@ -10,15 +10,18 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 import pytest_asyncio
+from aiokafka.errors import KafkaTimeoutError
+from sqlalchemy import func, select
 
 from schemas.events import Envelope, MilestoneRecorded, ReportReceived
 from schemas.reports import Location
 from services.common import kafka
+from services.common.audit import AuditRecord
 from services.common.db import Database, utcnow
 from services.common.outbox import Relay, add
 from services.escalation.handlers import Escalation
 from services.intake import readmodel
-from services.intake.store import CaseView
+from services.intake.store import CaseView, ReportRow, WithdrawnInput
 from tests.conftest import eventually, make_settings, migrate, start_stack
 from tests.integration.test_migrations import schema_drift
 from tests.support.consumers import read_all
@@ -220,3 +223,38 @@ async def test_two_intake_instances_applying_reports_to_one_case_lose_neither(pg
     finally:
         await a.dispose()
         await b.dispose()
+
+
+async def test_a_refused_report_whose_event_lands_is_adopted_on_postgres(kafka_bootstrap, inbox,
+                                                                          pg_database,
+                                                                          monkeypatch):
+    """The lost acknowledgement on PostgreSQL, where the request and the consumer do not
+    serialise as on SQLite: the report is adopted once, with one `adopted` record."""
+    stack = await start_stack(make_settings(kafka_bootstrap, pg_database, inbox),
+                              services=("intake",))
+    taken, real_publish = [], kafka.publish_input
+
+    async def ack_lost(*args):
+        taken.append(args)
+        raise KafkaTimeoutError()
+
+    try:
+        monkeypatch.setattr(kafka, "publish_input", ack_lost)
+        async with stack.client("operator") as api:
+            refused = await api.post("/api/v1/reports", json=report())
+        monkeypatch.setattr(kafka, "publish_input", real_publish)
+        assert refused.status_code == 503
+        [(producer, topic, envelope)] = taken
+        await real_publish(producer, topic, envelope)
+
+        async def adopted():
+            async with stack.rt.db.reads() as session:
+                return await session.scalar(select(ReportRow.published).where(
+                    ReportRow.event_id == envelope.id))
+        await eventually(adopted)
+        async with stack.rt.db.reads() as session:
+            assert await session.scalar(select(func.count()).select_from(WithdrawnInput)) == 0
+            assert (await session.scalars(select(AuditRecord.outcome).where(
+                AuditRecord.record == envelope.subject))).all() == ["adopted"]
+    finally:
+        await stack.stop()

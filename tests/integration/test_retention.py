@@ -159,27 +159,30 @@ async def test_old_keys_and_finished_deliveries_go_in_batches(sqlite_db, monkeyp
 
 async def test_a_withdrawn_input_is_adopted_if_its_event_was_applied_else_removed(sqlite_db):
     """Refused with 503 two days ago: one whose event intake's consumer has applied since (the
-    broker took it after all) is accepted; the other goes, with its sealed identity and key."""
-    for case_id in ("C-LANDED", "C-REFUSED"):
-        await add_case(sqlite_db, case_id, "open", days_ago=2, reports=1)
-        await add_key(sqlite_db, f"k-{case_id}", days_ago=2)
+    broker took it after all) is accepted; the other goes, with its sealed identity and key.
+    One refused today whose event was applied is adopted too (should the consumer not have)."""
+    for case_id, days_ago in (("C-LANDED", 2), ("C-REFUSED", 2), ("C-TODAY", 0), ("C-WAIT", 0)):
+        await add_case(sqlite_db, case_id, "open", days_ago=days_ago, reports=1)
+        await add_key(sqlite_db, f"k-{case_id}", days_ago=days_ago)
         async with sqlite_db.writes() as s, s.begin():
             await s.execute(update(ReportRow).where(ReportRow.case_id == case_id)
                             .values(published=False))
             s.add(WithdrawnInput(event_id=f"E-{case_id}-0", case_id=case_id, user_id="op",
                                  role="operator", key=f"k-{case_id}",
-                                 withdrawn_at=NOW - timedelta(days=2)))
+                                 withdrawn_at=NOW - timedelta(days=days_ago)))
     async with sqlite_db.writes() as s, s.begin():
-        s.add(ProcessedEvent(consumer=readmodel.CONSUMER, event_id="E-C-LANDED-0",
-                             processed_at=NOW))
+        for event_id in ("E-C-LANDED-0", "E-C-TODAY-0"):
+            s.add(ProcessedEvent(consumer=readmodel.CONSUMER, event_id=event_id,
+                                 processed_at=NOW))
 
-    assert (await retention.purge(sqlite_db, kept_for(), {"intake"}))["withdrawn"] == 2
+    assert (await retention.purge(sqlite_db, kept_for(), {"intake"}))["withdrawn"] == 3
     assert [(r.report_id, r.published) for r in await table(sqlite_db, ReportRow)] == [
-        ("R-C-LANDED-0", True)]
-    assert [k.key for k in await table(sqlite_db, IdempotencyKey)] == ["k-C-LANDED"]
-    assert not await table(sqlite_db, WithdrawnInput)
-    trail = [(r.record, r.outcome) for r in await table(sqlite_db, AuditRecord)]
-    assert trail == [("C-LANDED", "adopted")]
+        ("R-C-LANDED-0", True), ("R-C-TODAY-0", True), ("R-C-WAIT-0", False)]
+    assert [k.key for k in await table(sqlite_db, IdempotencyKey)] == [
+        "k-C-LANDED", "k-C-TODAY", "k-C-WAIT"]
+    assert [w.event_id for w in await table(sqlite_db, WithdrawnInput)] == ["E-C-WAIT-0"]
+    trail = sorted((r.record, r.outcome) for r in await table(sqlite_db, AuditRecord))
+    assert trail == [("C-LANDED", "adopted"), ("C-TODAY", "adopted")]
 
 
 async def test_a_service_purges_only_its_own_classes(sqlite_db):

@@ -140,8 +140,8 @@ async def test_a_refused_override_is_withdrawn_not_half_accepted(stack, monkeypa
             created_at=utcnow() - timedelta(minutes=1)))
     accepted = await _override(stack, case_id, headers={"Idempotency-Key": "o-down"})
     assert accepted.status_code == 202, accepted.text
-    await retention.purge(stack.rt.db, stack.rt.settings, {"intake"},
-                          now=utcnow() + timedelta(days=2))
+    a_day = stack.rt.settings.model_copy(update={"retention_withdrawn_days": 1})
+    await retention.purge(stack.rt.db, a_day, {"intake"}, now=utcnow() + timedelta(days=2))
     assert [(r.update_id, r.published) for r in await _rows(stack)] == [
         (accepted.json()["update_id"], True)]
     events = [e for e in await read_all(stack.rt.settings, Topics.INPUTS)
