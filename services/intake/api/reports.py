@@ -40,7 +40,9 @@ class UpdateAccepted(BaseModel):
 
 
 @router.post("/reports", status_code=202, response_model=Accepted,
-             responses={409: {}, 413: {}, 503: {"description": "event log down; Retry-After"}})
+             responses={409: {}, 413: {}, 503: {"description": (
+                 "event log down; Retry-After. Not accepted, unless its event reaches Kafka all "
+                 "the same: retry with the same Idempotency-Key to get the one answer")}})
 async def submit_report(
     report: Report, request: Request, rt: Runtime,
     who: Annotated[Principal, Depends(role("operator", "supervisor"))],
