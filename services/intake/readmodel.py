@@ -36,10 +36,6 @@ async def applied(session: AsyncSession, event_ids: list[str]) -> set[str]:
     return set((await session.scalars(_APPLIED, {"ids": event_ids})).all())
 
 
-async def was_applied(session: AsyncSession, event_id: str) -> bool:
-    return bool(await applied(session, [event_id]))
-
-
 async def apply(session: AsyncSession, envelope: Envelope, child_fingerprints=()) -> bool:
     """Apply one event; False when it was applied before (redelivery, or intake applied it)."""
     return await apply_all(session, [(envelope, child_fingerprints)]) == 1

@@ -153,13 +153,13 @@ async def _withdraw(rt, who: Principal, envelope: Envelope, has_row: bool,
     if not has_row and idem is None:
         return True  # nothing of it was stored, so nothing can be half-accepted
     async with rt.db.writes() as session, session.begin():
-        await session.execute(_WITHDRAW, [dict(
-            event_id=envelope.id, case_id=envelope.subject, user_id=who.user_id, role=who.role,
-            key=idem.key if idem else None, withdrawn_at=utcnow())])
+        add_bulk(session, WithdrawnInput, event_id=envelope.id, case_id=envelope.subject,
+                 user_id=who.user_id, role=who.role, key=idem.key if idem else None,
+                 withdrawn_at=utcnow())
     # Checked after the withdrawal is committed, as the consumer checks for withdrawals after
     # its application is: whichever comes second sees the other (on PostgreSQL too).
     async with rt.db.writes() as session, session.begin():
-        if await readmodel.was_applied(session, envelope.id):
+        if await readmodel.applied(session, [envelope.id]):
             await adopt(session, [envelope.id])
             return False
     log.warning("input_withdrawn", case_id=envelope.subject, event_id=envelope.id)
@@ -186,21 +186,16 @@ async def adopt(session, event_ids: Sequence[str]) -> int:
 
 
 async def purge_withdrawn(session, before: datetime) -> int:
-    """The retention purge of inputs withdrawn before `before`, at most BATCH: adopted if the
-    consumer has applied their events by now, else removed with their rows and keys. How many
-    were settled. First, any withdrawn input whose event has been applied is adopted, whatever
-    its age: a backstop for the consumer's own adoption, should it have failed."""
-    adopted = await adopt(session, (await session.scalars(
-        _APPLIED_WITHDRAWN, {"batch": BATCH})).all())
+    """The retention purge: every withdrawn input whose event has been applied is adopted,
+    whatever its age (a backstop for the consumer's own adoption); then those withdrawn before
+    `before`, at most BATCH, are removed with their rows and keys. How many were settled."""
+    adopted = await adopt(session, (await session.scalars(_APPLIED_WITHDRAWN)).all())
     rows = (await session.execute(_WITHDRAWN_BEFORE, {"before": before, "batch": BATCH})).all()
-    ids = [r.event_id for r in rows]
-    applied = await readmodel.applied(session, ids)
-    await adopt(session, sorted(applied))
-    if gone := [r for r in rows if r.event_id not in applied]:
-        dropped = {"ids": [r.event_id for r in gone]}
+    if rows:
+        dropped = {"ids": [r.event_id for r in rows]}
         for table in _PUBLISHED:
             await session.execute(delete(table).where(table.event_id.in_(_IDS)), dropped)
-        for r in gone:
+        for r in rows:
             if r.key:
                 await session.execute(delete(IdempotencyKey).where(
                     IdempotencyKey.user_id == r.user_id, IdempotencyKey.key == r.key))
@@ -210,7 +205,6 @@ async def purge_withdrawn(session, before: datetime) -> int:
 
 BATCH = 500
 _W, _IDS = WithdrawnInput.__table__, bindparam("ids", expanding=True)
-_WITHDRAW = _W.insert()  # with its values as parameters: a statement compiled once
 _ADOPT = _W.delete().where(_W.c.event_id.in_(_IDS)).returning(
     _W.c.event_id, _W.c.case_id, _W.c.user_id, _W.c.role, _W.c.key)
 _WITHDRAWN_BEFORE = (select(_W.c.event_id, _W.c.user_id, _W.c.key)
@@ -218,10 +212,8 @@ _WITHDRAWN_BEFORE = (select(_W.c.event_id, _W.c.user_id, _W.c.key)
                      .order_by(_W.c.withdrawn_at).limit(bindparam("batch")))
 _UNWITHDRAW = _W.delete().where(_W.c.event_id.in_(_IDS))
 _P = ProcessedEvent.__table__
-_APPLIED_WITHDRAWN = (select(_W.c.event_id)
-                      .join(_P, (_P.c.event_id == _W.c.event_id)
-                            & (_P.c.consumer == readmodel.CONSUMER))
-                      .limit(bindparam("batch")))
+_APPLIED_WITHDRAWN = select(_W.c.event_id).join(
+    _P, (_P.c.event_id == _W.c.event_id) & (_P.c.consumer == readmodel.CONSUMER))
 
 
 @dataclass
