@@ -74,7 +74,7 @@ async def replay(rt, who: Principal, idem: Idempotency | None) -> dict | None:
             await finish(rt, pending.event, (who.user_id, idem.key))
         except HTTPException:
             envelope = Envelope.model_validate_json(pending.event)
-            if await _withdraw(rt, who, envelope, True, idem):
+            if await _withdraw(rt, who, envelope, idem):
                 raise
     return key.response
 
@@ -139,19 +139,18 @@ async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
     try:
         await _publish(rt, envelope)
     except HTTPException:
-        if await _withdraw(rt, who, envelope, row is not None, idem):
+        if await _withdraw(rt, who, envelope, idem):
             raise
     await rt.inputs(Published(who, envelope, table, child_fingerprints,
                               None if idem is None else idem.key))
     return response
 
 
-async def _withdraw(rt, who: Principal, envelope: Envelope, has_row: bool,
-                    idem: Idempotency | None) -> bool:
+async def _withdraw(rt, who: Principal, envelope: Envelope, idem: Idempotency | None) -> bool:
     """After a failed publish: withdraw the input (True), or find that its event is on Kafka
-    after all, applied by intake's consumer (False: it is accepted)."""
-    if not has_row and idem is None:
-        return True  # nothing of it was stored, so nothing can be half-accepted
+    after all, applied by intake's consumer (False: it is accepted). An input with nothing
+    stored (a follow-up without a key, say) is withdrawn too: if its event lands all the same,
+    its adoption is the record of who wrote it."""
     async with rt.db.writes() as session, session.begin():
         add_bulk(session, WithdrawnInput, event_id=envelope.id, case_id=envelope.subject,
                  user_id=who.user_id, role=who.role, key=idem.key if idem else None,

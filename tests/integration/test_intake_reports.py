@@ -406,3 +406,33 @@ async def test_a_chunked_body_over_the_limit_is_413(stack):
         answer = await api.post("/api/v1/reports", content=chunks(),
                                 headers={"Content-Type": "application/json"})
     assert answer.status_code == 413, answer.text
+
+
+async def test_a_refused_follow_up_without_a_key_that_lands_after_all_is_recorded(
+        stack, monkeypatch):
+    """A follow-up with no Idempotency-Key stores nothing before its publish. Refused with 503,
+    its event may still reach Kafka and be acted on: then the write is recorded, as adopted."""
+    taken, real_publish = [], kafka.publish_input
+
+    async def ack_lost(*args):
+        taken.append(args)
+        raise KafkaTimeoutError()
+
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+        monkeypatch.setattr(kafka, "publish_input", ack_lost)
+        refused = await api.post(f"/api/v1/cases/{case_id}/updates", json={"publicity": "PA1"})
+        monkeypatch.setattr(kafka, "publish_input", real_publish)
+        assert refused.status_code == 503, refused.text
+        [(producer, topic, envelope)] = taken
+        await real_publish(producer, topic, envelope)  # the broker had it after all
+
+        async def recorded():
+            async with stack.rt.db.reads() as session:
+                return (await session.execute(select(AuditRecord.user_id, AuditRecord.role).where(
+                    AuditRecord.record == case_id, AuditRecord.outcome == "adopted"))).all()
+        assert await eventually(recorded) == [("test-operator", "operator")]
+
+        async def acted_on():
+            return (await _case(api, case_id))["publicity"] == "PA1"
+        await eventually(acted_on)
