@@ -35,12 +35,17 @@ def _require_aware(moment: datetime) -> None:
 
 
 @lru_cache(maxsize=8192)
+def _is_working_day(day: date, country: str) -> bool:
+    # The package's own check builds its answer afresh each time: a tenth of a decision.
+    return _calendar(country).is_working_day(day)
+
+
+@lru_cache(maxsize=8192)
 def _nth_working_day_after(day: date, days: int, country: str) -> date:
-    calendar = _calendar(country)
     counted = 0
     while counted < days:
         day += timedelta(days=1)
-        if calendar.is_working_day(day):
+        if _is_working_day(day, country):
             counted += 1
     return day
 
@@ -95,9 +100,9 @@ def reminder_times(start: datetime, due: datetime, fractions: list[float],
 
 def _working_spans(start: datetime, due: datetime, country: str) -> list[tuple[datetime, datetime]]:
     """The parts of [start, due] (local, naive) that fall on working days."""
-    calendar, spans, day = _calendar(country), [], start.date()
+    spans, day = [], start.date()
     while day <= due.date():
-        if calendar.is_working_day(day):
+        if _is_working_day(day, country):
             midnight = datetime.combine(day, datetime.min.time())
             begin, end = max(start, midnight), min(due, midnight + timedelta(days=1))
             if end > begin:
