@@ -4,6 +4,8 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -80,6 +82,14 @@ def create_app(rt) -> FastAPI:
     async def internal(request: Request, exc: Exception):
         log.exception("unhandled", path=request.url.path)
         return JSONResponse({"detail": "internal error; it has been logged"}, 500)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        # FastAPI's own 422, less each error's "input": a child's name or a reporter's phone
+        # number that fails validation would come back in the body, and bodies end up in the
+        # logs of proxies and clients. Which field and what is wrong are enough.
+        return JSONResponse({"detail": jsonable_encoder(
+            [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()])}, 422)
 
     @app.get("/healthz", tags=["health"])
     async def healthz():

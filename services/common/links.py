@@ -7,8 +7,9 @@ token = `{case_id}.{action}.{expiry}.{signature}`
   base64url without padding (22 characters).
 
 The recipient authority is bound into the signature but not written in the link: a link verifies
-only for the authority it was sent to (the page knows who signed in), and an SMS stays short. The
-link grants nothing by itself: the page behind it still authenticates and checks access.
+only for the authority it was sent to, and an SMS stays short. It grants one thing, checked and
+logged by the page behind it (services/intake/api/links.py): the codes the message carried and an
+acknowledgement for that authority, until it expires. Anything more needs signing in.
 """
 
 import base64

@@ -436,3 +436,18 @@ async def test_a_refused_follow_up_without_a_key_that_lands_after_all_is_recorde
         async def acted_on():
             return (await _case(api, case_id))["publicity"] == "PA1"
         await eventually(acted_on)
+
+
+async def test_a_422_names_the_field_and_never_echoes_identity(stack):
+    """A name or phone number that fails validation is not sent back: the answer names the
+    field and what is wrong, nothing of the value (it would end up in proxies' logs)."""
+    name, phone = "Canaryname " + "Dai" * 70, "0987654321" + "9" * 30
+    body = report(children=[{"age": 5, "name": name}],
+                  reporter={"name": "Canaryreporter Van", "phone": phone})
+    async with stack.client("operator") as api:
+        answer = await api.post("/api/v1/reports", json=body)
+    assert answer.status_code == 422, answer.text
+    assert "Canaryname" not in answer.text and "0987654321" not in answer.text
+    errors = {tuple(e["loc"]): e["msg"] for e in answer.json()["detail"]}
+    assert set(errors) == {("body", "children", 0, "name"), ("body", "reporter", "phone")}
+    assert all("at most" in msg for msg in errors.values())

@@ -24,6 +24,7 @@ from services.intake.api.deps import Runtime, deny, role
 router = APIRouter(prefix="/api/v1/rulepacks", tags=["admins"])
 Admin = Annotated[Principal, Depends(role("admin"))]
 MAX_PAST = timedelta(minutes=1)  # an effective time a little in the past is "now"
+MAX_AHEAD = timedelta(days=366)  # a pack is scheduled for a date in force, not for ever
 
 
 class PackText(BaseModel):
@@ -168,6 +169,8 @@ async def _publish(request: Request, rt, who: Principal, version: str, body: Pub
         raise HTTPException(422, "effective_at: give a time zone, e.g. +07:00")
     if effective < now - MAX_PAST:
         raise HTTPException(422, "effective_at: in the past; publish now or later")
+    if effective > now + MAX_AHEAD:
+        raise HTTPException(422, "effective_at: more than a year ahead")
     effective = max(effective, now)
     async with rt.db.reads() as session:
         try:
