@@ -73,6 +73,10 @@ async def create_user(
 ) -> User:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if role == "admin" and scope != "national":
+        # Rule packs and the directory are national: an admin's scope could not narrow them.
+        raise ValueError("an admin's scope must be national: rule packs and the directory "
+                         "apply to the whole country")
     user = User(
         id=user_id, name=name, role=role, scope=validate_scope(scope),
         authority_ids=authority_ids or [], created_at=utcnow(),

@@ -26,6 +26,9 @@ def test_tokens_are_issued_stored_hashed_and_revoked(kafka_bootstrap, tmp_path):
     assert bad_role.returncode == 1 and "role must be one of" in bad_role.stderr
     bad_scope = _run(settings, "users", "create", "y", "operator", "--scope", "district:3")
     assert bad_scope.returncode == 1 and "scope" in bad_scope.stderr
+    # A provincial admin would change the whole country's rule packs and directory.
+    local_admin = _run(settings, "users", "create", "z", "admin", "--scope", "province:2")
+    assert local_admin.returncode == 1 and "admin's scope must be national" in local_admin.stderr
 
     process = BeaconProcess(settings, "intake", tmp_path / "intake.log").start()
     try:

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from services import runtime
 from services.common import auth
+from services.common.audit import AuditRecord
 from services.escalation.rulepack import SHIPPED
 from services.escalation.store import EscalationCase, EscalationTarget
 from tests.conftest import eventually
@@ -114,6 +115,12 @@ async def test_replay_lists_the_cases_a_change_would_touch(stack):
     assert "inform:province:1:child_protection" in by_case[emotional]["targets_added"]
     assert by_case[emotional]["targets_changed"] == ["act:commune:4:child_protection"]
     assert p1 not in by_case
+    # The admin read those two cases' decisions: each is in the audit trail, the third is not.
+    async with stack.rt.db.reads() as session:
+        read = (await session.scalars(select(AuditRecord.record).where(
+            AuditRecord.user_id == "test-admin", AuditRecord.action == "read",
+            AuditRecord.record.in_((p2, emotional, p1))))).all()
+    assert sorted(read) == sorted([p2, emotional])
 
 
 async def test_published_pack_takes_effect_without_restart_and_rollback_restores(stack):

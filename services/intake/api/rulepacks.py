@@ -139,6 +139,9 @@ async def replay_pack(version: str, request: Request, rt: Runtime, who: Admin,
                                      draft_dir, utcnow(), limit)
     async with rt.db.writes() as session, session.begin():
         _audit(session, who, version, "replay")
+        for c in report.cases:  # each case listed is a read of its decision, recorded as one
+            audit.record(session, who.user_id, who.role, "read", c.case_id,
+                         ["severity", "publicity", "targets"])
     return {
         "current_version": report.current_version, "draft_version": report.draft_version,
         "compared": report.compared, "changed": report.changed, "failed": report.failed,
