@@ -155,6 +155,9 @@ async def _withdraw(rt, who: Principal, envelope: Envelope, idem: Idempotency | 
         add_bulk(session, WithdrawnInput, event_id=envelope.id, case_id=envelope.subject,
                  user_id=who.user_id, role=who.role, key=idem.key if idem else None,
                  withdrawn_at=utcnow())
+        # The attempt is on record whatever becomes of it (adopted later, or purged).
+        audit.record(session, who.user_id, who.role, "write", envelope.subject,
+                     sorted(envelope.data), outcome="withdrawn")
     # Checked after the withdrawal is committed, as the consumer checks for withdrawals after
     # its application is: whichever comes second sees the other (on PostgreSQL too).
     async with rt.db.writes() as session, session.begin():
