@@ -18,7 +18,7 @@ class AuditRecord(Base):
     action: Mapped[str] = mapped_column(String(32))  # read, write, export, rule_change, denied
     record: Mapped[str] = mapped_column(String(64), index=True)  # a case id, pack version, user id
     fields: Mapped[list] = mapped_column(JSON, default=list)
-    outcome: Mapped[str] = mapped_column(String(16), default="ok")  # ok, denied, replayed
+    outcome: Mapped[str] = mapped_column(String(16), default="ok")  # ok, denied, replayed...
 
 
 def record(session: AsyncSession, user_id: str, role: str, action: str, record_id: str,
@@ -52,6 +52,11 @@ async def query(session: AsyncSession, *, case_id: str | None = None, user_id: s
     return total or 0, list(rows)
 
 
+# Outcomes of attempts that did nothing: no such case, an input refused as it stood, an input
+# refused with 503 (withdrawn; it is counted as a write if adopted later).
+FAILED = ("not_found", "rejected", "withdrawn")
+
+
 async def access_report(session: AsyncSession, case_id: str) -> list[dict]:
     """Who touched a case: per user and role, how often by action, first and last time."""
     rows = (await session.execute(
@@ -63,9 +68,12 @@ async def access_report(session: AsyncSession, case_id: str) -> list[dict]:
     people: dict[tuple[str, str], dict] = {}
     for user, role, action, outcome, n, first, last in rows:
         p = people.setdefault((user, role), {"user_id": user, "role": role, "actions": {},
-                                             "denied": 0, "first_at": first, "last_at": last})
+                                             "denied": 0, "failed": {}, "first_at": first,
+                                             "last_at": last})
         if outcome == "denied":
             p["denied"] += n
+        elif outcome in FAILED:  # attempts that read or changed nothing: apart from the actions
+            p["failed"][outcome] = p["failed"].get(outcome, 0) + n
         else:
             p["actions"][action] = p["actions"].get(action, 0) + n
         p["first_at"], p["last_at"] = min(p["first_at"], first), max(p["last_at"], last)

@@ -62,10 +62,10 @@ async def test_identity_is_opened_for_those_who_must_act_and_audited(stack, capf
     assert [r.user_id for r in reads] == ["test-operator", "test-authority"]
     assert all(r.fields == ["identity.children", "identity.narrative", "identity.reporter"]
                for r in reads)  # the names of what was shown, not the values
-    # Refused on this case: the informed province and the unrouted commune (the admin and the
-    # auditor are refused by role, recorded against the path).
+    # Refused on this case: the informed province, the unrouted commune, and the admin and the
+    # auditor, refused by role (recorded against the case the path names).
     assert [r.user_id for r in trail if r.action == "denied"] == [
-        "province-cp", "test-authority_elsewhere"]
+        "province-cp", "test-authority_elsewhere", "test-admin", "test-auditor"]
     logged = "".join(capfd.readouterr())
     for canary in (*CANARIES, "Second Caller", "0911222333"):
         assert canary not in logged

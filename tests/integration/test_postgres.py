@@ -255,6 +255,7 @@ async def test_a_refused_report_whose_event_lands_is_adopted_on_postgres(kafka_b
         async with stack.rt.db.reads() as session:
             assert await session.scalar(select(func.count()).select_from(WithdrawnInput)) == 0
             assert (await session.scalars(select(AuditRecord.outcome).where(
-                AuditRecord.record == envelope.subject))).all() == ["adopted"]
+                AuditRecord.record == envelope.subject).order_by(AuditRecord.id))).all() == [
+                "withdrawn", "adopted"]
     finally:
         await stack.stop()

@@ -19,7 +19,7 @@ from services.escalation import milestones
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
 from services.intake.api.cases import READERS, acting_target, readable_case
-from services.intake.api.deps import Runtime, role
+from services.intake.api.deps import Runtime, fail, role
 
 router = APIRouter(prefix="/api/v1", tags=["authorities"])
 
@@ -36,10 +36,13 @@ class RecordMilestone(BaseModel):
 async def record_milestone(case_id: str, body: RecordMilestone, request: Request, rt: Runtime,
                            who: Annotated[Principal, Depends(role("authority"))]):
     case, _ = await acting_target(request, rt, who, case_id, body.authority_id)
-    if problem := milestones.check_record(body.milestone, body.outcome, rt.pack):
-        raise HTTPException(422, problem)
-    if case.status == "closed":
-        raise HTTPException(409, "the case is closed")
+    problem = None  # each refusal of the input is recorded as "rejected", then answered
+    if message := milestones.check_record(body.milestone, body.outcome, rt.pack):
+        problem = HTTPException(422, message)
+    elif case.status == "closed":
+        problem = HTTPException(409, "the case is closed")
+    if problem is not None:
+        await fail(request, who, "write", case_id, "rejected", problem)
     event = MilestoneRecorded(case_id=case_id, milestone=body.milestone,
                               authority_id=body.authority_id, by_user=who.user_id, at=utcnow(),
                               outcome=body.outcome)
@@ -83,12 +86,15 @@ class Transfer(BaseModel):
 async def transfer(case_id: str, body: Transfer, request: Request, rt: Runtime,
                    who: Annotated[Principal, Depends(role("authority"))]):
     case, _ = await acting_target(request, rt, who, case_id, body.from_authority_id)
+    problem = None  # as for a milestone: recorded as "rejected", then answered
     if body.to_authority_id == body.from_authority_id:
-        raise HTTPException(422, "to_authority_id: transfer to another authority")
-    if body.to_authority_id not in rt.directory:
-        raise HTTPException(422, f"to_authority_id: unknown authority {body.to_authority_id!r}")
-    if case.status == "closed":
-        raise HTTPException(409, "the case is closed")
+        problem = HTTPException(422, "to_authority_id: transfer to another authority")
+    elif body.to_authority_id not in rt.directory:
+        problem = HTTPException(422, f"to_authority_id: unknown authority {body.to_authority_id!r}")
+    elif case.status == "closed":
+        problem = HTTPException(409, "the case is closed")
+    if problem is not None:
+        await fail(request, who, "write", case_id, "rejected", problem)
     event = TransferRequested(case_id=case_id, from_authority_id=body.from_authority_id,
                               to_authority_id=body.to_authority_id, reason=body.reason,
                               by_user=who.user_id, at=utcnow())

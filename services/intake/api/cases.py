@@ -12,7 +12,7 @@ from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import readmodel, submission
-from services.intake.api.deps import Runtime, deny, role
+from services.intake.api.deps import Runtime, deny, fail, role
 from services.intake.store import CaseAuthority, CaseView
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
@@ -73,10 +73,10 @@ async def _may_read(session, who: Principal, case: CaseView) -> bool:
 
 
 async def readable_case(session, request: Request, who: Principal, case_id: str) -> CaseView:
-    """The case, if it exists (404) and the caller may read it (403, recorded)."""
+    """The case, if it exists (404) and the caller may read it (403); both recorded."""
     case = await session.get(CaseView, case_id)
     if case is None:
-        raise HTTPException(404, "no such case")
+        await fail(request, who, "read", case_id, "not_found", HTTPException(404, "no such case"))
     if not await _may_read(session, who, case):
         await deny(request, who, case_id, "this case is not routed to you")
     return case
@@ -139,13 +139,13 @@ def holds_duty(target: dict) -> bool:
 async def acting_target(request: Request, rt, who: Principal, case_id: str,
                         authority_id: str) -> tuple[CaseView, dict]:
     """The case and the caller's authority's target on it, if that target holds the duty;
-    otherwise 404 or 403 (a refusal is audited)."""
+    otherwise 404 or 403 (either is audited)."""
     if authority_id not in who.authority_ids:
         await deny(request, who, case_id, "you do not answer for that authority")
     async with rt.db.reads() as session:
         case = await session.get(CaseView, case_id)
     if case is None:
-        raise HTTPException(404, "no such case")
+        await fail(request, who, "write", case_id, "not_found", HTTPException(404, "no such case"))
     target = next((t for t in case.targets if t["authority_id"] == authority_id), None)
     if target is None:
         await deny(request, who, case_id, "this case is not routed to that authority")

@@ -1,6 +1,6 @@
 """Request dependencies: the runtime, the caller, and role checks."""
 
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -32,17 +32,34 @@ async def principal(
 def role(*allowed: str):
     async def check(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
         if who.role not in allowed:
-            await deny(request, who, request.url.path, f"role {who.role} may not do this")
+            await deny(request, who, _record_of(request), f"role {who.role} may not do this")
         return who
 
     return check
 
 
-async def deny(request: Request, who: Principal, record_id: str, why: str) -> None:
+def _record_of(request: Request) -> str:
+    # A refusal on a case is filed under its id, so the case's access report shows it; other
+    # paths name no one record, and are filed under the path.
+    case_id = request.path_params.get("case_id")
+    if case_id and request.url.path.startswith("/api/v1/cases/"):
+        return case_id
+    return request.url.path
+
+
+async def deny(request: Request, who: Principal, record_id: str, why: str) -> NoReturn:
     """Refuse with 403, and put the attempt in the audit trail."""
+    await fail(request, who, "denied", record_id, "denied", HTTPException(403, why))
+
+
+async def fail(request: Request, who: Principal, action: str, record_id: str, outcome: str,
+               error: Exception) -> NoReturn:
+    """Raise `error` for an attempt the caller was let make (no such case: "not_found"; an input
+    refused as it stands: "rejected"), recorded first: the trail holds every attempt, not only
+    those that succeed. Its own transaction, committed before the request fails."""
     async with request.app.state.runtime.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "denied", record_id[:64], outcome="denied")
-    raise HTTPException(403, why)
+        audit.record(session, who.user_id, who.role, action, record_id[:64], outcome=outcome)
+    raise error
 
 
 Runtime = Annotated[object, Depends(runtime)]

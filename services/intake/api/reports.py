@@ -13,7 +13,7 @@ from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import correlation, submission
-from services.intake.api.deps import Runtime, deny, role
+from services.intake.api.deps import Runtime, deny, fail, role
 from services.intake.store import CaseView, ReportRow, SeverityOverrideRow
 from services.intake.validation import check_codes, check_report
 
@@ -129,14 +129,14 @@ async def update_case(
     async with rt.db.reads() as session:
         case = await session.get(CaseView, case_id)
     if case is None:
-        raise HTTPException(404, "no such case")
+        await fail(request, who, "write", case_id, "not_found", HTTPException(404, "no such case"))
     if not who.covers(case.province_code, case.commune_code):
         await deny(request, who, case_id, "the case is outside your jurisdiction")
     if update.severity_override and who.role != "supervisor":
         await deny(request, who, case_id, "only a supervisor may override severity")
     if not (update.indicators or update.publicity or update.severity_override):
-        raise RequestValidationError([{"loc": ["body"], "msg": "nothing to update",
-                                       "type": "value_error"}])
+        await fail(request, who, "write", case_id, "rejected", RequestValidationError(
+            [{"loc": ["body"], "msg": "nothing to update", "type": "value_error"}]))
     idem = None
     if idempotency_key:
         idem = submission.Idempotency(
