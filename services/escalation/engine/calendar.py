@@ -36,7 +36,8 @@ def _require_aware(moment: datetime) -> None:
 
 @lru_cache(maxsize=8192)
 def _is_working_day(day: date, country: str) -> bool:
-    # The package's own check builds its answer afresh each time: a tenth of a decision.
+    # The package's check does its work afresh on each call, and a working-day window asks it
+    # once per day (docs/performance.md, tenth round).
     return _calendar(country).is_working_day(day)
 
 
