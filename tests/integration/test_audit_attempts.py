@@ -79,3 +79,17 @@ async def test_an_authoritys_rejected_or_misaddressed_input_is_recorded(stack):
         ("test-authority", "authority", "write", "rejected")] * 2
     assert await _attempts(stack, UNKNOWN) == [
         ("test-authority", "authority", "write", "not_found")]
+
+
+async def test_a_report_or_follow_up_with_invalid_codes_is_recorded(stack):
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+        elsewhere = await api.post("/api/v1/reports", json=report(
+            location={"province_code": 1, "commune_code": 999999}))
+        unknown_link = await api.post("/api/v1/reports", json=report(link_case_id=UNKNOWN))
+        made_up = await api.post(f"/api/v1/cases/{case_id}/updates",
+                                 json={"indicators": ["made_up"]})
+    assert elsewhere.status_code == unknown_link.status_code == made_up.status_code == 422
+    assert await _attempts(stack, "reports") == [("test-operator", "operator", "write", "rejected")]
+    assert await _attempts(stack, UNKNOWN) == [("test-operator", "operator", "write", "not_found")]
+    assert ("test-operator", "operator", "write", "rejected") in await _attempts(stack, case_id)

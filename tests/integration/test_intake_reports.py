@@ -167,25 +167,33 @@ async def test_a_retry_finishes_a_first_attempt_that_died_after_its_publish(stac
         assert again.json() == later.json()
 
 
-async def test_a_report_whose_acknowledgement_was_lost_is_adopted_not_half_accepted(
-        stack, monkeypatch):
-    """The broker takes the event but its acknowledgement never comes: 503, and then the event
-    is on Kafka, where escalation acts on it. Intake adopts the report (accepted, its identity
-    kept, recorded) and a retry with its key gets the answer under the same ids."""
+async def _refused_then_landed(monkeypatch, send) -> Envelope:
+    """`send()` while the broker takes the input's event but its acknowledgement is lost: the
+    answer is 503; then the event reaches Kafka after all. Returns that event."""
     taken, real_publish = [], kafka.publish_input
 
     async def ack_lost(*args):
         taken.append(args)
         raise KafkaTimeoutError()
 
+    monkeypatch.setattr(kafka, "publish_input", ack_lost)
+    refused = await send()
+    monkeypatch.setattr(kafka, "publish_input", real_publish)
+    assert refused.status_code == 503, refused.text
+    [(producer, topic, envelope)] = taken
+    await real_publish(producer, topic, envelope)  # the broker had it after all
+    return envelope
+
+
+async def test_a_report_whose_acknowledgement_was_lost_is_adopted_not_half_accepted(
+        stack, monkeypatch):
+    """The broker takes the event but its acknowledgement never comes: 503, and then the event
+    is on Kafka, where escalation acts on it. Intake adopts the report (accepted, its identity
+    kept, recorded) and a retry with its key gets the answer under the same ids."""
     body, key = report(), {"Idempotency-Key": "k-ack-lost"}
     async with stack.client("operator") as api:
-        monkeypatch.setattr(kafka, "publish_input", ack_lost)
-        refused = await api.post("/api/v1/reports", json=body, headers=key)
-        monkeypatch.setattr(kafka, "publish_input", real_publish)
-        assert refused.status_code == 503, refused.text
-        [(producer, topic, envelope)] = taken
-        await real_publish(producer, topic, envelope)  # the broker had it after all
+        envelope = await _refused_then_landed(
+            monkeypatch, lambda: api.post("/api/v1/reports", json=body, headers=key))
 
         async def adopted():
             async with stack.rt.db.reads() as session:
@@ -412,20 +420,10 @@ async def test_a_refused_follow_up_without_a_key_that_lands_after_all_is_recorde
         stack, monkeypatch):
     """A follow-up with no Idempotency-Key stores nothing before its publish. Refused with 503,
     its event may still reach Kafka and be acted on: then the write is recorded, as adopted."""
-    taken, real_publish = [], kafka.publish_input
-
-    async def ack_lost(*args):
-        taken.append(args)
-        raise KafkaTimeoutError()
-
     async with stack.client("operator") as api:
         case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
-        monkeypatch.setattr(kafka, "publish_input", ack_lost)
-        refused = await api.post(f"/api/v1/cases/{case_id}/updates", json={"publicity": "PA1"})
-        monkeypatch.setattr(kafka, "publish_input", real_publish)
-        assert refused.status_code == 503, refused.text
-        [(producer, topic, envelope)] = taken
-        await real_publish(producer, topic, envelope)  # the broker had it after all
+        await _refused_then_landed(monkeypatch, lambda: api.post(
+            f"/api/v1/cases/{case_id}/updates", json={"publicity": "PA1"}))
 
         async def recorded():
             async with stack.rt.db.reads() as session:

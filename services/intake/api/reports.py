@@ -54,7 +54,7 @@ async def submit_report(
     entered when it is received), a `link_case_id` that is unknown or outside your jurisdiction."""
     errors = check_report(report, rt.pack, utcnow())
     if errors:
-        raise RequestValidationError(errors)
+        await fail(request, who, "write", "reports", "rejected", RequestValidationError(errors))
     if not who.covers(report.location.province_code, report.location.commune_code):
         await deny(request, who, "reports", "the location is outside your jurisdiction")
     idem = None
@@ -104,10 +104,11 @@ async def _linked_case(rt, who: Principal, case_id: str) -> str:
         case = (await reads.execute(_CASE, {"case": case_id})).one_or_none()
     if case is not None and who.covers(case.province_code, case.commune_code):
         return case.case_id
-    if case is not None:
-        async with rt.db.writes() as session, session.begin():
-            audit.record(session, who.user_id, who.role, "denied", case_id, ["link_case_id"],
-                         outcome="denied")
+    # The same answer either way; the trail tells the two apart.
+    action, outcome = ("denied", "denied") if case is not None else ("write", "not_found")
+    async with rt.db.writes() as session, session.begin():
+        audit.record(session, who.user_id, who.role, action, case_id[:64], ["link_case_id"],
+                     outcome=outcome)
     raise RequestValidationError([{"loc": ["body", "link_case_id"], "msg": "no such case",
                                    "type": "value_error"}])
 
@@ -125,7 +126,7 @@ async def update_case(
 ):
     errors = check_codes(rt.pack, None, None, update.indicators)
     if errors:
-        raise RequestValidationError(errors)
+        await fail(request, who, "write", case_id, "rejected", RequestValidationError(errors))
     async with rt.db.reads() as session:
         case = await session.get(CaseView, case_id)
     if case is None:
