@@ -40,6 +40,7 @@ async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
         assert history[0]["changed_by"] == "test-admin"
         generated = (await admin.get("/api/v1/authorities/commune:4:police")).json()
         assert generated["source"] == "generated"
+        assert (await admin.get("/api/v1/authorities/commune:4:nobody")).status_code == 404
     async with stack.client("operator") as operator:
         assert (await operator.put(f"/api/v1/authorities/{CP}", json=entry)).status_code == 403
 
@@ -52,10 +53,14 @@ async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
     assert await eventually(delivered_to_new_contact)
     async with stack.client("auditor") as auditor:
         trail = (await auditor.get("/api/v1/audit", params={"case_id": CP})).json()
-    # Changes and reads alike: an entry holds people's contact details.
-    assert [r["action"] for r in trail["items"]] == [
-        "directory_change", "directory_change", "read", "read"]
-    assert [r["fields"] for r in trail["items"]][2:] == [["authority"], ["history"]]
+        unknown = (await auditor.get("/api/v1/audit",
+                                     params={"case_id": "commune:4:nobody"})).json()
+    # Changes and reads alike, refused ones too: an entry holds people's contact details.
+    assert [(r["action"], r["outcome"]) for r in trail["items"]] == [
+        ("directory_change", "rejected"), ("directory_change", "rejected"),
+        ("directory_change", "ok"), ("directory_change", "ok"), ("read", "ok"), ("read", "ok")]
+    assert [r["fields"] for r in trail["items"]][4:] == [["authority"], ["history"]]
+    assert [(r["action"], r["outcome"]) for r in unknown["items"]] == [("read", "not_found")]
 
 
 def answer(output: str):

@@ -3,14 +3,14 @@ generated directory. Each change is validated, versioned and audited (action `di
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from schemas.directory import Authority, Contact
 from services.common import audit
 from services.common.auth import Principal
 from services.escalation import directory_admin
-from services.intake.api.deps import Runtime, role
+from services.intake.api.deps import Runtime, fail, role
 
 router = APIRouter(prefix="/api/v1/authorities", tags=["admins"])
 
@@ -32,31 +32,34 @@ class AuthorityOut(BaseModel):
 
 
 @router.get("/{authority_id}", response_model=AuthorityOut, responses={404: {}})
-async def show(authority_id: str, rt: Runtime,
+async def show(authority_id: str, request: Request, rt: Runtime,
                who: Annotated[Principal, Depends(role("admin", "auditor"))]):
     async with rt.db.reads() as session:
         row = await session.get(directory_admin.DirectoryEntry, authority_id)
+    if row is not None:
+        out = AuthorityOut(authority=Authority.model_validate(row.data), source="admin",
+                           version=row.version)
+    elif authority_id in rt.directory.base:
+        out = AuthorityOut(authority=rt.directory.base.get(authority_id), source="generated",
+                           version=None)
+    else:
+        await fail(request, who, "read", authority_id, "not_found",
+                   HTTPException(404, f"no authority {authority_id}"))
     async with rt.db.writes() as session, session.begin():  # contacts are personal data
         audit.record(session, who.user_id, who.role, "read", authority_id[:64], ["authority"])
-    if row is not None:
-        return AuthorityOut(authority=Authority.model_validate(row.data), source="admin",
-                            version=row.version)
-    try:
-        return AuthorityOut(authority=rt.directory.base.get(authority_id), source="generated",
-                            version=None)
-    except KeyError:
-        raise HTTPException(404, f"no authority {authority_id}") from None
+    return out
 
 
 @router.put("/{authority_id}", response_model=AuthorityOut, responses={422: {}})
-async def put(authority_id: str, body: AuthorityIn, rt: Runtime,
+async def put(authority_id: str, body: AuthorityIn, request: Request, rt: Runtime,
               who: Annotated[Principal, Depends(role("admin"))]):
     """Add an authority, or replace an existing one's entry (name, contacts, chain)."""
     a, problems = directory_admin.check_entry(
         body.model_dump(mode="json"), rt.directory, rt.pack.tiers, list(rt.pack.agencies),
         authority_id)
     if problems:
-        raise HTTPException(422, problems)
+        await fail(request, who, "directory_change", authority_id, "rejected",
+                   HTTPException(422, problems))
     async with rt.db.writes() as session, session.begin():
         version = await directory_admin.save(session, a, who.user_id)
         audit.record(session, who.user_id, who.role, "directory_change", authority_id[:64],
