@@ -46,7 +46,7 @@ async def record_milestone(case_id: str, body: RecordMilestone, request: Request
     event = MilestoneRecorded(case_id=case_id, milestone=body.milestone,
                               authority_id=body.authority_id, by_user=who.user_id, at=utcnow(),
                               outcome=body.outcome)
-    return await submission.accept(rt, who, Envelope.wrap(event, "beacon/intake"), None,
+    return await submission.accept(rt, who, Envelope.wrap(event, submission.SOURCE), None,
                                    {"case_id": case_id, "milestone": body.milestone}, None)
 
 
@@ -98,6 +98,6 @@ async def transfer(case_id: str, body: Transfer, request: Request, rt: Runtime,
     event = TransferRequested(case_id=case_id, from_authority_id=body.from_authority_id,
                               to_authority_id=body.to_authority_id, reason=body.reason,
                               by_user=who.user_id, at=utcnow())
-    return await submission.accept(rt, who, Envelope.wrap(event, "beacon/intake"), None,
+    return await submission.accept(rt, who, Envelope.wrap(event, submission.SOURCE), None,
                                    {"case_id": case_id, "to_authority_id": body.to_authority_id},
                                    None)

@@ -165,6 +165,6 @@ async def acknowledge(case_id: str, body: Acknowledge, request: Request, rt: Run
     await acting_target(request, rt, who, case_id, body.authority_id)
     event = TargetAcknowledged(case_id=case_id, authority_id=body.authority_id,
                                by_user=who.user_id, at=utcnow())
-    envelope = Envelope.wrap(event, "beacon/intake")
+    envelope = Envelope.wrap(event, submission.SOURCE)
     return await submission.accept(rt, who, envelope, None,
                                    {"case_id": case_id, "authority_id": body.authority_id}, None)

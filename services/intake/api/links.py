@@ -86,6 +86,6 @@ async def link_acknowledge(token: str, rt: Runtime):
     who = _link_user(claims.authority_id)
     event = TargetAcknowledged(case_id=case.case_id, authority_id=claims.authority_id,
                                by_user=who.user_id, at=utcnow())
-    await submission.accept(rt, who, Envelope.wrap(event, "beacon/intake"), None, {}, None)
+    await submission.accept(rt, who, Envelope.wrap(event, submission.SOURCE), None, {}, None)
     return _page("Acknowledged", f"<p>Case <b>{escape(case.case_id)}</b> acknowledged for "
                                  f"{escape(claims.authority_id)}. Thank you.</p>", 202)
