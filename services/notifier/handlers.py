@@ -13,13 +13,16 @@ P3-P4 reminders wait up to BUNDLE_WINDOW and go to one contact as one message (d
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import get_args
 
 import structlog
 from sqlalchemy import Row, bindparam, select, update
 
-from schemas.events import AlertRequested, Contact, DeliveryOutcome, Envelope, Topics
+from schemas.events import (
+    AlertKind, AlertRequested, Contact, DeliveryOutcome, Envelope, Topics,
+)
 from services.common import metrics, outbox
 from services.common.db import add_bulk, is_postgres, utcnow
 from services.common.group_commit import GroupCommit
@@ -52,10 +55,13 @@ class Job:
     members: list[tuple[Row, AlertRequested]]  # (the delivery row, its alert)
     contact: Contact
     lease: datetime  # the rows' next_at while leased: a record only counts if it still holds
-    bundle: str | None = None  # a bundle's key, kept on its rows (`Delivery.bundle`)
+    bundle: str | None = field(init=False, default=None)  # kept on its rows (`Delivery.bundle`)
 
     def __post_init__(self) -> None:
-        if self.bundle is None and len(self.members) > 1:
+        # Named by its members, never carried over: the same rows sent again are the same key,
+        # and a different set (a member dead, or held by another instance) is never taken by
+        # the receiver for a repeat of the message it had.
+        if len(self.members) > 1:
             ids = ",".join(sorted(a.alert_id for _, a in self.members))
             self.bundle = "bundle-" + hashlib.sha256(ids.encode()).hexdigest()[:32]
 
@@ -207,30 +213,34 @@ class Notifier:
         now = utcnow()
         jobs: list[Job] = []
         put_back: list[dict] = []
+        unreadable: list[dict] = []
         async with self.rt.db.writes() as session, session.begin():
             postgres = is_postgres(session)
             taken: set[str] = set()
             for row in await self._due(session, now, batch, postgres):
                 if row.alert_id in taken:
                     continue  # already in a bundle
-                alert = AlertRequested.model_validate(row.alert)
-                contact = alert.contacts[row.contact_index]
+                try:
+                    alert, contact = _read(row)
+                except (ValueError, IndexError) as exc:
+                    # One row that no longer reads must not fail every claim, P1s included.
+                    unreadable.append(self._unreadable(session, row, exc, now))
+                    continue
                 members = [(row, alert)]
-                bundle = None
                 if row.status == "sending":
                     log.warning("lease_expired", alert_id=row.alert_id, case_id=row.case_id)
-                    # A bundle goes again as the same message under the same key, so that the
-                    # receiver can drop the repeat: not as its alerts one by one.
-                    if bundle := row.bundle:
-                        members += await self._bundled(session, row, taken, now, postgres)
-                elif policy.should_bundle(alert.severity, alert.kind):
+                if row.bundle:
+                    # Sent before as a bundle (a crash, a failure): it goes again as the same
+                    # message, so under the same key, and the receiver can drop the repeat.
+                    members += await self._bundled(session, row, contact, taken, now, postgres)
+                elif row.status == "pending" and policy.should_bundle(alert.severity, alert.kind):
                     members += await self._mates(session, row, contact, taken, postgres)
                 recipient = f"{contact.channel}:{contact.address}"
                 if not self.limiter.allow(recipient, alert.severity, now):
                     later = self.limiter.next_allowed(recipient, now)
                     put_back += [{"id": m.alert_id, "until": later} for m, _ in members]
                     continue
-                job = Job(members, contact, now + self.lease, bundle)
+                job = Job(members, contact, now + self.lease)
                 for m, a in members:
                     taken.add(m.alert_id)
                     self._receipt(session, a, "attempted", contact.channel, m.attempts_total + 1)
@@ -245,7 +255,9 @@ class Notifier:
                                                "bundle": bundle})
             if put_back:
                 await session.execute(_PUT_BACK, put_back)
-        if jobs:
+            if unreadable:
+                await session.execute(_FAILED, unreadable)
+        if jobs or unreadable:
             self.rt.relays[SERVICE].poke()
         return jobs
 
@@ -263,13 +275,23 @@ class Notifier:
         return sorted(rows, key=lambda row: (row.severity, row.next_at))[:batch]
 
     @staticmethod
-    async def _bundled(session, row, taken: set[str], now: datetime, postgres: bool) -> list:
-        """The other rows of an expired bundle: leased together, so they expired together."""
-        query = _BUNDLED.with_for_update(skip_locked=True) if postgres else _BUNDLED
-        return [(other, AlertRequested.model_validate(other.alert))
-                for other in (await session.execute(query, {
-                    "bundle": row.bundle, "alert": row.alert_id, "now": now})).all()
-                if other.alert_id not in taken]
+    async def _bundled(session, row, contact: Contact, taken: set[str], now: datetime,
+                       postgres: bool) -> list:
+        """The other rows of `row`'s bundle in its state: an expired lease's (leased together,
+        so expired together), or a failed send's, due now or soon (their retries were jittered
+        apart), on the same contact. New reminders do not join: that would change the key."""
+        query = _BUNDLED_EXPIRED if row.status == "sending" else _BUNDLED_PENDING
+        query = query.with_for_update(skip_locked=True) if postgres else query
+        members = []
+        for other in (await session.execute(query, {
+                "bundle": row.bundle, "alert": row.alert_id, "now": now})).all():
+            try:
+                alert, mine = _read(other)
+            except (ValueError, IndexError):
+                continue  # claimed on its own, and dead-lettered there
+            if other.alert_id not in taken and _same(mine, contact):
+                members.append((other, alert))
+        return members
 
     async def _mates(self, session, row, contact: Contact, taken: set[str],
                      postgres: bool) -> list[tuple]:
@@ -280,14 +302,33 @@ class Notifier:
                                                      "alert": row.alert_id})).all():
             if other.alert_id in taken:
                 continue
-            alert = AlertRequested.model_validate(other.alert)
-            mine = alert.contacts[other.contact_index]
-            if policy.should_bundle(alert.severity, alert.kind) and (
-                    (mine.channel, mine.address) == (contact.channel, contact.address)):
+            try:
+                alert, mine = _read(other)
+            except (ValueError, IndexError):
+                continue  # claimed on its own, and dead-lettered there
+            if policy.should_bundle(alert.severity, alert.kind) and _same(mine, contact):
                 mates.append((other, alert))
-            if len(mates) >= policy.BUNDLE_MAX - 1:
+            if len(mates) >= policy.bundle_max(contact.channel) - 1:
                 break
         return mates
+
+    def _unreadable(self, session, row, exc: Exception, now: datetime) -> dict:
+        """A stored alert that no longer reads (a contract change, a contact list without the
+        contact it was on): dead-lettered at once, its receipt built from the row's columns.
+        An unknown role counts as act, so that escalation still treats it as undelivered."""
+        raw = row.alert if isinstance(row.alert, dict) else {}
+        reason = f"unreadable: {type(exc).__name__}"
+        log.error("dead_lettered", reason=reason, alert_id=row.alert_id, case_id=row.case_id)
+        outbox.add(session, SERVICE, self.rt.settings.topic(Topics.DELIVERIES),
+                   Envelope.wrap(DeliveryOutcome(
+                       alert_id=row.alert_id, case_id=row.case_id, authority_id=row.authority_id,
+                       role="inform" if raw.get("role") == "inform" else "act",
+                       kind=raw["kind"] if raw.get("kind") in get_args(AlertKind) else "alert",
+                       status="dead_lettered", channel="none", attempt=row.attempts_total,
+                       error=reason), SOURCE))
+        return {"id": row.alert_id, "at": now, "total": row.attempts_total,
+                "attempt": row.attempt, "error": reason, "status": "dead",
+                "contact": row.contact_index, "next": row.next_at}
 
     # --- sending and recording ---------------------------------------------------------------
 
@@ -427,6 +468,16 @@ class Notifier:
                        error=error[:200] if error else None), SOURCE))
 
 
+def _read(row) -> tuple[AlertRequested, Contact]:
+    """A row's alert and the contact it is on; ValueError or IndexError if it no longer reads."""
+    alert = AlertRequested.model_validate(row.alert)
+    return alert, alert.contacts[row.contact_index]
+
+
+def _same(a: Contact, b: Contact) -> bool:
+    return (a.channel, a.address) == (b.channel, b.address)
+
+
 def _deadline(alert: AlertRequested) -> datetime | None:
     """The deadline an alert is about: its milestone's, else the acknowledgement's."""
     return alert.milestone_due if alert.milestone else alert.ack_due
@@ -446,8 +497,10 @@ def _due_in(status: str):
 
 _EXPIRED = _due_in("sending")  # a lease past its next_at: the worker that held it died
 _DUE = _due_in("pending")
+# Not rows of a bundle that failed: they go again with their own bundle (Notifier._bundled).
 _MATES = (select(_T).where(_T.c.status == "pending", _T.c.authority_id == bindparam("authority"),
-                           _T.c.severity.in_(("P3", "P4")), _T.c.alert_id != bindparam("alert"))
+                           _T.c.severity.in_(("P3", "P4")), _T.c.alert_id != bindparam("alert"),
+                           _T.c.bundle.is_(None))
           .order_by(_T.c.created_at).limit(policy.BUNDLE_MAX * 5))
 _IDS = bindparam("ids", expanding=True)
 # `status || ''`: the same test, but not one SQLite would look up in ix_deliveries_claim, which
@@ -457,11 +510,15 @@ _HELD = (_T.c.alert_id.in_(_IDS), _T.c.status.concat("") == "sending",
 _LEASE = (update(_T).where(_T.c.alert_id.in_(_IDS))
           .values(status="sending", next_at=bindparam("until"), updated_at=bindparam("at"),
                   bundle=bindparam("bundle")))
-# An expired bundle's other rows; `sending` P3-P4 rows are few, and read by ix_deliveries_claim.
-_BUNDLED = select(_T).where(_T.c.status == "sending", _T.c.severity.in_(("P3", "P4")),
-                            _T.c.next_at <= bindparam("now", type_=_T.c.next_at.type),
+# A bundle's other rows: P3-P4 rows in one status are few, and read by ix_deliveries_claim.
+def _bundle_in(status: str, *where):
+    return select(_T).where(_T.c.status == status, _T.c.severity.in_(("P3", "P4")),
                             _T.c.bundle == bindparam("bundle"),
-                            _T.c.alert_id != bindparam("alert"))
+                            _T.c.alert_id != bindparam("alert"), *where)
+
+
+_BUNDLED_PENDING = _bundle_in("pending")
+_BUNDLED_EXPIRED = _bundle_in("sending", _T.c.next_at <= bindparam("now", type_=_T.c.next_at.type))
 _PUT_BACK = (update(_T).where(_T.c.alert_id == bindparam("id"))
              .values(status="pending", next_at=bindparam("until")))
 _DELIVERED = (update(_T).where(*_HELD)

@@ -12,6 +12,9 @@ from datetime import datetime, timedelta
 MAX_ATTEMPTS = 150
 BUNDLE_WINDOW = timedelta(minutes=5)  # P3-P4 reminders to one recipient within this go together
 BUNDLE_MAX = 10  # alerts in one bundled message; more wait for the next one
+# An SMS is held to two segments (render.SMS_MAX_SEGMENTS) and each reminder in it carries its
+# own link (about 100 characters): two fit, folded to GSM-7 when Vietnamese needs it.
+SMS_BUNDLE_MAX = 2
 NEVER_LIMITED = frozenset({"P1"})  # DOMAIN: storm protection never delays a P1
 NEVER_DELAYED = frozenset({"P1", "P2"})  # the notifier's choice: urgent alerts never wait
 # The longest wait between tries: a receiver that comes back sees an urgent alert soon.
@@ -118,6 +121,11 @@ def should_bundle(severity: str, kind: str) -> bool:
     return severity in ("P3", "P4") and kind == "reminder"
 
 
+def bundle_max(channel: str) -> int:
+    """The most reminders one message on `channel` carries."""
+    return SMS_BUNDLE_MAX if channel == "sms" else BUNDLE_MAX
+
+
 def bundle_key(authority_id: str, channel: str, address: str) -> tuple[str, str, str]:
     """Reminders bundle per recipient contact: same authority, channel and address."""
     return (authority_id, channel, address)
@@ -171,13 +179,19 @@ def after_failure(
     - Moving on to the next contact is immediate: another channel may well work now.
     - After the last contact, an alert with a deadline (retry_deadline) starts a new round after
       a backoff, until the deadline; one without (inform) has had its one round.
+    - Past the deadline there are no more retries or rounds, but the round's remaining contacts
+      are still tried, at once: an alert first tried late (the notifier was down) must not be
+      dead-lettered on its first channel's failure while another channel would reach someone.
     Backoff waits are capped by severity (RETRY_CAP_S), or by the window from `queued_at` to the
     deadline over TRIES_PER_WINDOW when that is longer; a receiver's Retry-After is honoured
     within the cap and the deadline. `max_attempts` only stops a runaway.
     """
     stop = NextTry(contact_index, attempt, None)
-    if attempts_total >= max_attempts or (deadline is not None and now >= deadline):
+    following = contact_index + 1
+    if attempts_total >= max_attempts:
         return stop
+    if deadline is not None and now >= deadline:
+        return NextTry(following, 0, now) if following < contacts else stop
     cap = RETRY_CAP_S.get(severity, DEFAULT_RETRY_CAP_S)
     if deadline is not None:
         cap = max(cap, (deadline - queued_at).total_seconds() / TRIES_PER_WINDOW)
@@ -192,7 +206,6 @@ def after_failure(
 
     if retryable and attempt < per_contact:
         return NextTry(contact_index, attempt, backoff())
-    following = contact_index + 1
     if following < contacts:
         return NextTry(following, 0, now)
     if deadline is None:

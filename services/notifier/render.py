@@ -239,6 +239,8 @@ class Renderer:
         """One message for several reminders to one recipient: (alert, link) pairs."""
         if not items:
             raise ValueError("nothing to bundle")
+        if channel not in ("webhook", "email", "sms"):
+            raise ValueError(f"unknown channel {channel!r}")
         ctxs = [build_context(alert, lang, link) for alert, link in items]
         lang = ctxs[0]["lang"]
         body = {"type": "beacon.alert.bundle", "version": 1,
@@ -254,19 +256,19 @@ class Renderer:
                 template = "bundle_body"
                 return Message(subject=subject, text=self._tpl(lang, template, ctx) + "\n",
                                body=body, lang=lang)
-            if channel == "sms":
-                template = "bundle_sms"
-                text = self._tpl(lang, template, ctx)
-                return Message(subject="", text=text, body=body, lang=lang)
-            raise ValueError(f"unknown channel {channel!r}")
-        except ValueError:
-            raise
+            template = "bundle_sms"  # at most policy.SMS_BUNDLE_MAX reminders: two segments
+            return Message(subject="", text=self._fit_sms([self._tpl(lang, template, ctx)]),
+                           body=body, lang=lang)
         except Exception as exc:  # noqa: BLE001 - same: the bundle still goes
             error = f"{type(exc).__name__} in {lang}/{template}.j2"
             log.warning("notifier.render_failed", error=error, channel=channel)
-            lines = [_fallback(c, channel, error).text for c in ctxs]
-            return Message(subject=f"[Beacon] {len(ctxs)}", text="\n".join(lines), body=body,
-                           lang=lang, render_error=error)
+            if channel == "sms":  # the shortest form that says it all: two segments
+                text = self._fit_sms([f"Beacon {len(ctxs)}:" + "".join(
+                    f" {c['severity']} {c['category']} {c['link']}" for c in ctxs)])
+            else:
+                text = "\n".join(_fallback(c, channel, error).text for c in ctxs)
+            return Message(subject=f"[Beacon] {len(ctxs)}", text=text, body=body, lang=lang,
+                           render_error=error)
 
 
 _default = Renderer()

@@ -20,7 +20,7 @@ from services.common.db import Base, Database, utcnow
 from services.common.outbox import OutboxRow
 from services.notifier import handlers, policy
 from services.notifier.handlers import Notifier
-from services.notifier.render import Renderer
+from services.notifier.render import Renderer, sms_segments
 from services.notifier.store import Delivery
 from tests.conftest import make_settings
 from tools.inbox import free_port
@@ -439,3 +439,92 @@ async def test_a_due_retry_takes_a_free_slot_without_waiting_for_a_quarter(notif
     finally:
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
+
+
+async def set_alert(n: Notifier, a: AlertRequested, **values) -> None:
+    async with n.rt.db.writes() as s, s.begin():
+        await s.execute(update(Delivery).where(Delivery.alert_id == a.alert_id).values(**values))
+
+
+async def test_an_alert_first_tried_after_its_deadline_still_falls_back(notifier, inbox):
+    # Queued in time (ack due in 15 min), tried only after the deadline: the notifier was down.
+    a = alert(1, inbox, severity="P1", kind="alert", due=timedelta(minutes=15),
+              contacts=webhook_then_email(inbox))
+    await notifier.handle([Envelope.wrap(a, "test")])
+    overdue = a.model_copy(update={"ack_due": datetime.now(UTC) - timedelta(minutes=5)})
+    await set_alert(notifier, a, alert=overdue.model_dump(mode="json"),
+                    created_at=utcnow() - timedelta(minutes=20))
+    inbox.http.status = 503
+    assert await step(notifier) == 1
+    assert await step(notifier) == 1  # the e-mail, at once: not dead-lettered on the webhook
+    assert len(inbox.mails()) == 1
+    assert [(r.status, r.channel) for r in await receipts(notifier)] == [
+        ("attempted", "webhook"), ("failed", "webhook"),
+        ("attempted", "email"), ("delivered", "email")]
+
+
+async def test_a_row_that_no_longer_reads_is_dead_lettered_and_the_rest_go(notifier, inbox):
+    lost_contact, bad_json, p1 = (alert(i, inbox, severity="P1", kind="alert") for i in range(3))
+    for a in (lost_contact, bad_json, p1):
+        await notifier.handle([Envelope.wrap(a, "test")])
+    await set_alert(notifier, lost_contact, contact_index=5)
+    await set_alert(notifier, bad_json, alert={"kind": "alert", "role": "act"})
+    assert await step(notifier) == 1  # the P1 goes; the claim is not failed by the other two
+    state = await rows(notifier)
+    assert state[p1.alert_id].status == "delivered" and len(inbox.requests()) == 1
+    assert state[lost_contact.alert_id].status == state[bad_json.alert_id].status == "dead"
+    dead = {r.alert_id: r for r in await receipts(notifier) if r.status == "dead_lettered"}
+    assert dead[lost_contact.alert_id].error == "unreadable: IndexError"
+    assert dead[bad_json.alert_id].error == "unreadable: ValidationError"
+    assert dead[bad_json.alert_id].role == "act"  # so escalation treats it as undelivered
+    assert await step(notifier) == 0  # and they are not claimed again
+
+
+async def test_a_failed_bundle_goes_again_as_itself_under_its_key(notifier, inbox):
+    first = [alert(i, inbox) for i in range(2)]
+    for a in first:
+        await notifier.handle([Envelope.wrap(a, "test")])
+    await make_due(notifier, first[0].alert_id)
+    inbox.http.status = 503
+    assert await step(notifier) == 1  # the bundle fails (the receiver may still have kept it)
+    inbox.http.status = 200
+    newcomer = alert(9, inbox)
+    await notifier.handle([Envelope.wrap(newcomer, "test")])
+    await make_due(notifier, first[0].alert_id)  # one member's retry is due, the other's soon
+    assert await step(notifier) == 1
+    await make_due(notifier, newcomer.alert_id)
+    assert await step(notifier) == 1
+    hooks = [(h["headers"]["Idempotency-Key"], sorted(i["alert_id"] for i in h["body"]["items"])
+              if "items" in h["body"] else [h["body"]["alert_id"]]) for h in inbox.requests()]
+    bundle = sorted(a.alert_id for a in first)
+    assert hooks[0] == hooks[1] and hooks[1][1] == bundle  # the same message, the same key
+    assert hooks[2] == (newcomer.alert_id, [newcomer.alert_id])  # the newcomer on its own
+    assert {d.status for d in (await rows(notifier)).values()} == {"delivered"}
+
+
+async def test_part_of_an_expired_bundle_goes_under_a_key_of_its_own(notifier, inbox):
+    reminders = [alert(i, inbox) for i in range(3)]
+    for a in reminders:
+        await notifier.handle([Envelope.wrap(a, "test")])
+    await make_due(notifier, reminders[0].alert_id)
+    [job] = await notifier.claim()
+    # Its worker dies; another (on PostgreSQL, SKIP LOCKED) has re-leased one member meanwhile.
+    for a in reminders[:2]:
+        await make_due(notifier, a.alert_id)
+    [again] = await notifier.claim()
+    assert sorted(a.alert_id for _, a in again.members) == sorted(
+        a.alert_id for a in reminders[:2])
+    assert again.key not in (job.key, None)  # a receiver that had the three drops nothing
+
+
+async def test_sms_reminders_are_bundled_two_to_a_message_within_two_segments(notifier, inbox):
+    sms = [Contact(channel="sms", address="+84900000004")]
+    reminders = [alert(i, inbox, contacts=sms) for i in range(5)]
+    for a in reminders:
+        await notifier.handle([Envelope.wrap(a, "test")])
+    for a in reminders:
+        await make_due(notifier, a.alert_id)
+    assert await step(notifier) == 3
+    texts = [r["body"]["text"] for r in inbox.requests()]
+    assert sorted(t.count("http") for t in texts) == [1, 2, 2]
+    assert all(sms_segments(t)[1] <= 2 for t in texts)

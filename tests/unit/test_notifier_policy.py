@@ -62,7 +62,18 @@ def test_an_alert_without_deadline_has_one_round():
 
 
 def test_the_deadline_ends_it_and_the_guard_stops_a_runaway():
-    assert fail(now=DUE).at is None
+    assert fail(now=DUE, contact_index=2).at is None
+    assert fail(now=DUE, contact_index=2, retryable=False).at is None
+    assert fail(now=DUE, deadline=DUE, contacts=1).at is None
+
+
+def test_past_the_deadline_the_remaining_contacts_are_still_tried_at_once():
+    # Queued in time, first tried late (the notifier was down): no retry of the same contact and
+    # no new round, but another channel may still reach the authority.
+    later = DUE + timedelta(minutes=5)
+    for retryable in (True, False):
+        nxt = fail(now=later, attempt=1, retryable=retryable)
+        assert (nxt.contact_index, nxt.attempt, nxt.at) == (1, 0, later)
     assert fail(attempts_total=12).at is not None  # the old budget no longer ends it early
     assert fail(attempts_total=MAX_ATTEMPTS).at is None
     assert fail(max_attempts=3, attempts_total=3, retryable=False).at is None
@@ -115,10 +126,14 @@ def test_retry_deadline():
 
 def fail_until_dead(severity, deadline, queued_at, contacts, seed, fail_s=0.0, permanent=()):
     """Every try fails (`fail_s` after it starts; the tries numbered in `permanent` for good):
-    the start time of each try, and the waits between them, until the policy gives up."""
+    the start time of each try, and the waits between them, until the policy gives up. A try that
+    starts past the deadline is checked here: only a fallback to the next contact, at once."""
     rng = random.Random(seed)
     at, ci, att, tot, starts, waits = queued_at, 0, 0, 0, [], []
+    previous = None  # (contact, the time the previous try failed)
     while True:
+        if at > deadline:
+            assert previous is not None and (ci, at) == (previous[0] + 1, previous[1])
         starts.append(at)
         now = at + timedelta(seconds=fail_s)
         tot += 1
@@ -128,6 +143,7 @@ def fail_until_dead(severity, deadline, queued_at, contacts, seed, fail_s=0.0, p
                             retryable=tot not in permanent, rng=rng)
         if nxt.at is None:
             return starts, waits
+        previous = (ci, now)
         waits.append((nxt.at - now).total_seconds())
         ci, att, at = nxt.contact_index, nxt.attempt, nxt.at
 
@@ -142,8 +158,8 @@ def test_an_urgent_alert_is_retried_until_its_deadline(severity, window_s, conta
     cap = cap_of(severity, window)
     starts, waits = fail_until_dead(severity, T0 + window, T0, contacts, seed, fail_s, permanent)
     assert len(starts) < MAX_ATTEMPTS  # the deadline ended it, not the runaway guard
-    assert starts[-1] >= T0 + window - timedelta(seconds=cap)  # within one cap of the deadline
-    assert starts[-1] <= T0 + window
+    on_time = [s for s in starts if s <= T0 + window]  # after it, only fallbacks at once
+    assert on_time[-1] >= T0 + window - timedelta(seconds=cap)  # within one cap of the deadline
     assert max(waits, default=0) <= cap + 1e-6  # never a longer pause: P1 15 min, every 30 s
 
 

@@ -194,6 +194,38 @@ def test_a_broken_template_falls_back_and_reports(broken_dir, channel, name, con
     assert CANARY_PHONE not in all_text(m)
 
 
+def reminders(n: int) -> list[tuple[AlertRequested, str]]:
+    items = []
+    for i in range(n):
+        a = alert(alert_id=f"al-{i}", case_id=f"{CASE[:-1]}{i}", severity="P3", kind="reminder")
+        items.append((a, link(a)))
+    return items
+
+
+@pytest.mark.parametrize("channel,name", [
+    ("sms", "bundle_sms.j2"), ("email", "bundle_body.j2"), ("email", "bundle_subject.j2")])
+@pytest.mark.parametrize("content", [
+    "{{ '{:d}'.format('x') }}",  # a ValueError, which once escaped the fallback
+    "{{ no_such_field }}",
+])
+def test_a_broken_bundle_template_falls_back_and_reports(broken_dir, channel, name, content):
+    (broken_dir / "vi" / name).write_text(content)
+    items = reminders(2)
+    m = Renderer(broken_dir).render_bundle(items, channel, "vi")
+    assert m.render_error and name in m.render_error
+    for a, lnk in items:
+        assert a.case_id in m.text and lnk in m.text
+    if channel == "sms":
+        assert sms_segments(m.text)[1] <= 2
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_an_sms_bundle_of_two_reminders_fits_two_segments(lang):
+    m = render_bundle(reminders(2), "sms", lang)
+    assert sms_segments(m.text)[1] <= 2, m.text
+    assert m.text.count("https://") == 2
+
+
 def test_a_missing_template_falls_back(tmp_path):
     a = alert()
     m = Renderer(tmp_path).render(a, "email", "en", link(a))
