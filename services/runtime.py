@@ -173,12 +173,14 @@ async def preflight(settings: Settings, services: frozenset[str] = frozenset()) 
 async def start(rt: Runtime) -> None:
     await check_database(rt.db)
     await check_kafka(rt.settings)
-    await _rule_packs(rt)
     rt.producer = kafka.make_producer(rt.settings)  # aiokafka wants a running loop
     await rt.producer.start()
-    for service in ("escalation", "notifier"):  # before the consumers, whose handlers poke them
+    # Before the rule packs and the consumers: a pack in force may re-decide open cases, and
+    # both poke the relay.
+    for service in ("escalation", "notifier"):
         if service in rt.parts:
             rt.relays[service] = Relay(service, rt.db, rt.producer)
+    await _rule_packs(rt)
     await rt.broker.start()
     if "intake" in rt.services:
         from services.intake import submission

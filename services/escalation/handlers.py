@@ -63,8 +63,10 @@ class Escalation:
             new = await claim_events(session, SERVICE, [e.id for e in envelopes])
             # The batch's cases in one query; a case absent here is new, so a batch of new
             # cases reads nothing more and is written in one flush at commit.
+            # Locked on PostgreSQL, where a re-evaluation may write the same case meanwhile.
             cases = {c.case_id: c for c in (await session.scalars(select(EscalationCase).where(
-                EscalationCase.case_id.in_({e.subject for e in envelopes})))).all()}
+                EscalationCase.case_id.in_({e.subject for e in envelopes}))
+                .with_for_update())).all()}
             for envelope in envelopes:
                 if envelope.id not in new:
                     continue  # a repeat: this event was applied before
@@ -112,8 +114,14 @@ class Escalation:
             return
         old = CaseFacts.model_validate(case.facts)
         case.human_publicity = _max_publicity(case.human_publicity, data.publicity)
+        # A linked report's own place counts like the places it names (a commune in another
+        # province is told too: DOMAIN 5). Compared, not hashed: a Location is not hashable.
+        places = list(old.other_locations)
+        for place in (data.location, *data.other_locations):
+            if place != old.location and place not in places:
+                places.append(place)
         facts = old.model_copy(update={
-            "other_locations": tuple(dict.fromkeys((*old.other_locations, *data.other_locations))),
+            "other_locations": tuple(places),
             "other_settings": tuple(dict.fromkeys(
                 (*old.other_settings, data.setting) if data.setting != old.setting
                 else old.other_settings)),
@@ -125,7 +133,7 @@ class Escalation:
         await self._decide(session, case, facts, case.publicity, envelope.time, envelope.type)
 
     async def _on_update(self, session, envelope: Envelope, data: CaseUpdated) -> None:
-        case = await session.get(EscalationCase, data.case_id)
+        case = await session.get(EscalationCase, data.case_id, with_for_update=True)
         if case is None:
             log.warning("update_for_unknown_case")
             return
@@ -205,6 +213,11 @@ class Escalation:
         for row in existing.values():
             if (row.role == "act" and row.acked_at is None and row.released_at is None
                     and (raised or row.authority_id in sooner)):
+                if row.authority_id not in self.rt.directory:
+                    # Routed under an earlier pack or directory (a district, since abolished):
+                    # no contacts to tell; the decision's own targets are told instead.
+                    log.warning("target_not_in_directory", authority_id=row.authority_id)
+                    continue
                 self._alert(session, case, row, "alert", suffix=f"decision:{case.decisions}")
         return list(rows.values()), added, changed
 
@@ -215,13 +228,19 @@ class Escalation:
         row.acked_at, row.acked_by = data.at, data.by_user
         await self._cancel_timers(session, row, "acknowledged")
         # A transfer completes when the new authority acknowledges: only then does the first
-        # authority's duty end (its timers kept running until now).
-        handed = (await session.scalars(select(EscalationTarget).where(
-            EscalationTarget.case_id == data.case_id,
-            EscalationTarget.transferred_to == data.authority_id,
-            EscalationTarget.released_at.is_(None)))).all()
-        for old in handed:
-            await self._release(session, old, row, data.at)
+        # authority's duty end (its timers kept running until now). Along a chain (A to B, B to
+        # C), C's acknowledgement ends every duty handed on to it.
+        handing = {data.authority_id}
+        while handing:
+            handed = (await session.scalars(select(EscalationTarget).where(
+                EscalationTarget.case_id == data.case_id,
+                EscalationTarget.transferred_to.in_(handing),
+                EscalationTarget.released_at.is_(None),
+                EscalationTarget.authority_id != data.authority_id))).all()
+            for old in handed:
+                await self._release(session, old, row, data.at)
+            await session.flush()  # released rows are not read again: a cycle ends here
+            handing = {old.authority_id for old in handed}
         await session.flush()
         pending = await session.scalar(select(EscalationTarget.authority_id).where(
             EscalationTarget.case_id == data.case_id, EscalationTarget.role == "act",
@@ -269,6 +288,9 @@ class Escalation:
             due = data.at + ((old.ack_due - old.added_at) if old.ack_due else _DEFAULT_WINDOW)
         new = await session.get(EscalationTarget, (data.case_id, data.to_authority_id))
         old.transferred_to = data.to_authority_id
+        if new is not None and new.released_at is not None:
+            # Handed back to an authority that had passed the case on: the duty is its again.
+            new.released_at = new.transferred_to = None
         if new is None:
             new = EscalationTarget(
                 case_id=case.case_id, authority_id=recipient.id, tier=recipient.tier,
@@ -396,24 +418,33 @@ class Escalation:
         instances may try: the inbox row makes each case's re-evaluation happen once)."""
         async with self.rt.db.reads() as session:
             ids = (await session.scalars(select(EscalationCase.case_id).where(
-                EscalationCase.closed_at.is_(None)))).all()
+                EscalationCase.closed_at.is_(None),
+                EscalationCase.rulepack_version != self.rt.pack.version))).all()
         done = 0
         for case_id in ids:
             key = hashlib.sha256(f"{publication_id}|{case_id}".encode()).hexdigest()
-            async with self.rt.db.writes() as session, session.begin():
-                if not await claim_event(session, "escalation-reevaluate", key):
-                    continue  # done before, or by another instance
-                case = await session.get(EscalationCase, case_id)
-                if case is None or case.closed_at is not None:
-                    continue
-                with structlog.contextvars.bound_contextvars(case_id=case_id):
-                    await self._decide(session, case, CaseFacts.model_validate(case.facts),
-                                       case.publicity, utcnow(), "beacon.rulepack.published")
-                done += 1
+            with structlog.contextvars.bound_contextvars(case_id=case_id):
+                try:
+                    done += await self._reevaluate(case_id, key)
+                except Exception:
+                    # Not claimed, so tried again at the next start; the other cases go on.
+                    log.exception("reevaluation_failed", rulepack=self.rt.pack.version)
         if done:
             self.rt.relays[SERVICE].poke()
         log.info("open_cases_reevaluated", count=done, rulepack=self.rt.pack.version)
         return done
+
+    async def _reevaluate(self, case_id: str, key: str) -> int:
+        async with self.rt.db.writes() as session, session.begin():
+            if not await claim_event(session, "escalation-reevaluate", key):
+                return 0  # done before, or by another instance
+            case = await session.get(EscalationCase, case_id, with_for_update=True)
+            if (case is None or case.closed_at is not None
+                    or case.rulepack_version == self.rt.pack.version):
+                return 0  # decided under this pack already (opened since it came into force)
+            await self._decide(session, case, CaseFacts.model_validate(case.facts),
+                               case.publicity, utcnow(), "beacon.rulepack.published")
+            return 1
 
     # --- timers ---------------------------------------------------------------------------
 

@@ -222,6 +222,16 @@ async def test_recorded_milestone_does_not_escalate_and_closing_stops_clocks(sta
     await eventually(all_stopped)
     async with stack.client("supervisor") as api:
         assert (await api.get(f"/api/v1/cases/{case_id}")).json()["status"] == "closed"
+        # Its clocks have stopped, so it takes no more inputs: a new report opens a new case.
+        update = await api.post(f"/api/v1/cases/{case_id}/updates",
+                                json={"indicators": ["immediate_danger"]})
+        assert update.status_code == 409, update.text
+        linked = await api.post("/api/v1/reports", json=report(link_case_id=case_id))
+        assert linked.status_code == 422
+        assert linked.json()["detail"][0]["loc"] == ["body", "link_case_id"]
+        assert "closed" in linked.json()["detail"][0]["msg"]
+        fresh = await api.post("/api/v1/reports", json=report())
+        assert fresh.status_code == 202 and fresh.json()["case_id"] != case_id
 
 
 async def test_transfer_reroutes_and_duty_ends_when_new_authority_acknowledges(stack):

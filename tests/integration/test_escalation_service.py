@@ -104,6 +104,8 @@ async def test_publicity_is_not_raised_again_by_re_decisions(esc):
     assert (await _case(esc)).publicity == "PA1"
     await _update(esc, indicators=["crime"])  # nothing about publicity
     assert (await _case(esc)).publicity == "PA1"
+    # The same rules published as a new version: cases decided under the old one are re-decided.
+    esc.rt.pack = esc.rt.pack.model_copy(update={"version": "default-next"})
     assert await esc.reevaluate_open("publication-1") == 1
     assert (await _case(esc)).publicity == "PA1"
     for decided in await _emitted(esc, "beacon.case.decided"):
@@ -116,7 +118,7 @@ async def test_publicity_is_not_lowered_automatically_but_a_person_may_lower_it(
     # A pack without the step-up: the case keeps the level it had.
     pack = esc.rt.pack
     esc.rt.pack = pack.model_copy(update={
-        "publicity": pack.publicity.model_copy(update={"step_up": []})})
+        "version": "no-step-up", "publicity": pack.publicity.model_copy(update={"step_up": []})})
     await esc.reevaluate_open("publication-1")
     case = await _case(esc)
     assert case.publicity == "PA1"

@@ -64,7 +64,8 @@ async def submit_report(
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
     match_children, match_reporters = rt.vault.matching(report, children, reporter)
-    case_id = await _linked_case(rt, who, report.link_case_id) if report.link_case_id else None
+    case_id = (await _linked_case(request, rt, who, report.link_case_id) if report.link_case_id
+               else None)
     async with rt.db.reader() as reads:  # the key is checked when it is written (submission)
         if case_id is None:
             case_id = await correlation.match_open_case(reads, report, match_children)
@@ -97,12 +98,19 @@ async def submit_report(
                                    table=ReportRow)
 
 
-async def _linked_case(rt, who: Principal, case_id: str) -> str:
+async def _linked_case(request: Request, rt, who: Principal, case_id: str) -> str:
     """The case an operator links a report to. One outside the caller's jurisdiction is refused
-    like an unknown one, so that its existence does not leak, and the attempt is audited."""
+    like an unknown one, so that its existence does not leak, and the attempt is audited. A
+    closed case takes no more reports: its clocks have stopped, so a new report about the child
+    opens a case of its own, routed and held to its deadlines afresh."""
     async with rt.db.reader() as reads:
         case = (await reads.execute(_CASE, {"case": case_id})).one_or_none()
     if case is not None and who.covers(case.province_code, case.commune_code):
+        if case.status == "closed":
+            await fail(request, who, "write", case.case_id, "rejected", RequestValidationError([{
+                "loc": ["body", "link_case_id"], "type": "value_error",
+                "msg": "the case is closed: send the report without link_case_id to open a new "
+                       "case"}]))
         return case.case_id
     # The same answer either way; the trail tells the two apart.
     action, outcome = ("denied", "denied") if case is not None else ("write", "not_found")
@@ -113,8 +121,8 @@ async def _linked_case(rt, who: Principal, case_id: str) -> str:
                                    "type": "value_error"}])
 
 
-_CASE = select(CaseView.case_id, CaseView.province_code, CaseView.commune_code).where(
-    CaseView.case_id == bindparam("case"))
+_CASE = select(CaseView.case_id, CaseView.province_code, CaseView.commune_code,
+               CaseView.status).where(CaseView.case_id == bindparam("case"))
 
 
 @router.post("/cases/{case_id}/updates", status_code=202, response_model=UpdateAccepted,
@@ -135,6 +143,9 @@ async def update_case(
         await deny(request, who, case_id, "the case is outside your jurisdiction")
     if update.severity_override and who.role != "supervisor":
         await deny(request, who, case_id, "only a supervisor may override severity")
+    if case.status == "closed":  # its clocks have stopped: a new report opens a new case
+        await fail(request, who, "write", case_id, "rejected",
+                   HTTPException(409, "the case is closed"))
     if not (update.indicators or update.publicity or update.severity_override):
         await fail(request, who, "write", case_id, "rejected", RequestValidationError(
             [{"loc": ["body"], "msg": "nothing to update", "type": "value_error"}]))
