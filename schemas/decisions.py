@@ -16,7 +16,8 @@ class CaseFacts(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     case_id: str
-    category: str
+    category: str  # the first report's
+    other_categories: tuple[str, ...] = ()  # linked reports' others: each can raise and add
     subcategory: str | None = None
     location: Location
     other_locations: tuple[Location, ...] = ()

@@ -122,6 +122,9 @@ class Escalation:
                 places.append(place)
         facts = old.model_copy(update={
             "other_locations": tuple(places),
+            "other_categories": tuple(dict.fromkeys(
+                (*old.other_categories, data.category) if data.category != old.category
+                else old.other_categories)),
             "other_settings": tuple(dict.fromkeys(
                 (*old.other_settings, data.setting) if data.setting != old.setting
                 else old.other_settings)),

@@ -225,3 +225,13 @@ async def test_a_restart_after_a_re_evaluating_publication_starts(kafka_bootstra
             assert (await s.get(EscalationCase, "C-1")).rulepack_version == version
     finally:
         await runtime.stop(rt)
+
+
+async def test_a_linked_report_of_another_category_raises_and_routes_by_it(esc):
+    await report(esc, category="NEGLECT")  # P3: the commune's child protection only
+    await report(esc, at=T0 + 10 * M, new_case=False, category="SEX_ABUSE")
+    c = await case(esc)
+    assert c.severity == "P1"  # SEX_ABUSE's default (DOMAIN 3)
+    rows = await targets(esc)
+    assert rows["commune:4:police"].role == "act" and rows["commune:4:health"].role == "act"
+    assert c.facts["category"] == "NEGLECT" and c.facts["other_categories"] == ["SEX_ABUSE"]

@@ -36,6 +36,8 @@ def cases(draw, pack_name: str = "default"):
     return CaseFacts(
         case_id="C-PROP",
         category=draw(st.sampled_from(sorted(pack.category_codes))),
+        other_categories=tuple(draw(st.lists(st.sampled_from(sorted(pack.category_codes)),
+                                             max_size=2, unique=True))),
         location=draw(locations),
         other_locations=tuple(draw(st.lists(locations, max_size=2))),
         setting=draw(st.sampled_from(SETTINGS_)),
@@ -64,7 +66,8 @@ def test_severity_never_below_the_category_default_unless_overridden(name, facts
     if facts.severity_override is not None:
         assert d.severity == facts.severity_override
     else:
-        assert RANK[d.severity] <= RANK[PACKS[name].categories[facts.category].default]
+        for category in (facts.category, *facts.other_categories):  # every report's category
+            assert RANK[d.severity] <= RANK[PACKS[name].categories[category].default]
 
 
 @FAST
@@ -140,6 +143,18 @@ def test_a_linked_reports_setting_never_removes_a_target_or_lowers_severity(name
     before = _decide(name, facts)
     after = _decide(name, facts.model_copy(
         update={"other_settings": (*facts.other_settings, setting)}))
+    assert {t.authority_id for t in before.targets} <= {t.authority_id for t in after.targets}
+    assert RANK[after.severity] <= RANK[before.severity]
+    assert LEVEL[after.publicity] >= LEVEL[before.publicity]
+
+
+@FAST
+@given(packs, cases(), st.data())
+def test_a_linked_reports_category_never_removes_a_target_or_lowers_severity(name, facts, data):
+    category = data.draw(st.sampled_from(sorted(PACKS[name].category_codes)))
+    before = _decide(name, facts)
+    after = _decide(name, facts.model_copy(
+        update={"other_categories": (*facts.other_categories, category)}))
     assert {t.authority_id for t in before.targets} <= {t.authority_id for t in after.targets}
     assert RANK[after.severity] <= RANK[before.severity]
     assert LEVEL[after.publicity] >= LEVEL[before.publicity]

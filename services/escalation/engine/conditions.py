@@ -10,7 +10,7 @@ from schemas.rulepack import Condition
 class Situation(NamedTuple):
     """What conditions can test, derived once per decision (a tuple: cheap to build)."""
 
-    category: str
+    categories: frozenset[str]  # of all the case's reports
     settings: frozenset[str]  # of all the case's reports
     indicators: frozenset[str]
     youngest: int | None  # age rules use the youngest child (DOMAIN.md section 5)
@@ -23,7 +23,7 @@ class Situation(NamedTuple):
         province = facts.location.province_code
         settings = frozenset((facts.setting, *facts.other_settings))
         return cls(
-            facts.category,
+            frozenset((facts.category, *facts.other_categories)),
             settings,
             facts.indicators,
             min(facts.child_ages) if facts.child_ages else None,
@@ -36,7 +36,7 @@ def holds(cond: Condition, s: Situation) -> bool:
     indicators, categories, settings, institutional, age_below, other_province = cond.clauses
     if indicators and s.indicators.isdisjoint(indicators):
         return False
-    if categories and s.category not in categories:
+    if categories and s.categories.isdisjoint(categories):
         return False
     if settings and s.settings.isdisjoint(settings):
         return False

@@ -14,12 +14,18 @@ class UnknownCategory(ValueError):
 
 
 def assess_severity(facts: CaseFacts, pack: RulePack, s: Situation) -> tuple[str, list[str]]:
-    category = pack.categories.get(facts.category)
-    if category is None:
-        raise UnknownCategory(f"category {facts.category!r} is not in rule pack {pack.version}")
-    severity = category.default
-    fired = [f"severity.default.{facts.category}"]
-    for rule in (*category.raise_, *pack.global_rules):
+    """Every category the case's reports gave counts: the most severe default, and each one's
+    raise rules (a report of sexual abuse linked to a neglect case makes it P1)."""
+    severity, fired, rules = "P5", [], []
+    for code in (facts.category, *facts.other_categories):
+        category = pack.categories.get(code)
+        if category is None:
+            raise UnknownCategory(f"category {code!r} is not in rule pack {pack.version}")
+        fired.append(f"severity.default.{code}")
+        if RANK[category.default] < RANK[severity]:
+            severity = category.default
+        rules += category.raise_
+    for rule in (*rules, *pack.global_rules):
         if any_holds(rule.when, s):
             fired.append(rule.id)
             if RANK[rule.to] < RANK[severity]:
