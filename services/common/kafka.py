@@ -179,6 +179,8 @@ def consume(
     if (handler is None) == (batch_handler is None):
         raise ValueError("give handler or batch_handler")
     failures: dict[tuple[str, int, int], int] = {}
+    # Unreadable records already dead-lettered: a batch sent back (NACK) brings them again.
+    unreadable: dict[tuple[str, int, int], None] = {}
     outage = 0  # failures in a row while the database was away
 
     async def one(envelope: Envelope) -> None:
@@ -196,7 +198,12 @@ def consume(
                 envelope = Envelope.model_validate_json(record.value)
                 envelope.payload()
             except (ValidationError, KeyError, ValueError, TypeError) as exc:
-                await dead_letter(broker, settings, record, f"unparseable: {_reason(exc)}")
+                place = (record.topic, record.partition, record.offset)
+                if place not in unreadable:
+                    await dead_letter(broker, settings, record, f"unparseable: {_reason(exc)}")
+                    unreadable[place] = None
+                    if len(unreadable) > 10_000:
+                        unreadable.pop(next(iter(unreadable)))  # the oldest: long committed
                 continue
             parsed.append((record, envelope))
         if batch_handler is not None and len(parsed) > 1:

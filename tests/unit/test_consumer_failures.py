@@ -108,3 +108,20 @@ async def test_the_database_probe_tells_up_from_away(tmp_path):
         await here.dispose()
         await away.dispose()
     assert await here.is_up() is False  # disposed: no new connection is opened to ask
+
+
+async def test_an_unreadable_record_is_dead_lettered_once_however_often_its_batch_comes():
+    async def handler(envelope):
+        raise RuntimeError("bad data in this message")
+
+    broker = consumer(handler, database_up=_answer(lambda: True))
+    unreadable = SimpleNamespace(topic="beacon.deliveries", partition=0, offset=6, key=b"C-1",
+                                 value=b"not json")
+    for _ in range(kafka.MAX_ATTEMPTS):  # sent back (NACK) by the next record's failures
+        try:
+            await broker.handler([unreadable, RECORD])
+        except RuntimeError:
+            pass
+    reasons = [p["headers"]["dlq_reason"] for p in broker.published]
+    assert len(reasons) == 2
+    assert reasons[0].startswith("unparseable") and reasons[1].startswith("failed")
