@@ -287,3 +287,34 @@ _CLAIM = {name: insert(_PROCESSED).on_conflict_do_nothing().returning(_PROCESSED
 async def claim_event(session: AsyncSession, consumer: str, event_id: str) -> bool:
     """claim_events for one event: False if `consumer` has applied it before."""
     return bool(await claim_events(session, consumer, [event_id]))
+
+
+# Errors that are the database's state, never a message's: it is full, locked, read-only (a
+# replica after a failover), out of connections or going away. Reads may still answer, so the
+# consumer's `SELECT 1` probe alone would count them against good messages and dead-letter them.
+_SQLITE_FAULTS = ("database is locked", "database or disk is full", "disk i/o error",
+                  "readonly database", "unable to open database file")
+_PG_FAULT_CLASSES = ("08", "53", "57")  # connection; insufficient resources; operator action
+_PG_FAULTS = {"25006", "40001", "40P01", "55P03"}  # read-only; serialisation; deadlock; lock
+
+
+def database_fault(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) is the database's fault rather than the input's."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(code, str) and (code[:2] in _PG_FAULT_CLASSES or code in _PG_FAULTS):
+            return True
+        if isinstance(e, sqlite3.OperationalError) and any(
+                fault in str(e).lower() for fault in _SQLITE_FAULTS):
+            return True
+        if isinstance(e, ConnectionError | TimeoutError):
+            return True
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return False
+

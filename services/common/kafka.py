@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from schemas.events import Envelope, Topics
 from services.common.config import Settings
+from services.common.db import database_fault
 
 log = structlog.get_logger("beacon.kafka")
 
@@ -173,7 +174,8 @@ def consume(
     applies a whole batch at once (one transaction); `handler` takes one envelope at a time.
     Either must be idempotent by event id: after a failure or a crash the batch comes again.
     A message that keeps failing is dead-lettered after MAX_ATTEMPTS, but a failure while
-    `database_up()` says the database is away is not the message's fault: it is not counted, and
+    `database_up()` says the database is away, or one that is the database's own state (full,
+    locked, read-only: `db.database_fault`), is not the message's fault: it is not counted, and
     the batch is retried until the database is back, so an outage dead-letters nothing.
     """
     if (handler is None) == (batch_handler is None):
@@ -220,7 +222,7 @@ def consume(
                 failures.pop(place, None)
                 outage = 0
             except Exception as exc:
-                if database_up is not None and not await database_up():
+                if database_up is not None and (database_fault(exc) or not await database_up()):
                     outage += 1
                     log.warning("handler_waiting_for_database", group=group, attempt=outage,
                                 case_id=envelope.subject, error=type(exc).__name__)

@@ -125,3 +125,84 @@ async def test_an_unreadable_record_is_dead_lettered_once_however_often_its_batc
     reasons = [p["headers"]["dlq_reason"] for p in broker.published]
     assert len(reasons) == 2
     assert reasons[0].startswith("unparseable") and reasons[1].startswith("failed")
+
+
+def _sqlite_error(tmp_path, statement: str, **connect) -> BaseException:
+    """The error a real SQLite gives for `statement`, as SQLAlchemy raises it."""
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+
+    path = tmp_path / "fault.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    engine = create_engine(f"sqlite:///file:{path}?{connect.get('query', 'mode=rw')}&uri=true",
+                           connect_args={"timeout": 0})
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(statement))
+    except Exception as exc:  # noqa: BLE001 - the error is what the test wants
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{statement} did not fail")
+
+
+def test_database_faults_are_told_from_a_messages_own(tmp_path):
+    import sqlite3
+
+    from services.common.db import database_fault
+
+    read_only = _sqlite_error(tmp_path, "INSERT INTO t VALUES (1)", query="mode=ro")
+    assert "readonly" in str(read_only) and database_fault(read_only)
+    holder = sqlite3.connect(tmp_path / "fault.db")
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        locked = _sqlite_error(tmp_path, "INSERT INTO t VALUES (1)")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "locked" in str(locked) and database_fault(locked)
+    bug = _sqlite_error(tmp_path, "INSERT INTO no_such_table VALUES (1)")
+    assert not database_fault(bug)  # a fault of the code or the message: counted
+
+    class PgError(Exception):  # asyncpg's errors carry the SQLSTATE
+        def __init__(self, sqlstate):
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    def wrapped(sqlstate):
+        try:
+            raise RuntimeError("wrapped") from PgError(sqlstate)
+        except RuntimeError as exc:
+            return exc
+
+    assert database_fault(wrapped("25006"))  # read-only transaction: a replica after failover
+    assert database_fault(wrapped("53100"))  # disk full
+    assert database_fault(wrapped("08006"))  # connection failure
+    assert not database_fault(wrapped("23505"))  # a unique violation: the data's
+    assert not database_fault(wrapped("22001"))  # a value too long: the message's
+
+
+async def test_a_database_fault_while_reads_still_answer_dead_letters_nothing(tmp_path):
+    fault, applied = [_sqlite_error(tmp_path, "INSERT INTO t VALUES (1)", query="mode=ro")], []
+
+    async def handler(envelope):
+        if fault[0] is not None:
+            raise fault[0]
+        applied.append(envelope.id)
+
+    broker = consumer(handler, database_up=_answer(lambda: True))  # SELECT 1 still answers
+    await redeliver_raising(broker, 3 * kafka.MAX_ATTEMPTS)
+    assert broker.published == []
+    fault[0] = None
+    await redeliver_raising(broker, 1)
+    assert len(applied) == 1 and broker.published == []
+
+
+async def redeliver_raising(broker: FakeBroker, times: int) -> None:
+    for _ in range(times):
+        try:
+            await broker.handler([RECORD])
+        except Exception:  # noqa: BLE001, S110 - a NACK: Kafka would hand the batch in again
+            pass
