@@ -37,7 +37,10 @@ WORKING = [
     # (start, days, due) - same local time on the Nth next working day
     (vn(2026, 11, 25, 9, 30), 1, vn(2026, 11, 26, 9, 30)),  # Wed -> Thu
     (vn(2026, 11, 27, 16, 30), 1, vn(2026, 11, 30, 16, 30)),  # Fri -> Mon
-    (vn(2026, 11, 28, 10, 0), 1, vn(2026, 11, 30, 10, 0)),  # Sat -> Mon
+    # From a day off the count starts at the next working day: all of Monday, due Tuesday 00:00
+    (vn(2026, 11, 28, 10, 0), 1, vn(2026, 12, 1, 0, 0)),  # Sat -> the end of Mon
+    (vn(2026, 11, 29, 1, 0), 1, vn(2026, 12, 1, 0, 0)),  # Sun 01:00 -> the end of Mon
+    (vn(2026, 2, 17, 10, 0), 1, vn(2026, 2, 24, 0, 0)),  # Tết day -> the end of Mon 23 Feb
     (vn(2026, 11, 25, 9, 30), 3, vn(2026, 11, 30, 9, 30)),  # Wed -> Mon
     (vn(2026, 11, 23, 8, 0), 1, vn(2026, 11, 25, 8, 0)),  # Mon -> Wed: 24 Nov is Vietnam Cultural Day
     (vn(2026, 2, 13, 15, 0), 1, vn(2026, 2, 23, 15, 0)),  # Fri before Tết -> Mon after it
@@ -54,10 +57,24 @@ def test_working_days(start, days, due):
 
 
 def test_working_days_count_in_local_time_whatever_the_input_zone():
-    start = datetime(2026, 11, 27, 23, 0, tzinfo=UTC)  # Saturday 06:00 in Hà Nội
+    start = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)  # Friday 06:00 in Hà Nội
     due = deadline(start, "P1D", working_days=True)
     assert due == vn(2026, 11, 30, 6, 0)
     assert due.tzinfo == UTC
+    saturday = datetime(2026, 11, 27, 23, 0, tzinfo=UTC)  # Saturday 06:00 in Hà Nội
+    assert deadline(saturday, "P1D", working_days=True) == vn(2026, 12, 1, 0, 0)
+
+
+@given(st.integers(0, 2 * 365 * 24 * 60), st.integers(1, 5))
+@settings(max_examples=300, deadline=None)
+def test_n_working_days_always_hold_n_days_of_working_time(minutes, days):
+    # Whatever the start (a night, a weekend, Tết), the authority gets N whole working days.
+    from services.escalation.engine.calendar import _working_spans
+
+    start = vn(2026, 1, 1) + timedelta(minutes=minutes)
+    due = deadline(start, f"P{days}D", working_days=True)
+    spans = _working_spans(start.replace(tzinfo=None), due.replace(tzinfo=None), "VN")
+    assert sum((end - begin for begin, end in spans), timedelta()) == timedelta(days=days)
 
 
 def test_working_days_must_be_whole_days():

@@ -2,11 +2,12 @@
 
 A working-day deadline ends at the same local time on the Nth next working day: a P3 report
 received on Friday 16:00 with one working day to acknowledge is due Monday 16:00 (a holiday on
-Monday moves it to Tuesday). Weekends and public holidays come from the `holidays` package,
+Monday moves it to Tuesday). One received on a weekend or a holiday counts from the next working
+day's start: Sunday 01:00 plus one working day is Tuesday 00:00, the whole of Monday. Weekends and public holidays come from the `holidays` package,
 including its substituted working Saturdays.
 """
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
@@ -53,8 +54,14 @@ def _nth_working_day_after(day: date, days: int, country: str) -> date:
 
 def add_working_days(start: datetime, days: int, timezone: str = DEFAULT_TIMEZONE,
                      country: str = DEFAULT_COUNTRY) -> datetime:
+    """The same local time on the Nth next working day. From a weekend or a holiday the count
+    starts at the next working day's midnight, as for a paper received on a day off: one working
+    day from Sunday night is the whole of Monday (due Tuesday 00:00), not Monday until 01:00."""
     _require_aware(start)
     local = start.astimezone(_zone(timezone))
+    if not _is_working_day(local.date(), country):
+        first = _nth_working_day_after(local.date(), 1, country)
+        local = datetime.combine(first, time(0), tzinfo=local.tzinfo)
     day = _nth_working_day_after(local.date(), days, country)
     return datetime.combine(day, local.timetz()).astimezone(start.tzinfo)
 
