@@ -401,18 +401,21 @@ class Escalation:
         log.warning("milestone_missed", milestone=timer.milestone, authority_id=row.authority_id)
         m.missed_at = now
         authority = self.rt.directory.get(row.authority_id)
-        for supervisor in authority.supervisors:
-            self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
-                        milestone=m)
-        if authority.parent:
-            parent = await session.get(EscalationTarget, (case.case_id, authority.parent))
+        steps = self.rt.pack.escalation.on_breach
+        if "supervisors" in steps:
+            for supervisor in authority.supervisors:
+                self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
+                            milestone=m)
+        up = authority.parent if "next_tier" in steps else None
+        if up:
+            parent = await session.get(EscalationTarget, (case.case_id, up))
             if parent is not None and parent.role == "act" and parent.released_at is None:
                 self._alert(session, case, parent, "escalated", suffix=suffix, milestone=m)
             else:
-                await self._escalate(session, case, row, authority.parent, now, suffix)
+                await self._escalate(session, case, row, up, now, suffix)
         self._emit(session, MilestoneMissed(case_id=case.case_id, milestone=timer.milestone,
                                             authority_id=row.authority_id, due_at=timer.due_at,
-                                            to_authority_id=authority.parent))
+                                            to_authority_id=up))
 
     # --- a new rule pack ------------------------------------------------------------------
 
@@ -575,9 +578,11 @@ class Escalation:
         self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
                                             step="breach", fraction=1.0))
         authority = self.rt.directory.get(row.authority_id)
-        for supervisor in authority.supervisors:
-            self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix)
-        if authority.parent:
+        steps = self.rt.pack.escalation.on_breach
+        if "supervisors" in steps:
+            for supervisor in authority.supervisors:
+                self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix)
+        if "next_tier" in steps and authority.parent:
             await self._escalate(session, case, row, authority.parent, now, suffix)
 
     async def _escalate(self, session, case: EscalationCase, row: EscalationTarget,

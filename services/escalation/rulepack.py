@@ -152,6 +152,10 @@ def _duplicates(items: list) -> list[int]:
     return dup
 
 
+def _deadline(d) -> str:
+    return d.within or f"{d.working_days} working day(s)"
+
+
 def check_references(pack: RulePack) -> list[tuple[Path_, str]]:
     """Semantic problems the model alone cannot see, as (field path, message)."""
     out: list[tuple[Path_, str]] = []
@@ -212,6 +216,24 @@ def check_references(pack: RulePack) -> list[tuple[Path_, str]]:
         for j, code in enumerate(cond.category_in):
             if code not in pack.categories:
                 out.append((path + ("category_in", j), f"unknown category {code!r}"))
+
+    # The severity table's deadlines restate DOMAIN's taxonomy; the matrix and the milestones
+    # are what route and time a case. An edit to one that the other does not share is refused,
+    # not silently ignored.
+    for code, level in pack.severities.items():
+        acks = [spec.ack for _, spec in pack.cell_targets(code, "PA0")
+                if spec.role == "act" and spec.ack is not None]
+        if level.acknowledge is not None and level.acknowledge not in acks:
+            out.append((("severities", code, "acknowledge"),
+                        f"{_deadline(level.acknowledge)} is not an act deadline of the matrix's "
+                        f"{code}/PA0 cell ({', '.join(dict.fromkeys(map(_deadline, acks))) or 'none'}): "
+                        "acknowledgement deadlines come from the matrix; change them there"))
+        steps = [m.within for m in pack.milestones_for(code)]
+        if level.act is not None and level.act not in steps:
+            out.append((("severities", code, "act"),
+                        f"{_deadline(level.act)} is not the deadline of a {code} milestone "
+                        f"({', '.join(dict.fromkeys(map(_deadline, steps))) or 'none'}): "
+                        "deadlines to act come from the milestones; change them there"))
 
     if pack.escalation.supervisor_agency not in agencies:
         out.append((("escalation", "supervisor_agency"),

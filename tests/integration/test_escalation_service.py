@@ -6,6 +6,7 @@ Inputs go straight to Escalation.handle; what it emits is read back from the out
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import pytest
 import pytest_asyncio
 import structlog
 from sqlalchemy import select, update
@@ -217,6 +218,22 @@ async def test_a_breach_holds_a_parent_already_acting_to_the_same_window(esc):
     assert province.ack_due == now + 15 * M
     pending = [t for t in await _rows(esc, Timer, authority_id=PROVINCE_CP) if t.fired_at is None]
     assert sorted(t.due_at for t in pending if t.kind == "breach") == [now + 15 * M]
+
+
+@pytest.mark.parametrize("on_breach", [["supervisors"], ["next_tier"], []])
+async def test_a_breach_takes_the_steps_the_pack_names(esc, on_breach):
+    pack = esc.rt.pack
+    esc.rt.pack = pack.model_copy(update={"escalation": pack.escalation.model_copy(
+        update={"on_breach": on_breach})})
+    await _report(esc, indicators=["immediate_danger"])  # P1: the commune acts within 15 min
+    before = len(await _emitted(esc))
+    await esc.fire_due(T0 + 16 * M)
+    new = (await _emitted(esc))[before:]
+    told = {e["authority_id"] for e in new if e.get("kind") == "supervisor"}
+    raised = {e["to_authority_id"] for e in new if e.get("step") == "escalated"}
+    assert bool(told) == ("supervisors" in on_breach)
+    assert (PROVINCE_CP in raised) == ("next_tier" in on_breach)
+    assert any(e.get("step") == "breach" for e in new)  # on the timeline either way
 
 
 async def test_an_act_alert_unreached_after_its_tries_escalates_once(esc):

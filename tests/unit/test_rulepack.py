@@ -92,6 +92,19 @@ def test_unknown_indicator_and_category_in_conditions():
     assert found["additions[1].when[0].category_in[0]"][0] == f"pack.yaml:{line_of(text, 'ONLINE_ABUZE')}"
 
 
+def test_a_severity_deadline_the_matrix_or_milestones_do_not_share_is_refused():
+    # Not silently ignored: the matrix routes acknowledgements, the milestones time the acts.
+    text = broken("acknowledge: PT15M", "acknowledge: PT20M")
+    text = text.replace("act: PT12H ", "act: PT13H ", 1)
+    found = {msg.split(": ")[0]: (place, msg) for place, msg in problems(text)}
+    place, msg = found["severities.P1.acknowledge"]
+    assert place == f"pack.yaml:{line_of(text, 'acknowledge: PT20M')}"
+    assert "PT20M is not an act deadline of the matrix's P1/PA0 cell (PT15M)" in msg
+    place, msg = found["severities.P1.act"]
+    assert place == f"pack.yaml:{line_of(text, 'act: PT13H')}"
+    assert "PT13H is not the deadline of a P1 milestone" in msg and "PT12H" in msg
+
+
 def test_bad_duration():
     text = broken("ack: PT15M}", "ack: PT15X}")
     [(place, msg)] = problems(text)

@@ -3,8 +3,8 @@
 A working-day deadline ends at the same local time on the Nth next working day: a P3 report
 received on Friday 16:00 with one working day to acknowledge is due Monday 16:00 (a holiday on
 Monday moves it to Tuesday). One received on a weekend or a holiday counts from the next working
-day's start: Sunday 01:00 plus one working day is Tuesday 00:00, the whole of Monday. Weekends and public holidays come from the `holidays` package,
-including its substituted working Saturdays.
+day's start: Sunday 01:00 plus one working day is Tuesday 00:00, the whole of Monday. Weekends
+and public holidays come from the `holidays` package, including its substituted working Saturdays.
 """
 
 from datetime import date, datetime, time, timedelta
