@@ -32,9 +32,11 @@ def test_deadlines_per_severity(pack):
     assert "emergency_measure" not in p3
 
 
-def test_crime_adds_police_verification():
+@pytest.mark.parametrize(("category", "indicators"), [
+    ("SEX_ABUSE", ()), ("TRAFFICKING", ()), ("PHYS_VIOLENCE", ("crime",))])
+def test_a_crime_adds_police_verification(category, indicators):
     p = load_pack("default")
-    due = milestone_deadlines(facts("SEX_ABUSE"), "P1", p)
+    due = milestone_deadlines(facts(category, indicators), "P1", p)
     assert due["police_verification"] == FIRST + timedelta(days=20)
     assert "police_verification" not in milestone_deadlines(facts(), "P2", p)
 
