@@ -28,8 +28,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from bench.common import (
-    SETTINGS, Observer, Row, Workspace, create_topic, kafka_bootstrap, note, open_loop,
-    percentile_rows, producer, report_space,
+    SETTINGS, Observer, Row, Workspace, create_topic, instances, kafka_bootstrap, note,
+    open_loop, percentile_rows, producer, report_space,
 )
 
 N_BACKLOG = 1000
@@ -83,9 +83,11 @@ async def run(quick: bool = False) -> list[Row]:
     try:
         settings = ws.settings()
         await ws.migrate(settings)
-        await ws.beacon("escalation", settings)
+        for i in range(instances()):
+            await ws.beacon("escalation", settings, label=f"escalation-{i}" if i else None)
         inputs = ws.topic(Topics.INPUTS)
-        note(f"escalation: beacon run escalation, topics {ws.prefix}*, database {ws.dir}")
+        note(f"escalation: beacon run escalation x{instances()}, topics {ws.prefix}*, "
+             f"database {settings.database_url}")
         observer = Observer(ws.topic(Topics.CASES), "beacon.case.decided")
         await observer.start()
         await prod.start()

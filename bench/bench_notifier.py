@@ -33,8 +33,8 @@ import aiohttp
 import httpx
 
 from bench.common import (
-    PY, Observer, Row, Workspace, closed_loop, free_port, note, open_loop, percentile_rows,
-    producer,
+    PY, Observer, Row, Workspace, closed_loop, free_port, instances, note, open_loop,
+    percentile_rows, producer,
 )
 
 N_BACKLOG = 2000
@@ -127,14 +127,15 @@ async def run(quick: bool = False) -> list[Row]:
         receiver = Receiver(ws.dir / "inbox" / "webhook.jsonl")
         settings = ws.settings(demo_webhook_base=hook, sms_gateway_url=hook + "/sms")
         await ws.migrate(settings)
-        await ws.beacon("notifier", settings)
+        for i in range(instances()):
+            await ws.beacon("notifier", settings, label=f"notifier-{i}" if i else None)
         alerts = ws.topic(Topics.ALERTS)
         # Receipts are keyed by case id, and each alert here has a case of its own.
         receipts = Observer(ws.topic(Topics.DELIVERIES), "beacon.delivery.outcome",
                             accept=lambda value: b'"status":"delivered"' in value)
         await receipts.start()
-        note(f"notifier: beacon run notifier, receiver bench/receiver.py at {hook}, "
-             f"topics {ws.prefix}*, database {ws.dir}")
+        note(f"notifier: beacon run notifier x{instances()}, receiver bench/receiver.py at "
+             f"{hook}, topics {ws.prefix}*, database {settings.database_url}")
         await prod.start()
 
         warm = make_alerts(WARMUP, hook, "warm")

@@ -127,6 +127,11 @@ class Workspace:
 
     @property
     def database_url(self) -> str:
+        # BENCH_DATABASE_URL names a PostgreSQL server (`tools/postgres.sh url`): each run then
+        # gets its own database there, named by its tag, dropped at the end.
+        server = os.environ.get("BENCH_DATABASE_URL")
+        if server:
+            return f"{server.rsplit('/', 1)[0]}/{self.tag}"
         return f"sqlite+aiosqlite:///{self.dir / 'beacon.db'}"
 
     def topic(self, name: str) -> str:
@@ -160,15 +165,19 @@ class Workspace:
     async def migrate(self, settings) -> None:
         from services.common.migrate import upgrade
 
+        if os.environ.get("BENCH_DATABASE_URL"):
+            await _postgres(self.database_url, f'CREATE DATABASE "{self.tag}"')
         await asyncio.to_thread(upgrade, settings.database_url)  # Alembic runs its own loop
 
-    async def beacon(self, service: str, settings) -> str:
-        """Start `beacon run <service>` (database migrated), wait for /readyz, return its URL."""
+    async def beacon(self, service: str, settings, label: str | None = None) -> str:
+        """Start `beacon run <service>` (database migrated), wait for /readyz, return its URL.
+        `label` names its log when one service runs as several instances."""
         import httpx
 
         port = free_port()
-        proc = await self.spawn(service, [PY, "-m", "services.cli", "run", service,
-                                          "--port", str(port)], self.env(settings))
+        label = label or service
+        proc = await self.spawn(label, [PY, "-m", "services.cli", "run", service,
+                                        "--port", str(port)], self.env(settings))
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
@@ -176,7 +185,7 @@ class Workspace:
                 if proc.returncode is not None:
                     raise RuntimeError(
                         f"beacon run {service} exited ({proc.returncode}); "
-                        f"see {self.dir / (service + '.log')}:\n{self.tail(service)}")
+                        f"see {self.dir / (label + '.log')}:\n{self.tail(label)}")
                 try:
                     if (await client.get("/readyz")).status_code == 200:
                         return base
@@ -184,7 +193,7 @@ class Workspace:
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"beacon run {service} not ready in 60 s:\n{self.tail(service)}")
+                        f"beacon run {service} not ready in 60 s:\n{self.tail(label)}")
                 await asyncio.sleep(0.1)
 
     def tail(self, label: str, lines: int = 20) -> str:
@@ -208,8 +217,33 @@ class Workspace:
                     await proc.wait()
         self.procs.clear()
         await delete_topics(self.prefix)
+        if os.environ.get("BENCH_DATABASE_URL"):
+            await _postgres(self.database_url, f'DROP DATABASE IF EXISTS "{self.tag}"')
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def instances() -> int:
+    """BENCH_INSTANCES: how many processes run the service under test (escalation, notifier).
+    More than one share the database, so they need PostgreSQL (BENCH_DATABASE_URL)."""
+    n = int(os.environ.get("BENCH_INSTANCES", "1"))
+    if n > 1 and not os.environ.get("BENCH_DATABASE_URL"):
+        raise SystemExit("BENCH_INSTANCES > 1 needs BENCH_DATABASE_URL (a PostgreSQL server)")
+    return n
+
+
+async def _postgres(database_url: str, statement: str) -> None:
+    """Run one statement on the server's maintenance database (CREATE/DROP DATABASE)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    conn = await asyncpg.connect(user=url.username, password=url.password, host=url.host,
+                                 port=url.port, database="postgres")
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 async def delete_topics(prefix: str) -> None:
