@@ -114,6 +114,30 @@ async def sqlite_db(tmp_path):
     await db.dispose()
 
 
+class _NoRelay:
+    """The outbox relay's place: in-process tests read what was emitted from the outbox."""
+
+    def poke(self) -> None:
+        pass
+
+
+@pytest_asyncio.fixture
+async def esc(sqlite_db):
+    """The escalation service on a database of its own (no broker), the default pack in force:
+    inputs go straight to Escalation.handle; what it emits stays in the outbox to be read."""
+    from types import SimpleNamespace
+
+    from services.common.config import Settings
+    from services.escalation.directory import build_directory
+    from services.escalation.handlers import Escalation
+    from services.escalation.rulepack import load_pack
+
+    pack = load_pack("default")
+    return Escalation(SimpleNamespace(settings=Settings(), db=sqlite_db, pack=pack,
+                                      directory=build_directory(pack),
+                                      relays={"escalation": _NoRelay()}))
+
+
 @pytest.fixture
 def inbox(tmp_path):
     from tools.inbox import Inbox

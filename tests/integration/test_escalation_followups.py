@@ -1,63 +1,25 @@
-"""Escalation's handlers in process on a real SQLite file (no Kafka): transfers and their
-acknowledgements, linked reports, follow-ups and re-evaluation across rule packs. Time is given
-to each input, so nothing here sleeps."""
+"""Escalation's handlers in process on a real SQLite file (no Kafka, but for the restart test):
+transfers and their acknowledgements, linked reports, follow-ups and re-evaluation across rule
+packs. Time is given to each input, so nothing here sleeps."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
-
-import pytest_asyncio
-from sqlalchemy import select
 
 from schemas.events import (
     CaseUpdated, Envelope, ReportReceived, RulePackPublished, TargetAcknowledged, Topics,
     TransferRequested,
 )
 from schemas.reports import Location
-from services.common.config import Settings
-from services.common.outbox import OutboxRow
-from services.escalation.directory import build_directory
-from services.escalation.handlers import Escalation
-from services.escalation.rulepack import SHIPPED, load_pack, parse_pack
+from services.escalation.rulepack import SHIPPED, parse_pack
 from services.escalation.store import EscalationCase, EscalationTarget
+from tests.integration.test_escalation_service import (
+    CP, T0, M, _case as case, _emitted as emitted, _report as report, _rows, _use, _wrap as wrap,
+)
 
-T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # a Wednesday, 09:00 in Viet Nam
-M = timedelta(minutes=1)
-CP, CP8, CP25 = (f"commune:{c}:child_protection" for c in (4, 8, 25))
+CP8, CP25 = "commune:8:child_protection", "commune:25:child_protection"
 # The default pack under a later version: a publication of it re-decides open cases.
 NEXT_DEFAULT = Path(SHIPPED["default"]).read_text("utf-8").replace(
     "version: default-2026.1", "version: default-2026.2")
-
-
-class _Relay:
-    def poke(self) -> None:
-        pass
-
-
-@pytest_asyncio.fixture
-async def esc(sqlite_db):
-    pack = load_pack("default")
-    return Escalation(SimpleNamespace(settings=Settings(), db=sqlite_db, pack=pack,
-                                      directory=build_directory(pack),
-                                      relays={"escalation": _Relay()}))
-
-
-def use_pack(esc: Escalation, pack) -> None:
-    esc.rt.pack, esc.rt.directory = pack, build_directory(pack)
-
-
-def wrap(data, at: datetime) -> Envelope:
-    envelope = Envelope.wrap(data, "beacon/intake")
-    envelope.time = at
-    return envelope
-
-
-async def report(esc, case_id="C-1", at=T0, **fields) -> None:
-    body = dict(case_id=case_id, report_id=f"R-{case_id}-{at.timestamp()}", new_case=True,
-                received_at=at, channel="phone", category="PHYS_VIOLENCE",
-                location=Location(province_code=1, commune_code=4), setting="home",
-                child_ages=[10], indicators=[], publicity="PA0")
-    await esc.handle([wrap(ReportReceived(**{**body, **fields}), at)])
 
 
 async def ack(esc, authority: str, at: datetime) -> None:
@@ -71,26 +33,16 @@ async def transfer(esc, frm: str, to: str, at: datetime) -> None:
                                              by_user="u", at=at), at)])
 
 
-async def emitted(esc) -> list[Envelope]:
-    async with esc.rt.db.reads() as s:
-        rows = (await s.scalars(select(OutboxRow).order_by(OutboxRow.id))).all()
-    return [Envelope.model_validate_json(r.payload) for r in rows]
+ALERT = "beacon.alert.requested"
 
 
 async def alerts_after(esc, before: int) -> list[tuple[str, str]]:
-    return [(e.data["kind"], e.data["authority_id"]) for e in (await emitted(esc))[before:]
-            if e.type == "beacon.alert.requested"]
+    """(kind, authority) of the alerts emitted after the first `before`."""
+    return [(e["kind"], e["authority_id"]) for e in (await emitted(esc, ALERT))[before:]]
 
 
 async def targets(esc, case_id="C-1") -> dict[str, EscalationTarget]:
-    async with esc.rt.db.reads() as s:
-        return {t.authority_id: t for t in (await s.scalars(
-            select(EscalationTarget).where(EscalationTarget.case_id == case_id))).all()}
-
-
-async def case(esc, case_id="C-1") -> EscalationCase:
-    async with esc.rt.db.reads() as s:
-        return await s.get(EscalationCase, case_id)
+    return {t.authority_id: t for t in await _rows(esc, EscalationTarget, case_id)}
 
 
 async def test_a_case_handed_back_is_held_to_its_clock_again(esc):
@@ -100,7 +52,7 @@ async def test_a_case_handed_back_is_held_to_its_clock_again(esc):
     await transfer(esc, CP8, CP, T0 + 7 * M)  # and CP8 hands it back
     row = (await targets(esc))[CP]
     assert row.released_at is None and row.role == "act" and row.acked_at is None
-    before = len(await emitted(esc))
+    before = len(await emitted(esc, ALERT))
     await esc.fire_due(T0 + 3 * 60 * M)
     assert ("reminder", CP) in await alerts_after(esc, before)  # its clock runs
 
@@ -112,9 +64,9 @@ async def test_an_acknowledgement_at_the_end_of_a_chain_of_transfers_releases_it
     await ack(esc, CP25, T0 + 7 * M)
     rows = await targets(esc)
     assert rows[CP].released_at is not None and rows[CP8].released_at is not None
-    [recorded] = [e.data for e in await emitted(esc) if e.type == "beacon.ack.recorded"]
+    [recorded] = await emitted(esc, "beacon.ack.recorded")
     assert recorded["case_acknowledged"] is True
-    before = len(await emitted(esc))
+    before = len(await emitted(esc, ALERT))
     await esc.fire_due(T0 + 3 * 60 * M)
     assert not [a for a in await alerts_after(esc, before) if a[1] in (CP, CP8)]
 
@@ -144,11 +96,11 @@ def pack_with(base, version: str, **category_defaults):
 
 
 async def test_a_follow_up_on_a_case_routed_under_an_earlier_pack_is_decided(esc):
-    use_pack(esc, load_pack("vn2020"))
+    _use(esc, "vn2020")
     await report(esc, category="BULLYING", publicity="PA1")
     district = [a for a in await targets(esc) if a.startswith("district:")]
     assert district
-    use_pack(esc, load_pack("default"))  # district tier abolished: not in the directory
+    _use(esc, "default")  # district tier abolished: not in the directory
     await esc.handle([wrap(CaseUpdated(case_id="C-1", update_id="U1", by_role="operator",
                                        indicators=["immediate_danger"]), T0 + 5 * M)])
     assert (await case(esc)).severity == "P1"
@@ -157,7 +109,7 @@ async def test_a_follow_up_on_a_case_routed_under_an_earlier_pack_is_decided(esc
 async def test_one_case_that_cannot_be_re_decided_holds_back_no_other(esc, monkeypatch):
     await report(esc, "C-A", category="BULLYING")
     await report(esc, "C-B", at=T0 + M, category="BULLYING")
-    use_pack(esc, pack_with(esc.rt.pack, "bullying-p2", BULLYING="P2"))
+    esc.rt.pack = pack_with(esc.rt.pack, "bullying-p2", BULLYING="P2")
     decide = esc._decide
 
     async def fails_for_a(session, c, *args, **kw):
@@ -176,7 +128,7 @@ async def test_one_case_that_cannot_be_re_decided_holds_back_no_other(esc, monke
 
 async def test_cases_decided_under_the_pack_in_force_are_not_re_decided(esc):
     await report(esc, "C-A")
-    use_pack(esc, pack_with(esc.rt.pack, "next"))
+    esc.rt.pack = pack_with(esc.rt.pack, "next")
     await report(esc, "C-B", at=T0 + M)  # opened under the new pack
     assert await esc.reevaluate_open("pub-1") == 1  # C-A only
     assert (await case(esc, "C-B")).decisions == 1

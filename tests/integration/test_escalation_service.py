@@ -4,16 +4,13 @@ Inputs go straight to Escalation.handle; what it emits is read back from the out
 """
 
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 
 import pytest
-import pytest_asyncio
 import structlog
 from sqlalchemy import select, update
 
 from schemas.events import CaseUpdated, DeliveryOutcome, Envelope, ReportReceived
 from schemas.reports import Location
-from services.common.config import Settings
 from services.common.outbox import OutboxRow
 from services.escalation.directory import build_directory
 from services.escalation import handlers
@@ -33,23 +30,10 @@ CP, POLICE = "commune:4:child_protection", "commune:4:police"
 PROVINCE_CP = "province:1:child_protection"
 
 
-class _Relay:
-    def poke(self) -> None:
-        pass
-
-
 def _use(esc: Escalation, pack_name: str) -> None:
     """Put a shipped pack in force, as the pack watcher does."""
     esc.rt.pack = load_pack(pack_name)
     esc.rt.directory = build_directory(esc.rt.pack)
-
-
-@pytest_asyncio.fixture
-async def esc(sqlite_db):
-    pack = load_pack("default")
-    return Escalation(SimpleNamespace(settings=Settings(), db=sqlite_db, pack=pack,
-                                      directory=build_directory(pack),
-                                      relays={"escalation": _Relay()}))
 
 
 def _wrap(data, at: datetime) -> Envelope:

@@ -138,23 +138,13 @@ def test_one_entry_per_authority_and_all_resolve(name, facts):
 
 
 @FAST
-@given(packs, cases(), st.sampled_from(SETTINGS_))
-def test_a_linked_reports_setting_never_removes_a_target_or_lowers_severity(name, facts, setting):
+@given(packs, cases(), st.sampled_from(["other_settings", "other_categories"]), st.data())
+def test_a_linked_reports_setting_or_category_never_removes_a_target_or_lowers_severity(
+        name, facts, field, data):
+    codes = SETTINGS_ if field == "other_settings" else sorted(PACKS[name].category_codes)
+    code = data.draw(st.sampled_from(codes))
     before = _decide(name, facts)
-    after = _decide(name, facts.model_copy(
-        update={"other_settings": (*facts.other_settings, setting)}))
-    assert {t.authority_id for t in before.targets} <= {t.authority_id for t in after.targets}
-    assert RANK[after.severity] <= RANK[before.severity]
-    assert LEVEL[after.publicity] >= LEVEL[before.publicity]
-
-
-@FAST
-@given(packs, cases(), st.data())
-def test_a_linked_reports_category_never_removes_a_target_or_lowers_severity(name, facts, data):
-    category = data.draw(st.sampled_from(sorted(PACKS[name].category_codes)))
-    before = _decide(name, facts)
-    after = _decide(name, facts.model_copy(
-        update={"other_categories": (*facts.other_categories, category)}))
+    after = _decide(name, facts.model_copy(update={field: (*getattr(facts, field), code)}))
     assert {t.authority_id for t in before.targets} <= {t.authority_id for t in after.targets}
     assert RANK[after.severity] <= RANK[before.severity]
     assert LEVEL[after.publicity] >= LEVEL[before.publicity]
