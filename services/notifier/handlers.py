@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import get_args
 
 import structlog
@@ -319,13 +320,11 @@ class Notifier:
         raw = row.alert if isinstance(row.alert, dict) else {}
         reason = f"unreadable: {type(exc).__name__}"
         log.error("dead_lettered", reason=reason, alert_id=row.alert_id, case_id=row.case_id)
-        outbox.add(session, SERVICE, self.rt.settings.topic(Topics.DELIVERIES),
-                   Envelope.wrap(DeliveryOutcome(
-                       alert_id=row.alert_id, case_id=row.case_id, authority_id=row.authority_id,
-                       role="inform" if raw.get("role") == "inform" else "act",
-                       kind=raw["kind"] if raw.get("kind") in get_args(AlertKind) else "alert",
-                       status="dead_lettered", channel="none", attempt=row.attempts_total,
-                       error=reason), SOURCE))
+        about = SimpleNamespace(  # what a receipt needs of an alert, from the row's columns
+            alert_id=row.alert_id, case_id=row.case_id, authority_id=row.authority_id,
+            role="inform" if raw.get("role") == "inform" else "act",
+            kind=raw["kind"] if raw.get("kind") in get_args(AlertKind) else "alert")
+        self._receipt(session, about, "dead_lettered", "none", row.attempts_total, reason)
         return {"id": row.alert_id, "at": now, "total": row.attempts_total,
                 "attempt": row.attempt, "error": reason, "status": "dead",
                 "contact": row.contact_index, "next": row.next_at}

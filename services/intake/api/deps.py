@@ -53,12 +53,13 @@ async def deny(request: Request, who: Principal, record_id: str, why: str) -> No
 
 
 async def fail(request: Request, who: Principal, action: str, record_id: str, outcome: str,
-               error: Exception) -> NoReturn:
+               error: Exception, fields: list[str] | None = None) -> NoReturn:
     """Raise `error` for an attempt the caller was let make (no such case: "not_found"; an input
     refused as it stands: "rejected"), recorded first: the trail holds every attempt, not only
     those that succeed. Its own transaction, committed before the request fails."""
     async with request.app.state.runtime.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, action, record_id[:64], outcome=outcome)
+        audit.record(session, who.user_id, who.role, action, record_id[:64], fields,
+                     outcome=outcome)
     raise error
 
 

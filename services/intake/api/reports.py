@@ -9,7 +9,6 @@ from sqlalchemy import bindparam, select
 
 from schemas.events import CaseUpdated, Envelope, ReportReceived
 from schemas.reports import CaseUpdate, Report
-from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import correlation, submission
@@ -106,19 +105,15 @@ async def _linked_case(request: Request, rt, who: Principal, case_id: str) -> st
     async with rt.db.reader() as reads:
         case = (await reads.execute(_CASE, {"case": case_id})).one_or_none()
     if case is not None and who.covers(case.province_code, case.commune_code):
-        if case.status == "closed":
-            await fail(request, who, "write", case.case_id, "rejected", RequestValidationError([{
-                "loc": ["body", "link_case_id"], "type": "value_error",
-                "msg": "the case is closed: send the report without link_case_id to open a new "
-                       "case"}]))
-        return case.case_id
-    # The same answer either way; the trail tells the two apart.
-    action, outcome = ("denied", "denied") if case is not None else ("write", "not_found")
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, action, case_id[:64], ["link_case_id"],
-                     outcome=outcome)
-    raise RequestValidationError([{"loc": ["body", "link_case_id"], "msg": "no such case",
-                                   "type": "value_error"}])
+        if case.status != "closed":
+            return case.case_id
+        action, outcome, why = ("write", "rejected", "the case is closed: send the report "
+                                "without link_case_id to open a new case")
+    else:  # the same answer either way; the trail tells the two apart
+        action, outcome = ("denied", "denied") if case is not None else ("write", "not_found")
+        why = "no such case"
+    await fail(request, who, action, case_id, outcome, RequestValidationError(
+        [{"loc": ["body", "link_case_id"], "msg": why, "type": "value_error"}]), ["link_case_id"])
 
 
 _CASE = select(CaseView.case_id, CaseView.province_code, CaseView.commune_code,
