@@ -152,9 +152,12 @@ async def _withdraw(rt, who: Principal, envelope: Envelope, idem: Idempotency | 
     stored (a follow-up without a key, say) is withdrawn too: if its event lands all the same,
     its adoption is the record of who wrote it."""
     async with rt.db.writes() as session, session.begin():
-        add_bulk(session, WithdrawnInput, event_id=envelope.id, case_id=envelope.subject,
-                 user_id=who.user_id, role=who.role, key=idem.key if idem else None,
-                 withdrawn_at=utcnow())
+        if earlier := await session.get(WithdrawnInput, envelope.id):
+            earlier.withdrawn_at = utcnow()  # a keyed retry refused again: still withdrawn
+        else:
+            add_bulk(session, WithdrawnInput, event_id=envelope.id, case_id=envelope.subject,
+                     user_id=who.user_id, role=who.role, key=idem.key if idem else None,
+                     withdrawn_at=utcnow())
         # The attempt is on record whatever becomes of it (adopted later, or purged).
         audit.record(session, who.user_id, who.role, "write", envelope.subject,
                      sorted(envelope.data), outcome="withdrawn")

@@ -449,3 +449,31 @@ async def test_a_422_names_the_field_and_never_echoes_identity(stack):
     errors = {tuple(e["loc"]): e["msg"] for e in answer.json()["detail"]}
     assert set(errors) == {("body", "children", 0, "name"), ("body", "reporter", "phone")}
     assert all("at most" in msg for msg in errors.values())
+
+
+async def test_keyed_retries_during_an_outage_are_each_a_503(stack, monkeypatch):
+    """A client that obeys Retry-After retries with the same key while the broker is still down:
+    every retry is told 503 again (its input withdrawn again), never a 500; once the broker is
+    back, the same key is accepted once."""
+    async def down(*args):
+        raise ConnectionError("the broker is down")
+    real_publish = kafka.publish_input
+    monkeypatch.setattr(kafka, "publish_input", down)
+    body, key = report(), {"Idempotency-Key": "outage-retry"}
+    async with stack.client("operator") as api:
+        for _ in range(3):
+            refused = await api.post("/api/v1/reports", json=body, headers=key)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"] == "5"
+            async with stack.rt.db.writes() as session, session.begin():  # Retry-After passes
+                await session.execute(update(IdempotencyKey).values(
+                    created_at=utcnow() - timedelta(minutes=1)))
+                await session.execute(update(ReportRow).values(
+                    created_at=utcnow() - timedelta(minutes=1)))
+        monkeypatch.setattr(kafka, "publish_input", real_publish)
+        accepted = await api.post("/api/v1/reports", json=body, headers=key)
+        assert accepted.status_code == 202, accepted.text
+        assert (await api.post("/api/v1/reports", json=body, headers=key)).json() == accepted.json()
+    reports = [e for e in await read_all(stack.rt.settings, Topics.INPUTS)
+               if e.data.get("report_id") == accepted.json()["report_id"]]
+    assert len(reports) == 1
