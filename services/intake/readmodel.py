@@ -1,7 +1,9 @@
 """The case read model: every case event, applied once, to the case row and its timeline."""
 
 from collections.abc import Sequence
+from datetime import datetime
 
+import structlog
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -11,7 +13,9 @@ from schemas.events import (
     TYPE_OF, TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
 from services.common.db import ProcessedEvent, add_bulk, claim_events, is_postgres, utcnow
-from services.intake.store import CaseAuthority, CaseView, ReportRow, TimelineEntry
+from services.intake.store import CaseAuthority, CaseView, ParkedEvent, ReportRow, TimelineEntry
+
+log = structlog.get_logger("beacon.intake")
 
 CONSUMER = "intake-readmodel"
 RECEIVED = TYPE_OF[ReportReceived]  # a report: its child fingerprints are in its row
@@ -50,15 +54,34 @@ async def apply_all(session: AsyncSession, items: list[tuple[Envelope, Sequence[
     stored = await _stored_fingerprints(session, [
         envelope.data.get("report_id") for envelope, given in items
         if envelope.id in fresh and not given and envelope.type == RECEIVED])
-    applied = 0
+    applied, reported = 0, set()
     for envelope, child_fingerprints in items:
         if envelope.id in fresh:
             fresh.discard(envelope.id)  # a repeat later in the batch is applied once
             if envelope.type == RECEIVED:
                 child_fingerprints = child_fingerprints or stored.get(envelope.data.get("report_id"), ())
+                reported.add(envelope.subject)
             await _apply(session, envelope, child_fingerprints)
             applied += 1
+    if reported:
+        await _unpark(session, reported)
     return applied
+
+
+async def _unpark(session: AsyncSession, case_ids: set[str]) -> None:
+    """Apply the events that came before these cases' reports, in the order they came.
+    One query for the whole batch: nearly always it finds nothing."""
+    rows = (await session.execute(_PARKED, {"ids": list(case_ids)})).all()
+    if rows:
+        await session.execute(_UNPARK, {"ids": [r.id for r in rows]})
+        for row in rows:
+            await _apply(session, Envelope.model_validate_json(row.envelope), ())
+
+
+_P = ParkedEvent.__table__
+_PARKED = (select(_P.c.id, _P.c.envelope).where(_P.c.case_id.in_(bindparam("ids", expanding=True)))
+           .order_by(_P.c.id))
+_UNPARK = _P.delete().where(_P.c.id.in_(bindparam("ids", expanding=True)))
 
 
 async def _stored_fingerprints(session: AsyncSession, report_ids: list[str]) -> dict[str, list]:
@@ -86,7 +109,11 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
     pg = is_postgres(session)
     case = await session.get(CaseView, envelope.subject, with_for_update=pg, populate_existing=pg)
     if case is None and not isinstance(data, ReportReceived):
-        # Events can outrun the intake event only in a rebuild from a partial log: skip them.
+        # Its report has not arrived: the topics are read together, in no order between them
+        # (a lagging or restarted consumer, several instances). Kept until it comes.
+        add_bulk(session, ParkedEvent, case_id=envelope.subject,
+                 envelope=envelope.model_dump_json(), parked_at=utcnow())
+        log.info("event_parked", case_id=envelope.subject, event_type=envelope.type)
         return
     detail: dict = {}
     match data:
@@ -107,7 +134,16 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
                       "changed": [f"{t.role}:{t.authority_id}" for t in data.changed]}
         case AlertRequested():
             await _authority(session, case.case_id, data.authority_id)
-            _target(case, data.authority_id, alert=data.kind)
+            changes = {"alert": data.kind}
+            if data.role == "act" and data.kind != "supervisor":  # a supervisor is told, not held
+                # Escalation made it answer (the next tier up after a breach): so may it here.
+                changes["role"] = "act"
+                due = data.model_dump(mode="json", include={"ack_due"})["ack_due"]
+                held = next((t.get("ack_due") for t in case.targets
+                             if t["authority_id"] == data.authority_id), None)
+                if due and (not held or datetime.fromisoformat(due) < datetime.fromisoformat(held)):
+                    changes["ack_due"] = due
+            _target(case, data.authority_id, **changes)
             detail = {"alert_id": data.alert_id, "authority_id": data.authority_id,
                       "kind": data.kind, "role": data.role}
             if data.milestone:
@@ -133,7 +169,9 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
         case TargetTransferred():
             await _authority(session, case.case_id, data.to_authority_id)
             _target(case, data.from_authority_id, transferred_to=data.to_authority_id)
+            # Handed back to an authority that had passed the case on: the duty is its again.
             _target(case, data.to_authority_id, role="act", transferred_from=data.from_authority_id,
+                    transferred_to=None, released=None,
                     **({"ack_due": data.ack_due.isoformat()} if data.ack_due else {}))
             detail = data.model_dump(mode="json", exclude={"case_id"})
         case TargetReleased():
@@ -195,13 +233,27 @@ async def _decided(session: AsyncSession, case: CaseView, data: CaseDecided) -> 
     targets = {t["authority_id"]: dict(t) for t in case.targets}  # copies: see _target
     for t in decision.targets:
         entry = targets.setdefault(t.authority_id, {"acknowledged_at": None, "delivery": None})
+        # As in escalation: a duty is never dropped, nor its deadline put back, nor changed
+        # once answered or passed on.
+        held = entry.get("role") == "act" and (
+            t.role != "act" or _sooner(entry, t) or entry.get("acknowledged_at")
+            or entry.get("released"))
+        before = {k: entry.get(k) for k in ("role", "ack_within", "working_days", "ack_due")}
         entry.update(t.model_dump(mode="json", exclude={"rules"}))
+        if held:
+            entry.update({k: v for k, v in before.items() if v is not None})
         await _authority(session, case.case_id, t.authority_id)
     case.targets = list(targets.values())  # a new list: JSON columns track reassignment only
     if any(t.role == "act" for t in decision.targets):
-        case.acknowledged = all(
-            t.get("acknowledged_at") for t in case.targets if t.get("role") == "act"
-        )
+        # As escalation counts it: an authority that passed the case on answers no more.
+        case.acknowledged = all(t.get("acknowledged_at") for t in case.targets
+                                if t.get("role") == "act" and not t.get("released"))
+
+
+def _sooner(entry: dict, t) -> bool:
+    """The target's deadline already on the case comes before the decision's."""
+    return bool(entry.get("ack_due") and t.ack_due
+                and datetime.fromisoformat(entry["ack_due"]) < t.ack_due)
 
 
 async def _authority(session: AsyncSession, case_id: str, authority_id: str) -> None:

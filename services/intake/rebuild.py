@@ -11,7 +11,7 @@ from schemas.events import Envelope, Topics
 from services.common.config import Settings
 from services.common.db import Database, ProcessedEvent
 from services.intake import readmodel
-from services.intake.store import CaseAuthority, CaseView, TimelineEntry
+from services.intake.store import CaseAuthority, CaseView, ParkedEvent, TimelineEntry
 
 ORDER = (Topics.INPUTS, Topics.CASES, Topics.ALERTS, Topics.DELIVERIES)
 
@@ -23,7 +23,7 @@ async def rebuild(settings: Settings, progress=sys.stderr) -> int:
     applied = 0
     try:
         async with db.writes() as session, session.begin():
-            for table in (TimelineEntry, CaseAuthority, CaseView):
+            for table in (TimelineEntry, CaseAuthority, CaseView, ParkedEvent):
                 await session.execute(delete(table))
             await session.execute(delete(ProcessedEvent).where(
                 ProcessedEvent.consumer == readmodel.CONSUMER))

@@ -113,3 +113,15 @@ class TimelineEntry(Base):
     event_id: Mapped[str] = mapped_column(String(64))
 
     __table_args__ = (UniqueConstraint("event_id", "kind", name="uq_timeline_event_kind"),)
+
+
+class ParkedEvent(Base):
+    """A case event that reached the read model before the report that opens its case: the
+    consumer reads the topics together, with no order between them. Kept here, already claimed,
+    until the report arrives; then applied in the order it came (services/intake/readmodel.py)."""
+
+    __tablename__ = "readmodel_parked"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(String(40), index=True)
+    envelope: Mapped[str] = mapped_column(String)  # its JSON: codes only, as on Kafka
+    parked_at: Mapped[datetime]

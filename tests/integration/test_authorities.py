@@ -331,3 +331,78 @@ async def test_only_an_authority_that_must_act_answers_for_the_case(stack):
     assert not await _timeline(stack, case_id, "milestone_recorded")
     async with stack.client("supervisor") as api:
         assert (await api.get(f"/api/v1/cases/{case_id}")).json()["status"] == "open"
+
+
+async def _readable_target(stack, case_id: str, authority_id: str, ready) -> dict:
+    """The authority's target as intake shows it, once `ready(target)` holds."""
+    async def shown():
+        async with stack.client("supervisor") as api:
+            case = (await api.get(f"/api/v1/cases/{case_id}")).json()
+        target = next((t for t in case["targets"] if t["authority_id"] == authority_id), None)
+        return target if target is not None and ready(target) else None
+    return await eventually(shown)
+
+
+async def _answers_as(stack, who: str, case_id: str, authority_id: str) -> tuple[int, int]:
+    """(acknowledgement, identity) status codes for that authority's user."""
+    async with stack.client(who) as api:
+        ack = await api.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                             json={"authority_id": authority_id})
+        identity = await api.get(f"/api/v1/cases/{case_id}/identity")
+    return ack.status_code, identity.status_code
+
+
+async def test_the_tier_escalated_to_may_answer_for_the_case(stack):
+    """Nobody acknowledged a P1 in time: escalation holds the province to it. Intake must let the
+    province act too: acknowledge, see the identity, and be asked to acknowledge by its link."""
+    province = await _user(stack, "u-province1", "authority", "province:1", [PROVINCE_CP])
+    case_id, _ = await _p1_case(stack)
+    await _fire_all(stack, utcnow() + timedelta(minutes=20))
+    target = await _readable_target(stack, case_id, PROVINCE_CP,
+                                    lambda t: t.get("alert") == "escalated")
+    assert target["role"] == "act" and target["ack_due"]
+    link = sign_link(stack.base_url, case_id, "view", PROVINCE_CP, utcnow() + timedelta(days=1),
+                     stack.rt.settings.secret("secret_key"))
+    async with stack.client() as anyone:
+        page = await anyone.get("/a/" + link.rsplit("/", 1)[1])
+    assert "No acknowledgement is expected" not in page.text
+    assert await _answers_as(stack, province, case_id, PROVINCE_CP) == (202, 200)
+
+
+async def test_lowering_publicity_leaves_a_duty_in_place(stack):
+    """A person lowers publicity from PA1 to PA0: the province stays held (escalation never drops
+    a duty), so it may still acknowledge."""
+    province = await _user(stack, "u-province1b", "authority", "province:1", [PROVINCE_CP])
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report(publicity="PA1"))).json()["case_id"]
+        await _readable_target(stack, case_id, PROVINCE_CP, lambda t: t["role"] == "act")
+        assert (await api.post(f"/api/v1/cases/{case_id}/updates",
+                               json={"publicity": "PA0"})).status_code == 202
+
+        async def redecided():
+            case = (await api.get(f"/api/v1/cases/{case_id}")).json()
+            return case if case["publicity"] == "PA0" else None
+        case = await eventually(redecided)
+    [target] = [t for t in case["targets"] if t["authority_id"] == PROVINCE_CP]
+    assert target["role"] == "act" and target["ack_due"]
+    assert (await _target(stack, case_id, PROVINCE_CP)).role == "act"
+    assert await _answers_as(stack, province, case_id, PROVINCE_CP) == (202, 200)
+
+
+async def test_a_case_handed_back_may_be_answered_by_its_first_authority(stack):
+    """A passes the case to B; B acknowledges (A released) and hands it back: A holds it again."""
+    b = await _user(stack, "u-commune8", "authority", "commune:8", [ELSEWHERE])
+    case_id, _ = await _p1_case(stack)
+    move = {"from_authority_id": CP, "to_authority_id": ELSEWHERE, "reason": "wrong_jurisdiction"}
+    async with stack.client("authority") as a:
+        assert (await a.post(f"/api/v1/cases/{case_id}/transfers", json=move)).status_code == 202
+    await _readable_target(stack, case_id, ELSEWHERE, lambda t: t["role"] == "act")
+    async with stack.client(b) as api:
+        assert (await api.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                               json={"authority_id": ELSEWHERE})).status_code == 202
+        await _readable_target(stack, case_id, CP, lambda t: t.get("released"))
+        back = {"from_authority_id": ELSEWHERE, "to_authority_id": CP, "reason": "wrong_jurisdiction"}
+        assert (await api.post(f"/api/v1/cases/{case_id}/transfers", json=back)).status_code == 202
+    target = await _readable_target(stack, case_id, CP, lambda t: t.get("transferred_from"))
+    assert not target.get("released") and not target.get("transferred_to")
+    assert await _answers_as(stack, "authority", case_id, CP) == (202, 200)

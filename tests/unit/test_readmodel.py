@@ -1,0 +1,76 @@
+"""The case read model applied in the orders the consumer can meet: it reads the inputs, cases,
+alerts and deliveries topics together, with no order between them."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.decisions import Decision, Target
+from schemas.events import (
+    AckRecorded, CaseDecided, Envelope, ReportReceived, TargetReleased, TargetTransferred,
+)
+from services.intake import readmodel
+from services.intake.store import CaseView
+
+CASE = "C-AAAAAAAAAAAAAAAAA"
+A, B = "commune:4:child_protection", "province:1:child_protection"
+NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+
+
+def _report() -> Envelope:
+    return Envelope.wrap(ReportReceived(
+        case_id=CASE, report_id="R-1", new_case=True, received_at=NOW, channel="phone",
+        category="PHYS_VIOLENCE", location={"province_code": 1, "commune_code": 4},
+        setting="home", child_ages=[5]), "beacon/intake")
+
+
+def _decided(severity: str = "P2") -> Envelope:
+    return Envelope.wrap(CaseDecided(case_id=CASE, cause="beacon.report.received", decision=Decision(
+        rulepack_version="v1", severity=severity, publicity="PA0", matched_rules=[],
+        targets=[Target(tier="commune", agency="child_protection", authority_id=A,
+                        role="act")])), "beacon/escalation")
+
+
+async def _apply_one_by_one(db, envelopes) -> CaseView | None:
+    for envelope in envelopes:
+        async with db.writes() as session, session.begin():
+            await readmodel.apply(session, envelope)
+    async with db.reads() as session:
+        return await session.get(CaseView, CASE)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_a_decision_read_before_its_report_is_applied_when_the_report_comes(
+        sqlite_db, batched):
+    report, decided = _report(), _decided("P1")
+    if batched:
+        async with sqlite_db.writes() as session, session.begin():
+            await readmodel.apply_all(session, [(decided, ()), (report, ())])
+        async with sqlite_db.reads() as session:
+            case = await session.get(CaseView, CASE)
+    else:
+        case = await _apply_one_by_one(sqlite_db, [decided, report])
+    assert case.severity == "P1"
+    assert [t["authority_id"] for t in case.targets if t["role"] == "act"] == [A]
+    async with sqlite_db.reads() as session:
+        kinds = [t.kind for t in await readmodel.timeline(session, CASE)]
+    assert sorted(kinds) == ["case_decided", "report_received"]
+    # A redelivery of the decision changes nothing.
+    again = await _apply_one_by_one(sqlite_db, [decided])
+    assert again.severity == "P1"
+
+
+async def test_a_re_decision_keeps_a_transferred_case_acknowledged(sqlite_db):
+    """A passes the case to B, B acknowledges, A is released: a later re-decision that names A
+    again does not make the case wait for A (escalation does not either)."""
+    case = await _apply_one_by_one(sqlite_db, [
+        _report(), _decided(),
+        Envelope.wrap(TargetTransferred(case_id=CASE, from_authority_id=A, to_authority_id=B,
+                                        reason="wrong_jurisdiction"), "beacon/escalation"),
+        Envelope.wrap(AckRecorded(case_id=CASE, authority_id=B, by_user="u", at=NOW,
+                                  case_acknowledged=True), "beacon/escalation"),
+        Envelope.wrap(TargetReleased(case_id=CASE, authority_id=A, to_authority_id=B),
+                      "beacon/escalation"),
+        _decided(),
+    ])
+    assert case.acknowledged is True
