@@ -1,6 +1,7 @@
 """Structured JSON logs. Identity never reaches a log line: the redaction processor drops it."""
 
 import logging
+import re
 import sys
 
 import structlog
@@ -12,11 +13,18 @@ IDENTITY_KEYS = frozenset(
 )
 
 
+# A signed link's token lets whoever holds it act for an authority: never in a log line (an
+# access log line names the path it was used on).
+_LINK_TOKEN = re.compile(r"/a/[^/\s\"'?#]+")
+
+
 def redact(_logger, _method, event: dict) -> dict:
     return {k: _scrub(v) for k, v in event.items() if k not in IDENTITY_KEYS}
 
 
 def _scrub(value):
+    if isinstance(value, str):
+        return _LINK_TOKEN.sub("/a/[token]", value) if "/a/" in value else value
     if isinstance(value, dict):
         return {k: _scrub(v) for k, v in value.items() if k not in IDENTITY_KEYS}
     if isinstance(value, list | tuple):

@@ -1,0 +1,47 @@
+"""Log lines as production writes them (services.common.logging.configure): JSON, with identity
+and signed-link tokens taken out wherever they appear."""
+
+import io
+import json
+import logging
+
+import structlog
+
+from services.common.logging import configure
+
+TOKEN = "C-1M8NGKYRFMXWVAP3B.view.tpnuqq.spCtMmrs--mFTBgPO_-iOQ"
+
+
+def _lines(write) -> list[dict]:
+    stream = io.StringIO()
+    configure("INFO", stream=stream)
+    try:
+        write()
+    finally:
+        configure("INFO")
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_link_token_is_in_no_log_line():
+    def write():
+        # uvicorn's access log line, and our own line naming a path.
+        logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1",
+                                                 "POST", f"/a/{TOKEN}", "1.1", 202)
+        structlog.get_logger("beacon").error("unhandled", path=f"/a/{TOKEN}?x=1",
+                                             urls=[f"http://h/a/{TOKEN}"])
+    lines = _lines(write)
+    assert len(lines) == 2
+    text = json.dumps(lines)
+    assert "spCtMmrs" not in text and "tpnuqq" not in text
+    assert lines[0]["event"] == '127.0.0.1:1 - "POST /a/[token] HTTP/1.1" 202'
+    assert lines[1]["path"] == "/a/[token]?x=1" and lines[1]["urls"] == ["http://h/a/[token]"]
+
+
+def test_identity_keys_are_dropped_at_any_depth():
+    def write():
+        structlog.get_logger("beacon").info("received", case_id="C-1", report={
+            "children": [{"name": "Canary Child"}], "reporter": {"phone": "0911000111"},
+            "category": "NEGLECT"})
+    [line] = _lines(write)
+    assert line["case_id"] == "C-1" and line["report"] == {"category": "NEGLECT"}
+    assert "Canary" not in json.dumps(line) and "0911000111" not in json.dumps(line)
