@@ -197,9 +197,13 @@ def users_dev(out: Path = ROOT / "var" / "dev-tokens.json"):
 @cases_app.command("rebuild")
 def cases_rebuild():
     """Rebuild the case read model by replaying the case events from Kafka."""
-    from services.intake.rebuild import rebuild
+    from services.intake.rebuild import Incomplete, rebuild
 
-    n = asyncio.run(rebuild(_settings()))
+    try:
+        n = asyncio.run(rebuild(_settings()))
+    except Incomplete as exc:
+        typer.echo(f"beacon cases rebuild: refused: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"rebuilt the read model from {n} events")
 
 

@@ -100,7 +100,7 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
     data = envelope.payload()
     if isinstance(data, ReportReceived) and data.new_case:
         # A new case's id was made for it: there is no row to read, and it is one INSERT.
-        _open(session, data, child_fingerprints)
+        _open(session, data, envelope.time, child_fingerprints)
         add_bulk(session, TimelineEntry, case_id=envelope.subject, at=envelope.time,
                  kind=_kind(envelope, data), detail=_received_detail(data), event_id=envelope.id)
         return
@@ -118,7 +118,7 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
     detail: dict = {}
     match data:
         case ReportReceived():
-            case = _received(session, case, data, child_fingerprints)
+            case = _received(session, case, data, envelope.time, child_fingerprints)
             detail = _received_detail(data)
         case CaseUpdated():
             detail = {"update_id": data.update_id, "by_role": data.by_role,
@@ -177,7 +177,9 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
         case TargetReleased():
             _target(case, data.authority_id, released=True)
             detail = data.model_dump(mode="json", exclude={"case_id"})
-    case.updated_at = utcnow()
+    # When the case last changed, by its events' own time: a rebuild gives the same, so the
+    # retention clock of a closed case does not start again (services/retention.py).
+    case.updated_at = max(case.updated_at, envelope.time)
     add_bulk(session, TimelineEntry, case_id=envelope.subject, at=envelope.time,
              kind=_kind(envelope, data), detail=detail, event_id=envelope.id)
 
@@ -193,24 +195,24 @@ def _received_detail(data: ReportReceived) -> dict:
             "independent": data.independent}
 
 
-def _open(session: AsyncSession, data: ReportReceived, child_fingerprints=()) -> None:
-    add_bulk(session, CaseView, **_new_case(data), report_count=1,
+def _open(session: AsyncSession, data: ReportReceived, at: datetime, child_fingerprints=()) -> None:
+    add_bulk(session, CaseView, **_new_case(data, at), report_count=1,
              independent_reports=int(data.independent),
              child_fingerprints=sorted(set(child_fingerprints)))
 
 
-def _new_case(data: ReportReceived) -> dict:
+def _new_case(data: ReportReceived, at: datetime) -> dict:
     return dict(
         case_id=data.case_id, category=data.category, province_code=data.location.province_code,
         commune_code=data.location.commune_code, setting=data.setting, status="open",
         first_received_at=data.received_at, last_received_at=data.received_at, targets=[],
-        acknowledged=False, updated_at=utcnow())
+        acknowledged=False, updated_at=at)
 
 
-def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived,
+def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived, at: datetime,
               child_fingerprints=()) -> CaseView:
     if case is None:  # a report linked to a case this model has not seen (a partial log)
-        case = CaseView(**_new_case(data), report_count=0, independent_reports=0,
+        case = CaseView(**_new_case(data, at), report_count=0, independent_reports=0,
                         child_fingerprints=[])
         session.add(case)
     case.report_count += 1

@@ -16,12 +16,17 @@ from services.intake.store import CaseAuthority, CaseView, ParkedEvent, Timeline
 ORDER = (Topics.INPUTS, Topics.CASES, Topics.ALERTS, Topics.DELIVERIES)
 
 
+class Incomplete(Exception):
+    """The topics no longer hold every event: a rebuild would drop the cases they made."""
+
+
 async def rebuild(settings: Settings, progress=sys.stderr) -> int:
     db = Database(settings.database_url)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
     await consumer.start()
     applied = 0
     try:
+        await _complete(settings, consumer)
         async with db.writes() as session, session.begin():
             for table in (TimelineEntry, CaseAuthority, CaseView, ParkedEvent):
                 await session.execute(delete(table))
@@ -55,6 +60,24 @@ async def rebuild(settings: Settings, progress=sys.stderr) -> int:
         await consumer.stop()
         await db.dispose()
     return applied
+
+
+async def _complete(settings: Settings, consumer: AIOKafkaConsumer) -> None:
+    """Refuse, before anything is deleted, when a topic has lost its first events (retention):
+    the model holds cases that Kafka can no longer make again."""
+    gone = []
+    for name in ORDER:
+        topic = settings.topic(name)
+        parts = [TopicPartition(topic, p) for p in await _partitions(settings, topic)]
+        if parts:
+            gone += [f"{tp.topic}[{tp.partition}] starts at offset {offset}"
+                     for tp, offset in sorted((await consumer.beginning_offsets(parts)).items())
+                     if offset > 0]
+    if gone:
+        raise Incomplete(
+            "the topics no longer hold every case event (" + "; ".join(gone) + "): a rebuild "
+            "would drop the cases made by the events that are gone. Nothing was changed. Keep "
+            "the case topics for ever (retention.ms=-1, docs/admin.md) to be able to rebuild.")
 
 
 async def _partitions(settings: Settings, topic: str) -> list[int]:

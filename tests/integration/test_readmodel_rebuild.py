@@ -2,10 +2,15 @@
 
 import asyncio
 
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from sqlalchemy import func, select
 
+from schemas.events import Topics
+
 from services.intake import readmodel
-from services.intake.rebuild import rebuild
+from services.intake.rebuild import Incomplete, _partitions, rebuild
 from services.intake.store import CaseAuthority, CaseView, TimelineEntry
 from tests.conftest import eventually
 from tests.support.reports import report
@@ -18,6 +23,7 @@ async def _snapshot(db) -> dict:
             cases[c.case_id] = {
                 "severity": c.severity, "publicity": c.publicity, "status": c.status,
                 "acknowledged": c.acknowledged, "reports": (c.report_count, c.independent_reports),
+                "updated_at": c.updated_at,  # the retention clock of a closed case
                 "fingerprints": sorted(c.child_fingerprints),
                 # A key with no value yet and an absent key say the same thing.
                 "targets": sorted(({k: v for k, v in t.items() if v is not None}
@@ -72,3 +78,33 @@ async def test_rebuilt_read_model_equals_the_live_one(stack):
 
 async def _targets(api, case_id):
     return (await api.get(f"/api/v1/cases/{case_id}")).json()["targets"]
+
+
+async def test_a_rebuild_refuses_when_kafka_has_lost_events(stack):
+    """Retention has taken a topic's first events: a rebuild would drop their cases, so it
+    changes nothing and says which topic and partition."""
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+        await eventually(lambda: _targets(api, case_id))
+    before = await _snapshot(stack.rt.db)
+    topic = stack.rt.settings.topic(Topics.INPUTS)
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.rt.settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        ends = {tp: offset for tp, offset in (await _ends(stack.rt.settings, topic)).items() if offset}
+        await admin.delete_records({tp: RecordsToDelete(offset) for tp, offset in ends.items()})
+    finally:
+        await admin.close()
+    with pytest.raises(Incomplete, match=rf"{topic}\[\d+\] starts at offset 1"):
+        await rebuild(stack.rt.settings)
+    assert await _snapshot(stack.rt.db) == before
+
+
+async def _ends(settings, topic: str) -> dict:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        return await consumer.end_offsets(
+            [TopicPartition(topic, p) for p in await _partitions(settings, topic)])
+    finally:
+        await consumer.stop()
