@@ -108,6 +108,19 @@ async def test_case_list_is_scoped_and_filtered(stack):
         assert {mine, elsewhere} <= ids and listed["total"] >= 2
         page = (await api.get("/api/v1/cases", params={"limit": 1})).json()
         assert len(page["items"]) == 1
+        # Reports entered to the same minute: pages hold each case once, the newest case first.
+        minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
+        same = [(await api.post("/api/v1/reports", json=report(
+            received_at=minute.isoformat(), location={"province_code": 1, "commune_code": 8},
+            category=category, indicators=[]))).json()["case_id"]
+            for category in ("NEGLECT", "BULLYING", "INJURY")]
+
+        async def paged():
+            pages = [(await api.get("/api/v1/cases", params={
+                "limit": 1, "offset": i, "commune_code": 8})).json()["items"]
+                for i in range(3)]
+            return [p[0]["case_id"] for p in pages if p] if all(pages) else None
+        assert await eventually(paged) == sorted(same, reverse=True)
     async with stack.client("authority") as authority:  # commune 4's authorities only
         ids = {c["case_id"] for c in (await authority.get("/api/v1/cases")).json()["items"]}
         assert mine in ids and elsewhere not in ids

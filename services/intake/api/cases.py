@@ -122,7 +122,10 @@ async def list_cases(
     async with rt.db.reads() as session:
         total = await session.scalar(select(func.count()).select_from(query.subquery()))
         rows = (await session.scalars(
-            query.order_by(CaseView.first_received_at.desc()).limit(limit).offset(offset))).all()
+            # The case id breaks ties (reports are often entered to the minute): without it a
+            # page boundary between equal times may skip or repeat a case on PostgreSQL.
+            query.order_by(CaseView.first_received_at.desc(), CaseView.case_id.desc())
+            .limit(limit).offset(offset))).all()
     async with rt.db.writes() as session, session.begin():
         for case in rows:
             audit.record(session, who.user_id, who.role, "read", case.case_id, ["summary"])
