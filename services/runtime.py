@@ -185,7 +185,10 @@ async def start(rt: Runtime) -> None:
     if "intake" in rt.services:
         from services.intake import submission
 
-        await submission.sweep(rt)
+        # At start and then periodically: a request that died after storing its input (a crash,
+        # a database error after the publish) leaves it pending while the process runs on.
+        rt.tasks.append(asyncio.create_task(
+            _every(submission.SWEEP_INTERVAL_S, lambda: submission.sweep(rt)), name="sweep"))
     rt.tasks.append(asyncio.create_task(rt.watcher.run(), name="rulepacks"))
     for relay in rt.relays.values():
         rt.tasks.append(asyncio.create_task(relay.run(), name=f"relay-{relay.service}"))

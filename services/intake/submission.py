@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from schemas.events import Envelope, Topics
 from services.common import audit, kafka
-from services.common.auth import Principal
+from services.common.auth import Principal, User
 from services.common.db import ProcessedEvent, add_bulk, utcnow
 from services.common.group_commit import GroupCommit
 from services.intake import readmodel
@@ -71,7 +71,7 @@ async def replay(rt, who: Principal, idem: Idempotency | None) -> dict | None:
         # The first attempt died half-way, or was refused: finish it now. If the broker does not
         # take it, this caller gets 503 and the input is withdrawn, as any refused one is.
         try:
-            await finish(rt, pending.event, (who.user_id, idem.key))
+            await finish(rt, pending.event, who.user_id, idem.key)
         except HTTPException:
             envelope = Envelope.model_validate_json(pending.event)
             if await _withdraw(rt, who, envelope, idem):
@@ -279,10 +279,11 @@ _KEY_PUBLISHED = (_KEYS.update().where(_KEYS.c.user_id == bindparam("key_user"),
                                        _KEYS.c.key == bindparam("key_name")).values(event=None))
 
 
-async def finish(rt, event: str, key: tuple[str, str] | None = None) -> None:
-    """Publish a pending input again (same event id: consumers drop a repeat), mark it published
-    (its own row, and its idempotency key: (user id, key)) and apply it. 503 if the broker does
-    not take it: the input stays pending for a later retry or the sweep."""
+async def finish(rt, event: str, user_id: str, key: str | None = None) -> None:
+    """Publish a pending input of `user_id`'s again (same event id: consumers drop a repeat),
+    mark it published (its own row, and its idempotency key) and apply it; it is recorded as
+    that user's write, which the request that died never did. 503 if the broker does not take
+    it: the input stays pending for a later retry or the sweep."""
     envelope = Envelope.model_validate_json(event)
     await _publish(rt, envelope)
     async with rt.db.writes() as session, session.begin():
@@ -290,18 +291,26 @@ async def finish(rt, event: str, key: tuple[str, str] | None = None) -> None:
             await session.execute(statement, {"published_event": envelope.id})
         await session.execute(_UNWITHDRAW, {"ids": [envelope.id]})  # a withdrawn one is accepted
         if key is not None:
-            await session.execute(_KEY_PUBLISHED, {"key_user": key[0], "key_name": key[1]})
+            await session.execute(_KEY_PUBLISHED, {"key_user": user_id, "key_name": key})
         await readmodel.apply(session, envelope)  # a report's fingerprints: from its row
+        user = await session.get(User, user_id)
+        audit.record(session, user_id, user.role if user else "unknown", "write",
+                     envelope.subject, sorted(envelope.data))
+
+
+SWEEP_INTERVAL_S = 30.0
 
 
 async def sweep(rt, older_than: timedelta = timedelta(seconds=30)) -> int:
-    """At start-up: finish inputs a crash left pending. Erring towards acting on a real report.
-    An input refused with 503 (withdrawn) is not finished: its caller was told it was not."""
+    """At start-up and every SWEEP_INTERVAL_S: finish inputs left pending by a request that died
+    (a crash, an error after the publish). Erring towards acting on a real report. An input
+    refused with 503 (withdrawn) is not finished: its caller was told it was not."""
     cutoff = utcnow() - older_than
     async with rt.db.reads() as session:
         rows = []  # reports and overrides, reports first; not those refused with 503
-        for table in _PUBLISHED:
-            rows += (await session.scalars(select(table.event).where(
+        for table, author in ((ReportRow, ReportRow.submitted_by),
+                              (SeverityOverrideRow, SeverityOverrideRow.by_user)):
+            rows += (await session.execute(select(table.event, author).where(
                 table.published.is_(False), table.created_at < cutoff,
                 table.event_id.not_in(select(_W.c.event_id))))).all()
         updates = (await session.execute(
@@ -309,10 +318,10 @@ async def sweep(rt, older_than: timedelta = timedelta(seconds=30)) -> int:
                 IdempotencyKey.event.is_not(None), IdempotencyKey.created_at < cutoff,
                 ~exists().where(_W.c.user_id == IdempotencyKey.user_id,
                                 _W.c.key == IdempotencyKey.key)))).all()
-    for event in rows:
-        await finish(rt, event)
+    for event, user_id in rows:
+        await finish(rt, event, user_id)
     for event, user_id, key in updates:
-        await finish(rt, event, (user_id, key))
+        await finish(rt, event, user_id, key)
     if count := len(rows) + len(updates):
         log.info("pending_inputs_finished", count=count)
     return count

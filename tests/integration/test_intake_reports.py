@@ -14,7 +14,7 @@ from services.common.audit import AuditRecord
 from services.common.db import utcnow
 from services.intake import readmodel, submission
 from services.intake.store import IdempotencyKey, ReportRow
-from tests.conftest import eventually
+from tests.conftest import eventually, make_settings, start_stack
 from tests.integration.test_authorities import _user
 from tests.support.consumers import read_all
 from tests.support.reports import report
@@ -490,3 +490,40 @@ async def test_keyed_retries_during_an_outage_are_each_a_503(stack, monkeypatch)
     reports = [e for e in await read_all(stack.rt.settings, Topics.INPUTS)
                if e.data.get("report_id") == accepted.json()["report_id"]]
     assert len(reports) == 1
+
+
+async def test_a_running_intake_finishes_a_report_whose_request_died_and_records_it(
+        kafka_bootstrap, inbox, tmp_path, monkeypatch):
+    """The database write after the publish fails: the request answers 500 and the report stays
+    pending. The running intake's sweep (not only a restart) marks it accepted, and the audit
+    trail has the operator's write."""
+    monkeypatch.setattr(submission, "SWEEP_INTERVAL_S", 0.5)
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", inbox)
+    stack = await start_stack(settings, services=("intake",))
+    try:
+        real_inputs = stack.rt.inputs
+
+        async def dies_after_publish(item):
+            if isinstance(item, submission.Published):
+                raise OSError("disk I/O error")
+            return await real_inputs(item)
+        monkeypatch.setattr(stack.rt, "inputs", dies_after_publish)
+        async with stack.client("operator") as api:
+            assert (await api.post("/api/v1/reports", json=report())).status_code == 500
+        monkeypatch.setattr(stack.rt, "inputs", real_inputs)
+        async with stack.rt.db.writes() as session, session.begin():  # older than 30 s
+            await session.execute(update(ReportRow).values(
+                created_at=utcnow() - timedelta(minutes=1)))
+
+        async def published():
+            async with stack.rt.db.reads() as session:
+                row = (await session.scalars(select(ReportRow))).one()
+            return row if row.published else None
+        row = await eventually(published)
+        async with stack.rt.db.reads() as session:
+            trail = (await session.execute(select(AuditRecord.user_id, AuditRecord.action,
+                                                  AuditRecord.outcome).where(
+                AuditRecord.record == row.case_id))).all()
+        assert ("test-operator", "write", "ok") in trail
+    finally:
+        await stack.stop()
