@@ -1,11 +1,15 @@
 """Configuration from BEACON_* environment variables, validated once at start-up."""
 
+import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +74,38 @@ class Settings(BaseSettings):
     def _database(cls, v: str) -> str:
         if not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        try:
+            make_url(v)
+        except ValueError as exc:  # a port that is not a number, say
+            raise ValueError(f"not a database URL: {exc}") from None
         return v
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http(s)://HOST[:PORT], got {v!r}: it begins every link "
+                             "in a message")
+        return v
+
+    @model_validator(mode="after")
+    def _production(self) -> "Settings":
+        """Production refuses what only suits a developer's machine, before anything runs."""
+        if self.env != "production":
+            return self
+        for name, guards in (("secret_key", "opens sealed identity and signs links"),
+                             ("webhook_secret", "signs webhooks and SMS-gateway requests")):
+            value = getattr(self, name)
+            if value and (len(value) < 32 or "change-me" in value):
+                raise ValueError(
+                    f"BEACON_{name.upper()} is a placeholder or shorter than 32 characters; it "
+                    f"{guards}, so whoever knows it can forge them (make one with python -c "
+                    "'import secrets; print(secrets.token_urlsafe(32))')")
+        if "database_url" not in self.model_fields_set:
+            raise ValueError("BEACON_DATABASE_URL must be set when BEACON_ENV=production (the "
+                             "default is a SQLite file inside the installation)")
+        return self
 
     def secret(self, name: str) -> str:
         """A secret from the environment, or in development one generated once under var/."""
@@ -107,12 +142,33 @@ class Settings(BaseSettings):
         return f"{self.consumer_group_prefix}-{service}"
 
 
+# BEACON_* variables read by the tools, not by the services (tools/, the Makefile, tests).
+TOOL_VARIABLES = frozenset({"BEACON_API_URL", "BEACON_TOKEN", "BEACON_KAFKA_PORT",
+                            "BEACON_KAFKA_HEAP", "BEACON_PG_PORT", "BEACON_TEST_POSTGRES_URL"})
+
+
 @lru_cache
 def get_settings() -> Settings:
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
-        lines = [
-            f"  BEACON_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        ]
+        lines = [f"  {_variable(e['loc'])}{e['msg'].removeprefix('Value error, ')}"
+                 for e in exc.errors()]
         raise ConfigError("Beacon configuration is invalid:\n" + "\n".join(lines)) from None
+    if unknown := unknown_variables(os.environ):
+        # A misspelt name is otherwise ignored, and its default (a SQLite file, a local broker)
+        # used in its place.
+        names = ", ".join(unknown)
+        if settings.env == "production":
+            raise ConfigError(f"Beacon configuration is invalid:\n  unknown variables: {names}")
+        print(f"beacon: warning: unknown variables ignored: {names}", file=sys.stderr)
+    return settings
+
+
+def unknown_variables(environ) -> list[str]:
+    known = {f"BEACON_{name.upper()}" for name in Settings.model_fields} | TOOL_VARIABLES
+    return sorted(k for k in environ if k.startswith("BEACON_") and k not in known)
+
+
+def _variable(loc: tuple) -> str:
+    return f"BEACON_{'_'.join(str(p) for p in loc).upper()}: " if loc else ""

@@ -51,7 +51,7 @@ def test_dev_users_write_the_token_file(kafka_bootstrap, tmp_path):
     tokens = json.loads(out.read_text())
     assert set(tokens) >= {"operator", "supervisor", "authority", "admin"}
     refused = _run(settings, "users", "dev", "--out", str(out), BEACON_ENV="production",
-                   BEACON_SECRET_KEY="x", BEACON_WEBHOOK_SECRET="y")
+                   BEACON_SECRET_KEY="x" * 32, BEACON_WEBHOOK_SECRET="y" * 32)
     assert refused.returncode == 2 and "production" in refused.stderr
 
 
@@ -79,5 +79,21 @@ def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap
     no_kafka = _run(settings, "run", "all", BEACON_KAFKA_BOOTSTRAP="127.0.0.1:1")
     assert no_kafka.returncode == 2 and "Kafka at 127.0.0.1:1 is unreachable" in no_kafka.stderr
 
-    production = _run(settings, "run", "all", BEACON_ENV="production", BEACON_SECRET_KEY="")
+    production = _run(settings, "run", "all", BEACON_ENV="production", BEACON_SECRET_KEY="",
+                      BEACON_WEBHOOK_SECRET="w" * 32)
     assert production.returncode == 2 and "BEACON_SECRET_KEY" in production.stderr
+    real = {"BEACON_ENV": "production", "BEACON_SECRET_KEY": "k" * 32,
+            "BEACON_WEBHOOK_SECRET": "w" * 32}
+    for refused, says in (
+        ({"BEACON_SECRET_KEY": "change-me-identity-and-link-key-0123456789"}, "placeholder"),
+        ({"BEACON_WEBHOOK_SECRET": "short"}, "BEACON_WEBHOOK_SECRET"),
+        ({"BEACON_DATABASE_ULR": settings.database_url}, "BEACON_DATABASE_ULR"),  # misspelt
+    ):
+        answer = _run(settings, "run", "all", **{**real, **refused})
+        assert answer.returncode == 2 and says in answer.stderr, answer.stderr
+    bad_url = _run(settings, "run", "all", BEACON_DATABASE_URL="postgresql+asyncpg://u@host:abc/db")
+    assert bad_url.returncode == 2 and "BEACON_DATABASE_URL: not a database URL" in bad_url.stderr
+    bad_base = _run(settings, "run", "all", BEACON_PUBLIC_BASE_URL="beacon.example.vn")
+    assert bad_base.returncode == 2 and "BEACON_PUBLIC_BASE_URL" in bad_base.stderr
+    typo = _run(settings, "db", "upgrade", BEACON_LOG_LEVL="DEBUG")
+    assert typo.returncode == 0 and "unknown variables ignored: BEACON_LOG_LEVL" in typo.stderr
