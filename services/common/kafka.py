@@ -147,7 +147,10 @@ async def dead_letter(broker: KafkaBroker, settings: Settings, record: Any, reas
             "dlq_offset": str(record.offset),
         },
     )
-    log.warning("dead_lettered", topic=record.topic, offset=record.offset, reason=reason[:200])
+    # The key is the case id (every case event is keyed by it): which case lost an event.
+    case_id = record.key.decode("utf-8", "replace")[:64] if record.key else None
+    log.warning("dead_lettered", case_id=case_id, topic=record.topic, offset=record.offset,
+                reason=reason[:200])
 
 
 async def _records(msg: Any) -> list:

@@ -110,7 +110,7 @@ async def _publish(rt, envelope: Envelope) -> None:
             PUBLISH_TIMEOUT_S,
         )
     except Exception as exc:
-        log.warning("publish_failed", error=type(exc).__name__)
+        log.warning("publish_failed", case_id=envelope.subject, error=type(exc).__name__)
         raise HTTPException(503, "the event log is unavailable; try again",
                             headers={"Retry-After": RETRY_AFTER_S}) from None
 
