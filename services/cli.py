@@ -88,19 +88,40 @@ def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP po
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head"):
     """Create or migrate the tables (Alembic)."""
+    from services.common.db import Database
     from services.common.migrate import upgrade
+    from services.runtime import check_database
 
-    upgrade(_settings().database_url, revision)
+    settings = _settings()
+
+    async def reachable():
+        db = Database(settings.database_url)
+        try:
+            await check_database(db, migrated=False)
+        finally:
+            await db.dispose()
+    try:
+        asyncio.run(reachable())
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    upgrade(settings.database_url, revision)
     typer.echo(f"database at {revision}")
 
 
 async def _with_db(fn, settings=None):
-    """`fn(db)` on the configured database, closed afterwards."""
+    """`fn(db)` on the configured database, closed afterwards; exit 2 with a message when it
+    cannot be reached or is not migrated."""
     from services.common.db import Database
+    from services.runtime import check_database
 
     db = Database((settings or _settings()).database_url)
     try:
+        await check_database(db)
         return await fn(db)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     finally:
         await db.dispose()
 
@@ -124,15 +145,14 @@ def users_create(
     from services.common import auth
 
     async def go(session):
+        if await session.get(auth.User, user_id) is not None:
+            raise ValueError(f"user {user_id!r} exists: issue it a token with `beacon users token`")
         await auth.create_user(session, user_id, name or user_id, role, scope, list(authority))
         await session.flush()
+        _audit_user(session, user_id, ["role", "scope", "authorities", "token"])
         return await auth.issue_token(session, user_id, "first")
 
-    try:
-        typer.echo(asyncio.run(_with_session(go)))
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    typer.echo(_users(go))
 
 
 @users_app.command("token")
@@ -140,7 +160,12 @@ def users_token(user_id: str, label: str = ""):
     """Issue a new bearer token for a user (printed once; only its hash is stored)."""
     from services.common import auth
 
-    typer.echo(asyncio.run(_with_session(lambda s: auth.issue_token(s, user_id, label))))
+    async def go(session):
+        await _existing_user(session, user_id)
+        _audit_user(session, user_id, ["token"])
+        return await auth.issue_token(session, user_id, label)
+
+    typer.echo(_users(go))
 
 
 @users_app.command("revoke")
@@ -148,8 +173,36 @@ def users_revoke(user_id: str):
     """Revoke every token of a user."""
     from services.common import auth
 
-    n = asyncio.run(_with_session(lambda s: auth.revoke_tokens(s, user_id)))
-    typer.echo(f"revoked {n} token(s)")
+    async def go(session):
+        await _existing_user(session, user_id)
+        _audit_user(session, user_id, ["token"])
+        return await auth.revoke_tokens(session, user_id)
+
+    typer.echo(f"revoked {_users(go)} token(s)")
+
+
+def _users(go):
+    try:
+        return asyncio.run(_with_session(go))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _existing_user(session, user_id: str) -> None:
+    from services.common import auth
+
+    if await session.get(auth.User, user_id) is None:
+        raise ValueError(f"no user {user_id!r}")
+
+
+def _audit_user(session, user_id: str, fields: list[str]) -> None:
+    """Who changed a user's access: the operating-system account that ran the command."""
+    import getpass
+
+    from services.common import audit
+
+    audit.record(session, f"cli:{getpass.getuser()}", "admin", "user_change", user_id, fields)
 
 
 DEV_USERS = {
@@ -197,10 +250,16 @@ def users_dev(out: Path = ROOT / "var" / "dev-tokens.json"):
 @cases_app.command("rebuild")
 def cases_rebuild():
     """Rebuild the case read model by replaying the case events from Kafka."""
+    from services import runtime
     from services.intake.rebuild import Incomplete, rebuild
 
+    settings = _settings()
     try:
-        n = asyncio.run(rebuild(_settings()))
+        asyncio.run(runtime.preflight(settings))  # the database and the broker answer
+        n = asyncio.run(rebuild(settings))
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     except Incomplete as exc:
         typer.echo(f"beacon cases rebuild: refused: {exc}", err=True)
         raise typer.Exit(1) from None

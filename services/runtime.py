@@ -11,7 +11,8 @@ from pathlib import Path
 
 import structlog
 from faststream.kafka import KafkaBroker
-from sqlalchemy import text
+from sqlalchemy import make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from schemas.events import Topics
 from services.common import kafka
@@ -116,14 +117,30 @@ def _retention(rt: Runtime):
     return purge
 
 
-async def check_database(db: Database) -> None:
+async def check_database(db: Database, migrated: bool = True) -> None:
+    """Refuse, with a message, a database that does not answer within DATABASE_WAIT_S, or
+    (`migrated`) one that has not been migrated. The URL is shown without its password."""
+    shown = make_url(db.url).render_as_string(hide_password=True)
+    try:
+        async with asyncio.timeout(DATABASE_WAIT_S):
+            async with db.reads() as session:
+                await session.execute(text("SELECT 1"))
+    except Exception as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+        raise ConfigError(f"database {shown} cannot be reached: {type(cause).__name__} "
+                          f"{str(cause).splitlines()[0] if str(cause) else ''}".rstrip()) from None
+    if not migrated:
+        return
     async with db.reads() as session:
         try:
             await session.execute(text("SELECT version_num FROM alembic_version"))
         except Exception as exc:
             raise ConfigError(
-                f"database {db.url} is not migrated ({type(exc).__name__}): "
+                f"database {shown} is not migrated ({type(exc).__name__}): "
                 "run `beacon db upgrade`") from None
+
+
+DATABASE_WAIT_S = 15
 
 
 async def check_kafka(settings: Settings) -> None:

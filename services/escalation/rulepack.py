@@ -292,9 +292,9 @@ def validate_pack_text(text: str, source: str = "<pack>") -> list[Problem]:
 def validate_pack_file(path: str | Path) -> list[Problem]:
     path = _resolve(str(path))
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return [(str(path), f"cannot read: {exc.strerror or exc}")]
+        text = _read(path)
+    except RulePackError as exc:
+        return exc.errors
     return validate_pack_text(text, str(path))
 
 
@@ -309,8 +309,14 @@ def parse_pack(text: str, source: str = "<pack>") -> RulePack:
 def load_pack(path_or_name: str) -> RulePack:
     """`default`, `vn2020` or a path to a YAML pack."""
     path = _resolve(path_or_name)
+    return parse_pack(_read(path), str(path))
+
+
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise RulePackError([(str(path), f"cannot read: {exc.strerror or exc}")]) from exc
-    return parse_pack(text, str(path))
+        raise RulePackError([(str(path), f"cannot read: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise RulePackError([(str(path), f"not UTF-8 text (byte {exc.start}): save the pack "
+                                         "as UTF-8")]) from None

@@ -1,6 +1,7 @@
 """The `beacon` command: users and tokens, and a start-up that refuses bad configuration."""
 
 import json
+import sqlite3
 import subprocess
 
 import httpx
@@ -21,6 +22,10 @@ def test_tokens_are_issued_stored_hashed_and_revoked(kafka_bootstrap, tmp_path):
     second = beacon(settings, "users", "token", "op-1").stdout.strip()
     assert token.startswith("bk_") and second.startswith("bk_") and token != second
     assert token.encode() not in (tmp_path / "cli.db").read_bytes()  # only its hash is stored
+    again = _run(settings, "users", "create", "op-1", "operator")
+    assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
+    nobody = _run(settings, "users", "token", "nobody")
+    assert nobody.returncode == 1 and "no user 'nobody'" in nobody.stderr
 
     bad_role = _run(settings, "users", "create", "x", "superuser")
     assert bad_role.returncode == 1 and "role must be one of" in bad_role.stderr
@@ -41,6 +46,10 @@ def test_tokens_are_issued_stored_hashed_and_revoked(kafka_bootstrap, tmp_path):
         assert cases(token) == 401 and cases(second) == 401
     finally:
         process.stop()
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        trail = conn.execute("SELECT user_id, action FROM audit_log WHERE record = 'op-1'").fetchall()
+    assert [action for _, action in trail] == ["user_change"] * 3  # create, token, revoke
+    assert all(user.startswith("cli:") for user, _ in trail)
 
 
 def test_dev_users_write_the_token_file(kafka_bootstrap, tmp_path):
@@ -57,6 +66,14 @@ def test_dev_users_write_the_token_file(kafka_bootstrap, tmp_path):
 
 def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap, tmp_path):
     settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'bad.db'}")
+    # A database that refuses connections: said so, promptly, without its password.
+    refused_db = "postgresql+asyncpg://beacon:hunter2pw@127.0.0.1:1/beacon"
+    for command in (["run", "all"], ["db", "upgrade"], ["cases", "rebuild"],
+                    ["users", "token", "op-1"], ["retention", "run"]):
+        answer = _run(settings, *command, BEACON_DATABASE_URL=refused_db)
+        assert answer.returncode == 2 and "cannot be reached" in answer.stderr, (command, answer)
+        assert "hunter2pw" not in answer.stderr and "Traceback" not in answer.stderr
+
     bad_bootstrap = _run(settings, "run", "all", BEACON_KAFKA_BOOTSTRAP="localhost")
     assert bad_bootstrap.returncode == 2
     assert "BEACON_KAFKA_BOOTSTRAP" in bad_bootstrap.stderr and "host:port" in bad_bootstrap.stderr

@@ -66,6 +66,15 @@ def test_validate_missing_file():
     assert result.exit_code == 1 and "cannot read" in result.output
 
 
+def test_validate_a_pack_that_is_not_utf8(tmp_path):
+    path = tmp_path / "pack.yaml"
+    path.write_bytes(b"\xff\xfeversion: x\n")  # saved as UTF-16 by an editor, say
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1 and "not UTF-8" in result.output and str(path) in result.output
+    tested = runner.invoke(app, ["test", str(path), "--report", write(tmp_path, REPORT)])
+    assert tested.exit_code == 1 and "not UTF-8" in tested.output
+
+
 def test_test_prints_the_decision(tmp_path):
     result = runner.invoke(app, ["test", "default", "--report", write(tmp_path, REPORT)])
     assert result.exit_code == 0, result.output
