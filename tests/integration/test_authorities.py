@@ -406,3 +406,32 @@ async def test_a_case_handed_back_may_be_answered_by_its_first_authority(stack):
     target = await _readable_target(stack, case_id, CP, lambda t: t.get("transferred_from"))
     assert not target.get("released") and not target.get("transferred_to")
     assert await _answers_as(stack, "authority", case_id, CP) == (202, 200)
+
+
+async def test_a_milestone_is_recorded_by_its_holder_and_only_the_lead_agency_closes(stack):
+    """The police must act on the case too, but child protection holds the 12-hour emergency
+    measure and leads the case: the police may record neither, nor close the case and so stop
+    child protection's clocks."""
+    police = await _user(stack, "u-police4", "authority", "commune:4", [POLICE])
+    case_id, _ = await _p1_case(stack)
+
+    async def scheduled():
+        async with stack.rt.db.reads() as session:
+            return await session.get(EscalationMilestone, (case_id, "emergency_measure"))
+    assert (await eventually(scheduled)).authority_id == CP
+    async with stack.client(police) as them:
+        for body in ({"authority_id": POLICE, "milestone": "emergency_measure"},
+                     {"authority_id": POLICE, "milestone": "case_closed", "outcome": "resolved"}):
+            answer = await them.post(f"/api/v1/cases/{case_id}/milestones", json=body)
+            assert answer.status_code == 403 and CP in answer.text, answer.text
+    async with stack.rt.db.reads() as session:
+        denied = (await session.scalars(select(AuditRecord.user_id).where(
+            AuditRecord.record == case_id, AuditRecord.outcome == "denied"))).all()
+        clocks = (await session.scalars(select(Timer).where(
+            Timer.case_id == case_id, Timer.authority_id == CP))).all()
+    assert denied == [police, police]
+    assert clocks and all(t.fired_at is None for t in clocks)  # child protection still held
+    async with stack.client("authority") as me:  # answers for both agencies of commune 4
+        answer = await me.post(f"/api/v1/cases/{case_id}/milestones", json={
+            "authority_id": CP, "milestone": "case_closed", "outcome": "resolved"})
+        assert answer.status_code == 202, answer.text

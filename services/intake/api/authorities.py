@@ -18,8 +18,8 @@ from services.common.db import utcnow
 from services.escalation import milestones
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
-from services.intake.api.cases import READERS, acting_target, readable_case
-from services.intake.api.deps import Runtime, fail, role
+from services.intake.api.cases import READERS, acting_target, holds_duty, readable_case
+from services.intake.api.deps import Runtime, deny, fail, role
 
 router = APIRouter(prefix="/api/v1", tags=["authorities"])
 
@@ -43,11 +43,31 @@ async def record_milestone(case_id: str, body: RecordMilestone, request: Request
         problem = HTTPException(409, "the case is closed")
     if problem is not None:
         await fail(request, who, "write", case_id, "rejected", problem)
+    holder = await _holder(rt, case, body.milestone)
+    if holder is not None and holder != body.authority_id:
+        # One agency's answer never stands for another's: the police may not record child
+        # protection's emergency measure, nor close the case and stop every clock on it.
+        await deny(request, who, case_id, f"{body.milestone} is for {holder} to record")
     event = MilestoneRecorded(case_id=case_id, milestone=body.milestone,
                               authority_id=body.authority_id, by_user=who.user_id, at=utcnow(),
                               outcome=body.outcome)
     return await submission.accept(rt, who, Envelope.wrap(event, submission.SOURCE), None,
                                    {"case_id": case_id, "milestone": body.milestone}, None)
+
+
+async def _holder(rt, case, milestone: str) -> str | None:
+    """Who records a milestone: the authority escalation holds to it (transfers move it), or,
+    for a step with no deadline (closing the case), its owner among those that must act."""
+    async with rt.db.reads() as session:
+        row = await session.get(EscalationMilestone, (case.case_id, milestone))
+    if row is not None and row.authority_id:
+        return row.authority_id
+    duties = []
+    for t in case.targets:
+        if t.get("role") == "act":
+            tier, _, agency = t["authority_id"].split(":", 2)
+            duties.append(milestones.Duty(t["authority_id"], tier, agency, holds_duty(t)))
+    return milestones.owner(milestone, duties, rt.pack)
 
 
 class MilestoneOut(BaseModel):
