@@ -129,11 +129,14 @@ async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
     except IntegrityError:
         # The key is the row's primary key: it was used before, or is in use. Looked up only
         # now, when it clashed: a new key (nearly every request) costs no read.
-        if (earlier := await replay(rt, who, idem)) is not None:
-            async with rt.db.writes() as session, session.begin():  # every attempt is recorded
-                audit.record(session, who.user_id, who.role, "write",
-                             earlier.get("case_id", envelope.subject), sorted(envelope.data),
-                             outcome="replayed")
+        try:
+            earlier = await replay(rt, who, idem)
+        except HTTPException as exc:
+            if exc.status_code == 409:  # another body, or the first attempt still under way
+                await _record(rt, who, envelope, "rejected")
+            raise
+        if earlier is not None:
+            await _record(rt, who, envelope, "replayed", earlier.get("case_id"))
             return earlier
         raise
     try:
@@ -144,6 +147,14 @@ async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
     await rt.inputs(Published(who, envelope, table, child_fingerprints,
                               None if idem is None else idem.key))
     return response
+
+
+async def _record(rt, who: Principal, envelope: Envelope, outcome: str,
+                  case_id: str | None = None) -> None:
+    """Every attempt is recorded, answered from the key or refused."""
+    async with rt.db.writes() as session, session.begin():
+        audit.record(session, who.user_id, who.role, "write", case_id or envelope.subject,
+                     sorted(envelope.data), outcome=outcome)
 
 
 async def _withdraw(rt, who: Principal, envelope: Envelope, idem: Idempotency | None) -> bool:

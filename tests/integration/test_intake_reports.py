@@ -371,12 +371,14 @@ async def test_an_idempotent_replay_is_audited(stack):
         for _ in range(2):
             answer = await api.post(url, json={"publicity": "PA2"}, headers={"Idempotency-Key": "u-a"})
             assert answer.status_code == 202, answer.text
+        other = await api.post(url, json={"publicity": "PA1"}, headers={"Idempotency-Key": "u-a"})
+        assert other.status_code == 409  # the key with another body: refused, and recorded
     assert again.json() == first.json()
     async with stack.rt.db.reads() as session:
         writes = (await session.execute(select(AuditRecord.outcome, AuditRecord.fields).where(
             AuditRecord.record == case_id, AuditRecord.action == "write",
             AuditRecord.user_id == "test-operator").order_by(AuditRecord.id))).all()
-    assert [outcome for outcome, _ in writes] == ["ok", "replayed", "ok", "replayed"]
+    assert [outcome for outcome, _ in writes] == ["ok", "replayed", "ok", "replayed", "rejected"]
     assert writes[0].fields == writes[1].fields and "report_id" in writes[1].fields
     assert writes[2].fields == writes[3].fields and "publicity" in writes[3].fields
 
