@@ -88,9 +88,15 @@ async def test_uploader_cannot_approve(stack):
     async with stack.client("auditor") as auditor:
         trail = (await auditor.get("/api/v1/audit", params={"case_id": DRAFT})).json()["items"]
         listed = (await auditor.get("/api/v1/audit", params={"case_id": "rulepacks"})).json()
+        refused = (await auditor.get("/api/v1/audit", params={"case_id": "rulepack"})).json()
+    # Every attempt is recorded: the refused ones too (publishing before approval, approving
+    # one's own upload, an invalid upload, a version uploaded twice).
     assert [(r["user_id"], r["action"], r["outcome"]) for r in trail] == [
-        ("test-admin", "rule_change", "ok"), ("test-admin", "denied", "denied"),
+        ("test-admin", "rule_change", "ok"), ("test-admin", "rule_change", "rejected"),
+        ("test-admin", "denied", "denied"),
         ("test-admin2", "rule_change", "ok"), ("test-admin2", "read", "ok")]
+    assert [(r["action"], r["outcome"]) for r in refused["items"]] == [
+        ("rule_change", "rejected")] * 2
     assert [(r["user_id"], r["action"]) for r in listed["items"]] == [("test-admin2", "read")]
 
 

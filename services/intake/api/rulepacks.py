@@ -19,7 +19,7 @@ from services.escalation import packs_store, replay
 from services.escalation.directory import build_directory
 from services.escalation.rulepack import RulePackError, validate_pack_text
 from services.escalation.store import EscalationCase
-from services.intake.api.deps import Runtime, deny, role
+from services.intake.api.deps import Runtime, deny, fail, role
 
 router = APIRouter(prefix="/api/v1/rulepacks", tags=["admins"])
 Admin = Annotated[Principal, Depends(role("admin"))]
@@ -60,9 +60,15 @@ def _out(row, rt) -> PackOut:
 
 
 async def _refused(request: Request, who: Principal, version: str, exc: packs_store.Refused):
+    """Every refused step is in the trail, as every attempt is (docs/admin.md)."""
     if exc.status == 403:
         await deny(request, who, version, str(exc))
-    raise HTTPException(exc.status, str(exc))
+    await _rejected(request, who, version, HTTPException(exc.status, str(exc)))
+
+
+async def _rejected(request: Request, who: Principal, version: str, error: HTTPException):
+    outcome = {404: "not_found", 503: "withdrawn"}.get(error.status_code, "rejected")
+    await fail(request, who, "rule_change", version, outcome, error)
 
 
 def _audit(session, who: Principal, version: str, step: str) -> None:
@@ -92,7 +98,8 @@ async def upload(body: PackText, request: Request, rt: Runtime, who: Admin):
             row = await packs_store.upload(session, body.text, who.user_id)
             _audit(session, who, row.version, "upload")
     except RulePackError as exc:
-        raise HTTPException(422, [{"place": p, "message": m} for p, m in exc.errors]) from None
+        await _rejected(request, who, "rulepack", HTTPException(
+            422, [{"place": p, "message": m} for p, m in exc.errors]))
     except packs_store.Refused as exc:
         await _refused(request, who, "rulepack", exc)
     return _out(row, rt)
@@ -169,11 +176,14 @@ async def _publish(request: Request, rt, who: Principal, version: str, body: Pub
     now = utcnow()
     effective = body.effective_at or now
     if effective.tzinfo is None:
-        raise HTTPException(422, "effective_at: give a time zone, e.g. +07:00")
+        await _rejected(request, who, version,
+                        HTTPException(422, "effective_at: give a time zone, e.g. +07:00"))
     if effective < now - MAX_PAST:
-        raise HTTPException(422, "effective_at: in the past; publish now or later")
+        await _rejected(request, who, version,
+                        HTTPException(422, "effective_at: in the past; publish now or later"))
     if effective > now + MAX_AHEAD:
-        raise HTTPException(422, "effective_at: more than a year ahead")
+        await _rejected(request, who, version,
+                        HTTPException(422, "effective_at: more than a year ahead"))
     effective = max(effective, now)
     async with rt.db.reads() as session:
         try:
@@ -189,8 +199,9 @@ async def _publish(request: Request, rt, who: Principal, version: str, body: Pub
         await asyncio.wait_for(kafka.publish(rt.broker, rt.settings.topic(Topics.RULEPACKS),
                                              envelope), 5)
     except Exception:
-        raise HTTPException(503, "the event log is unavailable; nothing was published",
-                            headers={"Retry-After": "5"}) from None
+        await _rejected(request, who, version, HTTPException(
+            503, "the event log is unavailable; nothing was published",
+            headers={"Retry-After": "5"}))
     async with rt.db.writes() as session, session.begin():
         session.add(packs_store.RulePackPublication(
             event_id=envelope.id, version=row.version, effective_at=effective,
