@@ -125,10 +125,22 @@ async def test_one_click_link_acknowledges_without_identity(stack):
 
     assert await eventually(acked) == f"link:{POLICE}"
     assert (await _target(stack, case_id, CP)).acked_at is None  # not the other agency's
+    # Uses that change nothing are recorded too: a second click, and a link of an authority
+    # that was only informed.
+    informed = sign_link(stack.base_url, case_id, "view", PROVINCE_CP, utcnow() + timedelta(days=7),
+                         secret).rsplit("/", 1)[1]
+    await _readable_target(stack, case_id, POLICE, lambda t: t.get("acknowledged_at"))
+    async with stack.client() as anonymous:
+        assert (await anonymous.post(f"/a/{token}")).status_code == 200
+        assert (await anonymous.post(f"/a/{informed}")).status_code == 409
     async with stack.client("auditor") as auditor:
         trail = (await auditor.get("/api/v1/audit", params={"case_id": case_id,
                                                             "user_id": f"link:{POLICE}"})).json()
+        other = (await auditor.get("/api/v1/audit", params={
+            "case_id": case_id, "user_id": f"link:{PROVINCE_CP}"})).json()
     assert {r["action"] for r in trail["items"]} >= {"read", "write"}
+    assert [(r["action"], r["outcome"]) for r in trail["items"]][-1] == ("write", "replayed")
+    assert [(r["action"], r["outcome"]) for r in other["items"]] == [("write", "rejected")]
 
 
 async def test_missed_twelve_hour_milestone_escalates(stack):

@@ -57,6 +57,13 @@ def _link_user(authority_id: str) -> Principal:
     return Principal(f"link:{authority_id}"[:64], "link", "national", (authority_id,))
 
 
+async def _record(rt, who: Principal, case_id: str, outcome: str) -> None:
+    """Each use of a valid link is recorded, the ones that change nothing too."""
+    async with rt.db.writes() as session, session.begin():
+        audit.record(session, who.user_id, who.role, "write", case_id, ["acknowledged"],
+                     outcome=outcome)
+
+
 @router.get("/a/{token}", response_class=HTMLResponse)
 async def link_page(token: str, rt: Runtime):
     case, claims, target = await _claims(rt, token)
@@ -79,11 +86,13 @@ async def link_page(token: str, rt: Runtime):
 @router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 503: {}})
 async def link_acknowledge(token: str, rt: Runtime):
     case, claims, target = await _claims(rt, token)
+    who = _link_user(claims.authority_id)
     if not holds_duty(target):
+        await _record(rt, who, case.case_id, "rejected")
         raise HTTPException(409, "no acknowledgement is expected from this authority")
     if target.get("acknowledged_at"):
+        await _record(rt, who, case.case_id, "replayed")  # a second click: answered, as before
         return _page("Acknowledged", "<p>This authority had already acknowledged the case.</p>")
-    who = _link_user(claims.authority_id)
     event = TargetAcknowledged(case_id=case.case_id, authority_id=claims.authority_id,
                                by_user=who.user_id, at=utcnow())
     await submission.accept(rt, who, Envelope.wrap(event, submission.SOURCE), None, {}, None)
