@@ -427,7 +427,10 @@ class Escalation:
                 EscalationCase.closed_at.is_(None),
                 EscalationCase.rulepack_version != self.rt.pack.version))).all()
         done = 0
-        for case_id in ids:
+        log.info("reevaluating_open_cases", total=len(ids), rulepack=self.rt.pack.version)
+        for n, case_id in enumerate(ids, 1):
+            if n % PROGRESS_EVERY == 0:  # a long pass says how far it is
+                log.info("reevaluating_open_cases", done=n, total=len(ids))
             key = hashlib.sha256(f"{publication_id}|{case_id}".encode()).hexdigest()
             with structlog.contextvars.bound_contextvars(case_id=case_id):
                 try:
@@ -642,6 +645,7 @@ class Escalation:
         outbox.add(session, SERVICE, self.rt.settings.topic(topic), Envelope.wrap(data, SOURCE))
 
 
+PROGRESS_EVERY = 500  # cases re-evaluated between two progress lines
 # Failed tries after which an act alert counts as unreached and its target is escalated. A P1
 # reaches it in about two minutes of failures (the notifier's backoff is capped at 30 s).
 UNREACHED_AFTER = 12

@@ -4,9 +4,11 @@ Inputs go straight to Escalation.handle; what it emits is read back from the out
 """
 
 from datetime import UTC, datetime, timedelta
+from unittest.mock import patch
 
 import pytest
 import structlog
+import structlog.testing
 from sqlalchemy import select, update
 
 from schemas.events import CaseUpdated, DeliveryOutcome, Envelope, ReportReceived
@@ -91,7 +93,10 @@ async def test_publicity_is_not_raised_again_by_re_decisions(esc):
     assert (await _case(esc)).publicity == "PA1"
     # The same rules published as a new version: cases decided under the old one are re-decided.
     esc.rt.pack = esc.rt.pack.model_copy(update={"version": "default-next"})
-    assert await esc.reevaluate_open("publication-1") == 1
+    with structlog.testing.capture_logs() as logs, patch.object(handlers, "PROGRESS_EVERY", 1):
+        assert await esc.reevaluate_open("publication-1") == 1
+    progress = [(e.get("done"), e["total"]) for e in logs if e["event"] == "reevaluating_open_cases"]
+    assert progress == [(None, 1), (1, 1)]  # a long pass says how far it is
     assert (await _case(esc)).publicity == "PA1"
     for decided in await _emitted(esc, "beacon.case.decided"):
         assert decided["decision"]["publicity"] == "PA1"
