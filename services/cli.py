@@ -71,18 +71,34 @@ def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP po
     configure(settings.log_level)
     services = frozenset(runtime.SERVICES if service is Service.all else (service.value,))
     try:
+        # The port first: a process that cannot serve must not join the consumer groups, fire
+        # timers or deliver before it finds out.
+        sock = _bind(settings.http_host, port or settings.http_port)
         rt = runtime.build(settings, services)
         asyncio.run(runtime.preflight(settings, services))
-        config = uvicorn.Config(create_app(rt), host=settings.http_host,
-                                port=port or settings.http_port, log_config=None,
-                                lifespan="on", timeout_graceful_shutdown=10)
+        config = uvicorn.Config(create_app(rt), log_config=None, lifespan="on",
+                                timeout_graceful_shutdown=10)
         server = uvicorn.Server(config)
-        server.run()  # uvloop where installed: a database round trip costs a fifth
+        server.run(sockets=[sock])  # uvloop where installed: a database round trip costs a fifth
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     if not server.started:
         raise typer.Exit(1)
+
+
+def _bind(host: str, port: int):
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc} "
+                          "(BEACON_HTTP_HOST, BEACON_HTTP_PORT or --port)") from None
+    return sock
 
 
 @db_app.command("upgrade")

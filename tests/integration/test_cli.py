@@ -1,6 +1,7 @@
 """The `beacon` command: users and tokens, and a start-up that refuses bad configuration."""
 
 import json
+import socket
 import sqlite3
 import subprocess
 
@@ -80,6 +81,12 @@ def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap
 
     bad_port = _run(settings, "run", "all", BEACON_HTTP_PORT="99999")
     assert bad_port.returncode == 2 and "BEACON_HTTP_PORT" in bad_port.stderr
+    with socket.socket() as taken:  # another program has the port: refused before anything runs
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = _run(settings, "run", "all", BEACON_HTTP_PORT=str(taken.getsockname()[1]))
+    assert busy.returncode == 2 and "cannot serve HTTP on 127.0.0.1" in busy.stderr
+    assert '"started"' not in busy.stdout
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("version: x\ntiers: [commune]\n")
