@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from services import runtime as runtime_mod
+from services.intake.api.deps import Answered
 
 log = structlog.get_logger("beacon.http")
 
@@ -82,6 +83,10 @@ def create_app(rt) -> FastAPI:
     async def internal(request: Request, exc: Exception):
         log.exception("unhandled", path=request.url.path)
         return JSONResponse({"detail": "internal error; it has been logged"}, 500)
+
+    @app.exception_handler(Answered)
+    async def answered(request: Request, exc: Answered):
+        return JSONResponse(exc.answer, 202)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

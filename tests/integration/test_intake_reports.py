@@ -529,3 +529,39 @@ async def test_a_running_intake_finishes_a_report_whose_request_died_and_records
         assert ("test-operator", "write", "ok") in trail
     finally:
         await stack.stop()
+
+
+async def test_a_keyed_retry_of_an_accepted_input_gets_its_answer_after_the_case_closed(stack):
+    """The client retries (its first answer was lost): the case has been closed since, which
+    would refuse a new update, but this one was accepted: the retry gets the first answer."""
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+        body = report(category="NEGLECT", indicators=[], link_case_id=case_id)
+        linked = (await api.post("/api/v1/reports", json=body,
+                                 headers={"Idempotency-Key": "r-1"})).json()
+        assert linked["case_id"] == case_id
+        url, key = f"/api/v1/cases/{case_id}/updates", {"Idempotency-Key": "u-1"}
+        update = await api.post(url, json={"publicity": "PA1"}, headers=key)
+        assert update.status_code == 202
+        await eventually(lambda: _routed(api, case_id))
+        async with stack.client("authority") as authority:
+            assert (await authority.post(f"/api/v1/cases/{case_id}/milestones", json={
+                "authority_id": "commune:4:child_protection", "milestone": "case_closed",
+                "outcome": "resolved"})).status_code == 202
+        await eventually(lambda: _status(api, case_id, "closed"))
+        retry = await api.post(url, json={"publicity": "PA1"}, headers=key)
+        assert retry.status_code == 202 and retry.json() == update.json()
+        fresh = await api.post(url, json={"publicity": "PA1"}, headers={"Idempotency-Key": "u-2"})
+        assert fresh.status_code == 409  # a new update is refused: the case is closed
+        # A report linked to the case then, retried: its first answer, not the 422 that a
+        # link to a closed case gets.
+        again = await api.post("/api/v1/reports", json=body, headers={"Idempotency-Key": "r-1"})
+        assert again.status_code == 202 and again.json() == linked
+
+
+async def _routed(api, case_id: str) -> bool:
+    return bool((await api.get(f"/api/v1/cases/{case_id}")).json()["targets"])
+
+
+async def _status(api, case_id: str, status: str) -> bool:
+    return (await api.get(f"/api/v1/cases/{case_id}")).json()["status"] == status

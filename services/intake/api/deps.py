@@ -52,11 +52,33 @@ async def deny(request: Request, who: Principal, record_id: str, why: str) -> No
     await fail(request, who, "denied", record_id, "denied", HTTPException(403, why))
 
 
+class Answered(Exception):  # noqa: N818 (not an error: the first attempt's answer)
+    """A retry with an Idempotency-Key whose first attempt was accepted: its answer, whatever a
+    check would say now (the case closed since, the rule pack changed)."""
+
+    def __init__(self, answer: dict):
+        self.answer = answer
+
+
 async def fail(request: Request, who: Principal, action: str, record_id: str, outcome: str,
                error: Exception, fields: list[str] | None = None) -> NoReturn:
     """Raise `error` for an attempt the caller was let make (no such case: "not_found"; an input
     refused as it stands: "rejected"), recorded first: the trail holds every attempt, not only
-    those that succeed. Its own transaction, committed before the request fails."""
+    those that succeed. Its own transaction, committed before the request fails.
+    A keyed input (`request.state.idempotency`) already accepted under its key is answered as
+    it was the first time instead (raises Answered)."""
+    if (idem := getattr(request.state, "idempotency", None)) is not None:
+        from services.intake import submission
+
+        try:
+            earlier = await submission.replay(request.app.state.runtime, who, idem)
+        except HTTPException:
+            earlier = None  # the key names another body or is in use: the refusal stands
+        if earlier is not None:
+            async with request.app.state.runtime.db.writes() as session, session.begin():
+                audit.record(session, who.user_id, who.role, "write",
+                             earlier.get("case_id", record_id)[:64], fields, outcome="replayed")
+            raise Answered(earlier)
     async with request.app.state.runtime.db.writes() as session, session.begin():
         audit.record(session, who.user_id, who.role, action, record_id[:64], fields,
                      outcome=outcome)

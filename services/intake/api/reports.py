@@ -51,14 +51,15 @@ async def submit_report(
     is a 422 naming its field: a code not in the active rule pack, a commune outside its province,
     a `received_at` more than 5 minutes in the future or more than 30 days ago (a report is
     entered when it is received), a `link_case_id` that is unknown or outside your jurisdiction."""
+    idem = None
+    if idempotency_key:
+        idem = submission.Idempotency(idempotency_key, submission.body_hash(report.model_dump_json()))
+    request.state.idempotency = idem  # a retry of an accepted report gets its answer (deps.fail)
     errors = check_report(report, rt.pack, utcnow())
     if errors:
         await fail(request, who, "write", "reports", "rejected", RequestValidationError(errors))
     if not who.covers(report.location.province_code, report.location.commune_code):
         await deny(request, who, "reports", "the location is outside your jurisdiction")
-    idem = None
-    if idempotency_key:
-        idem = submission.Idempotency(idempotency_key, submission.body_hash(report.model_dump_json()))
 
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
@@ -127,6 +128,11 @@ async def update_case(
     who: Annotated[Principal, Depends(role("operator", "supervisor"))],
     idempotency_key: IdempotencyHeader = None,
 ):
+    idem = None
+    if idempotency_key:
+        idem = submission.Idempotency(
+            idempotency_key, submission.body_hash(case_id + update.model_dump_json()))
+    request.state.idempotency = idem  # a retry of an accepted update gets its answer (deps.fail)
     errors = check_codes(rt.pack, None, None, update.indicators)
     if errors:
         await fail(request, who, "write", case_id, "rejected", RequestValidationError(errors))
@@ -144,10 +150,6 @@ async def update_case(
     if not (update.indicators or update.publicity or update.severity_override):
         await fail(request, who, "write", case_id, "rejected", RequestValidationError(
             [{"loc": ["body"], "msg": "nothing to update", "type": "value_error"}]))
-    idem = None
-    if idempotency_key:
-        idem = submission.Idempotency(
-            idempotency_key, submission.body_hash(case_id + update.model_dump_json()))
     update_id = correlation.new_id("U")
     event = CaseUpdated(
         case_id=case_id, update_id=update_id, by_role=who.role, indicators=update.indicators,
