@@ -7,19 +7,23 @@ import random
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
 
 from schemas.events import Envelope, ReportReceived, Topics
 from schemas.reports import Location
 from services.common.db import Database
+from services.common.outbox import OutboxRow
 from services.escalation.store import EscalationCase, Timer
+from services.intake.rebuild import _partitions
 from tests.conftest import eventually, make_settings
 from tests.support.consumers import read_all
 from tests.support.packs import fast_pack
 from tests.support.process import BeaconProcess, beacon
 
 REPORTS = 150
+KILL_AFTER_S = (0.0, 0.8, 0.05, 1.5, 0.2)  # after each burst of 30 reports
 
 
 def _report(i: int) -> Envelope:
@@ -43,16 +47,18 @@ async def test_escalation_survives_kill_9(kafka_bootstrap, tmp_path):
                                 enable_idempotence=True)
     await producer.start()
     rng = random.Random(7)
-    kills = 0
+    in_flight = []  # at each kill: inputs on Kafka that the killed process had not committed
     try:
         for i in range(REPORTS):
             envelope = _report(i)
             await producer.send(settings.topic(Topics.INPUTS), envelope.model_dump_json().encode(),
                                 key=envelope.subject.encode())
             if i % 30 == 29:  # mid-stream, with timers of earlier cases falling due
-                await asyncio.sleep(rng.uniform(0.2, 1.5))
+                await producer.flush()
+                # Some kills land on the batch just sent, others later, among timers.
+                await asyncio.sleep(KILL_AFTER_S[len(in_flight)] * rng.uniform(0.8, 1.2))
                 service.kill()
-                kills += 1
+                in_flight.append(await _uncommitted(settings))
                 await asyncio.to_thread(service.start)
         await producer.flush()
     finally:
@@ -61,22 +67,24 @@ async def test_escalation_survives_kill_9(kafka_bootstrap, tmp_path):
     db = Database(settings.database_url)
 
     async def quiet():
-        # Every report decided, and every timer fired: the chain commune -> province ->
-        # national has run.
+        # Every report decided, every timer fired (the chain commune -> province -> national
+        # has run), and every effect handed to Kafka (the outbox is empty).
         async with db.reads() as session:
             cases = await session.scalar(select(func.count()).select_from(EscalationCase))
             unfired = await session.scalar(select(func.count()).select_from(Timer).where(
                 Timer.fired_at.is_(None)))
-        return cases == REPORTS and unfired == 0
+            unsent = await session.scalar(select(func.count()).select_from(OutboxRow))
+        return cases == REPORTS and unfired == 0 and unsent == 0
 
     try:
         await eventually(quiet, timeout=120, interval=0.5)
-        await asyncio.sleep(2)  # let the outbox relay publish the last effects
     finally:
         await db.dispose()
         service.stop()
 
-    assert kills == REPORTS // 30
+    # The kills mattered: some came while the process had inputs it had not committed, which
+    # its successor had to take up again (and, for any whose effects were written, drop).
+    assert any(n > 0 for n in in_flight), in_flight
     cases = await read_all(settings, Topics.CASES)
     alerts = await read_all(settings, Topics.ALERTS)
 
@@ -106,3 +114,21 @@ async def test_escalation_survives_kill_9(kafka_bootstrap, tmp_path):
         for step, fraction in (("reminder", 0.5), ("reminder", 0.8), ("breach", 1.0)):
             assert escalations[(case, "commune:4:child_protection", step, fraction)], (case, step)
         assert escalations[(case, "commune:4:child_protection", "escalated", None)], case
+
+
+async def _uncommitted(settings) -> int:
+    """Inputs on Kafka past the escalation group's committed offsets."""
+    topic = settings.topic(Topics.INPUTS)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.group("escalation"))
+        parts = [TopicPartition(topic, p) for p in await _partitions(settings, topic)]
+        ends = await consumer.end_offsets(parts)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return sum(end - max(committed[tp].offset, 0) if tp in committed else end
+               for tp, end in ends.items())
