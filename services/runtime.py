@@ -6,6 +6,7 @@ configuration, the rule pack and the directory, and refuses to start with a clea
 
 import asyncio
 import gc
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,10 @@ class Runtime:
     inputs: object = None  # intake: requests' input writes, grouped (intake/submission.py)
     watcher: object = None  # follows the rule-pack topic and the directory entries
     relays: dict[str, Relay] = field(default_factory=dict)
+    # intake: one report at a time may look for, or open, the case of a (commune, category), so
+    # that simultaneous calls about one incident join one case (api/reports.py). At most one
+    # lock per commune and category.
+    matching: defaultdict = field(default_factory=lambda: defaultdict(asyncio.Lock))
     parts: dict[str, object] = field(default_factory=dict)
     tasks: list[asyncio.Task] = field(default_factory=list)
 

@@ -49,6 +49,19 @@ async def test_a_second_report_about_the_same_child_joins_the_case(stack):
         assert case["independent_reports"] == 2  # the first caller twice, and linked, count once
 
 
+async def test_simultaneous_calls_about_one_child_open_one_case(stack):
+    """Five callers at once about the same child (a viral incident): one case, five
+    independent reports, not five cases each routed and alerted on its own."""
+    async with stack.client("operator") as api:
+        bodies = [report(reporter={"phone": f"09110000{i:02d}"}) for i in range(5)]
+        answers = await asyncio.gather(*[api.post("/api/v1/reports", json=b) for b in bodies])
+        assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
+        cases = {a.json()["case_id"] for a in answers}
+        assert len(cases) == 1, cases
+        assert sum(a.json()["new_case"] for a in answers) == 1
+        assert (await _case(api, cases.pop()))["independent_reports"] == 5
+
+
 async def test_correlated_reports_raise_publicity(stack):
     async with stack.client("operator") as api:
         case_id = (await api.post("/api/v1/reports", json=report(

@@ -61,6 +61,16 @@ async def submit_report(
     if not who.covers(report.location.province_code, report.location.commune_code):
         await deny(request, who, "reports", "the location is outside your jurisdiction")
 
+    if report.link_case_id:
+        return await _submit(report, request, rt, who, idem)
+    # Until this report's case is in the read model, another about the same incident must not
+    # look: it would open a second case (several callers at once about one viral incident).
+    async with rt.matching[(report.location.commune_code, report.category)]:
+        return await _submit(report, request, rt, who, idem)
+
+
+async def _submit(report: Report, request: Request, rt, who: Principal,
+                  idem: submission.Idempotency | None) -> dict:
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
     match_children, match_reporters = rt.vault.matching(report, children, reporter)
