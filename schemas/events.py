@@ -188,6 +188,18 @@ class TargetReleased(_Data):
     reason: Literal["transferred"] = "transferred"
 
 
+class CaseReopened(_Data):
+    """A closed case took an operator's input after all: a report linked to it, or a follow-up,
+    accepted in the instant before intake learnt of the closure. Rather than leave that input
+    unenforced, the case is open again: `authority_ids`, the authorities that must act, are to
+    acknowledge again, and the milestones not yet done run from `at`."""
+
+    case_id: str
+    at: datetime
+    cause: str  # the type of the input that reopened it
+    authority_ids: list[str]
+
+
 # --- admin -> every instance (compacted topic, keyed by pack version) -------------------------
 
 
@@ -237,6 +249,7 @@ EVENT_TYPES: dict[str, type[_Data]] = {
     "beacon.milestone.missed": MilestoneMissed,
     "beacon.target.transferred": TargetTransferred,
     "beacon.target.released": TargetReleased,
+    "beacon.case.reopened": CaseReopened,
     "beacon.rulepack.published": RulePackPublished,
 }
 TYPE_OF: dict[type[_Data], str] = {v: k for k, v in EVENT_TYPES.items()}

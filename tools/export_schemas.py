@@ -43,7 +43,7 @@ CHANNELS: dict[str, tuple[str, list[str]]] = {
         "Escalation's decisions and the state changes of each case's targets.",
         ["beacon.case.decided", "beacon.target.escalated", "beacon.ack.recorded",
          "beacon.milestone.scheduled", "beacon.milestone.missed", "beacon.target.transferred",
-         "beacon.target.released"]),
+         "beacon.target.released", "beacon.case.reopened"]),
     Topics.ALERTS: (
         "What escalation asks the notifier to tell one authority.",
         ["beacon.alert.requested"]),
@@ -77,6 +77,7 @@ SUMMARIES: dict[str, str] = {
     "beacon.milestone.missed": "A milestone's deadline passed: the case was escalated.",
     "beacon.target.transferred": "A case was re-routed to another authority, which must acknowledge.",
     "beacon.target.released": "A target's duty ended: the authority it transferred to acknowledged.",
+    "beacon.case.reopened": "A closed case took an operator's input after all, and is open again.",
     "beacon.rulepack.published": "A rule pack version to be in force from its effective time.",
 }
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.decisions import CaseFacts, Decision, Target
@@ -19,6 +19,7 @@ from schemas.events import (
     AckRecorded,
     AlertRequested,
     CaseDecided,
+    CaseReopened,
     CaseUpdated,
     DeliveryOutcome,
     Envelope,
@@ -133,6 +134,8 @@ class Escalation:
             "linked_reports": (*old.linked_reports, *linked),
             "first_received_at": min(old.first_received_at, data.received_at),
         })
+        if case.closed_at is not None:
+            facts = await self._reopen(session, case, facts, data.received_at, envelope)
         await self._decide(session, case, facts, case.publicity, envelope.time, envelope.type)
 
     async def _on_update(self, session, envelope: Envelope, data: CaseUpdated) -> None:
@@ -147,8 +150,43 @@ class Escalation:
             case.human_publicity = floor = data.publicity
         if data.severity_override is not None:
             changes["severity_override"] = data.severity_override
-        await self._decide(session, case, old.model_copy(update=changes), floor, envelope.time,
-                           envelope.type)
+        facts = old.model_copy(update=changes)
+        if case.closed_at is not None:
+            facts = await self._reopen(session, case, facts, envelope.time, envelope)
+        await self._decide(session, case, facts, floor, envelope.time, envelope.type)
+
+    async def _reopen(self, session, case: EscalationCase, facts: CaseFacts, origin: datetime,
+                      envelope: Envelope) -> CaseFacts:
+        """An operator's input reached a case closed an instant before (intake had not yet
+        learnt of the closure). It was accepted, so it is enforced: the case opens again, every
+        authority that must act is alerted and asked to acknowledge anew, and the milestones not
+        done (the closure among them) run again from `origin`, this input's receipt."""
+        case.closed_at = case.outcome = None
+        await session.execute(delete(EscalationMilestone).where(
+            EscalationMilestone.case_id == case.case_id,
+            or_(EscalationMilestone.done_at.is_(None),
+                EscalationMilestone.milestone == milestones.CASE_CLOSED)))
+        rows = (await session.scalars(select(EscalationTarget).where(
+            EscalationTarget.case_id == case.case_id, EscalationTarget.role == "act",
+            EscalationTarget.released_at.is_(None)))).all()
+        for row in rows:
+            row.acked_at = row.acked_by = None
+            row.ack_due, row.added_at = self._due(envelope.time, row), envelope.time
+            self._alert(session, case, row, "alert", suffix=f"reopened:{case.decisions}")
+            self._schedule(session, row)
+        self._emit(session, CaseReopened(case_id=case.case_id, at=envelope.time,
+                                         cause=envelope.type,
+                                         authority_ids=[r.authority_id for r in rows]))
+        log.warning("case_reopened", cause=envelope.type, authorities=len(rows))
+        return facts.model_copy(update={"first_received_at": origin})
+
+    def _due(self, start: datetime, row: EscalationTarget) -> datetime:
+        """When an act target asked to answer from `start` must answer: its window again."""
+        if row.ack_within:
+            return deadline(start, row.ack_within, row.working_days,
+                            timezone=self.rt.pack.calendar.timezone,
+                            country=self.rt.pack.calendar.holidays_country)
+        return start + ((row.ack_due - row.added_at) if row.ack_due else _DEFAULT_WINDOW)
 
     async def _decide(self, session, case: EscalationCase, facts: CaseFacts, floor: str,
                       at: datetime, cause: str, fresh: bool = False) -> None:
@@ -282,13 +320,7 @@ class Escalation:
         except KeyError:
             log.warning("transfer_to_unknown_authority", authority_id=data.to_authority_id)
             return
-        # The new authority answers within the same window the first one had (1 h for P2...).
-        if old.ack_within:
-            due = deadline(data.at, old.ack_within, old.working_days,
-                           timezone=self.rt.pack.calendar.timezone,
-                           country=self.rt.pack.calendar.holidays_country)
-        else:
-            due = data.at + ((old.ack_due - old.added_at) if old.ack_due else _DEFAULT_WINDOW)
+        due = self._due(data.at, old)  # the same window the first one had (1 h for P2...)
         new = await session.get(EscalationTarget, (data.case_id, data.to_authority_id))
         old.transferred_to = data.to_authority_id
         if new is not None and new.released_at is not None:
@@ -595,10 +627,7 @@ class Escalation:
         parent = await session.get(EscalationTarget, (case.case_id, parent_id))
         if parent is not None and parent.released_at is not None:
             return  # a transfer passed its duty to another authority
-        due = (deadline(now, row.ack_within, row.working_days,
-                        timezone=self.rt.pack.calendar.timezone,
-                        country=self.rt.pack.calendar.holidays_country) if row.ack_within
-               else now + (row.ack_due - row.added_at))
+        due = self._due(now, row)
         if parent is None:
             authority = self.rt.directory.get(parent_id)
             parent = EscalationTarget(

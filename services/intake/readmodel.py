@@ -8,7 +8,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.events import (
-    AckRecorded, AlertRequested, CaseDecided, CaseUpdated, DeliveryOutcome, Envelope,
+    AckRecorded, AlertRequested, CaseDecided, CaseReopened, CaseUpdated, DeliveryOutcome, Envelope,
     MilestoneMissed, MilestoneRecorded, MilestoneScheduled, ReportReceived, TargetAcknowledged,
     TYPE_OF, TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
@@ -161,8 +161,14 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
             _target(case, data.authority_id, delivery=data.status, delivery_channel=data.channel)
             detail = data.model_dump(mode="json", exclude={"case_id"})
         case MilestoneRecorded():
-            if data.milestone == "case_closed":
+            # Closed, unless escalation reopened it since (the cases topic may come first).
+            if data.milestone == "case_closed" and not await _reopened_since(session, case, data.at):
                 case.status = "closed"
+            detail = data.model_dump(mode="json", exclude={"case_id"})
+        case CaseReopened():
+            case.status, case.acknowledged = "open", False
+            for authority_id in data.authority_ids:  # asked to acknowledge again
+                _target(case, authority_id, acknowledged_at=None, acknowledged_by=None)
             detail = data.model_dump(mode="json", exclude={"case_id"})
         case MilestoneScheduled() | MilestoneMissed() | TransferRequested():
             detail = data.model_dump(mode="json", exclude={"case_id"})
@@ -182,6 +188,12 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
     case.updated_at = max(case.updated_at, envelope.time)
     add_bulk(session, TimelineEntry, case_id=envelope.subject, at=envelope.time,
              kind=_kind(envelope, data), detail=detail, event_id=envelope.id)
+
+
+async def _reopened_since(session: AsyncSession, case: CaseView, at: datetime) -> bool:
+    return await session.scalar(select(TimelineEntry.id).where(
+        TimelineEntry.case_id == case.case_id, TimelineEntry.kind == "case_reopened",
+        TimelineEntry.at > at).limit(1)) is not None
 
 
 def _kind(envelope: Envelope, data) -> str:

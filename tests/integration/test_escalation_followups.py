@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.events import (
-    CaseUpdated, Envelope, ReportReceived, RulePackPublished, TargetAcknowledged, Topics,
-    TransferRequested,
+    CaseUpdated, Envelope, MilestoneRecorded, ReportReceived, RulePackPublished,
+    TargetAcknowledged, Topics, TransferRequested,
 )
 from schemas.reports import Location
 from services.escalation.rulepack import SHIPPED, parse_pack
-from services.escalation.store import EscalationCase, EscalationTarget
+from services.escalation.store import EscalationCase, EscalationMilestone, EscalationTarget
 from tests.integration.test_escalation_service import (
     CP, T0, M, _case as case, _emitted as emitted, _report as report, _rows, _use, _wrap as wrap,
 )
@@ -187,3 +187,49 @@ async def test_a_linked_report_of_another_category_raises_and_routes_by_it(esc):
     rows = await targets(esc)
     assert rows["commune:4:police"].role == "act" and rows["commune:4:health"].role == "act"
     assert c.facts["category"] == "NEGLECT" and c.facts["other_categories"] == ["SEX_ABUSE"]
+
+
+async def close(esc, at: datetime) -> None:
+    await esc.handle([wrap(MilestoneRecorded(case_id="C-1", milestone="case_closed",
+                                             authority_id=CP, by_user="u", at=at,
+                                             outcome="resolved"), at)])
+
+
+async def test_a_report_reaching_a_case_closed_an_instant_before_reopens_it(esc):
+    """Intake linked the report to the case in the instant before it learnt of the closure. The
+    report was accepted, so it is enforced: the case is open again, the authority that must act
+    is alerted and held to acknowledge afresh, and the milestones run from this report."""
+    await report(esc)  # P2: commune child protection acts within 1 h; assessment within 24 h
+    await ack(esc, CP, T0 + 5 * M)
+    await close(esc, T0 + 2 * 60 * M)
+    assert (await case(esc)).closed_at is not None
+    before = len(await emitted(esc, ALERT))
+    later = T0 + 3 * 60 * M
+    await report(esc, at=later, new_case=False)  # the same facts: nothing new to route
+    assert (await case(esc)).closed_at is None
+    [reopened] = await emitted(esc, "beacon.case.reopened")
+    assert reopened["authority_ids"] == [CP]
+    row = (await targets(esc))[CP]
+    assert row.acked_at is None and row.ack_due > later
+    assert ("alert", CP) in await alerts_after(esc, before)
+    # Its clock runs: unanswered, it is reminded and breached like any target.
+    before = len(await emitted(esc, ALERT))
+    await esc.fire_due(later + 24 * 60 * M)
+    assert ("reminder", CP) in await alerts_after(esc, before)
+    # The assessment not done before closing is due again, counted from this report.
+    [assessment] = [m for m in await _rows(esc, EscalationMilestone)
+                    if m.milestone == "initial_assessment"]
+    assert assessment.done_at is None and assessment.due_at > later
+    # And the case can be closed again.
+    await close(esc, later + 30 * 60 * M)
+    assert (await case(esc)).closed_at is not None
+
+
+async def test_a_follow_up_reaching_a_closed_case_reopens_it(esc):
+    await report(esc)
+    await close(esc, T0 + 60 * M)
+    await esc.handle([wrap(CaseUpdated(case_id="C-1", update_id="U-9", by_role="operator",
+                                       indicators=["ongoing"]), T0 + 2 * 60 * M)])
+    assert (await case(esc)).closed_at is None
+    assert [e["cause"] for e in await emitted(esc, "beacon.case.reopened")] == [
+        "beacon.case.updated"]

@@ -74,3 +74,27 @@ async def test_a_re_decision_keeps_a_transferred_case_acknowledged(sqlite_db):
         _decided(),
     ])
     assert case.acknowledged is True
+
+
+@pytest.mark.parametrize("reopen_first", [False, True])
+async def test_a_reopened_case_is_open_whichever_topic_comes_first(sqlite_db, reopen_first):
+    """The closure is on the inputs topic, escalation's reopening on the cases topic: read in
+    either order, the case is open and its authority must acknowledge again."""
+    from datetime import timedelta
+
+    from schemas.events import CaseReopened, MilestoneRecorded
+
+    closed = Envelope.wrap(MilestoneRecorded(
+        case_id=CASE, milestone="case_closed", authority_id=A, by_user="u",
+        at=NOW + timedelta(hours=2), outcome="resolved"), "beacon/intake")
+    reopened = Envelope.wrap(CaseReopened(
+        case_id=CASE, at=NOW + timedelta(hours=3), cause="beacon.report.received",
+        authority_ids=[A]), "beacon/escalation")
+    reopened.time = NOW + timedelta(hours=3)
+    acked = Envelope.wrap(AckRecorded(case_id=CASE, authority_id=A, by_user="u", at=NOW,
+                                      case_acknowledged=True), "beacon/escalation")
+    tail = [reopened, closed] if reopen_first else [closed, reopened]
+    case = await _apply_one_by_one(sqlite_db, [_report(), _decided(), acked, *tail])
+    assert case.status == "open" and case.acknowledged is False
+    [target] = case.targets
+    assert target["acknowledged_at"] is None
