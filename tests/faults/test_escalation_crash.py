@@ -66,18 +66,26 @@ async def test_escalation_survives_kill_9(kafka_bootstrap, tmp_path):
 
     db = Database(settings.database_url)
 
+    last = {}
+
     async def quiet():
         # Every report decided, every timer fired (the chain commune -> province -> national
         # has run), and every effect handed to Kafka (the outbox is empty).
         async with db.reads() as session:
-            cases = await session.scalar(select(func.count()).select_from(EscalationCase))
-            unfired = await session.scalar(select(func.count()).select_from(Timer).where(
+            last["cases"] = await session.scalar(select(func.count()).select_from(EscalationCase))
+            last["unfired"] = await session.scalar(select(func.count()).select_from(Timer).where(
                 Timer.fired_at.is_(None)))
-            unsent = await session.scalar(select(func.count()).select_from(OutboxRow))
-        return cases == REPORTS and unfired == 0 and unsent == 0
+            last["unsent"] = await session.scalar(select(func.count()).select_from(OutboxRow))
+        return last == {"cases": REPORTS, "unfired": 0, "unsent": 0}
 
     try:
-        await eventually(quiet, timeout=120, interval=0.5)
+        try:
+            await eventually(quiet, timeout=180, interval=0.5)
+        except AssertionError:
+            problems = [line for line in service.log_path.read_text().splitlines()
+                        if '"level": "error"' in line or '"level": "warning"' in line]
+            raise AssertionError(f"not settled: {last}; last problems logged: "
+                                 f"{problems[-5:]}") from None
     finally:
         await db.dispose()
         service.stop()

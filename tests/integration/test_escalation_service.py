@@ -8,7 +8,6 @@ from unittest.mock import patch
 
 import pytest
 import structlog
-import structlog.testing
 from sqlalchemy import select, update
 
 from schemas.events import CaseUpdated, DeliveryOutcome, Envelope, ReportReceived
@@ -93,9 +92,11 @@ async def test_publicity_is_not_raised_again_by_re_decisions(esc):
     assert (await _case(esc)).publicity == "PA1"
     # The same rules published as a new version: cases decided under the old one are re-decided.
     esc.rt.pack = esc.rt.pack.model_copy(update={"version": "default-next"})
-    with structlog.testing.capture_logs() as logs, patch.object(handlers, "PROGRESS_EVERY", 1):
+    # The module's logger itself: structlog caches it once configured (capture_logs would not see).
+    with patch.object(handlers, "log") as log, patch.object(handlers, "PROGRESS_EVERY", 1):
         assert await esc.reevaluate_open("publication-1") == 1
-    progress = [(e.get("done"), e["total"]) for e in logs if e["event"] == "reevaluating_open_cases"]
+    progress = [(c.kwargs.get("done"), c.kwargs["total"]) for c in log.info.call_args_list
+                if c.args == ("reevaluating_open_cases",)]
     assert progress == [(None, 1), (1, 1)]  # a long pass says how far it is
     assert (await _case(esc)).publicity == "PA1"
     for decided in await _emitted(esc, "beacon.case.decided"):

@@ -63,17 +63,22 @@ async def test_rebuilt_read_model_equals_the_live_one(stack):
 
         await eventually(settled)
 
-    # Receipts and escalations may still be arriving: take the live model once it is still.
-    live = await _snapshot(stack.rt.db)
-    for _ in range(30):
-        await asyncio.sleep(1)
-        again = await _snapshot(stack.rt.db)
-        if again == live:
-            break
-        live = again
+    live = await _still(stack.rt.db)
     assert live["cases"][first["case_id"]]["reports"] == (2, 2)
     await rebuild(stack.rt.settings)
     assert await _snapshot(stack.rt.db) == live
+
+
+async def _still(db) -> dict:
+    """The live model once it is still: receipts and escalations may still be arriving."""
+    live = await _snapshot(db)
+    for _ in range(30):
+        await asyncio.sleep(1)
+        again = await _snapshot(db)
+        if again == live:
+            break
+        live = again
+    return live
 
 
 async def _targets(api, case_id):
@@ -86,7 +91,7 @@ async def test_a_rebuild_refuses_when_kafka_has_lost_events(stack):
     async with stack.client("operator") as api:
         case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
         await eventually(lambda: _targets(api, case_id))
-    before = await _snapshot(stack.rt.db)
+    before = await _still(stack.rt.db)
     topic = stack.rt.settings.topic(Topics.INPUTS)
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.rt.settings.kafka_bootstrap)
     await admin.start()
