@@ -104,36 +104,26 @@ def _bind(host: str, port: int):
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head"):
     """Create or migrate the tables (Alembic)."""
-    from services.common.db import Database
     from services.common.migrate import upgrade
-    from services.runtime import check_database
+
+    async def reachable(db):
+        return None
 
     settings = _settings()
-
-    async def reachable():
-        db = Database(settings.database_url)
-        try:
-            await check_database(db, migrated=False)
-        finally:
-            await db.dispose()
-    try:
-        asyncio.run(reachable())
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    asyncio.run(_with_db(reachable, settings, migrated=False))  # exit 2 when it does not answer
     upgrade(settings.database_url, revision)
     typer.echo(f"database at {revision}")
 
 
-async def _with_db(fn, settings=None):
+async def _with_db(fn, settings=None, migrated: bool = True):
     """`fn(db)` on the configured database, closed afterwards; exit 2 with a message when it
-    cannot be reached or is not migrated."""
+    cannot be reached or (`migrated`) is not migrated."""
     from services.common.db import Database
     from services.runtime import check_database
 
     db = Database((settings or _settings()).database_url)
     try:
-        await check_database(db)
+        await check_database(db, migrated)
         return await fn(db)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)

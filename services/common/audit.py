@@ -27,6 +27,13 @@ def record(session: AsyncSession, user_id: str, role: str, action: str, record_i
              record=record_id, fields=sorted(fields or []), outcome=outcome)
 
 
+async def write(db, user_id: str, role: str, action: str, record_id: str,
+                fields: list[str] | None = None, outcome: str = "ok") -> None:
+    """One record in a transaction of its own: a read, or an attempt that changed nothing."""
+    async with db.writes() as session, session.begin():
+        record(session, user_id, role, action, record_id, fields, outcome)
+
+
 @event.listens_for(AuditRecord, "before_update")
 @event.listens_for(AuditRecord, "before_delete")
 def _append_only(mapper, connection, target) -> None:

@@ -152,9 +152,8 @@ async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
 async def _record(rt, who: Principal, envelope: Envelope, outcome: str,
                   case_id: str | None = None) -> None:
     """Every attempt is recorded, answered from the key or refused."""
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "write", case_id or envelope.subject,
-                     sorted(envelope.data), outcome=outcome)
+    await audit.write(rt.db, who.user_id, who.role, "write", case_id or envelope.subject,
+                      sorted(envelope.data), outcome=outcome)
 
 
 async def _withdraw(rt, who: Principal, envelope: Envelope, idem: Idempotency | None) -> bool:

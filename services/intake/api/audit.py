@@ -79,9 +79,8 @@ async def trail(request: Request, rt: Runtime, who: Auditor,
     async with rt.db.reads() as session:
         total, rows = await audit.query(session, case_id=case_id, user_id=user_id, action=action,
                                         since=since, until=until, limit=limit, offset=offset)
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "export", (case_id or "audit")[:64],
-                     ["audit_trail"])
+    await audit.write(rt.db, who.user_id, who.role, "export", (case_id or "audit")[:64],
+                      ["audit_trail"])
     return AuditPage(items=[AuditOut.model_validate(r, from_attributes=True) for r in rows],
                      total=total, limit=limit, offset=offset)
 
@@ -92,6 +91,5 @@ async def access_report(case_id: str, request: Request, rt: Runtime, who: Audito
     await _in_scope(request, rt, who, case_id)
     async with rt.db.reads() as session:
         people = await audit.access_report(session, case_id)
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "export", case_id[:64], ["access_report"])
+    await audit.write(rt.db, who.user_id, who.role, "export", case_id[:64], ["access_report"])
     return {"case_id": case_id, "accessed_by": people}

@@ -88,8 +88,7 @@ async def list_milestones(case_id: str, request: Request, rt: Runtime,
         await readable_case(session, request, who, case_id)
         rows = (await session.scalars(select(EscalationMilestone).where(
             EscalationMilestone.case_id == case_id).order_by(EscalationMilestone.due_at))).all()
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "read", case_id, ["milestones"])
+    await audit.write(rt.db, who.user_id, who.role, "read", case_id, ["milestones"])
     return [MilestoneOut(milestone=r.milestone, authority_id=r.authority_id, due_at=r.due_at,
                          done_at=r.done_at, done_by=r.done_by, outcome=r.outcome,
                          missed_at=r.missed_at) for r in rows]

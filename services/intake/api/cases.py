@@ -88,8 +88,7 @@ async def get_case(case_id: str, request: Request, rt: Runtime,
     async with rt.db.reads() as session:
         case = await readable_case(session, request, who, case_id)
         out = _out(case, await readmodel.timeline(session, case_id))
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "read", case_id, list(CaseOut.model_fields))
+    await audit.write(rt.db, who.user_id, who.role, "read", case_id, list(CaseOut.model_fields))
     return out
 
 

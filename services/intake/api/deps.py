@@ -75,13 +75,11 @@ async def fail(request: Request, who: Principal, action: str, record_id: str, ou
         except HTTPException:
             earlier = None  # the key names another body or is in use: the refusal stands
         if earlier is not None:
-            async with request.app.state.runtime.db.writes() as session, session.begin():
-                audit.record(session, who.user_id, who.role, "write",
-                             earlier.get("case_id", record_id)[:64], fields, outcome="replayed")
+            await audit.write(request.app.state.runtime.db, who.user_id, who.role, "write",
+                              earlier.get("case_id", record_id)[:64], fields, outcome="replayed")
             raise Answered(earlier)
-    async with request.app.state.runtime.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, action, record_id[:64], fields,
-                     outcome=outcome)
+    await audit.write(request.app.state.runtime.db, who.user_id, who.role, action, record_id[:64], fields,
+                      outcome=outcome)
     raise error
 
 

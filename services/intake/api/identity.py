@@ -61,8 +61,7 @@ async def case_identity(case_id: str, request: Request, response: Response, rt: 
             .order_by(ReportRow.received_at))).all()
     reports = [_opened(rt.vault, row, who) for row in rows]
     shown = sorted({f"identity.{name}" for r in reports for name in SHOWN if getattr(r, name)})
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "read", case_id, shown)
+    await audit.write(rt.db, who.user_id, who.role, "read", case_id, shown)
     response.headers["Cache-Control"] = "no-store"
     return CaseIdentity(case_id=case_id, reports=reports)
 

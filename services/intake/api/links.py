@@ -59,17 +59,15 @@ def _link_user(authority_id: str) -> Principal:
 
 async def _record(rt, who: Principal, case_id: str, outcome: str) -> None:
     """Each use of a valid link is recorded, the ones that change nothing too."""
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "write", case_id, ["acknowledged"],
-                     outcome=outcome)
+    await audit.write(rt.db, who.user_id, who.role, "write", case_id, ["acknowledged"],
+                      outcome=outcome)
 
 
 @router.get("/a/{token}", response_class=HTMLResponse)
 async def link_page(token: str, rt: Runtime):
     case, claims, target = await _claims(rt, token)
     who = _link_user(claims.authority_id)
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "read", case.case_id, ["link_page"])
+    await audit.write(rt.db, who.user_id, who.role, "read", case.case_id, ["link_page"])
     facts = (f"<p>Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
              f"{escape(case.category)}. For: {escape(claims.authority_id)}.</p>")
     if target.get("acknowledged_at"):

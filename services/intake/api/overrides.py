@@ -56,8 +56,7 @@ async def case_overrides(case_id: str, request: Request, response: Response, rt:
             .order_by(_ROWS.created_at, _ROWS.update_id))).all()
     overrides = [_opened(rt.vault, row) for row in rows]
     shown = ["override.reason"] if any(o.reason for o in overrides) else []
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "read", case_id, shown)
+    await audit.write(rt.db, who.user_id, who.role, "read", case_id, shown)
     response.headers["Cache-Control"] = "no-store"
     return CaseOverrides(case_id=case_id, overrides=overrides)
 

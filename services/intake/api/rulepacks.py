@@ -80,8 +80,7 @@ async def list_packs(rt: Runtime, who: Admin):
     async with rt.db.reads() as session:
         rows = (await session.scalars(select(packs_store.RulePackVersion)
                                       .order_by(packs_store.RulePackVersion.uploaded_at))).all()
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "read", "rulepacks", ["versions"])
+    await audit.write(rt.db, who.user_id, who.role, "read", "rulepacks", ["versions"])
     return [_out(r, rt) for r in rows]
 
 
@@ -115,8 +114,7 @@ async def show(version: str, request: Request, rt: Runtime, who: Admin):
         pubs = (await session.scalars(select(packs_store.RulePackPublication).where(
             packs_store.RulePackPublication.version == version)
             .order_by(packs_store.RulePackPublication.id))).all()
-    async with rt.db.writes() as session, session.begin():
-        audit.record(session, who.user_id, who.role, "read", version, ["publications", "text"])
+    await audit.write(rt.db, who.user_id, who.role, "read", version, ["publications", "text"])
     return {**_out(row, rt).model_dump(mode="json"), "text": row.text,
             "publications": [{"effective_at": p.effective_at, "published_by": p.published_by,
                               "published_at": p.published_at, "rollback": p.rollback,
