@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from services import runtime as runtime_mod
-from services.intake.api.deps import Answered
+from services.intake.api.deps import Answered, audit_refused_body
 
 log = structlog.get_logger("beacon.http")
 
@@ -93,6 +93,7 @@ def create_app(rt) -> FastAPI:
         # FastAPI's own 422, less each error's "input": a child's name or a reporter's phone
         # number that fails validation would come back in the body, and bodies end up in the
         # logs of proxies and clients. Which field and what is wrong are enough.
+        await audit_refused_body(request, exc.errors())
         return JSONResponse({"detail": jsonable_encoder(
             [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()])}, 422)
 

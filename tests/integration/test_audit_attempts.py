@@ -2,9 +2,13 @@
 role is recorded against the case it named, an unknown case as not found, an input the caller
 was let make but that was rejected (409, 422) as rejected. IDs and field names, never values."""
 
+from datetime import timedelta
+
 from sqlalchemy import select
 
 from services.common.audit import AuditRecord
+from services.common.db import utcnow
+from services.common.links import sign_link
 from tests.integration.test_authorities import CP, _p1_case
 from tests.support.reports import report
 
@@ -90,6 +94,39 @@ async def test_a_report_or_follow_up_with_invalid_codes_is_recorded(stack):
         made_up = await api.post(f"/api/v1/cases/{case_id}/updates",
                                  json={"indicators": ["made_up"]})
     assert elsewhere.status_code == unknown_link.status_code == made_up.status_code == 422
-    assert await _attempts(stack, "reports") == [("test-operator", "operator", "write", "rejected")]
+    assert await _attempts(stack, "/api/v1/reports") == [
+        ("test-operator", "operator", "write", "rejected")]
     assert await _attempts(stack, UNKNOWN) == [("test-operator", "operator", "write", "not_found")]
     assert ("test-operator", "operator", "write", "rejected") in await _attempts(stack, case_id)
+
+
+async def test_a_body_refused_before_any_handler_is_recorded_without_its_text(stack):
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+        too_old = report()
+        too_old["children"][0]["age"] = 25
+        too_old["Nguyen Van Canary"] = "x"  # an unexpected field: its name is the caller's text
+        refused = await api.post("/api/v1/reports", json=too_old)
+        follow_up = await api.post(f"/api/v1/cases/{case_id}/updates", json={"publicity": "PA9"})
+    assert refused.status_code == follow_up.status_code == 422
+    async with stack.rt.db.reads() as session:
+        rows = (await session.scalars(select(AuditRecord).where(
+            AuditRecord.record == "/api/v1/reports"))).all()
+    assert [(r.user_id, r.action, r.outcome, r.fields) for r in rows] == [
+        ("test-operator", "write", "rejected", ["(unexpected field)", "children.0.age"])]
+    assert ("test-operator", "operator", "write", "rejected") in await _attempts(stack, case_id)
+
+
+async def test_an_invalid_link_is_recorded_against_the_case_it_names(stack):
+    case_id, _ = await _p1_case(stack)
+    forged = sign_link(stack.base_url, case_id, "view", CP, utcnow() + timedelta(days=7),
+                       "another-secret").rsplit("/", 1)[1]
+    unknown = sign_link(stack.base_url, UNKNOWN, "view", CP, utcnow() + timedelta(days=7),
+                        stack.rt.settings.secret("secret_key")).rsplit("/", 1)[1]
+    async with stack.client() as anonymous:
+        assert (await anonymous.get(f"/a/{forged}")).status_code == 404
+        assert (await anonymous.post(f"/a/{forged}")).status_code == 404
+        assert (await anonymous.get(f"/a/{unknown}")).status_code == 404
+    assert [a for a in await _attempts(stack, case_id) if a[0] == "link:invalid"] == [
+        ("link:invalid", "link", "read", "denied"), ("link:invalid", "link", "write", "denied")]
+    assert await _attempts(stack, "/a/[token]") == [("link:invalid", "link", "read", "not_found")]

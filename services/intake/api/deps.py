@@ -26,6 +26,7 @@ async def principal(
         who = await principal_for(reads, creds.credentials)
     if who is None:
         raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    request.state.principal = who  # a body FastAPI refuses is audited against its caller (app)
     return who
 
 
@@ -80,7 +81,26 @@ async def fail(request: Request, who: Principal, action: str, record_id: str, ou
             raise Answered(earlier)
     await audit.write(request.app.state.runtime.db, who.user_id, who.role, action, record_id[:64], fields,
                       outcome=outcome)
+    request.state.audited = True
     raise error
+
+
+async def audit_refused_body(request: Request, errors: list[dict]) -> None:
+    """Record a body that FastAPI's own validation refused before any handler ran, against
+    the caller, if one was identified, and the case or path it named. Field paths only: the
+    name of an unexpected field is the caller's text, so it is left out."""
+    who = getattr(request.state, "principal", None)
+    if who is None or getattr(request.state, "audited", False):
+        return
+    fields = set()
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())[1:]]
+        if error.get("type") == "extra_forbidden":
+            loc = loc[:-1] + ["(unexpected field)"]
+        fields.add(".".join(loc)[:100] or "(body)")
+    action = "read" if request.method in ("GET", "HEAD") else "write"
+    await audit.write(request.app.state.runtime.db, who.user_id, who.role, action,
+                      _record_of(request)[:64], sorted(fields), outcome="rejected")
 
 
 Runtime = Annotated[object, Depends(runtime)]

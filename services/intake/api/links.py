@@ -28,7 +28,7 @@ router = APIRouter(tags=["authorities"], include_in_schema=True)
 ACTIONS = ("view", "ack")  # the notifier's link says "view"; the page offers the one action
 
 
-async def _claims(rt, token: str) -> tuple[CaseView, LinkClaims, dict]:
+async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, dict]:
     case_id = unquote(token.split(".", 1)[0])[:40]
     async with rt.db.reads() as session:
         case = await session.get(CaseView, case_id)
@@ -42,6 +42,10 @@ async def _claims(rt, token: str) -> tuple[CaseView, LinkClaims, dict]:
                         and claims.case_id == case.case_id):
                     return case, claims, target
     # One answer for unknown, forged and expired links: nothing to learn from the difference.
+    # The trail tells them apart: one naming a case is filed under it, for its access report.
+    await audit.write(rt.db, "link:invalid", "link", action,
+                      case.case_id if case is not None else "/a/[token]", ["link"],
+                      outcome="denied" if case is not None else "not_found")
     raise HTTPException(404, "this link is not valid or has expired")
 
 
@@ -65,7 +69,7 @@ async def _record(rt, who: Principal, case_id: str, outcome: str) -> None:
 
 @router.get("/a/{token}", response_class=HTMLResponse)
 async def link_page(token: str, rt: Runtime):
-    case, claims, target = await _claims(rt, token)
+    case, claims, target = await _claims(rt, token, "read")
     who = _link_user(claims.authority_id)
     await audit.write(rt.db, who.user_id, who.role, "read", case.case_id, ["link_page"])
     facts = (f"<p>Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
@@ -83,7 +87,7 @@ async def link_page(token: str, rt: Runtime):
 
 @router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 503: {}})
 async def link_acknowledge(token: str, rt: Runtime):
-    case, claims, target = await _claims(rt, token)
+    case, claims, target = await _claims(rt, token, "write")
     who = _link_user(claims.authority_id)
     if not holds_duty(target):
         await _record(rt, who, case.case_id, "rejected")

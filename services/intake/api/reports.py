@@ -57,15 +57,15 @@ async def submit_report(
     request.state.idempotency = idem  # a retry of an accepted report gets its answer (deps.fail)
     errors = check_report(report, rt.pack, utcnow())
     if errors:
-        await fail(request, who, "write", "reports", "rejected", RequestValidationError(errors))
+        await fail(request, who, "write", request.url.path, "rejected", RequestValidationError(errors))
     if not who.covers(report.location.province_code, report.location.commune_code):
-        await deny(request, who, "reports", "the location is outside your jurisdiction")
+        await deny(request, who, request.url.path, "the location is outside your jurisdiction")
 
     if report.link_case_id:
         return await _submit(report, request, rt, who, idem)
     # Until this report's case is in the read model, another about the same incident must not
     # look: it would open a second case (several callers at once about one viral incident).
-    async with rt.matching[(report.location.commune_code, report.category)]:
+    async with rt.matching.hold(report.location.commune_code, report.category):
         return await _submit(report, request, rt, who, idem)
 
 
