@@ -6,7 +6,6 @@ configuration, the rule pack and the directory, and refuses to start with a clea
 
 import asyncio
 import gc
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +37,7 @@ class Runtime:
     inputs: object = None  # intake: requests' input writes, grouped (intake/submission.py)
     watcher: object = None  # follows the rule-pack topic and the directory entries
     relays: dict[str, Relay] = field(default_factory=dict)
-    # intake: one report at a time may look for, or open, the case of a (commune, category), so
-    # that simultaneous calls about one incident join one case (api/reports.py). At most one
-    # lock per commune and category.
-    matching: defaultdict = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    matching: object = None  # intake: correlation.MatchLocks (api/reports.py)
     parts: dict[str, object] = field(default_factory=dict)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -67,12 +63,13 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
                  directory=OverlayDirectory(directory))
     rt.watcher = PackWatcher(rt)
     if "intake" in services:
-        from services.intake import submission
+        from services.intake import correlation, submission
         from services.intake.identity import IdentityVault
 
         current, *previous = settings.secret_keys()
         rt.vault = IdentityVault(current, previous)
         rt.inputs = submission.writer(rt.db)
+        rt.matching = correlation.MatchLocks(rt.db)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.CASES, Topics.ALERTS,
                                             Topics.DELIVERIES], "intake-readmodel",
                       batch_handler=_readmodel(rt), database_up=rt.db.is_up)

@@ -1,8 +1,12 @@
 """Duplicate and related reports: a report about an open case joins it instead of opening another."""
 
+import asyncio
+import hashlib
+from collections import defaultdict
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.reports import Report
@@ -57,6 +61,42 @@ _SAME_REPORTER = select(ReportRow.report_id).where(
     ReportRow.reporter_fingerprint.in_(bindparam("reporters", expanding=True)),
     ReportRow.event_id.not_in(select(WithdrawnInput.event_id)),  # refused: no earlier report
 ).limit(1)
+
+
+class MatchLocks:
+    """One report at a time may look for, or open, the case of a (commune, category), until
+    its case is in the read model: simultaneous calls about one incident then join one case.
+    In this process an asyncio lock (at most one per commune and category). On PostgreSQL also
+    a transaction-scoped advisory lock, so that intake instances sharing the database take
+    turns too; it is released with its transaction whatever becomes of the request. Each held
+    advisory lock keeps a connection, so at most SHARED_SLOTS are held at once and the pool
+    keeps connections for the work done under them."""
+
+    SHARED_SLOTS = 8
+
+    def __init__(self, db):
+        self._db = db
+        self._local: defaultdict = defaultdict(asyncio.Lock)
+        self._slots = asyncio.Semaphore(self.SHARED_SLOTS)
+        self._shared = db.engine.dialect.name == "postgresql"
+
+    @asynccontextmanager
+    async def hold(self, commune_code: int, category: str):
+        async with self._local[(commune_code, category)]:
+            if not self._shared:
+                yield
+                return
+            async with self._slots, self._db.engine.connect() as conn, conn.begin():
+                await conn.execute(_ADVISORY_LOCK, {"key": _lock_key(commune_code, category)})
+                yield
+
+
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+
+
+def _lock_key(commune_code: int, category: str) -> int:
+    digest = hashlib.blake2b(f"match:{commune_code}:{category}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)  # PostgreSQL's bigint
 
 
 def new_id(prefix: str, at: datetime | None = None) -> str:

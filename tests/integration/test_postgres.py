@@ -259,3 +259,22 @@ async def test_a_refused_report_whose_event_lands_is_adopted_on_postgres(kafka_b
                 "withdrawn", "adopted"]
     finally:
         await stack.stop()
+
+
+async def test_simultaneous_calls_to_two_intake_instances_open_one_case(kafka_bootstrap,
+                                                                        pg_database):
+    """Callers about one child reach two intake instances behind one address at once: one case,
+    as with one instance, not a case per instance (the match is serialised across instances)."""
+    settings = make_settings(kafka_bootstrap, pg_database)
+    stacks = [await start_stack(settings, services=("intake",)) for _ in range(2)]
+    try:
+        async with stacks[0].client("operator") as one, stacks[1].client("operator") as two:
+            bodies = [report(reporter={"phone": f"09120000{i:02d}"}) for i in range(6)]
+            answers = await asyncio.gather(*[(one, two)[i % 2].post("/api/v1/reports", json=b)
+                                             for i, b in enumerate(bodies)])
+        assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
+        assert len({a.json()["case_id"] for a in answers}) == 1
+        assert sum(a.json()["new_case"] for a in answers) == 1
+    finally:
+        for stack in stacks:
+            await stack.stop()
