@@ -366,10 +366,11 @@ class Escalation:
                 EscalationMilestone.case_id == case.case_id))).all()}
         duties = [milestones.Duty(t.authority_id, t.tier, t.agency, t.released_at is None)
                   for t in targets if t.role == "act"]
+        home = milestones.home_ids(duties, self.rt.directory, facts.location)
         for mid, due in dues.items():
             m = known.get(mid)
             if m is None:
-                holder = milestones.owner(mid, duties, self.rt.pack)
+                holder = milestones.owner(mid, duties, self.rt.pack, home)
                 if holder is None:
                     continue
                 add_bulk(session, EscalationMilestone, case_id=case.case_id, milestone=mid,

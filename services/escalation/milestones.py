@@ -3,9 +3,10 @@
 Pure: no I/O. The deadlines themselves come from the rule pack (engine.milestone_deadlines).
 """
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
+from schemas.reports import Location
 from schemas.rulepack import RulePack
 
 # The steps the law names. A pack may add others (police_verification); a step without a
@@ -54,15 +55,30 @@ def check_record(milestone: str, outcome: str | None, pack: RulePack) -> str | N
     return None
 
 
-def owner(milestone: str, duties: Iterable[Duty], pack: RulePack) -> str | None:
+def owner(milestone: str, duties: Iterable[Duty], pack: RulePack,
+          home: Container[str] = frozenset()) -> str | None:
     """Who is held to a milestone: the lowest-tier active act target of the owning agency (the
     pack's first agency, child protection in the shipped packs); failing that, the lowest-tier
-    active act target; None when nobody must act (P5)."""
+    active act target; None when nobody must act (P5). Within a tier, one at the incident's own
+    place (`home`, home_ids) comes first: a second location adds that place's authorities to
+    the case (DOMAIN.md section 5), but the commune where it happened assesses it."""
     rank = pack.tier_rank
     active = sorted((d for d in duties if d.active),
-                    key=lambda d: (rank.get(d.tier, len(rank)), d.authority_id))
+                    key=lambda d: (rank.get(d.tier, len(rank)), d.authority_id not in home,
+                                   d.authority_id))
     agency = OWNER_AGENCY.get(milestone, next(iter(pack.agencies), None))
     for d in active:
         if d.agency == agency:
             return d.authority_id
     return active[0].authority_id if active else None
+
+
+def home_ids(duties: Iterable[Duty], directory, location: Location) -> frozenset[str]:
+    """The ids that the duties' tiers and agencies have at the incident's own location."""
+    ids = set()
+    for d in duties:
+        try:
+            ids.add(directory.id_for(d.tier, d.agency, location))
+        except KeyError:  # a tier or agency no longer in the directory: not at home, then
+            continue
+    return frozenset(ids)

@@ -447,3 +447,23 @@ async def test_a_milestone_is_recorded_by_its_holder_and_only_the_lead_agency_cl
         answer = await me.post(f"/api/v1/cases/{case_id}/milestones", json={
             "authority_id": CP, "milestone": "case_closed", "outcome": "resolved"})
         assert answer.status_code == 202, answer.text
+
+
+async def test_a_second_locations_commune_may_not_close_the_case(stack):
+    """A second location in another province adds that commune's child protection to the case
+    (DOMAIN.md section 5); the commune where it happened still leads, and only it closes."""
+    far_cp = "commune:1273:child_protection"  # province 4; sorts before commune:4 as text
+    far = await _user(stack, "u-cp1273", "authority", "commune:1273", [far_cp])
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report(other_locations=[
+            {"province_code": 4, "commune_code": 1273}]))).json()["case_id"]
+
+        async def routed():
+            case = (await api.get(f"/api/v1/cases/{case_id}")).json()
+            return {CP, far_cp} <= {t["authority_id"] for t in case["targets"]
+                                    if t.get("role") == "act"}
+        await eventually(routed)
+    async with stack.client(far) as them:
+        answer = await them.post(f"/api/v1/cases/{case_id}/milestones", json={
+            "authority_id": far_cp, "milestone": "case_closed", "outcome": "resolved"})
+    assert answer.status_code == 403 and CP in answer.text, answer.text

@@ -233,3 +233,16 @@ async def test_a_follow_up_reaching_a_closed_case_reopens_it(esc):
     assert (await case(esc)).closed_at is None
     assert [e["cause"] for e in await emitted(esc, "beacon.case.reopened")] == [
         "beacon.case.updated"]
+
+
+async def test_the_commune_where_it_happened_holds_the_milestones_not_a_second_location(esc):
+    # DOMAIN 2 and 5: a second location in another province adds its commune as a target; the
+    # emergency measure and the police check stay with the commune where it happened, even when
+    # the other commune's id sorts first (1273 < 4 as text).
+    elsewhere = Location(province_code=4, commune_code=1273)
+    await report(esc, category="SEX_ABUSE", setting="school", indicators=["staff_suspected"],
+                 other_locations=[elsewhere])
+    assert "commune:1273:child_protection" in await targets(esc)
+    holders = {m.milestone: m.authority_id for m in await _rows(esc, EscalationMilestone)}
+    assert holders["emergency_measure"] == CP
+    assert holders["police_verification"] == "commune:4:police"

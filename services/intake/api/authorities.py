@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from schemas.events import Envelope, MilestoneRecorded, TransferReason, TransferRequested
+from schemas.reports import Location
 from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
@@ -67,7 +68,9 @@ async def _holder(rt, case, milestone: str) -> str | None:
         if t.get("role") == "act":
             tier, _, agency = t["authority_id"].split(":", 2)
             duties.append(milestones.Duty(t["authority_id"], tier, agency, holds_duty(t)))
-    return milestones.owner(milestone, duties, rt.pack)
+    home = milestones.home_ids(duties, rt.directory, Location(
+        province_code=case.province_code, commune_code=case.commune_code))
+    return milestones.owner(milestone, duties, rt.pack, home)
 
 
 class MilestoneOut(BaseModel):
