@@ -2,6 +2,7 @@
 transfers, and the audit trail of a refused read."""
 
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -467,3 +468,32 @@ async def test_a_second_locations_commune_may_not_close_the_case(stack):
         answer = await them.post(f"/api/v1/cases/{case_id}/milestones", json={
             "authority_id": far_cp, "milestone": "case_closed", "outcome": "resolved"})
     assert answer.status_code == 403 and CP in answer.text, answer.text
+
+
+async def test_a_closed_case_takes_no_acknowledgement_and_its_link_says_so(stack):
+    case_id, case = await _p1_case(stack)
+    secret = stack.rt.settings.secret("secret_key")
+    token = sign_link(stack.base_url, case_id, "view", POLICE, utcnow() + timedelta(days=7),
+                      secret).rsplit("/", 1)[1]
+    due = datetime.fromisoformat(next(t["ack_due"] for t in case["targets"]
+                                      if t["authority_id"] == POLICE))
+    async with stack.client() as anonymous:  # the deadline as the message gave it: VN time
+        page = (await anonymous.get(f"/a/{token}")).text
+    assert due.astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime("%H:%M %d/%m/%Y") in page
+    async with stack.client("authority") as me:
+        closed = await me.post(f"/api/v1/cases/{case_id}/milestones", json={
+            "authority_id": CP, "milestone": "case_closed", "outcome": "resolved"})
+        assert closed.status_code == 202, closed.text
+
+        async def is_closed():
+            return (await me.get(f"/api/v1/cases/{case_id}")).json()["status"] == "closed"
+        await eventually(is_closed)
+        late = await me.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                             json={"authority_id": POLICE})
+    assert late.status_code == 409 and "closed" in late.text
+    async with stack.client() as anonymous:
+        page = await anonymous.get(f"/a/{token}")
+        click = await anonymous.post(f"/a/{token}")
+    assert page.status_code == 200 and "Case closed" in page.text and "<form" not in page.text
+    assert click.status_code == 409
+    assert (await _target(stack, case_id, POLICE)).acked_at is None

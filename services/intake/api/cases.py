@@ -164,7 +164,10 @@ class Acknowledge(BaseModel):
              responses={403: {}, 404: {}, 409: {}, 503: {}})
 async def acknowledge(case_id: str, body: Acknowledge, request: Request, rt: Runtime,
                       who: Annotated[Principal, Depends(role("authority"))]):
-    await acting_target(request, rt, who, case_id, body.authority_id)
+    case, _ = await acting_target(request, rt, who, case_id, body.authority_id)
+    if case.status == "closed":  # its clocks have stopped: nothing is waiting for this answer
+        await fail(request, who, "write", case_id, "rejected",
+                   HTTPException(409, "the case is closed"))
     event = TargetAcknowledged(case_id=case_id, authority_id=body.authority_id,
                                by_user=who.user_id, at=utcnow())
     envelope = Envelope.wrap(event, submission.SOURCE)

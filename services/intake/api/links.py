@@ -8,8 +8,10 @@ targets (a handful), so the link needs not carry it. Every use is in the audit t
 `link:<authority id>`.
 """
 
+from datetime import datetime
 from html import escape
 from urllib.parse import unquote
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse
@@ -74,21 +76,41 @@ async def link_page(token: str, rt: Runtime):
     await audit.write(rt.db, who.user_id, who.role, "read", case.case_id, ["link_page"])
     facts = (f"<p>Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
              f"{escape(case.category)}. For: {escape(claims.authority_id)}.</p>")
+    if case.status == "closed":
+        return _page("Case closed / Vụ việc đã đóng",
+                     facts + "<p>The case is closed; no acknowledgement is expected.</p>")
     if target.get("acknowledged_at"):
-        return _page("Acknowledged", facts + "<p>This authority has acknowledged the case.</p>")
+        return _page("Acknowledged / Đã xác nhận",
+                     facts + "<p>This authority has acknowledged the case.</p>")
     if not holds_duty(target):
-        return _page("For your information", facts + "<p>No acknowledgement is expected.</p>")
-    due = f"<p>Acknowledge by {escape(str(target.get('ack_due') or ''))} (UTC).</p>"
+        return _page("For your information / Thông báo",
+                     facts + "<p>No acknowledgement is expected.</p>")
+    due = (f"<p>Acknowledge by / Xác nhận trước: {escape(_local(target.get('ack_due')))} "
+           "(Viet Nam time, UTC+7).</p>")
     form = (f"<form method='post' action='/a/{escape(token)}'>"
             "<button type='submit'>Acknowledge / Xác nhận</button></form>"
             "<p>Sign in to Beacon to see the case itself; this page shows no personal data.</p>")
-    return _page("Acknowledge this alert", facts + due + form)
+    return _page("Acknowledge this alert / Xác nhận cảnh báo", facts + due + form)
+
+
+def _local(at: str | datetime | None) -> str:
+    """A deadline as the message that carried the link showed it: Viet Nam time."""
+    if not at:
+        return "-"
+    when = at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
+    return when.astimezone(VIET_NAM).strftime("%H:%M %d/%m/%Y")
+
+
+VIET_NAM = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 @router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 503: {}})
 async def link_acknowledge(token: str, rt: Runtime):
     case, claims, target = await _claims(rt, token, "write")
     who = _link_user(claims.authority_id)
+    if case.status == "closed":
+        await _record(rt, who, case.case_id, "rejected")
+        raise HTTPException(409, "the case is closed")
     if not holds_duty(target):
         await _record(rt, who, case.case_id, "rejected")
         raise HTTPException(409, "no acknowledgement is expected from this authority")
