@@ -14,6 +14,8 @@ from services.intake.store import CaseView, ReportRow, WithdrawnInput
 
 # Reports this far apart in the same commune and category are taken to be about one incident.
 MATCH_WINDOW = timedelta(hours=72)
+# Unnamed children whose ages differ by more than this are taken to be different children.
+AGE_GAP = 2
 
 
 async def match_open_case(reads: AsyncConnection, report: Report,
@@ -25,12 +27,24 @@ async def match_open_case(reads: AsyncConnection, report: Report,
         "earliest": report.received_at - MATCH_WINDOW, "latest": report.received_at + MATCH_WINDOW,
     })).all()
     mine = set(child_fingerprints)
-    for case_id, fingerprints in candidates:
+    ages = [c.age for c in report.children]
+    for case_id, fingerprints, case_ages in candidates:
         theirs = set(fingerprints or ())
-        # Where both sides name a child, the names must match; otherwise place, kind and time do.
-        if not mine or not theirs or mine & theirs:
+        if mine and theirs:  # both sides name a child: the names decide
+            if mine & theirs:
+                return case_id
+        elif _ages_agree(ages, case_ages or ()):  # otherwise place, kind, time and age do
             return case_id
     return None
+
+
+def _ages_agree(ages, case_ages) -> bool:
+    """Whether some child of the report could be some child of the case, callers' estimates of
+    age differing by up to AGE_GAP years. A 12-year-old is not the 5-year-old of an open case:
+    folded into it, the new child would get no alert and no emergency clock of its own."""
+    if not ages or not case_ages:
+        return True
+    return any(abs(a - b) <= AGE_GAP for a in ages for b in case_ages)
 
 
 async def is_independent(reads: AsyncConnection, case_id: str,
@@ -45,7 +59,7 @@ async def is_independent(reads: AsyncConnection, case_id: str,
 
 # Built once: every report runs them (docs/performance.md).
 _CANDIDATES = (
-    select(CaseView.case_id, CaseView.child_fingerprints)
+    select(CaseView.case_id, CaseView.child_fingerprints, CaseView.child_ages)
     .where(
         CaseView.commune_code == bindparam("commune"),
         CaseView.category == bindparam("category"),

@@ -90,6 +90,8 @@ class CaseView(Base):
     acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
     targets: Mapped[list] = mapped_column(JSON, default=list)
     child_fingerprints: Mapped[list] = mapped_column(JSON, default=list)
+    # The ages its reports gave (duplicate matching); None for a case from before they were kept.
+    child_ages: Mapped[list | None] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_cases_match", "commune_code", "category", "status"),)

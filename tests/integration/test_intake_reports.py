@@ -49,6 +49,19 @@ async def test_a_second_report_about_the_same_child_joins_the_case(stack):
         assert case["independent_reports"] == 2  # the first caller twice, and linked, count once
 
 
+async def test_an_unnamed_child_of_another_age_opens_a_case_of_its_own(stack):
+    """A case's unnamed children are told apart by age: a 12-year-old is not the 5-year-old of
+    the open case next door, and joined to it would get no alert of its own."""
+    async with stack.client("operator") as api:
+        first = (await api.post("/api/v1/reports", json=report())).json()  # a named girl of 5
+        older = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 12, "sex": "male"}], reporter={"phone": "0911000012"}))).json()
+        about = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 6}], reporter={"phone": "0911000006"}))).json()
+    assert older["new_case"] and older["case_id"] != first["case_id"]
+    assert about["case_id"] == first["case_id"]  # a caller's estimate of her age: 6, not 5
+
+
 async def test_simultaneous_calls_about_one_child_open_one_case(stack):
     """Five callers at once about the same child (a viral incident): one case, five
     independent reports, not five cases each routed and alerted on its own."""
