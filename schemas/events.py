@@ -106,7 +106,8 @@ class CaseDecided(_Data):
     cause: str  # the input event type that led to it
 
 
-AlertKind = Literal["alert", "inform", "reminder", "breach", "supervisor", "escalated"]
+AlertKind = Literal["alert", "inform", "reminder", "breach", "supervisor", "escalated",
+                   "closed"]
 
 
 class Contact(_Data):

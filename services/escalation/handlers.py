@@ -415,6 +415,13 @@ class Escalation:
                 await session.execute(update(table).where(
                     table.case_id == data.case_id, table.fired_at.is_(None)
                 ).values(fired_at=utcnow(), outcome="closed"))
+            # Every clock on the case has stopped: each other authority held to it is told, so
+            # that no agency's duty ends without its knowing.
+            for row in (await session.scalars(select(EscalationTarget).where(
+                    EscalationTarget.case_id == data.case_id, EscalationTarget.role == "act",
+                    EscalationTarget.released_at.is_(None),
+                    EscalationTarget.authority_id != data.authority_id))).all():
+                self._alert(session, case, row, "closed")
 
     async def _milestone_due(self, session, timer: MilestoneTimer, now: datetime) -> None:
         case = await session.get(EscalationCase, timer.case_id)
@@ -659,11 +666,13 @@ class Escalation:
         """`milestone`: the alert is about that step's deadline, not about acknowledging."""
         recipient = self.rt.directory.get(to or row.authority_id)
         alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
+        closed = kind == "closed"  # news of the close: nothing to acknowledge
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
-            tier=recipient.tier, agency=recipient.agency, role=row.role, kind=kind,
-            category=case.facts["category"], severity=case.severity,
-            publicity=case.publicity, ack_due=row.ack_due, contacts=recipient.contacts,
+            tier=recipient.tier, agency=recipient.agency, role="inform" if closed else row.role,
+            kind=kind, category=case.facts["category"], severity=case.severity,
+            publicity=case.publicity, ack_due=None if closed else row.ack_due,
+            contacts=recipient.contacts,
             rulepack_version=case.rulepack_version,
             milestone=milestone.milestone if milestone else None,
             milestone_label=milestones.label(milestone.milestone, self.rt.pack) if milestone

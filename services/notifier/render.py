@@ -77,12 +77,12 @@ KIND_LABELS = {
     "vi": {
         "alert": "Cảnh báo mới", "inform": "Thông báo", "reminder": "Nhắc lại",
         "breach": "Quá hạn xác nhận", "supervisor": "Chưa xác nhận, báo quản lý",
-        "escalated": "Chuyển lên cấp trên",
+        "escalated": "Chuyển lên cấp trên", "closed": "Vụ việc đã đóng",
     },
     "en": {
         "alert": "New alert", "inform": "For information", "reminder": "Reminder",
         "breach": "Acknowledgement overdue", "supervisor": "Unacknowledged, supervisor alert",
-        "escalated": "Escalated",
+        "escalated": "Escalated", "closed": "Case closed",
     },
 }
 TIER_LABELS = {

@@ -246,3 +246,18 @@ async def test_the_commune_where_it_happened_holds_the_milestones_not_a_second_l
     holders = {m.milestone: m.authority_id for m in await _rows(esc, EscalationMilestone)}
     assert holders["emergency_measure"] == CP
     assert holders["police_verification"] == "commune:4:police"
+
+
+async def test_closing_a_case_tells_every_other_authority_held_to_it(esc):
+    # One agency's close stops every clock on the case: the others must hear of it, not just
+    # stop being reminded.
+    await report(esc, indicators=["serious_injury"])  # P1: child protection and police act
+    acting = {a for a, t in (await targets(esc)).items() if t.role == "act"}
+    assert {CP, "commune:4:police"} <= acting
+    before = len(await emitted(esc, ALERT))
+    await esc.handle([wrap(MilestoneRecorded(
+        case_id="C-1", milestone="case_closed", authority_id=CP, by_user="u", at=T0 + 30 * M,
+        outcome="resolved"), T0 + 30 * M)])
+    news = [e for e in (await emitted(esc, ALERT))[before:]]
+    assert sorted(e["authority_id"] for e in news) == sorted(acting - {CP})
+    assert {(e["kind"], e["role"], e["ack_due"]) for e in news} == {("closed", "inform", None)}

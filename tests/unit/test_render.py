@@ -23,7 +23,8 @@ DUE = datetime(2026, 11, 29, 2, 45, tzinfo=UTC)  # 09:45 in Viet Nam
 CASE = "C-01KB2X7Q9M3N8P4R5S6T7V8W9XAB"  # ULID-sized, near the longest case code
 CANARY_PHONE = "0987654321"
 CATEGORIES = list(CATEGORY_LABELS["vi"])
-KINDS = ["alert", "inform", "reminder", "breach", "supervisor", "escalated"]
+KINDS = ["alert", "inform", "reminder", "breach", "supervisor", "escalated"]  # with a deadline
+ALL_KINDS = [*KINDS, "closed"]
 
 
 def alert(**kw) -> AlertRequested:
@@ -67,7 +68,7 @@ def test_templates_see_an_allow_list_of_codes_only():
 
 @pytest.mark.parametrize("lang", ["vi", "en"])
 @pytest.mark.parametrize("channel", ["webhook", "email", "sms"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_no_contact_or_identity_in_any_message(lang, channel, kind):
     a = alert(kind=kind)
     m = render(a, channel, lang, link(a))
@@ -79,7 +80,7 @@ def test_no_contact_or_identity_in_any_message(lang, channel, kind):
 @given(
     category=st.sampled_from(CATEGORIES + ["NEW_CODE"]),
     severity=st.sampled_from(["P1", "P2", "P3", "P4"]),
-    kind=st.sampled_from(KINDS),
+    kind=st.sampled_from(ALL_KINDS),
     lang=st.sampled_from(["vi", "en", "fr"]),
     channel=st.sampled_from(["webhook", "email", "sms"]),
     canary=st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ", min_size=12, max_size=20),
@@ -279,3 +280,16 @@ def test_a_bundle_of_milestone_reminders_names_each_step():
     items = [(alert(severity="P3", case_id=f"C-{n}0000000", **MILESTONE), "L") for n in range(2)]
     m = render_bundle(items, "email", "en")
     assert m.text.count("step emergency_measure due 18:45 29/11/2026") == 2
+
+
+@pytest.mark.parametrize("lang,closed,asks,urgent", [
+    ("en", "closed the case", "View the case and acknowledge", "URGENT"),
+    ("vi", "đã đóng vụ việc", "Xem vụ việc và xác nhận", "KHẨN")])
+def test_news_of_a_close_says_so_and_asks_for_nothing(lang, closed, asks, urgent):
+    news = alert(kind="closed", role="inform", ack_due=None)
+    email = render(news, "email", lang, link(news))
+    assert closed in email.text and asks not in email.text and urgent not in email.subject
+    assert urgent in render(alert(), "email", lang, link(news)).subject  # an alert still is
+    sms = render(news, "sms", lang, link(news))
+    assert ("Case closed" if lang == "en" else "đã đóng") in sms.text  # the short form too
+    assert sms_segments(sms.text)[1] <= 2
