@@ -611,9 +611,17 @@ class Escalation:
         if (row is None or case is None or row.acked_at is not None or row.role != "act"
                 or row.released_at is not None or case.closed_at is not None):
             return  # as for a timer: no duty is left to escalate
+        # One breach per deadline: the unreached target is escalated now, or was at its
+        # deadline already; its deadline's own breach then has nothing new to tell.
+        breach = (Timer.case_id == row.case_id, Timer.authority_id == row.authority_id,
+                  Timer.kind == "breach", Timer.due_at == row.ack_due)
+        if await session.scalar(select(Timer.id).where(*breach, Timer.outcome == "fired")):
+            return
         log.warning("act_alert_undeliverable", authority_id=row.authority_id)
         # Named after the unreached target: a supervisor over two of them is told of each.
         await self._breach(session, case, row, utcnow(), suffix=f"undelivered:{row.authority_id}")
+        await session.execute(update(Timer).where(*breach, Timer.fired_at.is_(None)).values(
+            fired_at=utcnow(), outcome="escalated"))
 
     async def _breach(self, session, case: EscalationCase, row: EscalationTarget,
                       now: datetime, suffix: str) -> None:

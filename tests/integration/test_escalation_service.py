@@ -244,6 +244,18 @@ async def test_an_act_alert_unreached_after_its_tries_escalates_once(esc):
     assert await outcome("C-1", "dead_lettered", handlers.UNREACHED_AFTER + 30) == []  # not twice
     # Dead-lettered before its UNREACHED_AFTER-th try (say, every contact refused it for good).
     assert len(await outcome("C-2", "dead_lettered", 3)) == 1
+    # Its deadline passes unanswered: escalated once already, so no second breach, nor a second
+    # round of supervisor and next-tier alerts.
+    before = len(await _emitted(esc))
+    await esc.fire_due(T0 + 3 * 60 * M)
+    again = [e for e in (await _emitted(esc))[before:] if e.get("case_id") in ("C-1", "C-2")
+             and (e.get("step") == "breach" or e.get("kind") in ("supervisor", "escalated"))
+             and CP in (e.get("authority_id"), e.get("alert_id", "").split(":undelivered:")[-1])]
+    assert again == []
+    # The other way round: breached at its deadline, then found unreached: not escalated again.
+    await _report(esc, "C-4", at=T0 + 4 * 60 * M, indicators=["immediate_danger"])
+    await esc.fire_due(T0 + 8 * 60 * M)
+    assert await outcome("C-4", "failed", handlers.UNREACHED_AFTER) == []
 
     # A closed case has no duty left to escalate.
     await _report(esc, "C-3", indicators=["immediate_danger"])
