@@ -588,6 +588,12 @@ class Escalation:
                 or row.released_at is not None or case.closed_at is not None):
             return
         if timer.kind == "reminder":
+            if await session.scalar(select(Timer.id).where(  # fired late: a later step is due
+                    Timer.case_id == timer.case_id, Timer.authority_id == timer.authority_id,
+                    Timer.fired_at.is_(None), Timer.due_at > timer.due_at,
+                    Timer.due_at <= now).limit(1)):
+                timer.outcome = "overtaken"  # the later step says more; three at once is noise
+                return
             self._alert(session, case, row, "reminder", suffix=str(timer.id))
             self._emit(session, TargetEscalated(case_id=case.case_id,
                                                 authority_id=row.authority_id,

@@ -340,3 +340,23 @@ async def test_a_timer_that_cannot_fire_holds_back_no_other(esc, monkeypatch):
     await esc.fire_due(later)
     assert waiting(await _rows(esc, Timer, "C-OLD")) == {
         i: (101, later + timedelta(hours=1)) for i in poisoned}
+
+
+async def test_reminders_overtaken_while_escalation_was_down_are_not_sent(esc):
+    # Timers that come due together (escalation was down past the deadline): the breach says
+    # all there is to say; the 50% and 80% reminders before it would be noise in the same second.
+    await _report(esc, indicators=["immediate_danger"])
+    before = len(await _emitted(esc))
+    await esc.fire_due(T0 + 3 * 60 * M)
+    late = [(e.get("kind") or e.get("step"), e["authority_id"]) for e in (await _emitted(esc))[before:]]
+    assert ("breach", CP) in late and ("reminder", CP) not in late
+    reminders = await _rows(esc, Timer, authority_id=CP, kind="reminder")
+    assert reminders and {t.outcome for t in reminders} == {"overtaken"}
+    # On time, each reminder goes out.
+    await _report(esc, "C-2", indicators=["immediate_danger"])
+    [first, *_] = sorted(t.due_at for t in await _rows(esc, Timer, "C-2", authority_id=CP,
+                                                        kind="reminder"))
+    before = len(await _emitted(esc))
+    await esc.fire_due(first)
+    assert [e["kind"] for e in (await _emitted(esc))[before:]
+            if e.get("kind") and e["authority_id"] == CP] == ["reminder"]
