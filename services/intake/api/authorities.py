@@ -56,6 +56,10 @@ async def record_milestone(case_id: str, body: RecordMilestone, request: Request
                                    {"case_id": case_id, "milestone": body.milestone}, None)
 
 
+def _tier(authority_id: str) -> str:
+    return authority_id.split(":", 1)[0]
+
+
 async def _holder(rt, case, milestone: str) -> str | None:
     """Who records a milestone: the authority escalation holds to it (transfers move it), or,
     for a step with no deadline (closing the case), its owner among those that must act."""
@@ -113,6 +117,11 @@ async def transfer(case_id: str, body: Transfer, request: Request, rt: Runtime,
         problem = HTTPException(422, "to_authority_id: transfer to another authority")
     elif body.to_authority_id not in rt.directory:
         problem = HTTPException(422, f"to_authority_id: unknown authority {body.to_authority_id!r}")
+    elif (tier := _tier(body.from_authority_id)) != _tier(body.to_authority_id):
+        # A duty is passed sideways (another commune, another agency); a higher tier is reached
+        # by escalation when nobody answers, not by handing the duty up.
+        problem = HTTPException(422, f"to_authority_id: a transfer goes to another {tier} "
+                                     "authority; higher tiers are reached by escalation")
     elif case.status == "closed":
         problem = HTTPException(409, "the case is closed")
     if problem is not None:
