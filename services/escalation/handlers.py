@@ -592,9 +592,11 @@ class Escalation:
                     Timer.case_id == timer.case_id, Timer.authority_id == timer.authority_id,
                     Timer.fired_at.is_(None), Timer.due_at > timer.due_at,
                     Timer.due_at <= now).limit(1)):
-                timer.outcome = "overtaken"  # the later step says more; three at once is noise
-                return
-            self._alert(session, case, row, "reminder", suffix=str(timer.id))
+                # On the timeline, but no message: the later step says more, and three
+                # messages in one second are noise.
+                timer.outcome = "overtaken"
+            else:
+                self._alert(session, case, row, "reminder", suffix=str(timer.id))
             self._emit(session, TargetEscalated(case_id=case.case_id,
                                                 authority_id=row.authority_id,
                                                 step="reminder", fraction=timer.fraction))

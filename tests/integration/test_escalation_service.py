@@ -348,8 +348,10 @@ async def test_reminders_overtaken_while_escalation_was_down_are_not_sent(esc):
     await _report(esc, indicators=["immediate_danger"])
     before = len(await _emitted(esc))
     await esc.fire_due(T0 + 3 * 60 * M)
-    late = [(e.get("kind") or e.get("step"), e["authority_id"]) for e in (await _emitted(esc))[before:]]
-    assert ("breach", CP) in late and ("reminder", CP) not in late
+    late = (await _emitted(esc))[before:]
+    assert not [e for e in late if e.get("kind") == "reminder" and e["authority_id"] == CP]
+    assert [(e["step"], e["fraction"]) for e in late if e.get("step") and e["authority_id"] == CP
+            ] == [("reminder", 0.5), ("reminder", 0.8), ("breach", 1.0), ("escalated", None)]
     reminders = await _rows(esc, Timer, authority_id=CP, kind="reminder")
     assert reminders and {t.outcome for t in reminders} == {"overtaken"}
     # On time, each reminder goes out.
