@@ -26,7 +26,10 @@ class CaseFacts(BaseModel):
     child_ages: tuple[int, ...]
     indicators: frozenset[str] = frozenset()
     publicity: Publicity = "PA0"  # the highest set by a person (report or update)
-    severity_override: Severity | None = None  # a supervisor's, wins until changed
+    severity_override: Severity | None = None  # a supervisor's, wins until changed...
+    # ...or until the rules give more than they gave when it was made (`override_basis`): a
+    # judgement of the facts then does not hide a legal emergency reported since.
+    override_basis: Severity | None = None
     linked_reports: tuple[datetime, ...] = ()  # receipt times of the case's independent reports
     first_received_at: datetime  # the 12-hour clock starts here (DOMAIN.md section 2)
 

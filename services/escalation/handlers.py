@@ -37,7 +37,9 @@ from schemas.events import (
 from services.common import outbox
 from services.common.db import add_bulk, claim_event, claim_events, is_postgres, utcnow
 from services.escalation import milestones
-from services.escalation.engine import deadline, decide, milestone_deadlines, reminder_times
+from services.escalation.engine import (
+    deadline, decide, milestone_deadlines, reminder_times, rules_severity,
+)
 from services.escalation.store import (
     EscalationCase,
     EscalationMilestone,
@@ -150,6 +152,8 @@ class Escalation:
             case.human_publicity = floor = data.publicity
         if data.severity_override is not None:
             changes["severity_override"] = data.severity_override
+            changes["override_basis"] = rules_severity(old.model_copy(update=changes),
+                                                       self.rt.pack)
         facts = old.model_copy(update=changes)
         if case.closed_at is not None:
             facts = await self._reopen(session, case, facts, envelope.time, envelope)

@@ -13,7 +13,8 @@ from schemas.reports import Location
 from services.escalation.rulepack import SHIPPED, parse_pack
 from services.escalation.store import EscalationCase, EscalationMilestone, EscalationTarget
 from tests.integration.test_escalation_service import (
-    CP, T0, M, _case as case, _emitted as emitted, _report as report, _rows, _use, _wrap as wrap,
+    CP, T0, M, _case as case, _emitted as emitted, _report as report, _rows, _update as update,
+    _use, _wrap as wrap,
 )
 
 CP8, CP25 = "commune:8:child_protection", "commune:25:child_protection"
@@ -261,3 +262,23 @@ async def test_closing_a_case_tells_every_other_authority_held_to_it(esc):
     news = [e for e in (await emitted(esc, ALERT))[before:]]
     assert sorted(e["authority_id"] for e in news) == sorted(acting - {CP})
     assert {(e["kind"], e["role"], e["ack_due"]) for e in news} == {("closed", "inform", None)}
+
+
+async def test_a_supervisors_downgrade_does_not_hide_an_emergency_reported_since(esc):
+    # DOMAIN 2: a caregiver who is the abuser, a child in immediate danger: emergency measures
+    # within 12 hours, whatever a supervisor judged of the earlier, milder facts.
+    await report(esc, category="NEGLECT", indicators=[])
+    await update(esc, at=T0 + 5 * M, severity_override="P4", override_reason_given=True)
+    [*_, downgraded] = await emitted(esc, "beacon.case.decided")
+    assert downgraded["decision"]["severity"] == "P4"
+    await update(esc, at=T0 + 9 * M, publicity="PA1")  # nothing more severe: it holds
+    [*_, held] = await emitted(esc, "beacon.case.decided")
+    assert held["decision"]["severity"] == "P4"
+    await report(esc, at=T0 + 10 * M, new_case=False, category="NEGLECT",
+                 indicators=["caregiver_is_abuser"])
+    [*_, raised] = await emitted(esc, "beacon.case.decided")
+    assert raised["decision"]["severity"] == "P1"
+    assert "severity.override_lapsed" in raised["decision"]["matched_rules"]
+    assert "commune:4:police" in await targets(esc)
+    held_to = {m.milestone for m in await _rows(esc, EscalationMilestone)}
+    assert "emergency_measure" in held_to

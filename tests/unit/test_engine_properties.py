@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from vietnam_provinces import Ward
 
@@ -46,6 +46,7 @@ def cases(draw, pack_name: str = "default"):
         indicators=frozenset(draw(st.sets(st.sampled_from(sorted(pack.indicator_codes)), max_size=5))),
         publicity=draw(st.sampled_from(PUBLICITIES)),
         severity_override=draw(st.none() | st.sampled_from(SEVERITIES)),
+        override_basis=draw(st.none() | st.sampled_from(SEVERITIES)),
         linked_reports=(first, *(first + timedelta(minutes=m) for m in more)),
         first_received_at=first,
     )
@@ -63,9 +64,9 @@ def _decide(name, facts, later=0):
 @given(packs, cases())
 def test_severity_never_below_the_category_default_unless_overridden(name, facts):
     d = _decide(name, facts)
-    if facts.severity_override is not None:
+    if facts.severity_override is not None and facts.override_basis is None:
         assert d.severity == facts.severity_override
-    else:
+    elif facts.severity_override is None:
         for category in (facts.category, *facts.other_categories):  # every report's category
             assert RANK[d.severity] <= RANK[PACKS[name].categories[category].default]
 
@@ -157,3 +158,17 @@ def test_more_publicity_never_removes_a_target(name, facts):
     high = _decide(name, facts.model_copy(update={"publicity": "PA2"}))
     assert {t.authority_id for t in low.targets if t.role == "act"} <= {
         t.authority_id for t in high.targets if t.role == "act"}
+
+
+@FAST
+@given(packs, cases())
+def test_an_override_holds_until_the_facts_give_more_than_it_was_made_on(name, facts):
+    # DOMAIN.md section 2: a supervisor's judgement of earlier facts never hides a legal
+    # emergency reported since; facts no more severe than it was made on leave it in force.
+    assume(facts.severity_override is not None and facts.override_basis is not None)
+    d = _decide(name, facts)
+    rules = _decide(name, facts.model_copy(update={"severity_override": None})).severity
+    if RANK[rules] < RANK[facts.override_basis]:
+        assert d.severity == rules and "severity.override_lapsed" in d.matched_rules
+    else:
+        assert d.severity == facts.severity_override

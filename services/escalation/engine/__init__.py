@@ -8,7 +8,7 @@ from .calendar import add_working_days, deadline, reminder_times
 from .decide import decide, milestone_deadlines
 from .facts import facts_from_report
 from .publicity import most_in_window
-from .severity import UnknownCategory
+from .severity import UnknownCategory, rules_severity
 
 __all__ = [
     "UnknownCategory",
@@ -19,4 +19,5 @@ __all__ = [
     "milestone_deadlines",
     "most_in_window",
     "reminder_times",
+    "rules_severity",
 ]
