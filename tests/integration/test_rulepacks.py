@@ -271,3 +271,23 @@ def test_in_force_is_latest_effective_not_in_future():
     assert in_force(pubs, t0 + timedelta(minutes=61))[1].version == "c"
     pubs["a"] = pub("a", 20, 3)  # a rollback to a, effective after b
     assert in_force(pubs, t0 + timedelta(minutes=30))[1].version == "a"
+
+
+async def test_a_pack_that_lacks_an_open_cases_category_is_not_published(stack):
+    """In force, it could decide none of that case's follow-ups: each would be accepted (202),
+    fail, and go to the dead-letter topic while the case showed nothing."""
+    emotional = await decided(stack, report(category="EMOTIONAL", children=[{"age": 10}],
+                                            indicators=[]))
+    text = crafted_pack().replace('  EMOTIONAL: {label: "Bạo lực tinh thần", default: P2}\n', "")
+    assert "EMOTIONAL:" not in text
+    admin2 = await second_admin(stack)
+    async with stack.client("admin") as admin:
+        uploaded = await admin.post("/api/v1/rulepacks", json={"text": text})
+        assert uploaded.status_code == 201, uploaded.text
+    async with stack.client(admin2) as approver:
+        assert (await approver.post(f"/api/v1/rulepacks/{DRAFT}/approval")).is_success
+    async with stack.client("admin") as admin:
+        refused = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication", json={})
+        listed = {p["version"]: p for p in (await admin.get("/api/v1/rulepacks")).json()}
+    assert refused.status_code == 409 and emotional in refused.text, refused.text
+    assert not listed[DRAFT]["in_force"]

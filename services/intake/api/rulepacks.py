@@ -186,9 +186,22 @@ async def _publish(request: Request, rt, who: Principal, version: str, body: Pub
     async with rt.db.reads() as session:
         try:
             row = await packs_store.publishable(session, version, rollback)
-            packs_store.parse(row)
+            pack = packs_store.parse(row)
         except packs_store.Refused as exc:
             await _refused(request, who, version, exc)
+        open_cases = (await session.execute(select(EscalationCase.case_id, EscalationCase.facts)
+                                            .where(EscalationCase.closed_at.is_(None)))).all()
+    # In force, a pack that lacks an open case's category could decide none of its follow-ups:
+    # each would be accepted, fail and go to the dead-letter topic.
+    stranded = sorted(case_id for case_id, facts in open_cases
+                      if not {facts["category"], *facts.get("other_categories", ())}
+                      <= pack.category_codes)
+    if stranded:
+        await _rejected(request, who, version, HTTPException(409, (
+            f"{len(stranded)} open case(s) have a category that {row.version} lacks, so it "
+            f"could not decide their follow-ups: {', '.join(stranded[:20])}"
+            f"{' ...' if len(stranded) > 20 else ''}. Keep those categories in the pack, or "
+            "close the cases first.")))
     event = RulePackPublished(version=row.version, sha256=row.sha256, text=row.text,
                               effective_at=effective, published_at=now, published_by=who.user_id,
                               approved_by=row.approved_by, reevaluate_open=body.reevaluate_open)
