@@ -31,9 +31,21 @@ class RulePackError(ValueError):
 # --- YAML with line numbers -------------------------------------------------------------------
 
 
+class _PackLoader(yaml.SafeLoader):
+    """YAML without aliases: a few lines of them expand exponentially (a "billion laughs"),
+    which stalled the API's event loop for seconds, and a pack has no need of them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a rule pack: write it out",
+                self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(text: str) -> tuple[object, dict[Path_, int], list[tuple[Path_, int, str]]]:
     """Parse YAML into plain data, the line of every path, and duplicate-key problems."""
-    loader = yaml.SafeLoader(text)
+    loader = _PackLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

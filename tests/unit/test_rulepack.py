@@ -224,3 +224,12 @@ def test_deadline_forms():
         Deadline.model_validate({"within": "PT1H", "working_days": 1})
     with pytest.raises(ValueError):
         Deadline.model_validate("PT0M")
+
+
+def test_yaml_aliases_are_refused_with_their_line():
+    # A "billion laughs": nine levels of aliases, under 1 KB, would expand to 9**9 strings.
+    bomb = 'a0: &a0 ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    assert len(bomb) < 1024
+    [(place, msg)] = problems(bomb)
+    assert place == "pack.yaml:2" and "aliases" in msg

@@ -87,7 +87,8 @@ async def list_packs(rt: Runtime, who: Admin):
 @router.post("/validate", response_model=list[Problem])
 async def validate(body: PackText, who: Admin):
     """The problems of a pack, each with its place; empty when it is valid. Stores nothing."""
-    return [Problem(place=p, message=m) for p, m in validate_pack_text(body.text, "upload")]
+    problems = await asyncio.to_thread(validate_pack_text, body.text, "upload")  # CPU-bound
+    return [Problem(place=p, message=m) for p, m in problems]
 
 
 @router.post("", status_code=201, response_model=PackOut, responses={409: {}, 422: {}})
