@@ -98,6 +98,15 @@ def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
             problems.append(f"supervisors[{i}]: unknown authority {s!r}")
     if a.parent is not None and (a.parent == a.id or a.parent not in directory):
         problems.append(f"parent: unknown authority {a.parent!r}")
+    elif a.parent is not None and a.tier in tiers:
+        # A breach escalates to the parent: down or sideways, the chain would never reach the
+        # national tier (and could loop).
+        parent = directory.get(a.parent)
+        if parent.tier not in tiers or tiers.index(parent.tier) <= tiers.index(a.tier):
+            problems.append(f"parent: {a.parent!r} is not above the {a.tier} tier "
+                            f"(tiers, lowest first: {', '.join(tiers)})")
+        elif parent.agency != a.agency:
+            problems.append(f"parent: {a.parent!r} is not of the {a.agency} agency")
     return (None if problems else a), problems
 
 

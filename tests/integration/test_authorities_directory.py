@@ -27,6 +27,13 @@ async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
         assert "contacts[0].address" in bad.text and "parent" in bad.text
         wrong_id = await admin.put(f"/api/v1/authorities/{CP}", json={**entry, "unit_code": "8"})
         assert wrong_id.status_code == 422 and "id" in wrong_id.text
+        # A breach escalates to the parent: it must be above, in the same agency.
+        police = {**entry, "agency": "police", "supervisors": []}
+        down = await admin.put("/api/v1/authorities/province:1:police", json={
+            **police, "tier": "province", "unit_code": "1", "parent": "commune:4:police"})
+        assert down.status_code == 422 and "not above the province tier" in down.text
+        across = await admin.put("/api/v1/authorities/commune:4:police", json=police)
+        assert across.status_code == 422 and "not of the police agency" in across.text
 
         ok = await admin.put(f"/api/v1/authorities/{CP}", json=entry)
         assert ok.status_code == 200, ok.text
