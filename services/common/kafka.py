@@ -19,6 +19,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from schemas.events import Envelope, Topics
+from services.common import metrics
 from services.common.config import Settings
 from services.common.db import database_fault
 
@@ -149,6 +150,7 @@ async def dead_letter(broker: KafkaBroker, settings: Settings, record: Any, reas
     )
     # The key is the case id (every case event is keyed by it): which case lost an event.
     case_id = record.key.decode("utf-8", "replace")[:64] if record.key else None
+    metrics.DEAD_LETTERS.inc()
     log.warning("dead_lettered", case_id=case_id, topic=record.topic, offset=record.offset,
                 reason=reason[:200])
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schemas.events import Envelope
-from services.common import kafka
+from services.common import kafka, metrics
 from services.common.db import Base, Database, add_bulk, utcnow
 
 log = structlog.get_logger("beacon.outbox")
@@ -95,6 +95,7 @@ class Relay:
             async with self.db.writes() as session, session.begin():
                 await session.execute(_DONE, {"ids": ids})
         self.published += len(rows)
+        metrics.OUTBOX.labels(self.service).inc(len(rows))
         return len(rows)
 
 

@@ -34,7 +34,7 @@ from schemas.events import (
     Topics,
     TransferRequested,
 )
-from services.common import outbox
+from services.common import metrics, outbox
 from services.common.db import add_bulk, claim_event, claim_events, is_postgres, utcnow
 from services.escalation import milestones
 from services.escalation.engine import (
@@ -213,6 +213,8 @@ class Escalation:
         self._emit(session, CaseDecided(case_id=case.case_id, decision=decision, added=added,
                                         changed=changed, cause=cause))
         await self._schedule_milestones(session, case, facts, decision.severity, targets, fresh)
+        metrics.DECISIONS.labels(decision.severity).inc()
+        metrics.DECISION_LATENCY.observe(max((utcnow() - at).total_seconds(), 0.0))
         log.info("decided", severity=decision.severity, publicity=decision.publicity,
                  added=len(added), changed=len(changed))
 
@@ -579,6 +581,7 @@ class Escalation:
 
     async def _fire_timer(self, session, timer: Timer | MilestoneTimer, now: datetime) -> None:
         timer.fired_at, timer.outcome = now, "fired"
+        metrics.TIMERS.labels(timer.kind if isinstance(timer, Timer) else "milestone").inc()
         with structlog.contextvars.bound_contextvars(case_id=timer.case_id):
             if isinstance(timer, Timer):
                 await self._fire(session, timer, now)

@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, delete, exists, select
 from sqlalchemy.exc import IntegrityError
 
 from schemas.events import Envelope, Topics
-from services.common import audit, kafka
+from services.common import audit, kafka, metrics
 from services.common.auth import Principal, User
 from services.common.db import ProcessedEvent, add_bulk, utcnow
 from services.common.group_commit import GroupCommit
@@ -110,6 +110,7 @@ async def _publish(rt, envelope: Envelope) -> None:
             PUBLISH_TIMEOUT_S,
         )
     except Exception as exc:
+        metrics.PUBLISH_FAILURES.inc()
         log.warning("publish_failed", case_id=envelope.subject, error=type(exc).__name__)
         raise HTTPException(503, "the event log is unavailable; try again",
                             headers={"Retry-After": RETRY_AFTER_S}) from None
@@ -146,6 +147,8 @@ async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
             raise
     await rt.inputs(Published(who, envelope, table, child_fingerprints,
                               None if idem is None else idem.key))
+    if "new_case" in response:  # a report
+        metrics.REPORTS.labels("true" if response["new_case"] else "false").inc()
     return response
 
 
