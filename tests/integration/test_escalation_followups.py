@@ -53,9 +53,11 @@ async def test_a_case_handed_back_is_held_to_its_clock_again(esc):
     await transfer(esc, CP8, CP, T0 + 7 * M)  # and CP8 hands it back
     row = (await targets(esc))[CP]
     assert row.released_at is None and row.role == "act" and row.acked_at is None
-    before = len(await emitted(esc, ALERT))
+    before = len(await emitted(esc, "beacon.target.escalated"))
     await esc.fire_due(T0 + 3 * 60 * M)
-    assert ("reminder", CP) in await alerts_after(esc, before)  # its clock runs
+    steps = [(e["step"], e["authority_id"])
+             for e in (await emitted(esc, "beacon.target.escalated"))[before:]]
+    assert ("breach", CP) in steps  # its clock runs
 
 
 async def test_an_acknowledgement_at_the_end_of_a_chain_of_transfers_releases_it_all(esc):
