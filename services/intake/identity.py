@@ -89,6 +89,8 @@ def _fernet(secret: str) -> Fernet:
 
 
 def _normal(text: str) -> str:
-    """Case, accents and spacing do not make two spellings of one name different people."""
+    """Case, accents and spacing do not make two spellings of one name different people.
+    Invisible format characters (a zero-width space pasted from a chat) count as spacing."""
     text = unicodedata.normalize("NFD", text.casefold().replace("đ", "d"))
-    return " ".join("".join(ch for ch in text if not unicodedata.combining(ch)).split())
+    return " ".join("".join(" " if unicodedata.category(ch) == "Cf" else ch for ch in text
+                            if not unicodedata.combining(ch)).split())

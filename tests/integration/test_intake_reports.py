@@ -62,6 +62,15 @@ async def test_an_unnamed_child_of_another_age_opens_a_case_of_its_own(stack):
     assert about["case_id"] == first["case_id"]  # a caller's estimate of her age: 6, not 5
 
 
+async def test_a_name_pasted_with_a_zero_width_space_is_the_same_name(stack):
+    async with stack.client("operator") as api:
+        first = (await api.post("/api/v1/reports", json=report())).json()
+        pasted = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 5, "name": "Canaryname\u200bThi\u00a0Hidden"}],
+            reporter={"phone": "0911222444"}))).json()
+    assert pasted["case_id"] == first["case_id"] and not pasted["new_case"]
+
+
 async def test_simultaneous_calls_about_one_child_open_one_case(stack):
     """Five callers at once about the same child (a viral incident): one case, five
     independent reports, not five cases each routed and alerted on its own."""
