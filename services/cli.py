@@ -153,9 +153,11 @@ def users_create(
     async def go(session):
         if await session.get(auth.User, user_id) is not None:
             raise ValueError(f"user {user_id!r} exists: issue it a token with `beacon users token`")
+        if problems := await _user_problems(session, role, scope, list(authority)):
+            raise ValueError("; ".join(problems))
         await auth.create_user(session, user_id, name or user_id, role, scope, list(authority))
         await session.flush()
-        _audit_user(session, user_id, ["role", "scope", "authorities", "token"])
+        _audit_user(session, user_id, ["role", "scope", "authorities", "token_issued"])
         return await auth.issue_token(session, user_id, "first")
 
     typer.echo(_users(go))
@@ -168,7 +170,7 @@ def users_token(user_id: str, label: str = ""):
 
     async def go(session):
         await _existing_user(session, user_id)
-        _audit_user(session, user_id, ["token"])
+        _audit_user(session, user_id, ["token_issued"])
         return await auth.issue_token(session, user_id, label)
 
     typer.echo(_users(go))
@@ -181,7 +183,7 @@ def users_revoke(user_id: str):
 
     async def go(session):
         await _existing_user(session, user_id)
-        _audit_user(session, user_id, ["token"])
+        _audit_user(session, user_id, ["tokens_revoked"])
         return await auth.revoke_tokens(session, user_id)
 
     typer.echo(f"revoked {_users(go)} token(s)")
@@ -193,6 +195,51 @@ def _users(go):
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+async def _user_problems(session, role: str, scope: str, authorities: list[str]) -> list[str]:
+    """What would give a user who sees nothing, or the wrong things: a scope naming no place,
+    an authority that does not exist or lies outside the scope, authorities on another role."""
+    from services.escalation.directory import build_directory
+    from services.escalation.directory_admin import DirectoryEntry
+    from services.escalation.rulepack import load_pack
+    from services.intake.validation import province_of
+
+    problems = []
+    kind, _, code = scope.partition(":")
+    if kind in ("province", "commune") and code.isdigit() and province_of(kind, int(code)) is None:
+        problems.append(f"--scope: no {kind} with code {code}")
+    if role != "authority" and authorities:
+        problems.append(f"--authority: only an authority user answers for authorities, not {role}")
+    if role == "authority" and not authorities:
+        problems.append("--authority: an authority user answers for at least one authority id")
+    if authorities:
+        settings = _settings()
+        known = build_directory(load_pack(settings.rulepack),
+                                webhook_base=settings.demo_webhook_base)
+        for authority_id in authorities:
+            if authority_id not in known and await session.get(DirectoryEntry,
+                                                               authority_id) is None:
+                problems.append(f"--authority: unknown authority {authority_id!r}")
+            elif not _in_scope(authority_id, kind, code):
+                problems.append(f"--authority: {authority_id!r} is outside the scope {scope}")
+    return problems
+
+
+def _in_scope(authority_id: str, kind: str, code: str) -> bool:
+    from services.intake.validation import province_of
+
+    if kind == "national":
+        return True
+    tier, _, rest = authority_id.partition(":")
+    unit = rest.partition(":")[0]
+    if tier == "national":
+        return False
+    if tier not in ("commune", "province") or not unit.isdigit():
+        return True  # a tier with no code to place (a district of the 2020 pack): not checked
+    if kind == "commune":
+        return tier == "commune" and unit == code
+    return province_of(tier, int(unit)) == int(code)
 
 
 async def _existing_user(session, user_id: str) -> None:

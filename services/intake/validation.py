@@ -23,6 +23,14 @@ def _units() -> tuple[frozenset[int], dict[int, int]]:
     return provinces, commune_province
 
 
+def province_of(kind: str, code: int) -> int | None:
+    """The province of a province or commune code; None when there is no such unit."""
+    provinces, commune_province = _units()
+    if kind == "province":
+        return code if code in provinces else None
+    return commune_province.get(code)
+
+
 def _error(loc: tuple, msg: str, kind: str = "value_error") -> dict:
     return {"loc": ["body", *loc], "msg": msg, "type": kind}
 

@@ -33,8 +33,24 @@ def test_tokens_are_issued_stored_hashed_and_revoked(kafka_bootstrap, tmp_path):
     bad_scope = _run(settings, "users", "create", "y", "operator", "--scope", "district:3")
     assert bad_scope.returncode == 1 and "scope" in bad_scope.stderr
     # A provincial admin would change the whole country's rule packs and directory.
-    local_admin = _run(settings, "users", "create", "z", "admin", "--scope", "province:2")
+    local_admin = _run(settings, "users", "create", "z", "admin", "--scope", "province:1")
     assert local_admin.returncode == 1 and "admin's scope must be national" in local_admin.stderr
+    # A typo gives a user who sees nothing, or the wrong things: refused, naming the option.
+    for args, says in (
+        (["operator", "--scope", "province:999"], "--scope: no province with code 999"),
+        (["operator", "--scope", "commune:99999999"], "--scope: no commune"),
+        (["authority", "--scope", "commune:4", "--authority", "commune:9999:nope"],
+         "--authority: unknown authority 'commune:9999:nope'"),
+        (["authority", "--scope", "commune:4", "--authority", "commune:8:police"],
+         "outside the scope commune:4"),
+        (["authority", "--scope", "province:1"], "at least one authority id"),
+        (["operator", "--authority", "commune:4:police"], "only an authority user"),
+    ):
+        refused = _run(settings, "users", "create", "w", *args)
+        assert refused.returncode == 1 and says in refused.stderr, (args, refused.stderr)
+    in_province = beacon(settings, "users", "create", "cp-1", "authority", "--scope", "province:1",
+                         "--authority", "commune:4:child_protection").stdout
+    assert in_province.strip().startswith("bk_")
 
     process = BeaconProcess(settings, "intake", tmp_path / "intake.log").start()
     try:
@@ -48,9 +64,13 @@ def test_tokens_are_issued_stored_hashed_and_revoked(kafka_bootstrap, tmp_path):
     finally:
         process.stop()
     with sqlite3.connect(tmp_path / "cli.db") as conn:
-        trail = conn.execute("SELECT user_id, action FROM audit_log WHERE record = 'op-1'").fetchall()
-    assert [action for _, action in trail] == ["user_change"] * 3  # create, token, revoke
-    assert all(user.startswith("cli:") for user, _ in trail)
+        trail = conn.execute(
+            "SELECT user_id, action, fields FROM audit_log WHERE record = 'op-1' ORDER BY id"
+        ).fetchall()
+    assert [action for _, action, _ in trail] == ["user_change"] * 3  # create, token, revoke
+    assert [json.loads(fields)[-1] for _, _, fields in trail] == [
+        "token_issued", "token_issued", "tokens_revoked"]  # an auditor tells them apart
+    assert all(user.startswith("cli:") for user, _, _ in trail)
 
 
 def test_dev_users_write_the_token_file(kafka_bootstrap, tmp_path):
