@@ -71,6 +71,15 @@ async def test_a_name_pasted_with_a_zero_width_space_is_the_same_name(stack):
     assert pasted["case_id"] == first["case_id"] and not pasted["new_case"]
 
 
+async def test_a_child_of_16_or_17_is_flagged_on_the_case(stack):
+    async with stack.client("operator") as api:
+        older = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 16}], category="EXPLOITATION", indicators=[]))).json()
+        younger = (await api.post("/api/v1/reports", json=report())).json()
+        assert (await _case(api, older["case_id"]))["flags"] == ["age_16_17"]
+        assert (await _case(api, younger["case_id"]))["flags"] == []
+
+
 async def test_simultaneous_calls_about_one_child_open_one_case(stack):
     """Five callers at once about the same child (a viral incident): one case, five
     independent reports, not five cases each routed and alerted on its own."""

@@ -254,3 +254,15 @@ def test_each_authority_appears_once():
                   indicators=frozenset({"crime", "death"}), other_locations=(ELSEWHERE,)))
     ids = [t.authority_id for t in d.targets]
     assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("ages,flagged", [((16,), True), ((9, 17), True), ((15,), False),
+                                          ((0, 5), False)])
+def test_a_child_of_16_or_17_is_flagged_and_nothing_else_changes(ages, flagged):
+    # DOMAIN 2: a child in law is under 16; flag 16-17 (criminal procedure protects under 18).
+    d = run(facts(child_ages=ages))
+    assert ("flag.age_16_17" in d.matched_rules) is flagged
+    plain = run(facts(child_ages=(15,)))
+    if flagged:
+        assert (d.severity, d.publicity, d.targets) == (plain.severity, plain.publicity,
+                                                         plain.targets)

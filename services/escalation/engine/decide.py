@@ -28,8 +28,17 @@ def decide(facts: CaseFacts, pack: RulePack, directory: Directory, at: datetime,
         "severity": severity,
         "publicity": publicity,
         "targets": targets,
-        "matched_rules": severity_rules + publicity_rules + routing_rules,
+        "matched_rules": severity_rules + publicity_rules + routing_rules + _flags(facts),
     })
+
+
+def _flags(facts: CaseFacts) -> list[str]:
+    """Facts to flag, changing nothing (DOMAIN.md section 2): a child in law is under 16, but
+    criminal procedure protects a 16- or 17-year-old too."""
+    return [AGE_16_17] if any(16 <= age <= 17 for age in facts.child_ages) else []
+
+
+AGE_16_17 = "flag.age_16_17"
 
 
 def milestone_deadlines(facts: CaseFacts, severity: str, pack: RulePack) -> dict[str, datetime]:

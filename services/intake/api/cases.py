@@ -39,6 +39,9 @@ class CaseOut(BaseModel):
     first_received_at: datetime
     report_count: int
     independent_reports: int
+    # "age_16_17": a child of 16 or 17, not a child in law but protected by criminal procedure
+    # until 18 (DOMAIN.md section 2).
+    flags: list[str] = []
     targets: list[dict]
     timeline: list[TimelineItem] | None = None
 
@@ -57,6 +60,7 @@ def _out(case: CaseView, timeline=None) -> CaseOut:
         publicity=case.publicity, acknowledged=case.acknowledged,
         rulepack_version=case.rulepack_version, first_received_at=case.first_received_at,
         report_count=case.report_count, independent_reports=case.independent_reports,
+        flags=["age_16_17"] if any(16 <= age <= 17 for age in case.child_ages or ()) else [],
         targets=case.targets,
         timeline=None if timeline is None else [
             TimelineItem(at=t.at, kind=t.kind, detail=t.detail) for t in timeline],
