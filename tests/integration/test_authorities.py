@@ -384,12 +384,16 @@ async def test_the_tier_escalated_to_may_answer_for_the_case(stack):
 
 
 async def test_lowering_publicity_leaves_a_duty_in_place(stack):
-    """A person lowers publicity from PA1 to PA0: the province stays held (escalation never drops
-    a duty), so it may still acknowledge."""
+    """A supervisor lowers publicity from PA1 to PA0 (an operator may not: 403): the province
+    stays held (escalation never drops a duty), so it may still acknowledge."""
     province = await _user(stack, "u-province1b", "authority", "province:1", [PROVINCE_CP])
-    async with stack.client("operator") as api:
-        case_id = (await api.post("/api/v1/reports", json=report(publicity="PA1"))).json()["case_id"]
+    async with stack.client("operator") as operator:
+        case_id = (await operator.post("/api/v1/reports",
+                                       json=report(publicity="PA1"))).json()["case_id"]
         await _readable_target(stack, case_id, PROVINCE_CP, lambda t: t["role"] == "act")
+        refused = await operator.post(f"/api/v1/cases/{case_id}/updates", json={"publicity": "PA0"})
+        assert refused.status_code == 403 and "supervisor" in refused.text
+    async with stack.client("supervisor") as api:
         assert (await api.post(f"/api/v1/cases/{case_id}/updates",
                                json={"publicity": "PA0"})).status_code == 202
 

@@ -9,6 +9,7 @@ from sqlalchemy import bindparam, select
 
 from schemas.events import CaseUpdated, Envelope, ReportReceived
 from schemas.reports import CaseUpdate, Report
+from schemas.rulepack import PUBLICITIES
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import correlation, submission
@@ -154,6 +155,10 @@ async def update_case(
         await deny(request, who, case_id, "the case is outside your jurisdiction")
     if update.severity_override and who.role != "supervisor":
         await deny(request, who, case_id, "only a supervisor may override severity")
+    if (update.publicity and case.publicity and who.role != "supervisor"
+            and PUBLICITIES.index(update.publicity) < PUBLICITIES.index(case.publicity)):
+        # Lowering it can drop the province from those who must act: a supervisor's call.
+        await deny(request, who, case_id, "only a supervisor may lower publicity")
     if case.status == "closed":  # its clocks have stopped: a new report opens a new case
         await fail(request, who, "write", case_id, "rejected",
                    HTTPException(409, "the case is closed"))
