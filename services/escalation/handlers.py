@@ -595,7 +595,12 @@ class Escalation:
                 or row.released_at is not None or case.closed_at is not None):
             return
         if timer.kind == "reminder":
-            if await session.scalar(select(Timer.id).where(  # fired late: a later step is due
+            if row.transferred_to is not None:
+                # Passed on and waiting for the new authority, which is reminded itself: this
+                # one can no longer acknowledge, so a reminder would ask the impossible. Its
+                # breach still fires, should the new one never answer.
+                timer.outcome = "transferred"
+            elif await session.scalar(select(Timer.id).where(  # fired late: a later step is due
                     Timer.case_id == timer.case_id, Timer.authority_id == timer.authority_id,
                     Timer.fired_at.is_(None), Timer.due_at > timer.due_at,
                     Timer.due_at <= now).limit(1)):

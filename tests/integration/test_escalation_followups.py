@@ -11,7 +11,7 @@ from schemas.events import (
 )
 from schemas.reports import Location
 from services.escalation.rulepack import SHIPPED, parse_pack
-from services.escalation.store import EscalationCase, EscalationMilestone, EscalationTarget
+from services.escalation.store import EscalationCase, EscalationMilestone, EscalationTarget, Timer
 from tests.integration.test_escalation_service import (
     CP, T0, M, _case as case, _emitted as emitted, _report as report, _rows, _update as update,
     _use, _wrap as wrap,
@@ -284,3 +284,17 @@ async def test_a_supervisors_downgrade_does_not_hide_an_emergency_reported_since
     assert "commune:4:police" in await targets(esc)
     held_to = {m.milestone for m in await _rows(esc, EscalationMilestone)}
     assert "emergency_measure" in held_to
+
+
+async def test_an_authority_that_passed_the_case_on_is_not_asked_to_acknowledge(esc):
+    # It can no longer acknowledge (its duty waits on the new authority's answer): reminders go
+    # to the new authority; its own breach still fires, should nobody answer.
+    await report(esc)  # P2: commune child protection acts within 1 h
+    await transfer(esc, CP, CP8, T0 + 5 * M)
+    first = min(t.due_at for t in await _rows(esc, Timer, authority_id=CP, kind="reminder"))
+    before = len(await emitted(esc, ALERT))
+    await esc.fire_due(first)
+    assert ("reminder", CP) not in await alerts_after(esc, before)
+    await esc.fire_due(T0 + 3 * 60 * M)
+    steps = [(e["step"], e["authority_id"]) for e in await emitted(esc, "beacon.target.escalated")]
+    assert ("breach", CP) in steps and ("breach", CP8) in steps
