@@ -267,7 +267,8 @@ RoutingCell = list[TargetSpec]
 
 
 class RulePack(_Pack):
-    version: str = Field(min_length=1, max_length=64)
+    # It names the pack in URLs (/api/v1/rulepacks/{version}) and in every decision.
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
     description: str | None = None
     calendar: Calendar = Field(default_factory=Calendar)
     tiers: list[str] = Field(min_length=1)

@@ -179,6 +179,10 @@ def check_references(pack: RulePack) -> list[tuple[Path_, str]]:
         for i in _duplicates(cat.subcategories):
             out.append((("categories", code, "subcategories", i),
                         f"subcategory {cat.subcategories[i]!r} is listed twice"))
+        for i, rule in enumerate(cat.raise_):  # a raise rule never lowers: this one would do nothing
+            if SEVERITIES.index(rule.to) >= SEVERITIES.index(cat.default):
+                out.append((("categories", code, "raise", i, "to"),
+                            f"{rule.to} is not above the category's default {cat.default}"))
     ids = list(_rule_ids(pack))
     seen: dict[str, Path_] = {}
     for path, rule_id in ids:

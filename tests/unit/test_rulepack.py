@@ -233,3 +233,18 @@ def test_yaml_aliases_are_refused_with_their_line():
     assert len(bomb) < 1024
     [(place, msg)] = problems(bomb)
     assert place == "pack.yaml:2" and "aliases" in msg
+
+
+def test_a_raise_rule_that_would_not_raise_is_refused():
+    # MISSING defaults to P2: a rule "raising" it to P4 would silently do nothing.
+    text = broken("{id: MISSING.raise.P1.age_below_12, to: P1,",
+                  "{id: MISSING.raise.P1.age_below_12, to: P4,")
+    [(place, msg)] = problems(text)
+    assert place == f"pack.yaml:{line_of(text, 'to: P4')}"
+    assert "categories.MISSING.raise[0].to" in msg and "not above the category's default P2" in msg
+
+
+@pytest.mark.parametrize("version", ["../../x y/ä", "a/b", " lead", "-dash"])
+def test_a_version_that_cannot_name_the_pack_in_a_url_is_refused(version):
+    [(_place, msg)] = problems(broken("version: default-2026.1", f'version: "{version}"'))
+    assert msg.startswith("version:")
