@@ -427,7 +427,11 @@ class Escalation:
                     EscalationTarget.case_id == data.case_id, EscalationTarget.role == "act",
                     EscalationTarget.released_at.is_(None),
                     EscalationTarget.authority_id != data.authority_id))).all():
-                self._alert(session, case, row, "closed")
+                if row.authority_id not in self.rt.directory:  # routed under an earlier pack
+                    log.warning("target_not_in_directory", authority_id=row.authority_id)
+                    continue
+                # The decision count keeps a second close (after a reopening) apart.
+                self._alert(session, case, row, "closed", suffix=str(case.decisions))
 
     async def _milestone_due(self, session, timer: MilestoneTimer, now: datetime) -> None:
         case = await session.get(EscalationCase, timer.case_id)

@@ -10,7 +10,9 @@ import pytest
 import structlog
 from sqlalchemy import select, update
 
-from schemas.events import CaseUpdated, DeliveryOutcome, Envelope, ReportReceived
+from schemas.events import (
+    CaseUpdated, DeliveryOutcome, Envelope, MilestoneRecorded, ReportReceived,
+)
 from schemas.reports import Location
 from services.common.outbox import OutboxRow
 from services.escalation.directory import build_directory
@@ -366,3 +368,21 @@ async def test_reminders_overtaken_while_escalation_was_down_are_not_sent(esc):
     await esc.fire_due(first)
     assert [e["kind"] for e in (await _emitted(esc))[before:]
             if e.get("kind") and e["authority_id"] == CP] == ["reminder"]
+
+
+async def test_closing_a_case_routed_under_an_earlier_pack_tells_whom_it_can(esc):
+    # Routed under the 2020 pack, the case holds a district target the default pack's directory
+    # no longer has: the close still goes through, and the others are told.
+    _use(esc, "vn2020")
+    await _report(esc, "C-OLD", indicators=["immediate_danger"], publicity="PA1")
+    _use(esc, "default")
+    acting = {t.authority_id for t in await _rows(esc, EscalationTarget, "C-OLD", role="act")}
+    assert any(a.startswith("district:") for a in acting)
+    before = len(await _emitted(esc))
+    await esc.handle([_wrap(MilestoneRecorded(
+        case_id="C-OLD", milestone="case_closed", authority_id=CP, by_user="u", at=T0 + M,
+        outcome="resolved"), T0 + M)])
+    [case] = await _rows(esc, EscalationCase, "C-OLD")
+    assert case.closed_at is not None
+    told = {e["authority_id"] for e in (await _emitted(esc))[before:] if e.get("kind") == "closed"}
+    assert told == {a for a in acting - {CP} if not a.startswith("district:")} and told
