@@ -32,6 +32,12 @@ class Location(_Strict):
     commune_code: int = Field(ge=1, le=999_999)
 
 
+def aged_16_or_17(ages) -> bool:
+    """Not a child in law (under 16), but protected by criminal procedure until 18: flagged
+    (DOMAIN.md section 2), changing nothing else."""
+    return any(16 <= age <= 17 for age in ages)
+
+
 class Child(_Strict):
     age: int = Field(ge=0, le=17, description="Years; under 16 is a child in law, 16-17 flagged")
     sex: Literal["female", "male", "other", "unknown"] = "unknown"

@@ -26,7 +26,7 @@ from services.notifier.channels.sms import _GSM7_BASIC, _GSM7_EXT, sms_segments
 
 __all__ = [
     "CATEGORY_LABELS", "LANGS", "Renderer", "build_context", "fold_to_gsm7", "render",
-    "render_bundle", "sms_segments",
+    "local_time", "render_bundle", "sms_segments",
 ]
 
 log = structlog.get_logger(__name__)
@@ -110,7 +110,8 @@ def _label(table: dict[str, dict[str, str]], lang: str, code: str) -> str:
     return table[lang].get(code, code)  # an unknown code shows as itself
 
 
-def _local(dt: datetime | None, fmt: str) -> str | None:
+def local_time(dt: datetime | None, fmt: str) -> str | None:
+    """A time as messages show it: Viet Nam time (the link page shows it the same way)."""
     return dt.astimezone(LOCAL_TZ).strftime(fmt) if dt is not None else None
 
 
@@ -135,16 +136,16 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "severity": alert.severity,
         "publicity": alert.publicity,
         "ack_due": alert.ack_due.isoformat() if alert.ack_due else None,
-        "ack_due_local": _local(alert.ack_due, "%H:%M %d/%m/%Y"),
-        "ack_due_short": _local(alert.ack_due, "%H:%M %d/%m"),
+        "ack_due_local": local_time(alert.ack_due, "%H:%M %d/%m/%Y"),
+        "ack_due_short": local_time(alert.ack_due, "%H:%M %d/%m"),
         "rulepack_version": alert.rulepack_version,
         "link": link,
         # About a milestone's deadline rather than acknowledging: templates say which step.
         "milestone": alert.milestone,
         "milestone_label": alert.milestone_label or alert.milestone,
         "milestone_due": alert.milestone_due.isoformat() if alert.milestone_due else None,
-        "milestone_due_local": _local(alert.milestone_due, "%H:%M %d/%m/%Y"),
-        "milestone_due_short": _local(alert.milestone_due, "%H:%M %d/%m"),
+        "milestone_due_local": local_time(alert.milestone_due, "%H:%M %d/%m/%Y"),
+        "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
     }
 
 

@@ -3,6 +3,7 @@
 from datetime import datetime
 
 from schemas.decisions import CaseFacts, Decision
+from schemas.reports import aged_16_or_17
 from schemas.rulepack import RulePack
 from services.escalation.directory import Directory
 
@@ -33,9 +34,8 @@ def decide(facts: CaseFacts, pack: RulePack, directory: Directory, at: datetime,
 
 
 def _flags(facts: CaseFacts) -> list[str]:
-    """Facts to flag, changing nothing (DOMAIN.md section 2): a child in law is under 16, but
-    criminal procedure protects a 16- or 17-year-old too."""
-    return [AGE_16_17] if any(16 <= age <= 17 for age in facts.child_ages) else []
+    """Facts to flag, changing nothing."""
+    return [AGE_16_17] if aged_16_or_17(facts.child_ages) else []
 
 
 AGE_16_17 = "flag.age_16_17"

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from schemas.events import Envelope, TargetAcknowledged
+from schemas.reports import aged_16_or_17
 from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
@@ -60,7 +61,7 @@ def _out(case: CaseView, timeline=None) -> CaseOut:
         publicity=case.publicity, acknowledged=case.acknowledged,
         rulepack_version=case.rulepack_version, first_received_at=case.first_received_at,
         report_count=case.report_count, independent_reports=case.independent_reports,
-        flags=["age_16_17"] if any(16 <= age <= 17 for age in case.child_ages or ()) else [],
+        flags=["age_16_17"] if aged_16_or_17(case.child_ages or ()) else [],
         targets=case.targets,
         timeline=None if timeline is None else [
             TimelineItem(at=t.at, kind=t.kind, detail=t.detail) for t in timeline],

@@ -11,7 +11,6 @@ targets (a handful), so the link needs not carry it. Every use is in the audit t
 from datetime import datetime
 from html import escape
 from urllib.parse import unquote
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse
@@ -24,6 +23,7 @@ from services.common.links import LinkClaims, verify_link
 from services.intake import submission
 from services.intake.api.cases import holds_duty
 from services.intake.api.deps import Runtime
+from services.notifier.render import local_time
 from services.intake.store import CaseView
 
 router = APIRouter(tags=["authorities"], include_in_schema=True)
@@ -85,23 +85,15 @@ async def link_page(token: str, rt: Runtime):
     if not holds_duty(target):
         return _page("For your information / Thông báo",
                      facts + "<p>No acknowledgement is expected.</p>")
-    due = (f"<p>Acknowledge by / Xác nhận trước: {escape(_local(target.get('ack_due')))} "
+    ack_due = target.get("ack_due")  # as the message that carried the link gave it
+    shown = local_time(datetime.fromisoformat(ack_due), "%H:%M %d/%m/%Y") if ack_due else "-"
+    due = (f"<p>Acknowledge by / Xác nhận trước: {escape(shown)} "
            "(Viet Nam time, UTC+7).</p>")
     form = (f"<form method='post' action='/a/{escape(token)}'>"
             "<button type='submit'>Acknowledge / Xác nhận</button></form>"
             "<p>Sign in to Beacon to see the case itself; this page shows no personal data.</p>")
     return _page("Acknowledge this alert / Xác nhận cảnh báo", facts + due + form)
 
-
-def _local(at: str | datetime | None) -> str:
-    """A deadline as the message that carried the link showed it: Viet Nam time."""
-    if not at:
-        return "-"
-    when = at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
-    return when.astimezone(VIET_NAM).strftime("%H:%M %d/%m/%Y")
-
-
-VIET_NAM = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 @router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 503: {}})
