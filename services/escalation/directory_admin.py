@@ -71,42 +71,42 @@ class OverlayDirectory:
 
 
 def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
-                authority_id_: str) -> tuple[Authority | None, list[str]]:
+                authority_id_: str) -> tuple[Authority | None, list[tuple[tuple, str]]]:
     """Validate an admin's entry (pure): the model, the id scheme, the contacts, and that its
-    supervisors and parent exist. Returns the Authority or the problems, each with its field."""
+    supervisors and parent exist. Returns the Authority or the problems, each as (field path,
+    what is wrong)."""
     try:
         a = Authority.model_validate({**entry, "id": authority_id_})
     except ValidationError as exc:
-        return None, [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                      for e in exc.errors(include_url=False)]
+        return None, [(e["loc"], e["msg"]) for e in exc.errors(include_url=False)]
     problems = []
     if a.id != authority_id(a.tier, a.unit_code, a.agency):
-        problems.append(f"id: must be {{tier}}:{{unit_code}}:{{agency}}, "
-                        f"here {authority_id(a.tier, a.unit_code, a.agency)}")
+        problems.append((("id",), f"must be {{tier}}:{{unit_code}}:{{agency}}, "
+                                  f"here {authority_id(a.tier, a.unit_code, a.agency)}"))
     if a.tier not in tiers:
-        problems.append(f"tier: unknown tier {a.tier!r} (tiers: {', '.join(tiers)})")
+        problems.append((("tier",), f"unknown tier {a.tier!r} (tiers: {', '.join(tiers)})"))
     if a.agency not in agencies:
-        problems.append(f"agency: unknown agency {a.agency!r}")
+        problems.append((("agency",), f"unknown agency {a.agency!r}"))
     if not a.contacts:
-        problems.append("contacts: an authority needs at least one contact")
+        problems.append((("contacts",), "an authority needs at least one contact"))
     for i, c in enumerate(a.contacts):
         pattern = {"webhook": _URL, "email": _EMAIL, "sms": _PHONE}[c.channel]
         if not pattern.match(c.address):
-            problems.append(f"contacts[{i}].address: not a valid {c.channel} address")
+            problems.append((("contacts", i, "address"), f"not a valid {c.channel} address"))
     for i, s in enumerate(a.supervisors):
         if s == a.id or s not in directory:
-            problems.append(f"supervisors[{i}]: unknown authority {s!r}")
+            problems.append((("supervisors", i), f"unknown authority {s!r}"))
     if a.parent is not None and (a.parent == a.id or a.parent not in directory):
-        problems.append(f"parent: unknown authority {a.parent!r}")
+        problems.append((("parent",), f"unknown authority {a.parent!r}"))
     elif a.parent is not None and a.tier in tiers:
         # A breach escalates to the parent: down or sideways, the chain would never reach the
         # national tier (and could loop).
         parent = directory.get(a.parent)
         if parent.tier not in tiers or tiers.index(parent.tier) <= tiers.index(a.tier):
-            problems.append(f"parent: {a.parent!r} is not above the {a.tier} tier "
-                            f"(tiers, lowest first: {', '.join(tiers)})")
+            problems.append((("parent",), f"{a.parent!r} is not above the {a.tier} tier "
+                             f"(tiers, lowest first: {', '.join(tiers)})"))
         elif parent.agency != a.agency:
-            problems.append(f"parent: {a.parent!r} is not of the {a.agency} agency")
+            problems.append((("parent",), f"{a.parent!r} is not of the {a.agency} agency"))
     return (None if problems else a), problems
 
 

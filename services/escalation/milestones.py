@@ -44,14 +44,14 @@ def label(milestone: str, pack: RulePack) -> str | None:
     return next((m.label for m in pack.milestones if m.name == milestone), None)
 
 
-def check_record(milestone: str, outcome: str | None, pack: RulePack) -> str | None:
-    """What is wrong with recording this milestone, or None."""
+def check_record(milestone: str, outcome: str | None, pack: RulePack) -> tuple[tuple, str] | None:
+    """What is wrong with recording this milestone, as (field path, problem), or None."""
     if milestone not in recordable(pack):
-        return f"unknown milestone {milestone!r} (known: {', '.join(recordable(pack))})"
+        return ("milestone",), f"unknown milestone {milestone!r} (known: {', '.join(recordable(pack))})"
     if milestone == CASE_CLOSED and outcome not in OUTCOMES:
-        return f"closing a case needs an outcome, one of {', '.join(OUTCOMES)}"
+        return ("outcome",), f"closing a case needs an outcome, one of {', '.join(OUTCOMES)}"
     if milestone != CASE_CLOSED and outcome is not None:
-        return "only case_closed takes an outcome"
+        return ("outcome",), "only case_closed takes an outcome"
     return None
 
 

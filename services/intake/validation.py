@@ -31,19 +31,20 @@ def province_of(kind: str, code: int) -> int | None:
     return commune_province.get(code)
 
 
-def _error(loc: tuple, msg: str, kind: str = "value_error") -> dict:
+def field_error(loc: tuple, msg: str, kind: str = "value_error") -> dict:
+    """One problem in FastAPI's own 422 shape: the field's path in the body, what is wrong."""
     return {"loc": ["body", *loc], "msg": msg, "type": kind}
 
 
 def check_location(loc: tuple, location: Location) -> list[dict]:
     provinces, commune_province = _units()
     if location.province_code not in provinces:
-        return [_error((*loc, "province_code"), f"unknown province code {location.province_code}")]
+        return [field_error((*loc, "province_code"), f"unknown province code {location.province_code}")]
     province = commune_province.get(location.commune_code)
     if province is None:
-        return [_error((*loc, "commune_code"), f"unknown commune code {location.commune_code}")]
+        return [field_error((*loc, "commune_code"), f"unknown commune code {location.commune_code}")]
     if province != location.province_code:
-        return [_error((*loc, "commune_code"),
+        return [field_error((*loc, "commune_code"),
                        f"commune {location.commune_code} is in province {province}, "
                        f"not {location.province_code}")]
     return []
@@ -53,13 +54,13 @@ def check_codes(pack, category: str | None, subcategory: str | None,
                 indicators: list[str]) -> list[dict]:
     errors = []
     if category is not None and category not in pack.category_codes:
-        errors.append(_error(("category",), f"unknown category {category!r}; expected one of "
+        errors.append(field_error(("category",), f"unknown category {category!r}; expected one of "
                                            f"{', '.join(sorted(pack.category_codes))}"))
     elif subcategory is not None and subcategory not in pack.subcategories(category):
-        errors.append(_error(("subcategory",), f"unknown subcategory {subcategory!r} for {category}"))
+        errors.append(field_error(("subcategory",), f"unknown subcategory {subcategory!r} for {category}"))
     for i, code in enumerate(indicators):
         if code not in pack.indicator_codes:
-            errors.append(_error(("indicators", i), f"unknown indicator {code!r}"))
+            errors.append(field_error(("indicators", i), f"unknown indicator {code!r}"))
     return errors
 
 
@@ -69,8 +70,8 @@ def check_report(report: Report, pack, now: datetime) -> list[dict]:
     for i, other in enumerate(report.other_locations):
         errors += check_location(("other_locations", i), other)
     if report.received_at > now + CLOCK_SKEW:
-        errors.append(_error(("received_at",), "is in the future"))
+        errors.append(field_error(("received_at",), "is in the future"))
     elif report.received_at < now - MAX_AGE:
-        errors.append(_error(("received_at",), f"is more than {MAX_AGE.days} days ago; "
+        errors.append(field_error(("received_at",), f"is more than {MAX_AGE.days} days ago; "
                                                "enter the time the report was received"))
     return errors

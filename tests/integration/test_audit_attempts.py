@@ -77,7 +77,9 @@ async def test_an_authoritys_rejected_or_misaddressed_input_is_recorded(stack):
         unknown = await me.post(f"/api/v1/cases/{UNKNOWN}/acknowledgements",
                                 json={"authority_id": CP})
     assert to_itself.status_code == made_up.status_code == 422
-    assert to_itself.json() == {"detail": "to_authority_id: transfer to another authority"}
+    # The shape of FastAPI's own 422s: the field's path and what is wrong.
+    assert to_itself.json() == {"detail": [{"loc": ["body", "to_authority_id"], "type": "value_error",
+                                            "msg": "transfer to another authority"}]}
     assert unknown.status_code == 404
     assert [a for a in await _attempts(stack, case_id) if a[0] == "test-authority"] == [
         ("test-authority", "authority", "write", "rejected")] * 2

@@ -204,9 +204,11 @@ async def test_recorded_milestone_does_not_escalate_and_closing_stops_clocks(sta
         bad = await me.post(f"/api/v1/cases/{case_id}/milestones",
                             json={"authority_id": CP, "milestone": "made_up"})
         assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["body", "milestone"], bad.text
         no_outcome = await me.post(f"/api/v1/cases/{case_id}/milestones",
                                    json={"authority_id": CP, "milestone": "case_closed"})
         assert no_outcome.status_code == 422
+        assert no_outcome.json()["detail"][0]["loc"] == ["body", "outcome"], no_outcome.text
         ok = await me.post(f"/api/v1/cases/{case_id}/milestones",
                            json={"authority_id": CP, "milestone": "emergency_measure"})
         assert ok.status_code == 202, ok.text

@@ -24,7 +24,8 @@ async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
             **entry, "contacts": [{"channel": "email", "address": "not-an-address"}],
             "parent": "province:999:child_protection"})
         assert bad.status_code == 422
-        assert "contacts[0].address" in bad.text and "parent" in bad.text
+        assert {tuple(e["loc"]) for e in bad.json()["detail"]} == {
+            ("body", "contacts", 0, "address"), ("body", "parent")}, bad.text
         wrong_id = await admin.put(f"/api/v1/authorities/{CP}", json={**entry, "unit_code": "8"})
         assert wrong_id.status_code == 422 and "id" in wrong_id.text
         # A breach escalates to the parent: it must be above, in the same agency.

@@ -20,7 +20,7 @@ from services.escalation import milestones
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
 from services.intake.api.cases import READERS, acting_target, holds_duty, readable_case
-from services.intake.api.deps import Runtime, deny, fail, role
+from services.intake.api.deps import Runtime, deny, fail, invalid, role
 
 router = APIRouter(prefix="/api/v1", tags=["authorities"])
 
@@ -38,8 +38,8 @@ async def record_milestone(case_id: str, body: RecordMilestone, request: Request
                            who: Annotated[Principal, Depends(role("authority"))]):
     case, _ = await acting_target(request, rt, who, case_id, body.authority_id)
     problem = None  # each refusal of the input is recorded as "rejected", then answered
-    if message := milestones.check_record(body.milestone, body.outcome, rt.pack):
-        problem = HTTPException(422, message)
+    if wrong := milestones.check_record(body.milestone, body.outcome, rt.pack):
+        problem = invalid(wrong)
     elif case.status == "closed":
         problem = HTTPException(409, "the case is closed")
     if problem is not None:
@@ -114,14 +114,14 @@ async def transfer(case_id: str, body: Transfer, request: Request, rt: Runtime,
     case, _ = await acting_target(request, rt, who, case_id, body.from_authority_id)
     problem = None  # as for a milestone: recorded as "rejected", then answered
     if body.to_authority_id == body.from_authority_id:
-        problem = HTTPException(422, "to_authority_id: transfer to another authority")
+        problem = invalid((("to_authority_id",), "transfer to another authority"))
     elif body.to_authority_id not in rt.directory:
-        problem = HTTPException(422, f"to_authority_id: unknown authority {body.to_authority_id!r}")
+        problem = invalid((("to_authority_id",), f"unknown authority {body.to_authority_id!r}"))
     elif (tier := _tier(body.from_authority_id)) != _tier(body.to_authority_id):
         # A duty is passed sideways (another commune, another agency); a higher tier is reached
         # by escalation when nobody answers, not by handing the duty up.
-        problem = HTTPException(422, f"to_authority_id: a transfer goes to another {tier} "
-                                     "authority; higher tiers are reached by escalation")
+        problem = invalid((("to_authority_id",), f"a transfer goes to another {tier} authority; "
+                                                  "higher tiers are reached by escalation"))
     elif case.status == "closed":
         problem = HTTPException(409, "the case is closed")
     if problem is not None:

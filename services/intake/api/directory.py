@@ -10,7 +10,7 @@ from schemas.directory import Authority, Contact
 from services.common import audit
 from services.common.auth import Principal
 from services.escalation import directory_admin
-from services.intake.api.deps import Runtime, fail, role
+from services.intake.api.deps import Runtime, fail, invalid, role
 
 router = APIRouter(prefix="/api/v1/authorities", tags=["admins"])
 
@@ -59,7 +59,7 @@ async def put(authority_id: str, body: AuthorityIn, request: Request, rt: Runtim
         authority_id)
     if problems:
         await fail(request, who, "directory_change", authority_id, "rejected",
-                   HTTPException(422, problems))
+                   invalid(*problems))
     async with rt.db.writes() as session, session.begin():
         version = await directory_admin.save(session, a, who.user_id)
         audit.record(session, who.user_id, who.role, "directory_change", authority_id[:64],

@@ -13,7 +13,7 @@ from schemas.rulepack import PUBLICITIES
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import correlation, submission
-from services.intake.api.deps import Runtime, deny, fail, role
+from services.intake.api.deps import Runtime, deny, fail, invalid, role
 from services.intake.store import CaseView, ReportRow, SeverityOverrideRow
 from services.intake.validation import check_codes, check_report
 
@@ -124,8 +124,8 @@ async def _linked_case(request: Request, rt, who: Principal, case_id: str) -> st
     else:  # the same answer either way; the trail tells the two apart
         action, outcome = ("denied", "denied") if case is not None else ("write", "not_found")
         why = "no such case"
-    await fail(request, who, action, case_id, outcome, RequestValidationError(
-        [{"loc": ["body", "link_case_id"], "msg": why, "type": "value_error"}]), ["link_case_id"])
+    await fail(request, who, action, case_id, outcome, invalid((("link_case_id",), why)),
+               ["link_case_id"])
 
 
 _CASE = select(CaseView.case_id, CaseView.province_code, CaseView.commune_code,
@@ -163,8 +163,7 @@ async def update_case(
         await fail(request, who, "write", case_id, "rejected",
                    HTTPException(409, "the case is closed"))
     if not (update.indicators or update.publicity or update.severity_override):
-        await fail(request, who, "write", case_id, "rejected", RequestValidationError(
-            [{"loc": ["body"], "msg": "nothing to update", "type": "value_error"}]))
+        await fail(request, who, "write", case_id, "rejected", invalid(((), "nothing to update")))
     update_id = correlation.new_id("U")
     event = CaseUpdated(
         case_id=case_id, update_id=update_id, by_role=who.role, indicators=update.indicators,

@@ -19,7 +19,7 @@ from services.escalation import packs_store, replay
 from services.escalation.directory import build_directory
 from services.escalation.rulepack import RulePackError, validate_pack_text
 from services.escalation.store import EscalationCase
-from services.intake.api.deps import Runtime, deny, fail, role
+from services.intake.api.deps import Runtime, deny, fail, invalid, role
 
 router = APIRouter(prefix="/api/v1/rulepacks", tags=["admins"])
 Admin = Annotated[Principal, Depends(role("admin"))]
@@ -66,8 +66,9 @@ async def _refused(request: Request, who: Principal, version: str, exc: packs_st
     await _rejected(request, who, version, HTTPException(exc.status, str(exc)))
 
 
-async def _rejected(request: Request, who: Principal, version: str, error: HTTPException):
-    outcome = {404: "not_found", 503: "withdrawn"}.get(error.status_code, "rejected")
+async def _rejected(request: Request, who: Principal, version: str, error: Exception):
+    status = getattr(error, "status_code", 422)  # a RequestValidationError has none
+    outcome = {404: "not_found", 503: "withdrawn"}.get(status, "rejected")
     await fail(request, who, "rule_change", version, outcome, error)
 
 
@@ -176,13 +177,13 @@ async def _publish(request: Request, rt, who: Principal, version: str, body: Pub
     effective = body.effective_at or now
     if effective.tzinfo is None:
         await _rejected(request, who, version,
-                        HTTPException(422, "effective_at: give a time zone, e.g. +07:00"))
+                        invalid((("effective_at",), "give a time zone, e.g. +07:00")))
     if effective < now - MAX_PAST:
         await _rejected(request, who, version,
-                        HTTPException(422, "effective_at: in the past; publish now or later"))
+                        invalid((("effective_at",), "in the past; publish now or later")))
     if effective > now + MAX_AHEAD:
         await _rejected(request, who, version,
-                        HTTPException(422, "effective_at: more than a year ahead"))
+                        invalid((("effective_at",), "more than a year ahead")))
     effective = max(effective, now)
     async with rt.db.reads() as session:
         try:
