@@ -83,8 +83,13 @@ def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
     if a.id != authority_id(a.tier, a.unit_code, a.agency):
         problems.append((("id",), f"must be {{tier}}:{{unit_code}}:{{agency}}, "
                                   f"here {authority_id(a.tier, a.unit_code, a.agency)}"))
+    placed = a.tier in tiers and a.unit_code in directory.units.by_kind.get(a.tier, ())
     if a.tier not in tiers:
         problems.append((("tier",), f"unknown tier {a.tier!r} (tiers: {', '.join(tiers)})"))
+    elif not placed:
+        # Routing finds authorities by the place of the incident: one for a unit that does not
+        # exist would never be reached.
+        problems.append((("unit_code",), f"no {a.tier} has code {a.unit_code!r}"))
     if a.agency not in agencies:
         problems.append((("agency",), f"unknown agency {a.agency!r}"))
     if not a.contacts:
@@ -96,18 +101,32 @@ def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
     for i, s in enumerate(a.supervisors):
         if s == a.id or s not in directory:
             problems.append((("supervisors", i), f"unknown authority {s!r}"))
-    if a.parent is not None and (a.parent == a.id or a.parent not in directory):
+    if a.parent is None:
+        if a.tier in tiers and a.tier != tiers[-1]:
+            # A breach climbs to the parent: without one, an unanswered case stops here.
+            problems.append((("parent",), f"a {a.tier} authority needs a parent in a higher tier"))
+    elif a.parent == a.id or a.parent not in directory:
         problems.append((("parent",), f"unknown authority {a.parent!r}"))
-    elif a.parent is not None and a.tier in tiers:
+    elif placed:
         # A breach escalates to the parent: down or sideways, the chain would never reach the
-        # national tier (and could loop).
+        # national tier (and could loop); elsewhere, it would hand the case to another place.
         parent = directory.get(a.parent)
         if parent.tier not in tiers or tiers.index(parent.tier) <= tiers.index(a.tier):
             problems.append((("parent",), f"{a.parent!r} is not above the {a.tier} tier "
                              f"(tiers, lowest first: {', '.join(tiers)})"))
         elif parent.agency != a.agency:
             problems.append((("parent",), f"{a.parent!r} is not of the {a.agency} agency"))
+        elif parent.unit_code != _above(directory, a, parent.tier):
+            problems.append((("parent",), f"{a.parent!r} does not cover {a.tier} {a.unit_code}"))
     return (None if problems else a), problems
+
+
+def _above(directory, a: Authority, tier: str) -> str | None:
+    """The unit of `tier` that holds the authority's unit; None when the units do not say."""
+    try:
+        return directory.units.above(a.tier, a.unit_code, tier)
+    except KeyError:
+        return None
 
 
 async def save(session: AsyncSession, a: Authority, user_id: str) -> int:

@@ -35,6 +35,19 @@ async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
         assert down.status_code == 422 and "not above the province tier" in down.text
         across = await admin.put("/api/v1/authorities/commune:4:police", json=police)
         assert across.status_code == 422 and "not of the police agency" in across.text
+        # ...over the same place: Ho Chi Minh City's police do not take a Hanoi commune's case.
+        elsewhere = await admin.put("/api/v1/authorities/commune:4:police", json={
+            **police, "parent": "province:79:police"})
+        assert elsewhere.status_code == 422 and "does not cover commune 4" in elsewhere.text
+        # Only the top tier may have none: a breach would stop at this authority.
+        orphan = await admin.put(f"/api/v1/authorities/{CP}", json={**entry, "parent": None})
+        assert orphan.status_code == 422, orphan.text
+        assert orphan.json()["detail"][0]["loc"] == ["body", "parent"]
+        # Routing never reaches an authority of a place that does not exist.
+        nowhere = await admin.put("/api/v1/authorities/commune:999999:police", json={
+            **police, "unit_code": "999999", "parent": "province:1:police"})
+        assert nowhere.status_code == 422, nowhere.text
+        assert nowhere.json()["detail"][0]["loc"] == ["body", "unit_code"]
 
         ok = await admin.put(f"/api/v1/authorities/{CP}", json=entry)
         assert ok.status_code == 200, ok.text
@@ -66,8 +79,9 @@ async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
     # Changes and reads alike, refused ones too: an entry holds people's contact details.
     assert [(r["action"], r["outcome"]) for r in trail["items"]] == [
         ("directory_change", "rejected"), ("directory_change", "rejected"),
-        ("directory_change", "ok"), ("directory_change", "ok"), ("read", "ok"), ("read", "ok")]
-    assert [r["fields"] for r in trail["items"]][4:] == [["authority"], ["history"]]
+        ("directory_change", "rejected"), ("directory_change", "ok"), ("directory_change", "ok"),
+        ("read", "ok"), ("read", "ok")]
+    assert [r["fields"] for r in trail["items"]][5:] == [["authority"], ["history"]]
     assert [(r["action"], r["outcome"]) for r in unknown["items"]] == [("read", "not_found")]
 
 
@@ -81,7 +95,8 @@ async def test_directory_cli(stack, tmp_path):
     entry = tmp_path / "entry.json"
     entry.write_text(json.dumps({
         "name": "Công an xã – trực ban", "tier": "commune", "agency": "police", "unit_code": "4",
-        "contacts": [{"channel": "sms", "address": "+84900000001"}]}))
+        "contacts": [{"channel": "sms", "address": "+84900000001"}],
+        "parent": "province:1:police"}))
     runner = CliRunner()
     env = {"BEACON_API_URL": stack.base_url, "BEACON_TOKEN": stack.tokens["admin"]}
 
