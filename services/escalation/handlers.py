@@ -36,7 +36,7 @@ from schemas.events import (
 )
 from services.common import metrics, outbox
 from services.common.db import add_bulk, claim_event, claim_events, is_postgres, utcnow
-from services.escalation import milestones
+from services.escalation import milestones, transfers
 from services.escalation.engine import (
     deadline, decide, milestone_deadlines, reminder_times, rules_severity,
 )
@@ -326,11 +326,25 @@ class Escalation:
         except KeyError:
             log.warning("transfer_to_unknown_authority", authority_id=data.to_authority_id)
             return
+        duties = [milestones.Duty(t.authority_id, t.tier, t.agency, t.released_at is None)
+                  for t in (await session.scalars(select(EscalationTarget).where(
+                      EscalationTarget.case_id == data.case_id,
+                      EscalationTarget.role == "act"))).all()]
+        why = transfers.refusal(old.authority_id, recipient.id, duties,
+                                self.rt.pack.escalation.supervisor_agency)
+        if old.transferred_to is not None:
+            # Sent with others at once, before the first took effect: a duty goes to one place.
+            why = f"already transferred to {old.transferred_to}"
+        if why:
+            log.warning("transfer_ignored", authority_id=old.authority_id,
+                        to_authority_id=recipient.id, reason=why)
+            return
         due = self._due(data.at, old)  # the same window the first one had (1 h for P2...)
         new = await session.get(EscalationTarget, (data.case_id, data.to_authority_id))
         old.transferred_to = data.to_authority_id
-        if new is not None and new.released_at is not None:
-            # Handed back to an authority that had passed the case on: the duty is its again.
+        if new is not None:
+            # Handed back to an authority that had passed the case on (released since, or
+            # not yet): the duty is its again, as the read model shows it.
             new.released_at = new.transferred_to = None
         if new is None:
             new = EscalationTarget(

@@ -1,14 +1,18 @@
 """Authorities on the real broker: acknowledgements (API and one-click link), legal milestones,
 transfers, and the audit trail of a refused read."""
 
+import asyncio
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
+from schemas.events import Envelope, Topics, TransferRequested
+from services.common import kafka
 from services.common.audit import AuditRecord
 from services.common.db import utcnow
 from services.common.links import sign_link
+from services.intake import submission
 from services.escalation.store import EscalationMilestone, EscalationTarget, MilestoneTimer, Timer
 from tests.conftest import eventually
 from tests.support.reports import report
@@ -519,3 +523,65 @@ async def test_a_transfer_goes_sideways_not_up_a_tier(stack):
             "reason": "wrong_jurisdiction"})
     assert up.status_code == 422 and "to_authority_id" in up.text and "commune" in up.text
     assert sideways.status_code == 202, sideways.text
+
+
+
+async def _acknowledge_in_turn(stack, case_id: str, authority_id: str) -> None:
+    """Acknowledge for the authority and wait until escalation has it: the inputs of a case
+    are taken in order, so every input sent before has been taken too."""
+    async with stack.client("authority") as me:
+        answer = await me.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                               json={"authority_id": authority_id})
+        assert answer.status_code == 202, answer.text
+
+    async def acked():
+        row = await _target(stack, case_id, authority_id)
+        return row is not None and row.acked_at is not None
+
+    await eventually(acked)
+
+
+async def test_transfers_sent_at_once_pass_the_duty_to_one_authority(stack):
+    """Three transfers of one duty, sent together before the first took effect: one commune
+    takes the duty (and may read the child's identity), not three."""
+    case_id, _ = await _p1_case(stack)
+    elsewhere = ["commune:8:police", "commune:25:police", "commune:73:police"]
+    async with stack.client("authority") as me:
+        answers = await asyncio.gather(*(me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": POLICE, "to_authority_id": to, "reason": "wrong_jurisdiction"})
+            for to in elsewhere))
+    assert all(a.status_code in (202, 403) for a in answers), [a.text for a in answers]
+    sent = [to for to, a in zip(elsewhere, answers, strict=True) if a.status_code == 202]
+    await _acknowledge_in_turn(stack, case_id, CP)  # every transfer sent has been taken
+    police = await _target(stack, case_id, POLICE)
+    async with stack.rt.db.reads() as session:
+        holders = (await session.scalars(select(EscalationTarget.authority_id).where(
+            EscalationTarget.case_id == case_id,
+            EscalationTarget.authority_id.in_(elsewhere)))).all()
+    assert police.transferred_to in sent and holders == [police.transferred_to]
+
+
+async def test_a_transfer_does_not_merge_two_agencies_duties(stack):
+    """The police may not hand their duty to child protection, which must act on the case
+    already: its one acknowledgement would answer for both agencies. Nor to the people's
+    committee, which supervises officers and takes no case."""
+    case_id, _ = await _p1_case(stack)
+    async with stack.client("authority") as me:
+        merged = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": POLICE, "to_authority_id": CP, "reason": "wrong_agency"})
+        committee = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": POLICE, "to_authority_id": "commune:4:people_committee",
+            "reason": "wrong_agency"})
+    for refused in (merged, committee):
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", "to_authority_id"]
+    assert "own agency" in merged.text
+    # Had one reached escalation all the same (from an instance whose read model lagged),
+    # it is ignored there too: child protection's acknowledgement leaves the police's duty.
+    sneaked = TransferRequested(case_id=case_id, from_authority_id=POLICE, to_authority_id=CP,
+                                reason="wrong_agency", by_user="test-authority", at=utcnow())
+    await kafka.publish_input(stack.rt.producer, stack.rt.settings.topic(Topics.INPUTS),
+                              Envelope.wrap(sneaked, submission.SOURCE))
+    await _acknowledge_in_turn(stack, case_id, CP)
+    police = await _target(stack, case_id, POLICE)
+    assert police.transferred_to is None and police.released_at is None and police.acked_at is None

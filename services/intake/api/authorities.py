@@ -16,7 +16,7 @@ from schemas.reports import Location
 from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
-from services.escalation import milestones
+from services.escalation import milestones, transfers
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
 from services.intake.api.cases import READERS, acting_target, holds_duty, readable_case
@@ -56,8 +56,14 @@ async def record_milestone(case_id: str, body: RecordMilestone, request: Request
                                    {"case_id": case_id, "milestone": body.milestone}, None)
 
 
-def _tier(authority_id: str) -> str:
-    return authority_id.split(":", 1)[0]
+def _duties(case) -> list[milestones.Duty]:
+    """The case's act targets, as the read model has them."""
+    duties = []
+    for t in case.targets:
+        if t.get("role") == "act":
+            tier, _, agency = t["authority_id"].split(":", 2)
+            duties.append(milestones.Duty(t["authority_id"], tier, agency, holds_duty(t)))
+    return duties
 
 
 async def _holder(rt, case, milestone: str) -> str | None:
@@ -67,11 +73,7 @@ async def _holder(rt, case, milestone: str) -> str | None:
         row = await session.get(EscalationMilestone, (case.case_id, milestone))
     if row is not None and row.authority_id:
         return row.authority_id
-    duties = []
-    for t in case.targets:
-        if t.get("role") == "act":
-            tier, _, agency = t["authority_id"].split(":", 2)
-            duties.append(milestones.Duty(t["authority_id"], tier, agency, holds_duty(t)))
+    duties = _duties(case)
     home = milestones.home_ids(duties, rt.directory, Location(
         province_code=case.province_code, commune_code=case.commune_code))
     return milestones.owner(milestone, duties, rt.pack, home)
@@ -113,15 +115,11 @@ async def transfer(case_id: str, body: Transfer, request: Request, rt: Runtime,
                    who: Annotated[Principal, Depends(role("authority"))]):
     case, _ = await acting_target(request, rt, who, case_id, body.from_authority_id)
     problem = None  # as for a milestone: recorded as "rejected", then answered
-    if body.to_authority_id == body.from_authority_id:
-        problem = invalid((("to_authority_id",), "transfer to another authority"))
-    elif body.to_authority_id not in rt.directory:
+    if body.to_authority_id not in rt.directory:
         problem = invalid((("to_authority_id",), f"unknown authority {body.to_authority_id!r}"))
-    elif (tier := _tier(body.from_authority_id)) != _tier(body.to_authority_id):
-        # A duty is passed sideways (another commune, another agency); a higher tier is reached
-        # by escalation when nobody answers, not by handing the duty up.
-        problem = invalid((("to_authority_id",), f"a transfer goes to another {tier} authority; "
-                                                  "higher tiers are reached by escalation"))
+    elif why := transfers.refusal(body.from_authority_id, body.to_authority_id, _duties(case),
+                                  rt.pack.escalation.supervisor_agency):
+        problem = invalid((("to_authority_id",), why))
     elif case.status == "closed":
         problem = HTTPException(409, "the case is closed")
     if problem is not None:
