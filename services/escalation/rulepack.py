@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from schemas.rulepack import PUBLICITIES, SEVERITIES, Condition, RulePack, TargetSpec
+from services.escalation.directory import TIER_KINDS
 
 PACKS_DIR = Path(__file__).parent / "packs"
 SHIPPED = {"default": PACKS_DIR / "default.yaml", "vn2020": PACKS_DIR / "vn2020.yaml"}
@@ -175,6 +176,16 @@ def check_references(pack: RulePack) -> list[tuple[Path_, str]]:
 
     for i in _duplicates(pack.tiers):
         out.append((("tiers", i), f"tier {pack.tiers[i]!r} is listed twice"))
+    # The directory finds each tier's authority from the place of the incident, and a breach
+    # climbs the list: a tier it cannot place, or one listed below a smaller one, stops routing.
+    for i, tier in enumerate(pack.tiers):
+        if tier not in TIER_KINDS:
+            out.append((("tiers", i), f"the directory cannot place tier {tier!r} "
+                                      f"(it places {', '.join(TIER_KINDS)})"))
+        elif i and pack.tiers[i - 1] in TIER_KINDS and (
+                TIER_KINDS.index(pack.tiers[i - 1]) > TIER_KINDS.index(tier)):
+            out.append((("tiers", i), f"tier {tier!r} is smaller than {pack.tiers[i - 1]!r} "
+                                      f"before it; list tiers lowest first ({', '.join(TIER_KINDS)})"))
     for code, cat in pack.categories.items():
         for i in _duplicates(cat.subcategories):
             out.append((("categories", code, "subcategories", i),

@@ -145,6 +145,20 @@ def test_duplicated_rule_id_tier_and_subcategory():
     assert any("subcategory 'drowning' is listed twice" in m for m in msgs)
 
 
+def test_tiers_the_directory_cannot_place_or_climb():
+    """Published, either stopped all routing: every report failed and was dead-lettered."""
+    tiers = "tiers: [commune, province, national]"
+    reversed_ = [msg for _, msg in problems(broken(tiers, "tiers: [national, province, commune]"))]
+    assert reversed_ == [
+        "tiers[1]: tier 'province' is smaller than 'national' before it; list tiers lowest first "
+        "(commune, district, province, national)",
+        "tiers[2]: tier 'commune' is smaller than 'province' before it; list tiers lowest first "
+        "(commune, district, province, national)"]
+    unknown = [msg for _, msg in problems(broken(tiers, "tiers: [commune, region, province, national]"))]
+    assert unknown == ["tiers[1]: the directory cannot place tier 'region' "
+                       "(it places commune, district, province, national)"]
+
+
 def test_act_without_deadline_and_inform_with_one():
     text = broken("{tier: commune, agency: police, role: act, ack: PT15M}",
                   "{tier: commune, agency: police, role: act}")
