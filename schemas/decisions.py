@@ -27,9 +27,12 @@ class CaseFacts(BaseModel):
     indicators: frozenset[str] = frozenset()
     publicity: Publicity = "PA0"  # the highest set by a person (report or update)
     severity_override: Severity | None = None  # a supervisor's, wins until changed...
-    # ...or until the rules give more than they gave when it was made (`override_basis`): a
-    # judgement of the facts then does not hide a legal emergency reported since.
+    # ...or until facts more severe than it come in: the rules give more than they gave when it
+    # was made (`override_basis`), or a category or indicator not among those it was made on
+    # (`override_judged`) gives more. A judgement of the facts then does not hide a legal
+    # emergency reported since.
     override_basis: Severity | None = None
+    override_judged: frozenset[str] | None = None
     linked_reports: tuple[datetime, ...] = ()  # receipt times of the case's independent reports
     first_received_at: datetime  # the 12-hour clock starts here (DOMAIN.md section 2)
 

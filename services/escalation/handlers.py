@@ -152,8 +152,10 @@ class Escalation:
             case.human_publicity = floor = data.publicity
         if data.severity_override is not None:
             changes["severity_override"] = data.severity_override
-            changes["override_basis"] = rules_severity(old.model_copy(update=changes),
-                                                       self.rt.pack)
+            judged = old.model_copy(update=changes)
+            changes["override_basis"] = rules_severity(judged, self.rt.pack)
+            changes["override_judged"] = frozenset(
+                {judged.category, *judged.other_categories, *judged.indicators})
         facts = old.model_copy(update=changes)
         if case.closed_at is not None:
             facts = await self._reopen(session, case, facts, envelope.time, envelope)

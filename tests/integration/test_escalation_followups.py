@@ -286,6 +286,19 @@ async def test_a_supervisors_downgrade_does_not_hide_an_emergency_reported_since
     assert "emergency_measure" in held_to
 
 
+async def test_a_downgrade_of_an_emergency_ends_when_another_is_reported(esc):
+    # The caregiver is the abuser (P1); a supervisor lowers the case to P3 ("the caller
+    # retracted"); then the child is reported in immediate danger: a new emergency.
+    await report(esc, category="EMOTIONAL", indicators=["caregiver_is_abuser"])
+    await update(esc, at=T0 + 5 * M, severity_override="P3", override_reason_given=True)
+    [*_, downgraded] = await emitted(esc, "beacon.case.decided")
+    assert downgraded["decision"]["severity"] == "P3"
+    await update(esc, at=T0 + 9 * M, indicators=["immediate_danger"])
+    [*_, raised] = await emitted(esc, "beacon.case.decided")
+    assert raised["decision"]["severity"] == "P1"
+    assert "severity.override_lapsed" in raised["decision"]["matched_rules"]
+
+
 async def test_an_authority_that_passed_the_case_on_is_not_asked_to_acknowledge(esc):
     # It can no longer acknowledge (its duty waits on the new authority's answer): reminders go
     # to the new authority; its own breach still fires, should nobody answer.

@@ -169,7 +169,60 @@ def test_an_override_holds_until_the_facts_give_more_than_it_was_made_on(name, f
     facts = facts.model_copy(update={"severity_override": override, "override_basis": basis})
     d = _decide(name, facts)
     rules = _decide(name, facts.model_copy(update={"severity_override": None})).severity
-    if RANK[rules] < RANK[facts.override_basis]:
+    # More than it was made on and more than the override itself: rules that rose, but not
+    # as high as a supervisor's raise, leave that raise in force.
+    if RANK[rules] < min(RANK[basis], RANK[override]):
         assert d.severity == rules and "severity.override_lapsed" in d.matched_rules
     else:
         assert d.severity == facts.severity_override
+
+
+def _judged(facts, override, name):
+    """The facts with an override made on them as they stand, as escalation records one."""
+    unjudged = _decide(name, facts.model_copy(update={"severity_override": None})).severity
+    return facts.model_copy(update={
+        "severity_override": override, "override_basis": unjudged,
+        "override_judged": frozenset({facts.category, *facts.other_categories, *facts.indicators})})
+
+
+def _named_above(pack, facts, override) -> set[str]:
+    """Indicators that some rule the case can use, giving more than the override, names."""
+    rules = [*pack.global_rules,
+             *(r for c in (facts.category, *facts.other_categories) for r in pack.categories[c].raise_)]
+    return {i for r in rules if RANK[r.to] < RANK[override] for c in r.when for i in c.any_indicator}
+
+
+@FAST
+@given(packs, cases(), st.sampled_from(SEVERITIES))
+def test_an_override_is_in_force_on_the_facts_it_was_made_on(name, facts, override):
+    d = _decide(name, _judged(facts, override, name))
+    assert d.severity == override and "severity.override" in d.matched_rules
+
+
+@FAST
+@given(packs, cases(), st.sampled_from(SEVERITIES[1:]), st.data())
+def test_a_legal_emergency_reported_since_ends_an_override(name, facts, override, data):
+    # The 12-hour rule's indicators (DOMAIN.md section 2), reported after a supervisor lowered
+    # the case, even on a case that one of them had made P1 before.
+    pack = PACKS[name]
+    legal = sorted({i for r in pack.global_rules if r.to == "P1" for c in r.when
+                    for i in c.any_indicator} - facts.indicators)
+    if not legal:
+        return
+    judged = _judged(facts, override, name)
+    later = judged.model_copy(update={
+        "indicators": facts.indicators | {data.draw(st.sampled_from(legal))}})
+    d = _decide(name, later)
+    assert d.severity == "P1" and "severity.override_lapsed" in d.matched_rules
+
+
+@FAST
+@given(packs, cases(), st.sampled_from(SEVERITIES), st.data())
+def test_a_fact_no_rule_above_the_override_names_leaves_it(name, facts, override, data):
+    pack = PACKS[name]
+    quiet = sorted(pack.indicator_codes - facts.indicators - _named_above(pack, facts, override))
+    if not quiet:
+        return
+    later = _judged(facts, override, name).model_copy(update={
+        "indicators": facts.indicators | {data.draw(st.sampled_from(quiet))}})
+    assert _decide(name, later).severity == override

@@ -1,10 +1,10 @@
 """Severity (DOMAIN.md section 3): the highest any rule gives; a supervisor's override wins, until
-the facts give more than they did when it was made."""
+facts more severe than it than those it was made on come in."""
 
 from schemas.decisions import CaseFacts
 from schemas.rulepack import SEVERITIES, RulePack
 
-from .conditions import Situation, any_holds
+from .conditions import Situation, any_holds, holds
 
 RANK = {sev: i for i, sev in enumerate(SEVERITIES)}  # P1 -> 0: lower is more severe
 OVERRIDE_RULE = "severity.override"
@@ -18,7 +18,7 @@ class UnknownCategory(ValueError):
 def assess_severity(facts: CaseFacts, pack: RulePack, s: Situation) -> tuple[str, list[str]]:
     """Every category the case's reports gave counts: the most severe default, and each one's
     raise rules (a report of sexual abuse linked to a neglect case makes it P1)."""
-    severity, fired, rules = "P5", [], []
+    severity, fired, rules, held = "P5", [], [], []
     for code in (facts.category, *facts.other_categories):
         category = pack.categories.get(code)
         if category is None:
@@ -30,16 +30,37 @@ def assess_severity(facts: CaseFacts, pack: RulePack, s: Situation) -> tuple[str
     for rule in (*rules, *pack.global_rules):
         if any_holds(rule.when, s):
             fired.append(rule.id)
+            held.append(rule)
             if RANK[rule.to] < RANK[severity]:
                 severity = rule.to
-    basis = facts.override_basis
     if facts.severity_override is not None:
-        if basis is not None and RANK[severity] < RANK[basis]:
-            fired.append(OVERRIDE_LAPSED_RULE)  # more severe facts than the supervisor judged
+        if _lapsed(facts, severity, held, pack, s):
+            fired.append(OVERRIDE_LAPSED_RULE)
         else:
             severity = facts.severity_override
             fired.append(OVERRIDE_RULE)
     return severity, fired
+
+
+def _lapsed(facts: CaseFacts, severity: str, held: list, pack: RulePack, s: Situation) -> bool:
+    """Whether facts more severe than the override came in after it was made: the rules give
+    more than it, and more than they gave then (`override_basis`); or a fact reported since
+    (`override_judged`) gives more than it: a category by its default, or a category or
+    indicator by which a rule holds. A judgement of the facts it saw never hides a legal
+    emergency reported later, even one of a kind already on the case."""
+    over = RANK[facts.severity_override]
+    basis, judged = facts.override_basis, facts.override_judged
+    if basis is not None and RANK[severity] < min(RANK[basis], over):
+        return True
+    if judged is None:  # made before these were recorded: it stands until changed
+        return False
+    categories = s.categories - judged
+    indicators = s.indicators - judged
+    if any(RANK[pack.categories[c].default] < over for c in categories):
+        return True
+    return any(RANK[rule.to] < over and holds(c, s)
+               and not (c.clauses[0].isdisjoint(indicators) and c.clauses[1].isdisjoint(categories))
+               for rule in held for c in rule.when)
 
 
 def rules_severity(facts: CaseFacts, pack: RulePack) -> str:
