@@ -52,15 +52,19 @@ def check_location(loc: tuple, location: Location) -> list[dict]:
 
 def check_codes(pack, category: str | None, subcategory: str | None,
                 indicators: list[str]) -> list[dict]:
+    """Codes the active pack does not know. The message never repeats what was sent: it could
+    be anything typed in the wrong field (a name), and answers end up in proxies' logs."""
     errors = []
     if category is not None and category not in pack.category_codes:
-        errors.append(field_error(("category",), f"unknown category {category!r}; expected one of "
-                                           f"{', '.join(sorted(pack.category_codes))}"))
+        errors.append(field_error(("category",), "unknown category; expected one of "
+                                                 f"{', '.join(sorted(pack.category_codes))}"))
     elif subcategory is not None and subcategory not in pack.subcategories(category):
-        errors.append(field_error(("subcategory",), f"unknown subcategory {subcategory!r} for {category}"))
+        known = ", ".join(sorted(pack.subcategories(category))) or "none"
+        errors.append(field_error(("subcategory",), f"unknown subcategory for {category} "
+                                                    f"(it has: {known})"))
     for i, code in enumerate(indicators):
         if code not in pack.indicator_codes:
-            errors.append(field_error(("indicators", i), f"unknown indicator {code!r}"))
+            errors.append(field_error(("indicators", i), "unknown indicator"))
     return errors
 
 

@@ -100,6 +100,13 @@ async def test_a_report_or_follow_up_with_invalid_codes_is_recorded(stack):
         ("test-operator", "operator", "write", "rejected")]
     assert await _attempts(stack, UNKNOWN) == [("test-operator", "operator", "write", "not_found")]
     assert ("test-operator", "operator", "write", "rejected") in await _attempts(stack, case_id)
+    # Each names the failing field's path (privacy.md), never its value.
+    async with stack.rt.db.reads() as session:
+        fields = (await session.scalars(select(AuditRecord.fields).where(
+            AuditRecord.outcome.in_(("rejected", "not_found")),
+            AuditRecord.record.in_(("/api/v1/reports", UNKNOWN, case_id)))
+            .order_by(AuditRecord.id))).all()
+    assert fields == [["location.commune_code"], ["link_case_id"], ["indicators.0"]]
 
 
 async def test_a_body_refused_before_any_handler_is_recorded_without_its_text(stack):

@@ -511,6 +511,13 @@ async def test_a_422_names_the_field_and_never_echoes_identity(stack):
     errors = {tuple(e["loc"]): e["msg"] for e in answer.json()["detail"]}
     assert set(errors) == {("body", "children", 0, "name"), ("body", "reporter", "phone")}
     assert all("at most" in msg for msg in errors.values())
+    # Nor a name typed into a code's field.
+    misplaced = report(category="Canarycat Nguyen", indicators=["ongoing", "Canaryind Tran"])
+    async with stack.client("operator") as api:
+        answer = await api.post("/api/v1/reports", json=misplaced)
+    assert answer.status_code == 422 and "Canary" not in answer.text, answer.text
+    assert {tuple(e["loc"]) for e in answer.json()["detail"]} == {
+        ("body", "category"), ("body", "indicators", 1)}
 
 
 async def test_keyed_retries_during_an_outage_are_each_a_503(stack, monkeypatch):

@@ -81,6 +81,8 @@ async def fail(request: Request, who: Principal, action: str, record_id: str, ou
             await audit.write(request.app.state.runtime.db, who.user_id, who.role, "write",
                               earlier.get("case_id", record_id)[:64], fields, outcome="replayed")
             raise Answered(earlier)
+    if fields is None and isinstance(error, RequestValidationError):
+        fields = failing_fields(error.errors())
     await audit.write(request.app.state.runtime.db, who.user_id, who.role, action, record_id[:64], fields,
                       outcome=outcome)
     request.state.audited = True
@@ -95,20 +97,25 @@ def invalid(*problems: tuple[tuple, str]) -> RequestValidationError:
 
 async def audit_refused_body(request: Request, errors: list[dict]) -> None:
     """Record a body that FastAPI's own validation refused before any handler ran, against
-    the caller, if one was identified, and the case or path it named. Field paths only: the
-    name of an unexpected field is the caller's text, so it is left out."""
+    the caller, if one was identified, and the case or path it named (field paths only)."""
     who = getattr(request.state, "principal", None)
     if who is None or getattr(request.state, "audited", False):
         return
+    action = "read" if request.method in ("GET", "HEAD") else "write"
+    await audit.write(request.app.state.runtime.db, who.user_id, who.role, action,
+                      _record_of(request)[:64], failing_fields(errors), outcome="rejected")
+
+
+def failing_fields(errors) -> list[str]:
+    """The paths of a refused body's failing fields, for the audit trail. The name of an
+    unexpected field is the caller's text, so it is left out."""
     fields = set()
     for error in errors:
         loc = [str(part) for part in error.get("loc", ())[1:]]
         if error.get("type") == "extra_forbidden":
             loc = loc[:-1] + ["(unexpected field)"]
         fields.add(".".join(loc)[:100] or "(body)")
-    action = "read" if request.method in ("GET", "HEAD") else "write"
-    await audit.write(request.app.state.runtime.db, who.user_id, who.role, action,
-                      _record_of(request)[:64], sorted(fields), outcome="rejected")
+    return sorted(fields)
 
 
 Runtime = Annotated[object, Depends(runtime)]
