@@ -28,8 +28,9 @@ class _Strict(BaseModel):
 class Location(_Strict):
     """Administrative codes as vietnam-provinces gives them (post-2025 provinces and communes)."""
 
-    province_code: int = Field(ge=1, le=999)
-    commune_code: int = Field(ge=1, le=999_999)
+    # strict: `true` is not province 1
+    province_code: int = Field(ge=1, le=999, strict=True)
+    commune_code: int = Field(ge=1, le=999_999, strict=True)
 
 
 def aged_16_or_17(ages) -> bool:
@@ -39,7 +40,11 @@ def aged_16_or_17(ages) -> bool:
 
 
 class Child(_Strict):
-    age: int = Field(ge=0, le=17, description="Years; under 16 is a child in law, 16-17 flagged")
+    # A caller may not know it: null, rather than a guess that age rules would act on.
+    age: int | None = Field(None, ge=0, le=17, strict=True,
+                            description="Years, null when not known; under 16 is a child in law, "
+                                        "16-17 flagged. An unknown age raises nothing (age rules "
+                                        "use the youngest known age)")
     sex: Literal["female", "male", "other", "unknown"] = "unknown"
     name: ShortText | None = None
 
@@ -75,6 +80,11 @@ class Report(_Strict):
     link_case_id: Annotated[str, StringConstraints(pattern=r"^C-[0-9A-Z]{6,32}$")] | None = Field(
         default=None, description="Attach this report to an existing case instead of matching"
     )
+
+    @property
+    def child_ages(self) -> list[int]:
+        """The ages given; an unknown one is left out."""
+        return [c.age for c in self.children if c.age is not None]
 
 
 class SeverityOverride(_Strict):

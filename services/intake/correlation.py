@@ -27,7 +27,7 @@ async def match_open_case(reads: AsyncConnection, report: Report,
         "earliest": report.received_at - MATCH_WINDOW, "latest": report.received_at + MATCH_WINDOW,
     })).all()
     mine = set(child_fingerprints)
-    ages = [c.age for c in report.children]
+    ages = report.child_ages
     for case_id, fingerprints, case_ages in candidates:
         theirs = set(fingerprints or ())
         if mine and theirs:  # both sides name a child: the names decide

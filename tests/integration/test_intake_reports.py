@@ -80,6 +80,28 @@ async def test_a_child_of_16_or_17_is_flagged_on_the_case(stack):
         assert (await _case(api, younger["case_id"]))["flags"] == []
 
 
+async def test_a_child_whose_age_the_caller_does_not_know_is_reported(stack):
+    """Form 01 is recorded whatever the caller knows: an unknown age is null, not a guess the
+    age rules would act on. `true` is no age, nor a province."""
+    async with stack.client("operator") as api:
+        unknown = await api.post("/api/v1/reports", json=report(
+            category="SEX_ABUSE", indicators=[], children=[{"sex": "female"}],
+            location={"province_code": 1, "commune_code": 8}))
+        assert unknown.status_code == 202, unknown.text
+
+        async def decided():
+            case = await _case(api, unknown.json()["case_id"])
+            return case if case["severity"] else None
+
+        assert (await eventually(decided))["severity"] == "P1"  # the category's own default
+        boolean = await api.post("/api/v1/reports", json=report(children=[{"age": True}]))
+        province = await api.post("/api/v1/reports", json=report(
+            location={"province_code": True, "commune_code": 4}))
+    assert boolean.status_code == province.status_code == 422
+    assert boolean.json()["detail"][0]["loc"] == ["body", "children", 0, "age"]
+    assert province.json()["detail"][0]["loc"] == ["body", "location", "province_code"]
+
+
 async def test_simultaneous_calls_about_one_child_open_one_case(stack):
     """Five callers at once about the same child (a viral incident): one case, five
     independent reports, not five cases each routed and alerted on its own."""

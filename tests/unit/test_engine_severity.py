@@ -6,10 +6,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from schemas.decisions import CaseFacts
-from schemas.reports import Location
+from schemas.reports import Child, Location, Report
 from services.escalation.directory import build_directory
 from services.escalation.engine import UnknownCategory, decide
+from services.escalation.engine.facts import facts_from_report
 from services.escalation.rulepack import load_pack
+from tests.support.reports import report
 
 PACK = load_pack("default")
 DIRECTORY = build_directory(PACK)
@@ -92,6 +94,16 @@ def test_twelve_hour_rule_makes_every_category_p1(category, indicator):
 def test_age_rules_use_the_youngest_child():
     assert severity("PHYS_VIOLENCE", ages=(12, 4, 9))[0] == "P1"
     assert severity("MISSING", ages=(15, 11))[0] == "P1"
+
+
+def test_an_unknown_age_raises_nothing_and_a_known_one_still_counts():
+    # A report's unknown ages are left out of the facts (schemas.reports.Report.child_ages).
+    assert severity("PHYS_VIOLENCE", ages=())[0] == "P2"
+    assert severity("MISSING", ages=())[0] == "P2"
+    assert severity("SEX_ABUSE", ages=())[0] == "P1"
+    known = Report.model_validate(report(children=[{"sex": "male"}, {"age": 4}]))
+    assert known.child_ages == [4] and facts_from_report(known).child_ages == (4,)
+    assert Child().age is None
 
 
 def test_the_highest_rule_wins_and_every_fired_rule_is_listed():

@@ -91,7 +91,7 @@ async def _submit(report: Report, request: Request, rt, who: Principal,
         received_at=report.received_at, channel=report.channel, category=report.category,
         subcategory=report.subcategory, location=report.location,
         other_locations=report.other_locations, setting=report.setting,
-        child_ages=[c.age for c in report.children], indicators=report.indicators,
+        child_ages=report.child_ages, indicators=report.indicators,
         publicity=report.publicity, independent=independent,
     )
     envelope = Envelope.wrap(event, SOURCE)
