@@ -16,6 +16,9 @@ IDENTITY_KEYS = frozenset(
 # A signed link's token lets whoever holds it act for an authority: never in a log line (an
 # access log line names the path it was used on).
 _LINK_TOKEN = re.compile(r"/a/[^/\s\"'?#]+")
+# Nor a query string's values: a client may put its bearer token there (`?access_token=`),
+# and no Beacon endpoint needs one for the log to make sense. The names stay.
+_QUERY_VALUE = re.compile(r"([?&][^=\s&#\"'?]+)=[^&\s#\"']*")
 
 
 def redact(_logger, _method, event: dict) -> dict:
@@ -24,7 +27,9 @@ def redact(_logger, _method, event: dict) -> dict:
 
 def _scrub(value):
     if isinstance(value, str):
-        return _LINK_TOKEN.sub("/a/[token]", value) if "/a/" in value else value
+        if "/a/" in value:
+            value = _LINK_TOKEN.sub("/a/[token]", value)
+        return _QUERY_VALUE.sub(r"\1=[redacted]", value) if "?" in value else value
     if isinstance(value, dict):
         return {k: _scrub(v) for k, v in value.items() if k not in IDENTITY_KEYS}
     if isinstance(value, list | tuple):

@@ -34,7 +34,18 @@ def test_a_link_token_is_in_no_log_line():
     text = json.dumps(lines)
     assert "spCtMmrs" not in text and "tpnuqq" not in text
     assert lines[0]["event"] == '127.0.0.1:1 - "POST /a/[token] HTTP/1.1" 202'
-    assert lines[1]["path"] == "/a/[token]?x=1" and lines[1]["urls"] == ["http://h/a/[token]"]
+    assert lines[1]["path"] == "/a/[token]?x=[redacted]"
+    assert lines[1]["urls"] == ["http://h/a/[token]"]
+
+
+def test_a_token_in_a_query_string_is_in_no_log_line():
+    def write():
+        logging.getLogger("uvicorn.access").info(
+            '%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET",
+            "/api/v1/cases?access_token=bk_Secret123&status=open", "1.1", 401)
+    [line] = _lines(write)
+    assert line["event"] == ('127.0.0.1:1 - "GET /api/v1/cases?access_token=[redacted]'
+                             '&status=[redacted] HTTP/1.1" 401')
 
 
 def test_identity_keys_are_dropped_at_any_depth():
