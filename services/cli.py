@@ -65,6 +65,7 @@ def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP po
 
     from services import runtime
     from services.app import create_app
+    from services.common.http_limits import BoundedHttpToolsProtocol
     from services.common.logging import configure
 
     settings = _settings()
@@ -77,7 +78,7 @@ def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP po
         rt = runtime.build(settings, services)
         asyncio.run(runtime.preflight(settings, services))
         config = uvicorn.Config(create_app(rt), log_config=None, lifespan="on",
-                                timeout_graceful_shutdown=10)
+                                timeout_graceful_shutdown=10, http=BoundedHttpToolsProtocol)
         server = uvicorn.Server(config)
         server.run(sockets=[sock])  # uvloop where installed: a database round trip costs a fifth
     except ConfigError as exc:

@@ -181,6 +181,7 @@ async def start_stack(settings, services=("intake", "escalation", "notifier")) -
     configure("INFO")  # JSON logs with redaction, as in production
     from services import runtime
     from services.app import create_app
+    from services.common.http_limits import BoundedHttpToolsProtocol
     from services.common import auth
     from tests.support.brokers import free_port
 
@@ -201,7 +202,8 @@ async def start_stack(settings, services=("intake", "escalation", "notifier")) -
             tokens[role] = await auth.issue_token(session, f"test-{role}")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port,
-                                           log_config=None, lifespan="on"))
+                                           log_config=None, lifespan="on",
+                                           http=BoundedHttpToolsProtocol))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

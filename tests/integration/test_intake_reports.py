@@ -500,6 +500,39 @@ async def test_a_chunked_body_over_the_limit_is_413(stack):
     assert answer.status_code == 413, answer.text
 
 
+async def test_a_huge_header_is_431_and_holds_nobody_up(stack):
+    """A 100 MB header held the process's one event loop for half a minute (its consumers,
+    timers and deliveries too): the head is now refused past 64 KiB, as it arrives."""
+    host, port = stack.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    sent = 0
+    try:
+        for _ in range(1024):  # up to 16 MB, 16 KB at a time, until the server closes
+            writer.write(b"a" * 16384)
+            await writer.drain()
+            sent += 16384
+    except ConnectionError:
+        pass
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)
+    except ConnectionResetError:  # the 431 can be lost to the reset of a close mid-send
+        answer = b""
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 ") or not answer, answer[:80]
+    assert sent < 4 * 1024 * 1024  # closed long before all of it was sent
+    # Sent whole, then read: the answer says why.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"over 65536 bytes" in answer, answer[:200]
+    async with stack.client() as anyone:  # a normal request with its 8 KB of headers is served
+        ok = await anyone.get("/healthz", headers={"X-Ordinary": "b" * 8000})
+    assert ok.status_code == 200
+
+
 async def test_a_refused_follow_up_without_a_key_that_lands_after_all_is_recorded(
         stack, monkeypatch):
     """A follow-up with no Idempotency-Key stores nothing before its publish. Refused with 503,
