@@ -541,6 +541,25 @@ async def _acknowledge_in_turn(stack, case_id: str, authority_id: str) -> None:
     await eventually(acked)
 
 
+async def test_a_second_acknowledgement_is_answered_and_sends_nothing(stack):
+    """A retry, or a colleague's second click: 200, recorded as replayed, and the timeline
+    shows one acknowledgement. A body with a field the API does not know is refused."""
+    case_id, _ = await _p1_case(stack)
+    async with stack.client("authority") as me:
+        extra = await me.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                              json={"authority_id": CP, "note": "seen"})
+        assert extra.status_code == 422 and extra.json()["detail"][0]["loc"] == ["body", "note"]
+    await _acknowledge_in_turn(stack, case_id, CP)
+    await _readable_target(stack, case_id, CP, lambda t: t.get("acknowledged_at"))
+    async with stack.client("authority") as me:
+        again = await me.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                              json={"authority_id": CP})
+    assert again.status_code == 200, again.text
+    await _acknowledge_in_turn(stack, case_id, POLICE)  # taken after anything sent before
+    assert len([e for e in await _timeline(stack, case_id, "target_acknowledged")
+                if e["authority_id"] == CP]) == 1
+
+
 async def test_transfers_sent_at_once_pass_the_duty_to_one_authority(stack):
     """Three transfers of one duty, sent together before the first took effect: one commune
     takes the duty (and may read the child's identity), not three."""

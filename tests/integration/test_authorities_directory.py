@@ -49,7 +49,11 @@ async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
         assert nowhere.status_code == 422, nowhere.text
         assert nowhere.json()["detail"][0]["loc"] == ["body", "unit_code"]
 
-        ok = await admin.put(f"/api/v1/authorities/{CP}", json=entry)
+        # The id may come with the entry (as `directory show` gives it), if it is the path's.
+        other_id = await admin.put(f"/api/v1/authorities/{CP}", json={
+            **entry, "id": "commune:8:child_protection"})
+        assert other_id.status_code == 422 and other_id.json()["detail"][0]["loc"] == ["body", "id"]
+        ok = await admin.put(f"/api/v1/authorities/{CP}", json={**entry, "id": CP})
         assert ok.status_code == 200, ok.text
         assert ok.json()["version"] == 1
         again = await admin.put(f"/api/v1/authorities/{CP}", json={**entry, "name": "Renamed"})
@@ -79,9 +83,9 @@ async def test_admin_changes_a_contact_and_escalation_uses_it(stack, inbox):
     # Changes and reads alike, refused ones too: an entry holds people's contact details.
     assert [(r["action"], r["outcome"]) for r in trail["items"]] == [
         ("directory_change", "rejected"), ("directory_change", "rejected"),
-        ("directory_change", "rejected"), ("directory_change", "ok"), ("directory_change", "ok"),
-        ("read", "ok"), ("read", "ok")]
-    assert [r["fields"] for r in trail["items"]][5:] == [["authority"], ["history"]]
+        ("directory_change", "rejected"), ("directory_change", "rejected"),
+        ("directory_change", "ok"), ("directory_change", "ok"), ("read", "ok"), ("read", "ok")]
+    assert [r["fields"] for r in trail["items"]][6:] == [["authority"], ["history"]]
     assert [(r["action"], r["outcome"]) for r in unknown["items"]] == [("read", "not_found")]
 
 

@@ -20,12 +20,12 @@ from services.escalation import milestones, transfers
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
 from services.intake.api.cases import READERS, acting_target, holds_duty, readable_case
-from services.intake.api.deps import Runtime, deny, fail, invalid, role
+from services.intake.api.deps import Body, Runtime, deny, fail, invalid, role
 
 router = APIRouter(prefix="/api/v1", tags=["authorities"])
 
 
-class RecordMilestone(BaseModel):
+class RecordMilestone(Body):
     authority_id: str = Field(max_length=80)
     milestone: str = Field(max_length=64, description="emergency_measure, initial_assessment, "
                                                       "case_plan, case_closed, or a pack's own")
@@ -103,7 +103,7 @@ async def list_milestones(case_id: str, request: Request, rt: Runtime,
                          missed_at=r.missed_at) for r in rows]
 
 
-class Transfer(BaseModel):
+class Transfer(Body):
     from_authority_id: str = Field(max_length=80)
     to_authority_id: str = Field(max_length=80)
     reason: TransferReason

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
@@ -13,7 +13,7 @@ from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import readmodel, submission
-from services.intake.api.deps import Runtime, deny, fail, role
+from services.intake.api.deps import Body, Runtime, deny, fail, role
 from services.intake.store import CaseAuthority, CaseView
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
@@ -161,18 +161,26 @@ async def acting_target(request: Request, rt, who: Principal, case_id: str,
     return case, target
 
 
-class Acknowledge(BaseModel):
+class Acknowledge(Body):
     authority_id: str
 
 
 @router.post("/cases/{case_id}/acknowledgements", status_code=202, tags=["authorities"],
-             responses={403: {}, 404: {}, 409: {}, 503: {}})
-async def acknowledge(case_id: str, body: Acknowledge, request: Request, rt: Runtime,
-                      who: Annotated[Principal, Depends(role("authority"))]):
-    case, _ = await acting_target(request, rt, who, case_id, body.authority_id)
+             responses={200: {"description": "acknowledged already"}, 403: {}, 404: {}, 409: {},
+                        503: {}})
+async def acknowledge(case_id: str, body: Acknowledge, request: Request, response: Response,
+                      rt: Runtime, who: Annotated[Principal, Depends(role("authority"))]):
+    """202 once the acknowledgement is on Kafka; 200 when the case shows this authority's
+    acknowledgement already (a second click, a retry): recorded as replayed, nothing sent."""
+    case, target = await acting_target(request, rt, who, case_id, body.authority_id)
     if case.status == "closed":  # its clocks have stopped: nothing is waiting for this answer
         await fail(request, who, "write", case_id, "rejected",
                    HTTPException(409, "the case is closed"))
+    if target.get("acknowledged_at"):
+        await audit.write(rt.db, who.user_id, who.role, "write", case_id, ["acknowledged"],
+                          outcome="replayed")
+        response.status_code = 200
+        return {"case_id": case_id, "authority_id": body.authority_id}
     event = TargetAcknowledged(case_id=case_id, authority_id=body.authority_id,
                                by_user=who.user_id, at=utcnow())
     envelope = Envelope.wrap(event, submission.SOURCE)

@@ -5,6 +5,7 @@ from typing import Annotated, NoReturn
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict
 
 from services.common import audit
 from services.common.auth import Principal, principal_for
@@ -87,6 +88,13 @@ async def fail(request: Request, who: Principal, action: str, record_id: str, ou
                       outcome=outcome)
     request.state.audited = True
     raise error
+
+
+class Body(BaseModel):
+    """A request body that refuses fields it does not know, as a report does: a misspelt
+    optional field would otherwise be dropped without a word."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def invalid(*problems: tuple[tuple, str]) -> RequestValidationError:

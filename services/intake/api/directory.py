@@ -10,12 +10,14 @@ from schemas.directory import Authority, Contact
 from services.common import audit
 from services.common.auth import Principal
 from services.escalation import directory_admin
-from services.intake.api.deps import Runtime, fail, invalid, role
+from services.intake.api.deps import Body, Runtime, fail, invalid, role
 
 router = APIRouter(prefix="/api/v1/authorities", tags=["admins"])
 
 
-class AuthorityIn(BaseModel):
+class AuthorityIn(Body):
+    id: str | None = Field(None, description="Optional: the id in the path (`beacon directory "
+                                             "show` gives it with the rest of the entry)")
     name: str = Field(min_length=1, max_length=200)
     tier: str
     agency: str
@@ -55,15 +57,17 @@ async def put(authority_id: str, body: AuthorityIn, request: Request, rt: Runtim
               who: Annotated[Principal, Depends(role("admin"))]):
     """Add an authority, or replace an existing one's entry (name, contacts, chain)."""
     a, problems = directory_admin.check_entry(
-        body.model_dump(mode="json"), rt.directory, rt.pack.tiers, list(rt.pack.agencies),
-        authority_id)
+        body.model_dump(mode="json", exclude={"id"}), rt.directory, rt.pack.tiers,
+        list(rt.pack.agencies), authority_id)
+    if body.id not in (None, authority_id):
+        a, problems = None, [(("id",), f"is not the id in the path, {authority_id}"), *problems]
     if problems:
         await fail(request, who, "directory_change", authority_id, "rejected",
                    invalid(*problems))
     async with rt.db.writes() as session, session.begin():
         version = await directory_admin.save(session, a, who.user_id)
         audit.record(session, who.user_id, who.role, "directory_change", authority_id[:64],
-                     sorted(AuthorityIn.model_fields))
+                     sorted(set(AuthorityIn.model_fields) - {"id"}))
         await session.flush()
         await rt.directory.refresh(session)  # this process at once; others within a second
     return AuthorityOut(authority=a, source="admin", version=version)

@@ -19,7 +19,7 @@ from services.escalation import packs_store, replay
 from services.escalation.directory import build_directory
 from services.escalation.rulepack import RulePackError, validate_pack_text
 from services.escalation.store import EscalationCase
-from services.intake.api.deps import Runtime, deny, fail, invalid, role
+from services.intake.api.deps import Body, Runtime, deny, fail, invalid, role
 
 router = APIRouter(prefix="/api/v1/rulepacks", tags=["admins"])
 Admin = Annotated[Principal, Depends(role("admin"))]
@@ -27,7 +27,7 @@ MAX_PAST = timedelta(minutes=1)  # an effective time a little in the past is "no
 MAX_AHEAD = timedelta(days=366)  # a pack is scheduled for a date in force, not for ever
 
 
-class PackText(BaseModel):
+class PackText(Body):
     text: str = Field(max_length=200_000, description="The rule pack as YAML (docs/rules.md)")
 
 
@@ -47,7 +47,7 @@ class PackOut(BaseModel):
     in_force: bool = False
 
 
-class Publish(BaseModel):
+class Publish(Body):
     effective_at: datetime | None = Field(None, description="Default: now. Time zone required.")
     reevaluate_open: bool = Field(False, description="Re-decide open cases under this pack")
 
