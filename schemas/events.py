@@ -114,6 +114,7 @@ class Contact(_Data):
     channel: Literal["webhook", "email", "sms"]
     address: str
     demo: bool = False
+    lang: Literal["vi", "en"] = "vi"  # the language of messages sent to this contact
 
 
 class AlertRequested(_Data):
@@ -137,6 +138,8 @@ class AlertRequested(_Data):
     milestone: str | None = None
     milestone_label: str | None = None
     milestone_due: datetime | None = None
+    # A supervisor or escalated alert: the authority that did not acknowledge by `ack_due`.
+    about_authority_id: str | None = None
 
 
 class TargetEscalated(_Data):

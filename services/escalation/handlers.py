@@ -672,7 +672,8 @@ class Escalation:
         steps = self.rt.pack.escalation.on_breach
         if "supervisors" in steps:
             for supervisor in authority.supervisors:
-                self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix)
+                self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
+                            about=row.authority_id)
         if "next_tier" in steps and authority.parent:
             await self._escalate(session, case, row, authority.parent, now, suffix)
 
@@ -702,7 +703,7 @@ class Escalation:
             due = None  # it has answered, or must answer sooner anyway: its clock stands
         self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
                                             step="escalated", to_authority_id=parent_id))
-        self._alert(session, case, parent, "escalated", suffix=suffix)
+        self._alert(session, case, parent, "escalated", suffix=suffix, about=row.authority_id)
         if due is not None:
             self._schedule(session, parent)
 
@@ -710,22 +711,26 @@ class Escalation:
 
     def _alert(self, session, case: EscalationCase, row: EscalationTarget, kind: str,
                to: str | None = None, suffix: str = "",
-               milestone: EscalationMilestone | None = None) -> None:
-        """`milestone`: the alert is about that step's deadline, not about acknowledging."""
+               milestone: EscalationMilestone | None = None, about: str | None = None) -> None:
+        """`milestone`: the alert is about that step's deadline, not about acknowledging.
+        `about`: the authority that missed `row`'s deadline, for a supervisor or the tier up."""
         recipient = self.rt.directory.get(to or row.authority_id)
         alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
-        closed = kind == "closed"  # news of the close: nothing to acknowledge
+        # News of the close, or a supervisor told of an officer's silence: the recipient has
+        # nothing to acknowledge (a supervisor is not a target of the case).
+        told = kind in ("closed", "supervisor")
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
-            tier=recipient.tier, agency=recipient.agency, role="inform" if closed else row.role,
+            tier=recipient.tier, agency=recipient.agency, role="inform" if told else row.role,
             kind=kind, category=case.facts["category"], severity=case.severity,
-            publicity=case.publicity, ack_due=None if closed else row.ack_due,
+            publicity=case.publicity, ack_due=None if kind == "closed" else row.ack_due,
             contacts=recipient.contacts,
             rulepack_version=case.rulepack_version,
             milestone=milestone.milestone if milestone else None,
             milestone_label=milestones.label(milestone.milestone, self.rt.pack) if milestone
             else None,
             milestone_due=milestone.due_at if milestone else None,
+            about_authority_id=about,
         ), topic=Topics.ALERTS)
 
     def _emit(self, session: AsyncSession, data, topic: str = Topics.CASES) -> None:

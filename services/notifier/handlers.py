@@ -349,10 +349,11 @@ class Notifier:
                                        a.authority_id, now + LINK_TTL, self.link_secret)
                              for a in alerts]
                     if len(alerts) == 1:
-                        message = self.renderer.render(alerts[0], contact.channel, "vi", links[0])
+                        message = self.renderer.render(alerts[0], contact.channel, contact.lang,
+                                                       links[0])
                     else:
                         message = self.renderer.render_bundle(list(zip(alerts, links, strict=True)),
-                                                              contact.channel, "vi")
+                                                              contact.channel, contact.lang)
                     if message.render_error:
                         # The built-in text went instead of the template: sent, but reported.
                         note = f"render_fallback: {message.render_error}"[:200]

@@ -92,9 +92,11 @@ TIER_LABELS = {
 }
 AGENCY_LABELS = {
     "vi": {"child_protection": "bảo vệ trẻ em", "police": "công an", "health": "y tế",
-           "education": "giáo dục", "cyber_police": "an ninh mạng"},
+           "education": "giáo dục", "cyber_police": "an ninh mạng",
+           "people_committee": "Ủy ban nhân dân"},
     "en": {"child_protection": "child protection", "police": "police", "health": "health",
-           "education": "education", "cyber_police": "cyber police"},
+           "education": "education", "cyber_police": "cyber police",
+           "people_committee": "People's Committee"},
 }
 ROLE_LABELS = {
     "vi": {"act": "xử lý và xác nhận đã nhận", "inform": "để biết, không cần xác nhận"},
@@ -146,6 +148,7 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "milestone_due": alert.milestone_due.isoformat() if alert.milestone_due else None,
         "milestone_due_local": local_time(alert.milestone_due, "%H:%M %d/%m/%Y"),
         "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
+        "about_authority_id": alert.about_authority_id,
     }
 
 
@@ -153,7 +156,8 @@ def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
     """The webhook JSON: built in code, codes only, stable field names (version 1)."""
     keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "role", "kind", "category",
             "category_label", "severity", "publicity", "ack_due", "ack_due_local",
-            "rulepack_version", "link", "lang", "milestone", "milestone_due")
+            "rulepack_version", "link", "lang", "milestone", "milestone_due",
+            "about_authority_id")
     return {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
 
 

@@ -226,6 +226,11 @@ async def test_a_breach_takes_the_steps_the_pack_names(esc, on_breach):
     assert bool(told) == ("supervisors" in on_breach)
     assert (PROVINCE_CP in raised) == ("next_tier" in on_breach)
     assert any(e.get("step") == "breach" for e in new)  # on the timeline either way
+    # Each message says who did not acknowledge; a supervisor has nothing to acknowledge.
+    for e in new:
+        if e.get("kind") in ("supervisor", "escalated"):
+            assert e["about_authority_id"] in (CP, "commune:4:police"), e
+            assert e["role"] == ("inform" if e["kind"] == "supervisor" else "act"), e
 
 
 async def test_an_act_alert_unreached_after_its_tries_escalates_once(esc):

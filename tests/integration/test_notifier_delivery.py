@@ -117,6 +117,22 @@ async def test_a_bundle_by_email_is_one_mail(notifier, inbox):
     assert all(a.case_id in text for a in reminders)
 
 
+async def test_a_contact_gets_messages_in_its_own_language(notifier, inbox):
+    # docs/notifier.md promised vi and en, but every message went out in Vietnamese.
+    english = [Contact(channel="email", address="cp.4@example.vn", lang="en")]
+    vietnamese = [Contact(channel="email", address="cp.8@example.vn")]
+    for i, contacts in ((1, english), (2, vietnamese)):
+        await notifier.handle([Envelope.wrap(alert(i, inbox, severity="P1", kind="alert",
+                                                   contacts=contacts), "test")])
+    while await step(notifier):
+        pass
+    mails = {m["To"]: m for m in (message_from_bytes(p.read_bytes()) for p in inbox.mails())}
+    assert mails["cp.4@example.vn"]["Content-Language"] == "en"
+    assert "Acknowledge by" in mails["cp.4@example.vn"].get_payload(decode=True).decode()
+    assert mails["cp.8@example.vn"]["Content-Language"] == "vi"
+    assert "Hạn xác nhận" in mails["cp.8@example.vn"].get_payload(decode=True).decode()
+
+
 async def test_urgent_alerts_and_other_contacts_are_never_bundled_or_held(notifier, inbox):
     other = [Contact(channel="webhook", address=f"{inbox.http_url}/hooks/b")]
     alerts = [

@@ -61,7 +61,7 @@ def test_templates_see_an_allow_list_of_codes_only():
         "agency_label", "role", "role_label", "kind", "kind_label", "category", "category_label",
         "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
         "link", "milestone", "milestone_label", "milestone_due", "milestone_due_local",
-        "milestone_due_short",
+        "milestone_due_short", "about_authority_id",
     }
     assert "contacts" not in ctx
 
@@ -293,3 +293,28 @@ def test_news_of_a_close_says_so_and_asks_for_nothing(lang, closed, asks, urgent
     sms = render(news, "sms", lang, link(news))
     assert ("Case closed" if lang == "en" else "đã đóng") in sms.text  # the short form too
     assert sms_segments(sms.text)[1] <= 2
+
+
+@pytest.mark.parametrize("lang,missed,no_ack", [
+    ("vi", "Cơ quan chưa xác nhận đúng hạn: commune:4:child_protection", "Hạn xác nhận:"),
+    ("en", "Not acknowledged in time by: commune:4:child_protection", "Acknowledge by:")])
+def test_a_supervisor_is_told_who_missed_the_deadline_and_asked_for_nothing(lang, missed, no_ack):
+    # It was "handle and acknowledge by 18:44", the deadline already missed, naming nobody.
+    a = alert(kind="supervisor", role="inform", agency="people_committee",
+              authority_id="commune:4:people_committee",
+              about_authority_id="commune:4:child_protection")
+    email = render(a, "email", lang, link(a))
+    assert missed in email.text and no_ack not in email.text
+    assert "people_committee" not in email.text.replace("commune:4:people_committee", "")
+    assert "09:45 29/11/2026" in email.text  # the deadline that passed (DUE, in Viet Nam time)
+    assert render(a, "webhook", lang, link(a)).body["about_authority_id"] == a.about_authority_id
+    sms = render(a, "sms", lang, link(a))
+    assert sms_segments(sms.text)[1] <= 2
+    assert "don doc" in fold_to_gsm7(sms.text) or "follow up" in sms.text
+
+
+def test_an_informed_authority_is_not_asked_to_acknowledge():
+    for lang, ask in (("vi", "và xác nhận"), ("en", "and acknowledge")):
+        a = alert(kind="inform", role="inform", ack_due=None)
+        assert ask not in render(a, "email", lang, link(a)).text
+        assert ask in render(alert(), "email", lang, link(a)).text

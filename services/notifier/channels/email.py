@@ -76,9 +76,9 @@ class EmailChannel:
         mail["Date"] = formatdate(localtime=False)
         mail["Message-ID"] = message_id(idempotency_key, _domain(self._from))
         mail[IDEMPOTENCY_HEADER] = idempotency_key
-        mail["Content-Language"] = message.lang
         mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to alerts
         mail.set_content(message.text, charset="utf-8")
+        mail["Content-Language"] = message.lang  # after: set_content drops Content-* headers
         return mail
 
     async def send(self, address: str, message: Message, idempotency_key: str) -> None:
