@@ -5,6 +5,7 @@ a few typed tests), never code. Cross-references (unknown agency, tier, indicato
 services/escalation/rulepack.py, which also reports every problem with its file line.
 """
 
+import itertools
 import re
 from datetime import timedelta
 from functools import cached_property
@@ -30,6 +31,9 @@ def parse_clock_duration(text: str) -> timedelta:
     return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
+MAX_DEADLINE = timedelta(days=366)
+
+
 class _Pack(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,17 +53,18 @@ class Deadline(_Pack):
     def _bare_string(cls, value: Any) -> Any:
         return {"within": value} if isinstance(value, str) else value
 
-    @field_validator("within")
-    @classmethod
-    def _clock(cls, value: str | None) -> str | None:
-        if value is not None and parse_clock_duration(value) <= timedelta(0):
-            raise ValueError("a deadline must be longer than zero")
-        return value
-
     @model_validator(mode="after")
     def _one_kind(self) -> "Deadline":
+        # Checked here, not on the field: an error's place is then the deadline itself
+        # (`milestones[0].within`), not `within.within` for the YAML's bare string.
         if (self.within is None) == (self.working_days is None):
             raise ValueError("give either a clock duration (PT15M) or {working_days: N}")
+        if self.within is not None:
+            clock = parse_clock_duration(self.within)
+            if clock <= timedelta(0):
+                raise ValueError("a deadline must be longer than zero")
+            if clock > MAX_DEADLINE:
+                raise ValueError("a deadline of more than a year is surely a typing error")
         return self
 
     @property
@@ -153,9 +158,20 @@ class CorrelatedReports(_Pack):
     @field_validator("window")
     @classmethod
     def _duration(cls, value: str) -> str:
-        parse_clock_duration(value)
+        if parse_clock_duration(value) <= timedelta(0):
+            raise ValueError("the window must be longer than zero")
         return value
 
+    @model_validator(mode="after")
+    def _more_never_less(self) -> "CorrelatedReports":
+        # Publicity is never lowered automatically: a fourth report must not give less than
+        # a third gave.
+        by_count = sorted(self.thresholds, key=lambda t: t.at_least)
+        for fewer, more in itertools.pairwise(by_count):
+            if PUBLICITIES.index(more.to) < PUBLICITIES.index(fewer.to):
+                raise ValueError(f"{more.id}: at least {more.at_least} reports give {more.to}, "
+                                 f"less than {fewer.to} for {fewer.at_least}")
+        return self
     @cached_property
     def window_td(self) -> timedelta:
         return parse_clock_duration(self.window)

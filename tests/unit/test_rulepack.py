@@ -109,7 +109,20 @@ def test_bad_duration():
     text = broken("ack: PT15M}", "ack: PT15X}")
     [(place, msg)] = problems(text)
     assert place == f"pack.yaml:{line_of(text, 'PT15X')}"
-    assert "routing.P1.PA0[0].ack.within" in msg and "ISO-8601" in msg
+    assert msg.startswith("routing.P1.PA0[0].ack: ") and "ISO-8601" in msg
+
+
+@pytest.mark.parametrize("old,new,where,what", [
+    ("    within: PT12H\n    start: first_receipt", "    within: PT0H\n    start: first_receipt",
+     "milestones[0].within: ", "longer than zero"),  # the place was milestones[0].within.within
+    ("ack: PT15M}", "ack: P99999D}", "routing.P1.PA0[0].ack: ", "more than a year"),
+    ("window: PT24H", "window: PT0S", "publicity.correlated_reports.window: ", "longer than zero"),
+    ("at_least: 10, to: PA2}", "at_least: 10, to: PA0}", "publicity.correlated_reports: ",
+     "at least 10 reports give PA0, less than PA1 for 3"),
+])
+def test_values_no_one_means(old, new, where, what):
+    [(_, msg)] = problems(broken(old, new))
+    assert msg.startswith(where) and what in msg, msg
 
 
 def test_missing_matrix_cell():
