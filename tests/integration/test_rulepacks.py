@@ -292,3 +292,27 @@ async def test_a_pack_that_lacks_an_open_cases_category_is_not_published(stack):
         listed = {p["version"]: p for p in (await admin.get("/api/v1/rulepacks")).json()}
     assert refused.status_code == 409 and emotional in refused.text, refused.text
     assert not listed[DRAFT]["in_force"]
+
+
+async def test_replay_shows_a_weakened_deadline_and_policy(stack):
+    """A draft that gives the 12-hour emergency measure 240 hours, escalates a breach nowhere
+    and drops the 12-hour rule: the replay said `changed: 0` (no target differed)."""
+    p1 = await decided(stack, report(category="SEX_ABUSE", children=[{"age": 10}], indicators=[]))
+    text = SHIPPED["default"].read_text("utf-8").replace("version: default-2026.1",
+                                                         "version: quiet-1")
+    weakened = (text.replace("    within: PT12H\n    start: first_receipt",
+                             "    within: PT240H\n    start: first_receipt")
+                .replace("    act: PT12H ", "    act: PT240H")  # the table must agree
+                .replace("on_breach: [supervisors, next_tier]", "on_breach: []"))
+    start = weakened.index("global_rules:")
+    weakened = weakened[:start] + "global_rules: []\n" + weakened[weakened.index("\npublicity:") + 1:]
+    async with stack.client("admin") as admin:
+        uploaded = await admin.post("/api/v1/rulepacks", json={"text": weakened})
+        assert uploaded.status_code == 201, uploaded.text
+        result = (await admin.post("/api/v1/rulepacks/quiet-1/replay")).json()
+    assert result["pack_changes"] == [
+        "escalation.on_breach: ['supervisors', 'next_tier'] -> []",
+        "global rule global.twelve_hour_rule removed"]
+    [case] = [c for c in result["cases"] if c["case_id"] == p1]
+    [moved] = [m for m in case["milestones_changed"] if m.startswith("emergency_measure: ")]
+    assert result["changed"] >= 1 and moved.count("->") == 1

@@ -127,7 +127,9 @@ async def show(version: str, request: Request, rt: Runtime, who: Admin):
 async def replay_pack(version: str, request: Request, rt: Runtime, who: Admin,
                       open_only: bool = False, limit: int = Query(500, ge=1, le=5000)):
     """What this version would change, compared with the pack in force, on the recorded cases:
-    the cases whose severity, publicity or targets differ, counted and listed."""
+    the cases whose severity, publicity, targets or milestone deadlines differ, counted and
+    listed; and what changes for every case alike (`pack_changes`: the escalation policy,
+    global rules)."""
     async with rt.db.reads() as session:
         try:
             row = await packs_store.get(session, version)
@@ -152,11 +154,13 @@ async def replay_pack(version: str, request: Request, rt: Runtime, who: Admin,
     return {
         "current_version": report.current_version, "draft_version": report.draft_version,
         "compared": report.compared, "changed": report.changed, "failed": report.failed,
+        "pack_changes": report.pack_changes,
         "cases": [{"case_id": c.case_id,
                    "severity": list(c.severity) if c.severity else None,
                    "publicity": list(c.publicity) if c.publicity else None,
                    "targets_added": c.targets_added, "targets_removed": c.targets_removed,
-                   "targets_changed": c.targets_changed} for c in report.cases],
+                   "targets_changed": c.targets_changed,
+                   "milestones_changed": c.milestones_changed} for c in report.cases],
     }
 
 
