@@ -6,8 +6,10 @@ process refreshes its entries from the database (they are shared), so a change r
 escalation instances within a second or so.
 """
 
+import ipaddress
 import re
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from sqlalchemy import JSON, Integer, String, func, select
@@ -71,10 +73,11 @@ class OverlayDirectory:
 
 
 def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
-                authority_id_: str) -> tuple[Authority | None, list[tuple[tuple, str]]]:
+                authority_id_: str, loopback: bool = True,
+                ) -> tuple[Authority | None, list[tuple[tuple, str]]]:
     """Validate an admin's entry (pure): the model, the id scheme, the contacts, and that its
     supervisors and parent exist. Returns the Authority or the problems, each as (field path,
-    what is wrong)."""
+    what is wrong). `loopback`: whether a webhook may point at this machine (development)."""
     try:
         a = Authority.model_validate({**entry, "id": authority_id_})
     except ValidationError as exc:
@@ -98,6 +101,8 @@ def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
         pattern = {"webhook": _URL, "email": _EMAIL, "sms": _PHONE}[c.channel]
         if not pattern.match(c.address):
             problems.append((("contacts", i, "address"), f"not a valid {c.channel} address"))
+        elif c.channel == "webhook" and (why := _unsafe_url(c.address, loopback)):
+            problems.append((("contacts", i, "address"), why))
     for i, s in enumerate(a.supervisors):
         if s == a.id or s not in directory:
             problems.append((("supervisors", i), f"unknown authority {s!r}"))
@@ -119,6 +124,26 @@ def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
         elif parent.unit_code != _above(directory, a, parent.tier):
             problems.append((("parent",), f"{a.parent!r} does not cover {a.tier} {a.unit_code}"))
     return (None if problems else a), problems
+
+
+def _unsafe_url(url: str, loopback: bool) -> str | None:
+    """Why the notifier must not post signed alerts to this URL, or None. An admin's typo, or
+    a stolen admin token, must not turn the notifier against the machines around it: the
+    cloud's metadata service, the database, Beacon's own API. Host names are not resolved
+    here; a receiver's name is the network's business."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return "must not carry a user name or password (every log of the request would show it)"
+    host = parts.hostname or ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None and (ip.is_link_local or ip.is_unspecified or ip.is_multicast):
+        return "a link-local, unspecified or multicast address is no receiver"
+    if not loopback and (host == "localhost" or (ip is not None and ip.is_loopback)):
+        return "this machine's own address takes no alerts in production"
+    return None
 
 
 def _above(directory, a: Authority, tier: str) -> str | None:
