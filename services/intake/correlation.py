@@ -77,6 +77,10 @@ _SAME_REPORTER = select(ReportRow.report_id).where(
 ).limit(1)
 
 
+class Busy(Exception):  # noqa: N818 (a state, not an error of the caller's)
+    """Reports about the same commune and category held the match for the whole wait."""
+
+
 class MatchLocks:
     """One report at a time may look for, or open, the case of a (commune, category), until
     its case is in the read model: simultaneous calls about one incident then join one case.
@@ -95,14 +99,38 @@ class MatchLocks:
         self._shared = db.engine.dialect.name == "postgresql"
 
     @asynccontextmanager
-    async def hold(self, commune_code: int, category: str):
-        async with self._local[(commune_code, category)]:
+    async def hold(self, commune_code: int, category: str, timeout: float):
+        """Busy when it is not this report's turn within `timeout` seconds."""
+        until = asyncio.get_running_loop().time() + timeout
+        lock = self._local[(commune_code, category)]
+        try:
+            async with asyncio.timeout_at(until):
+                await lock.acquire()
+        except TimeoutError:
+            raise Busy from None
+        try:
             if not self._shared:
                 yield
                 return
-            async with self._slots, self._db.engine.connect() as conn, conn.begin():
-                await conn.execute(_ADVISORY_LOCK, {"key": _lock_key(commune_code, category)})
-                yield
+            try:
+                async with asyncio.timeout_at(until):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise Busy from None
+            try:
+                async with self._db.engine.connect() as conn, conn.begin():
+                    try:
+                        async with asyncio.timeout_at(until):
+                            await conn.execute(_ADVISORY_LOCK,
+                                               {"key": _lock_key(commune_code, category)})
+                    except TimeoutError:
+                        await conn.invalidate()  # its query may still be waiting for the lock
+                        raise Busy from None
+                    yield
+            finally:
+                self._slots.release()
+        finally:
+            lock.release()
 
 
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")

@@ -18,6 +18,7 @@ consumer drops as a repeat.
 import asyncio
 import hashlib
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,6 +39,24 @@ log = structlog.get_logger("beacon.intake")
 SOURCE = "beacon/intake"  # every input's envelope
 PUBLISH_TIMEOUT_S = 5
 RETRY_AFTER_S = "5"
+
+
+# When the request must have its answer, 503 at the latest (loop time): a wait for the
+# duplicate match and the broker's acknowledgement share one PUBLISH_TIMEOUT_S. While the
+# broker was down, reports about one commune and category queued behind each other's 5 s.
+_ANSWER_BY: ContextVar[float | None] = ContextVar("answer_by", default=None)
+
+
+def start_clock() -> None:
+    """The request's PUBLISH_TIMEOUT_S starts now (its own task's context)."""
+    _ANSWER_BY.set(asyncio.get_running_loop().time() + PUBLISH_TIMEOUT_S)
+
+
+def time_left() -> float:
+    answer_by = _ANSWER_BY.get()
+    if answer_by is None:
+        return PUBLISH_TIMEOUT_S
+    return max(0.0, answer_by - asyncio.get_running_loop().time())
 
 
 @dataclass
@@ -103,11 +122,11 @@ async def _pending_row(reads, response: dict):
 
 
 async def _publish(rt, envelope: Envelope) -> None:
-    """Publish and wait for the broker's acknowledgement; 503 after PUBLISH_TIMEOUT_S."""
+    """Publish and wait for the broker's acknowledgement; 503 once the request's time is up."""
     try:
         await asyncio.wait_for(
             kafka.publish_input(rt.producer, rt.settings.topic(Topics.INPUTS), envelope),
-            PUBLISH_TIMEOUT_S,
+            time_left(),
         )
     except Exception as exc:
         metrics.PUBLISH_FAILURES.inc()
