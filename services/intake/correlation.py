@@ -67,8 +67,9 @@ _CANDIDATES = (
         CaseView.last_received_at >= bindparam("earliest"),
         CaseView.first_received_at <= bindparam("latest"),
     )
+    # Every one in the window, however many: with only the latest 20, a repeat call about a
+    # named child in a busy commune opened a second case.
     .order_by(CaseView.last_received_at.desc())
-    .limit(20)
 )
 _SAME_REPORTER = select(ReportRow.report_id).where(
     ReportRow.case_id == bindparam("case"),

@@ -49,6 +49,23 @@ async def test_a_second_report_about_the_same_child_joins_the_case(stack):
         assert case["independent_reports"] == 2  # the first caller twice, and linked, count once
 
 
+async def test_a_named_child_joins_its_case_however_many_are_open_there(stack):
+    """A busy commune: 24 open cases of one category, each about another named child. A second
+    call about the first child joins the first case (only the latest 20 were looked at)."""
+    place = {"location": {"province_code": 1, "commune_code": 25}}
+    async with stack.client("operator") as api:
+        first = None
+        for n in range(24):
+            answer = (await api.post("/api/v1/reports", json=report(
+                **place, children=[{"age": 9, "name": f"Canarykid {n:02d} Nguyen"}],
+                reporter={"phone": f"09000000{n:02d}"}))).json()
+            assert answer["new_case"], answer
+            first = first or answer["case_id"]
+        again = (await api.post("/api/v1/reports", json=report(
+            **place, children=[{"age": 9, "name": "Canarykid 00 Nguyen"}]))).json()
+    assert again["case_id"] == first and not again["new_case"]
+
+
 async def test_an_unnamed_child_of_another_age_opens_a_case_of_its_own(stack):
     """A case's unnamed children are told apart by age: a 12-year-old is not the 5-year-old of
     the open case next door, and joined to it would get no alert of its own."""
