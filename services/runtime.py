@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 from faststream.kafka import KafkaBroker
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url, select, text
 from sqlalchemy.exc import DBAPIError
 
 from schemas.events import Topics
@@ -177,11 +177,39 @@ async def check_alert_retention(settings: Settings) -> None:
         "for ever).")
 
 
+async def check_identity_key(settings: Settings, db: Database) -> None:
+    """The secret keys must open the identities already stored. A key changed without listing
+    the old one in BEACON_SECRET_KEY_PREVIOUS started silently: every stored identity then
+    read as unreadable, and repeat calls about a named child opened new cases."""
+    from cryptography.fernet import InvalidToken
+
+    from services.intake.identity import IdentityVault
+    from services.intake.store import ReportRow
+
+    async with db.reads() as session:
+        newest = (await session.execute(
+            select(ReportRow.report_id, ReportRow.identity)
+            .where(ReportRow.identity.is_not(None))
+            .order_by(ReportRow.created_at.desc()).limit(1))).one_or_none()
+    if newest is None:
+        return
+    current, *previous = settings.secret_keys()
+    try:
+        IdentityVault(current, previous).open(newest.identity)
+    except InvalidToken:
+        raise ConfigError(
+            f"BEACON_SECRET_KEY does not open the identities already stored (the newest is "
+            f"report {newest.report_id}'s): if the key was changed, list the old one in "
+            "BEACON_SECRET_KEY_PREVIOUS (docs/privacy.md, key rotation)") from None
+
+
 async def preflight(settings: Settings, services: frozenset[str] = frozenset()) -> None:
     """What `beacon run` checks before serving, so that it exits with a message, not a trace."""
     db = Database(settings.database_url)
     try:
         await check_database(db)
+        if "intake" in services:
+            await check_identity_key(settings, db)
     finally:
         await db.dispose()
     await check_kafka(settings)

@@ -132,3 +132,18 @@ async def test_before_the_rotation_has_run_a_report_still_matches_under_the_prev
     assert await seen_by(IdentityVault(NEW, [OLD])) == ("C-A", False)
     # Without the previous key the stored hashes mean nothing: this is why it stays listed.
     assert await seen_by(IdentityVault(NEW)) == (None, True)
+
+
+async def test_a_process_whose_key_opens_no_stored_identity_refuses_to_start(sqlite_db):
+    """The secret key changed without listing the old one: intake started, and every stored
+    identity then read as unreadable (200, empty) and repeat calls opened new cases."""
+    from services import runtime
+    from services.common.config import ConfigError
+
+    await add_sealed(sqlite_db, IdentityVault(OLD), "C-1", ["Canarykid Le"])
+    url = str(sqlite_db.engine.url)
+    forgot = make_settings("127.0.0.1:1", url, secret_key=NEW)
+    with pytest.raises(ConfigError, match="BEACON_SECRET_KEY_PREVIOUS"):
+        await runtime.check_identity_key(forgot, sqlite_db)
+    listed = make_settings("127.0.0.1:1", url, secret_key=NEW, secret_key_previous=OLD)
+    await runtime.check_identity_key(listed, sqlite_db)  # opens: no complaint
