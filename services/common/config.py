@@ -97,9 +97,11 @@ class Settings(BaseSettings):
         for name, guards in (("secret_key", "opens sealed identity and signs links"),
                              ("webhook_secret", "signs webhooks and SMS-gateway requests")):
             value = getattr(self, name)
-            if value and (len(value) < 32 or "change-me" in value):
+            # Few distinct characters: "aaaa...", "xxxx...", "1234123412341234..." typed by hand.
+            if value and (len(value) < 32 or "change-me" in value or len(set(value)) < 12):
                 raise ValueError(
-                    f"BEACON_{name.upper()} is a placeholder or shorter than 32 characters; it "
+                    f"BEACON_{name.upper()} is a placeholder, shorter than 32 characters or made "
+                    f"of few different characters; it "
                     f"{guards}, so whoever knows it can forge them (make one with python -c "
                     "'import secrets; print(secrets.token_urlsafe(32))')")
         if "database_url" not in self.model_fields_set:

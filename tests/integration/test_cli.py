@@ -4,6 +4,7 @@ import json
 import socket
 import sqlite3
 import subprocess
+from secrets import token_urlsafe
 
 import httpx
 
@@ -81,7 +82,7 @@ def test_dev_users_write_the_token_file(kafka_bootstrap, tmp_path):
     tokens = json.loads(out.read_text())
     assert set(tokens) >= {"operator", "supervisor", "authority", "admin"}
     refused = _run(settings, "users", "dev", "--out", str(out), BEACON_ENV="production",
-                   BEACON_SECRET_KEY="x" * 32, BEACON_WEBHOOK_SECRET="y" * 32)
+                   BEACON_SECRET_KEY=token_urlsafe(32), BEACON_WEBHOOK_SECRET=token_urlsafe(32))
     assert refused.returncode == 2 and "production" in refused.stderr
 
 
@@ -124,12 +125,13 @@ def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap
     assert no_kafka.returncode == 2 and "Kafka at 127.0.0.1:1 is unreachable" in no_kafka.stderr
 
     production = _run(settings, "run", "all", BEACON_ENV="production", BEACON_SECRET_KEY="",
-                      BEACON_WEBHOOK_SECRET="w" * 32)
+                      BEACON_WEBHOOK_SECRET=token_urlsafe(32))
     assert production.returncode == 2 and "BEACON_SECRET_KEY" in production.stderr
-    real = {"BEACON_ENV": "production", "BEACON_SECRET_KEY": "k" * 32,
-            "BEACON_WEBHOOK_SECRET": "w" * 32}
+    real = {"BEACON_ENV": "production", "BEACON_SECRET_KEY": token_urlsafe(32),
+            "BEACON_WEBHOOK_SECRET": token_urlsafe(32)}
     for refused, says in (
         ({"BEACON_SECRET_KEY": "change-me-identity-and-link-key-0123456789"}, "placeholder"),
+        ({"BEACON_WEBHOOK_SECRET": "a" * 40}, "few different characters"),
         ({"BEACON_WEBHOOK_SECRET": "short"}, "BEACON_WEBHOOK_SECRET"),
         ({"BEACON_DATABASE_ULR": settings.database_url}, "BEACON_DATABASE_ULR"),  # misspelt
     ):
