@@ -71,11 +71,41 @@ def configure(level: str = "INFO", stream=None) -> None:
             ],
         )
     )
+    handler.addFilter(Repeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     for noisy in ("aiokafka", "aiosqlite", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+class Repeats(logging.Filter):
+    """One line per aiokafka message and REPEAT_S, with how many like it were held back. With
+    the broker down, aiokafka wrote about 150 lines a second per process ("Unable connect to
+    node..."), burying Beacon's own lines, the ones with a case id. Other loggers (Beacon's
+    own, uvicorn's access log) are never held back."""
+
+    REPEAT_S = 10.0
+    LOGGERS = ("aiokafka",)
+
+    def __init__(self):
+        super().__init__()
+        self._seen: dict[tuple[str, object], tuple[float | None, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.LOGGERS):
+            return True
+        key = (record.name, record.msg)  # the message's template: one per kind of failure
+        last, held = self._seen.get(key, (None, 0))
+        if last is not None and record.created - last < self.REPEAT_S:
+            self._seen[key] = (last, held + 1)
+            return False
+        if len(self._seen) > 1000:  # templates are few; ids formatted into msg are not
+            self._seen.clear()
+        self._seen[key] = (record.created, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self.REPEAT_S:g} s)"
+        return True
 
 
 def get_logger(name: str):

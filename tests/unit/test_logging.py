@@ -7,7 +7,7 @@ import logging
 
 import structlog
 
-from services.common.logging import configure
+from services.common.logging import Repeats, configure
 
 TOKEN = "C-1M8NGKYRFMXWVAP3B.view.tpnuqq.spCtMmrs--mFTBgPO_-iOQ"
 
@@ -46,6 +46,33 @@ def test_a_token_in_a_query_string_is_in_no_log_line():
     [line] = _lines(write)
     assert line["event"] == ('127.0.0.1:1 - "GET /api/v1/cases?access_token=[redacted]'
                              '&status=[redacted] HTTP/1.1" 401')
+
+
+def test_a_flood_of_broker_errors_is_one_line_per_ten_seconds():
+    def write():
+        conn = logging.getLogger("aiokafka.conn")
+        for _ in range(150):  # about a second of a broker outage, per process
+            conn.error("Unable connect to node with id %s: %s", 1, "Connect call failed")
+        for _ in range(3):  # the access log is never held back
+            logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1",
+                                                     "GET", "/healthz", "1.1", 200)
+    lines = _lines(write)
+    assert [line["logger"] for line in lines] == ["aiokafka.conn"] + ["uvicorn.access"] * 3
+
+
+def test_the_next_line_says_how_many_were_held_back():
+    repeats = Repeats()
+
+    def record(at: float) -> logging.LogRecord:
+        r = logging.LogRecord("aiokafka.conn", logging.ERROR, "", 0, "Unable connect to %s",
+                              ("node 1",), None)
+        r.created = at
+        return r
+
+    passed = [r for r in (record(t / 10) for t in range(0, 250, 5)) if repeats.filter(r)]
+    assert [r.created for r in passed] == [0.0, 10.0, 20.0]
+    assert passed[1].getMessage() == ("Unable connect to node 1 (and 19 more like it in the "
+                                      "last 10 s)")
 
 
 def test_identity_keys_are_dropped_at_any_depth():
