@@ -172,6 +172,7 @@ class CorrelatedReports(_Pack):
                 raise ValueError(f"{more.id}: at least {more.at_least} reports give {more.to}, "
                                  f"less than {fewer.to} for {fewer.at_least}")
         return self
+
     @cached_property
     def window_td(self) -> timedelta:
         return parse_clock_duration(self.window)

@@ -17,7 +17,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._refused = True, 0, False
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -28,6 +28,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # closing: what still arrives is dropped, not parsed
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
@@ -41,4 +43,4 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             STATUS_LINE[431], b"content-type: text/plain; charset=utf-8\r\n",
             b"content-length: %d\r\n" % len(msg), b"connection: close\r\n\r\n", msg]))
         self.transport.close()
-        self._in_head = False  # the rest of what is in flight is dropped with the connection
+        self._refused = True

@@ -328,15 +328,16 @@ class Escalation:
         except KeyError:
             log.warning("transfer_to_unknown_authority", authority_id=data.to_authority_id)
             return
-        duties = [milestones.Duty(t.authority_id, t.tier, t.agency, t.released_at is None)
-                  for t in (await session.scalars(select(EscalationTarget).where(
-                      EscalationTarget.case_id == data.case_id,
-                      EscalationTarget.role == "act"))).all()]
-        why = transfers.refusal(old.authority_id, recipient.id, duties,
-                                self.rt.pack.escalation.supervisor_agency)
         if old.transferred_to is not None:
             # Sent with others at once, before the first took effect: a duty goes to one place.
             why = f"already transferred to {old.transferred_to}"
+        else:
+            duties = [milestones.Duty(t.authority_id, t.tier, t.agency, t.released_at is None)
+                      for t in (await session.scalars(select(EscalationTarget).where(
+                          EscalationTarget.case_id == data.case_id,
+                          EscalationTarget.role == "act"))).all()]
+            why = transfers.refusal(old.authority_id, recipient.id, duties,
+                                    self.rt.pack.escalation.supervisor_agency)
         if why:
             log.warning("transfer_ignored", authority_id=old.authority_id,
                         to_authority_id=recipient.id, reason=why)
@@ -471,12 +472,13 @@ class Escalation:
         if "supervisors" in steps:
             for supervisor in authority.supervisors:
                 self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
-                            milestone=m)
+                            milestone=m, about=row.authority_id)
         up = authority.parent if "next_tier" in steps else None
         if up:
             parent = await session.get(EscalationTarget, (case.case_id, up))
             if parent is not None and parent.role == "act" and parent.released_at is None:
-                self._alert(session, case, parent, "escalated", suffix=suffix, milestone=m)
+                self._alert(session, case, parent, "escalated", suffix=suffix, milestone=m,
+                            about=row.authority_id)
             else:
                 await self._escalate(session, case, row, up, now, suffix)
         self._emit(session, MilestoneMissed(case_id=case.case_id, milestone=timer.milestone,

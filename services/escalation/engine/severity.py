@@ -1,5 +1,5 @@
 """Severity (DOMAIN.md section 3): the highest any rule gives; a supervisor's override wins, until
-facts more severe than it than those it was made on come in."""
+facts more severe than the override are reported after it."""
 
 from schemas.decisions import CaseFacts
 from schemas.rulepack import SEVERITIES, RulePack
