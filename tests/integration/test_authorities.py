@@ -68,18 +68,24 @@ async def _timeline(stack, case_id: str, kind: str) -> list[dict]:
     return [e["detail"] for e in case["timeline"] if e["kind"] == kind]
 
 
-async def test_one_agencys_ack_stops_its_escalation_not_anothers(stack):
-    case_id, _ = await _p1_case(stack)
+async def _acknowledge_in_turn(stack, case_id: str, authority_id: str) -> None:
+    """Acknowledge for the authority and wait until escalation has it: the inputs of a case
+    are taken in order, so every input sent before has been taken too."""
     async with stack.client("authority") as me:
         answer = await me.post(f"/api/v1/cases/{case_id}/acknowledgements",
-                               json={"authority_id": CP})
+                               json={"authority_id": authority_id})
         assert answer.status_code == 202, answer.text
 
     async def acked():
-        row = await _target(stack, case_id, CP)
+        row = await _target(stack, case_id, authority_id)
         return row is not None and row.acked_at is not None
 
     await eventually(acked)
+
+
+async def test_one_agencys_ack_stops_its_escalation_not_anothers(stack):
+    case_id, _ = await _p1_case(stack)
+    await _acknowledge_in_turn(stack, case_id, CP)
     await _fire_all(stack, utcnow() + timedelta(minutes=20))  # past the 15-minute window
 
     # All at once, past the window: the police's reminders are overtaken by its breach.
@@ -524,21 +530,6 @@ async def test_a_transfer_goes_sideways_not_up_a_tier(stack):
     assert up.status_code == 422 and "to_authority_id" in up.text and "commune" in up.text
     assert sideways.status_code == 202, sideways.text
 
-
-
-async def _acknowledge_in_turn(stack, case_id: str, authority_id: str) -> None:
-    """Acknowledge for the authority and wait until escalation has it: the inputs of a case
-    are taken in order, so every input sent before has been taken too."""
-    async with stack.client("authority") as me:
-        answer = await me.post(f"/api/v1/cases/{case_id}/acknowledgements",
-                               json={"authority_id": authority_id})
-        assert answer.status_code == 202, answer.text
-
-    async def acked():
-        row = await _target(stack, case_id, authority_id)
-        return row is not None and row.acked_at is not None
-
-    await eventually(acked)
 
 
 async def test_a_second_acknowledgement_is_answered_and_sends_nothing(stack):
