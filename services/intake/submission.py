@@ -59,6 +59,11 @@ def time_left() -> float:
     return max(0.0, answer_by - asyncio.get_running_loop().time())
 
 
+def unavailable(why: str = "the event log is unavailable; try again") -> HTTPException:
+    """The 503 of an input not taken now, with when to try again."""
+    return HTTPException(503, why, headers={"Retry-After": RETRY_AFTER_S})
+
+
 @dataclass
 class Idempotency:
     key: str
@@ -131,8 +136,7 @@ async def _publish(rt, envelope: Envelope) -> None:
     except Exception as exc:
         metrics.PUBLISH_FAILURES.inc()
         log.warning("publish_failed", case_id=envelope.subject, error=type(exc).__name__)
-        raise HTTPException(503, "the event log is unavailable; try again",
-                            headers={"Retry-After": RETRY_AFTER_S}) from None
+        raise unavailable() from None
 
 
 async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,

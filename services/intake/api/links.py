@@ -23,8 +23,8 @@ from services.common.links import LinkClaims, verify_link
 from services.intake import submission
 from services.intake.api.cases import holds_duty
 from services.intake.api.deps import Runtime
-from services.notifier.render import local_time
 from services.intake.store import CaseView
+from services.notifier.render import local_time
 
 router = APIRouter(tags=["authorities"], include_in_schema=True)
 ACTIONS = ("view", "ack")  # the notifier's link says "view"; the page offers the one action

@@ -74,9 +74,8 @@ async def submit_report(
     except correlation.Busy:
         # The reports before it took the time (a broker that does not answer): 503 within the
         # same 5 s as theirs, not after all of theirs. Nothing was stored.
-        await fail(request, who, "write", request.url.path, "withdrawn", HTTPException(
-            503, "reports about the same place and kind are ahead of this one; try again",
-            headers={"Retry-After": submission.RETRY_AFTER_S}))
+        await fail(request, who, "write", request.url.path, "withdrawn", submission.unavailable(
+            "reports about the same place and kind are ahead of this one; try again"))
 
 
 async def _submit(report: Report, request: Request, rt, who: Principal,
