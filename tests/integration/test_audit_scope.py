@@ -29,6 +29,7 @@ async def test_an_auditor_outside_the_cases_jurisdiction_is_refused_and_audited(
     assert access.status_code == 403, access.text
     assert by_case.status_code == 403, by_case.text
     assert "accessed_by" not in access.text and "items" not in by_case.text
+    assert "outside your jurisdiction" in access.json()["detail"]
 
     # Each refusal recorded as the case endpoint records its own, and no export of the trail.
     shapes = [_shape(r) for r in await _trail_of(stack, elsewhere)]

@@ -387,6 +387,8 @@ async def test_the_tier_escalated_to_may_answer_for_the_case(stack):
     target = await _readable_target(stack, case_id, PROVINCE_CP,
                                     lambda t: t.get("alert") == "escalated")
     assert target["role"] == "act" and target["ack_due"]
+    # Joined by an alert, not a decision: still every key, null where nothing happened yet.
+    assert target["acknowledged_at"] is None and target["transferred_to"] is None
     link = sign_link(stack.base_url, case_id, "view", PROVINCE_CP, utcnow() + timedelta(days=1),
                      stack.rt.settings.secret("secret_key"))
     async with stack.client() as anyone:

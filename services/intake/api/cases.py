@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import func, select
 
 from schemas.events import Envelope, TargetAcknowledged
@@ -26,6 +26,31 @@ class TimelineItem(BaseModel):
     detail: dict
 
 
+class TargetOut(BaseModel):
+    """One authority on the case, as the read model holds it. Every key is always present."""
+    authority_id: str
+    tier: str | None = None
+    agency: str | None = None
+    role: Literal["act", "inform"]
+    ack_within: str | None = Field(None, description="ISO-8601 duration, e.g. PT12H")
+    working_days: bool = False
+    ack_due: datetime | None = Field(None, description="deadline to acknowledge (act targets)")
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    alert: str | None = Field(None, description="kind of the latest alert sent to it")
+    escalation: str | None = Field(None, description="latest step taken: reminder, breach...")
+    delivery: str | None = Field(None, description="outcome of the latest delivery")
+    delivery_channel: str | None = None
+    transferred_to: str | None = Field(None, description="authority it passed its duty to")
+    transferred_from: str | None = None
+    released: bool = Field(False, description="the lead agency released it from the case")
+
+    @field_validator("working_days", "released", mode="before")
+    @classmethod
+    def _unset(cls, value):  # the read model stores null where a flag was cleared
+        return bool(value)
+
+
 class CaseOut(BaseModel):
     case_id: str
     status: str
@@ -43,7 +68,7 @@ class CaseOut(BaseModel):
     # "age_16_17": a child of 16 or 17, not a child in law but protected by criminal procedure
     # until 18 (DOMAIN.md section 2).
     flags: list[str] = []
-    targets: list[dict]
+    targets: list[TargetOut]
     timeline: list[TimelineItem] | None = None
 
 
@@ -62,7 +87,7 @@ def _out(case: CaseView, timeline=None) -> CaseOut:
         rulepack_version=case.rulepack_version, first_received_at=case.first_received_at,
         report_count=case.report_count, independent_reports=case.independent_reports,
         flags=["age_16_17"] if aged_16_or_17(case.child_ages or ()) else [],
-        targets=case.targets,
+        targets=[TargetOut.model_validate(t) for t in case.targets],
         timeline=None if timeline is None else [
             TimelineItem(at=t.at, kind=t.kind, detail=t.detail) for t in timeline],
     )
@@ -83,7 +108,8 @@ async def readable_case(session, request: Request, who: Principal, case_id: str)
     if case is None:
         await fail(request, who, "read", case_id, "not_found", HTTPException(404, "no such case"))
     if not await _may_read(session, who, case):
-        await deny(request, who, case_id, "this case is not routed to you")
+        await deny(request, who, case_id, "this case is not routed to your authorities"
+                   if who.role == "authority" else "this case is outside your jurisdiction")
     return case
 
 
