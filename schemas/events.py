@@ -117,6 +117,13 @@ class Contact(_Data):
     lang: Literal["vi", "en"] = "vi"  # the language of messages sent to this contact
 
 
+class Label(_Data):
+    """A rule pack's name for a code, so that messages say what the pack in force says."""
+
+    vi: str
+    en: str | None = None
+
+
 class AlertRequested(_Data):
     """Escalation asks the notifier to tell one authority something about a case."""
 
@@ -140,6 +147,10 @@ class AlertRequested(_Data):
     milestone_due: datetime | None = None
     # A supervisor or escalated alert: the authority that did not acknowledge by `ack_due`.
     about_authority_id: str | None = None
+    # The pack's names of the category and the agency. Absent from events written before
+    # they were added: the notifier then falls back to its own names of the shipped codes.
+    category_label: Label | None = None
+    agency_label: Label | None = None
 
 
 class TargetEscalated(_Data):

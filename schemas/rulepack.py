@@ -123,7 +123,8 @@ class RaiseRule(_Rule):
 
 
 class Category(_Pack):
-    label: str = Field(description="Vietnamese label")
+    label: str = Field(description="Vietnamese label, used in messages")
+    name: str | None = None  # English name, for messages in English
     default: Severity
     subcategories: list[str] = Field(default_factory=list)
     raise_: list[RaiseRule] = Field(default_factory=list, alias="raise")
@@ -137,8 +138,8 @@ class SeverityLevel(_Pack):
 
 
 class Agency(_Pack):
-    label: str = Field(description="Vietnamese name, used in authority names")
-    name: str | None = None  # English name, for docs and pages
+    label: str = Field(description="Vietnamese name, used in authority names and messages")
+    name: str | None = None  # English name, for docs, pages and messages in English
 
 
 class PublicityRule(_Rule):

@@ -23,6 +23,7 @@ from schemas.events import (
     CaseUpdated,
     DeliveryOutcome,
     Envelope,
+    Label,
     MilestoneMissed,
     MilestoneRecorded,
     MilestoneScheduled,
@@ -636,6 +637,8 @@ class Escalation:
                                                 step="reminder", fraction=timer.fraction))
             return
         log.warning("ack_deadline_missed", authority_id=row.authority_id)
+        if row.transferred_to is None:  # still the one to answer: told its deadline passed
+            self._alert(session, case, row, "breach", suffix=str(timer.id))
         await self._breach(session, case, row, now, suffix=str(timer.id))
 
     async def _on_undeliverable(self, session, data: DeliveryOutcome) -> None:
@@ -672,12 +675,16 @@ class Escalation:
                                             step="breach", fraction=1.0))
         authority = self.rt.directory.get(row.authority_id)
         steps = self.rt.pack.escalation.on_breach
-        if "supervisors" in steps:
-            for supervisor in authority.supervisors:
-                self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
-                            about=row.authority_id)
+        supervisors = authority.supervisors if "supervisors" in steps else []
+        for supervisor in supervisors:
+            self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
+                        about=row.authority_id)
         if "next_tier" in steps and authority.parent:
             await self._escalate(session, case, row, authority.parent, now, suffix)
+        elif not supervisors:  # the top of the ladder (national), or a pack that climbs none
+            metrics.BREACHES_UNESCALATED.inc()
+            log.error("breach_unescalated", authority_id=row.authority_id,
+                      why="no supervisor and no tier above to tell")
 
     async def _escalate(self, session, case: EscalationCase, row: EscalationTarget,
                         parent_id: str, now: datetime, suffix: str) -> None:
@@ -721,6 +728,8 @@ class Escalation:
         # News of the close, or a supervisor told of an officer's silence: the recipient has
         # nothing to acknowledge (a supervisor is not a target of the case).
         told = kind in ("closed", "supervisor")
+        category = self.rt.pack.categories.get(case.facts["category"])
+        agency = self.rt.pack.agencies.get(recipient.agency)
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
             tier=recipient.tier, agency=recipient.agency, role="inform" if told else row.role,
@@ -733,6 +742,8 @@ class Escalation:
             else None,
             milestone_due=milestone.due_at if milestone else None,
             about_authority_id=about,
+            category_label=Label(vi=category.label, en=category.name) if category else None,
+            agency_label=Label(vi=agency.label, en=agency.name) if agency else None,
         ), topic=Topics.ALERTS)
 
     def _emit(self, session: AsyncSession, data, topic: str = Topics.CASES) -> None:

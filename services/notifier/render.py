@@ -20,7 +20,7 @@ import structlog
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from schemas.events import AlertRequested
+from schemas.events import AlertRequested, Label
 from services.notifier.channels.base import Message
 from services.notifier.channels.sms import _GSM7_BASIC, _GSM7_EXT, sms_segments
 
@@ -108,8 +108,12 @@ def _lang(lang: str) -> str:
     return lang if lang in LANGS else DEFAULT_LANG
 
 
-def _label(table: dict[str, dict[str, str]], lang: str, code: str) -> str:
-    return table[lang].get(code, code)  # an unknown code shows as itself
+def _label(table: dict[str, dict[str, str]], lang: str, code: str,
+           pack: Label | None = None) -> str:
+    """The rule pack's name when the alert carries it (a pack may rename a shipped code or add
+    one), else ours; a code nobody named shows as itself."""
+    given = pack and (pack.en if lang == "en" else pack.vi)
+    return given or table[lang].get(code) or (pack and pack.vi) or code
 
 
 def local_time(dt: datetime | None, fmt: str) -> str | None:
@@ -128,13 +132,13 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "tier": alert.tier,
         "tier_label": _label(TIER_LABELS, lang, alert.tier),
         "agency": alert.agency,
-        "agency_label": _label(AGENCY_LABELS, lang, alert.agency),
+        "agency_label": _label(AGENCY_LABELS, lang, alert.agency, alert.agency_label),
         "role": alert.role,
         "role_label": _label(ROLE_LABELS, lang, alert.role),
         "kind": alert.kind,
         "kind_label": _label(KIND_LABELS, lang, alert.kind),
         "category": alert.category,
-        "category_label": _label(CATEGORY_LABELS, lang, alert.category),
+        "category_label": _label(CATEGORY_LABELS, lang, alert.category, alert.category_label),
         "severity": alert.severity,
         "publicity": alert.publicity,
         "ack_due": alert.ack_due.isoformat() if alert.ack_due else None,

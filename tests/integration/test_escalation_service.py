@@ -391,3 +391,35 @@ async def test_closing_a_case_routed_under_an_earlier_pack_tells_whom_it_can(esc
     assert case.closed_at is not None
     told = {e["authority_id"] for e in (await _emitted(esc))[before:] if e.get("kind") == "closed"}
     assert told == {a for a in acting - {CP} if not a.startswith("district:")} and told
+
+
+async def test_alerts_carry_the_names_the_pack_in_force_gives(esc):
+    # Under the 2020 pack, child protection was Labour, Invalids and Social Affairs: its
+    # officers' messages must say so, whatever the notifier's own names are.
+    _use(esc, "vn2020")
+    await _report(esc, "C-2020", indicators=["immediate_danger"])
+    alerts = [e for e in await _emitted(esc) if e.get("kind") == "alert"]
+    cp = next(a for a in alerts if a["agency"] == "child_protection")
+    assert cp["agency_label"] == {"vi": "Lao động - Thương binh và Xã hội",
+                                  "en": "Labour, Invalids and Social Affairs (child protection)"}
+    assert cp["category_label"] == {"vi": "Bạo lực thể chất", "en": "Physical violence"}
+
+
+async def test_a_breach_tells_the_silent_authority_and_the_top_of_the_ladder_is_flagged(
+        esc, monkeypatch):
+    # P1 with national attention: national child protection must act within 2 h. It has no
+    # supervisor and no tier above, so its silence can only be flagged to the hotline.
+    national = "national:VN:child_protection"
+    await _report(esc, "C-TOP", indicators=["immediate_danger"], publicity="PA2")
+    acting = {t.authority_id for t in await _rows(esc, EscalationTarget, "C-TOP", role="act")}
+    assert national in acting and CP in acting
+    before = len(await _emitted(esc))
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(handlers, "log", structlog.get_logger("beacon.escalation"))
+        while await esc.fire_due(T0 + timedelta(hours=3)):
+            pass
+    breaches = {e["authority_id"] for e in (await _emitted(esc))[before:]
+                if e.get("kind") == "breach"}
+    assert {CP, national} <= breaches  # every silent act target is told, once
+    top = [e["authority_id"] for e in logs if e["event"] == "breach_unescalated"]
+    assert top == [national]  # the commune's and province's breaches climbed

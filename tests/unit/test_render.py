@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas.events import AlertRequested, Contact
+from schemas.events import AlertRequested, Contact, Label
+from services.escalation.rulepack import SHIPPED, load_pack
 from services.common.links import sign_link
 from services.notifier.render import (
     CATEGORY_LABELS,
@@ -104,6 +105,34 @@ def test_p1_sms_in_vietnamese_fits_two_segments(category, kind):
     assert n <= 2, (encoding, len(m.text), m.text)
     assert a.case_id in m.text and "P1" in m.text
     assert "09:45 29/11" in m.text
+
+
+SHIPPED_CATEGORIES = [(name, code, Label(vi=c.label, en=c.name))
+                      for name in SHIPPED for code, c in load_pack(name).categories.items()]
+
+
+@pytest.mark.parametrize("pack,category,label", SHIPPED_CATEGORIES)
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_p1_sms_with_a_shipped_packs_names_fits_two_segments(pack, category, label, lang):
+    a = alert(category=category, category_label=label)
+    m = render(a, "sms", lang, link(a))
+    assert sms_segments(m.text)[1] <= 2, m.text
+    assert a.case_id in m.text and m.render_error is None
+
+
+def test_messages_call_a_category_and_an_agency_what_the_pack_calls_them():
+    dolisa = Label(vi="Lao động - Thương binh và Xã hội", en="Labour, Invalids and Social Affairs")
+    a = alert(category="DOMESTIC", category_label=Label(vi="Bạo lực gia đình", en="Domestic abuse"),
+              agency_label=dolisa)
+    vi, en = render(a, "email", "vi", link(a)), render(a, "email", "en", link(a))
+    assert "Bạo lực gia đình" in vi.subject and dolisa.vi in vi.text
+    assert "Domestic abuse" in en.subject and dolisa.en in en.text
+    assert render(a, "webhook", "en", link(a)).body["category_label"] == "Domestic abuse"
+    # A pack without English names: ours for a shipped code, else the pack's Vietnamese.
+    shipped = alert(category="PHYS_VIOLENCE", category_label=Label(vi="Bạo lực thân thể"))
+    assert "Physical violence" in render(shipped, "email", "en", link(shipped)).subject
+    added = alert(category="DOMESTIC", category_label=Label(vi="Bạo lực gia đình"))
+    assert "Bạo lực gia đình" in render(added, "email", "en", link(added)).subject
 
 
 def test_vietnamese_sms_keeps_diacritics_when_it_fits():
@@ -318,3 +347,16 @@ def test_an_informed_authority_is_not_asked_to_acknowledge():
         a = alert(kind="inform", role="inform", ack_due=None)
         assert ask not in render(a, "email", lang, link(a)).text
         assert ask in render(alert(), "email", lang, link(a)).text
+
+
+@pytest.mark.parametrize("lang,overdue,ask", [
+    ("vi", "Đã quá hạn xác nhận lúc 09:45 29/11/2026", "Hạn xác nhận:"),
+    ("en", "Your deadline passed at: 09:45 29/11/2026", "Acknowledge by:")])
+def test_a_breach_tells_the_authority_its_deadline_passed(lang, overdue, ask):
+    # Not "acknowledge by" a time already gone: it is late, and asked to acknowledge now.
+    a = alert(kind="breach")
+    email = render(a, "email", lang, link(a))
+    assert overdue in email.text and ask not in email.text
+    sms = render(a, "sms", lang, link(a))
+    assert sms_segments(sms.text)[1] <= 2 and "09:45 29/11" in sms.text
+    assert ("qua han" in fold_to_gsm7(sms.text)) if lang == "vi" else ("Overdue" in sms.text)

@@ -42,7 +42,7 @@ def test_shipped_packs_are_valid(name):
 
 def test_pack_api():
     pack = load_pack("default")
-    assert pack.version == "default-2026.1"
+    assert pack.version == "default-2026.2"
     assert pack.tiers == ["commune", "province", "national"]
     assert pack.next_tier("commune") == "province"
     assert pack.next_tier("province") == "national"
@@ -58,7 +58,7 @@ def test_pack_api():
 
 def test_load_by_path(tmp_path: Path):
     path = tmp_path / "mine.yaml"
-    path.write_text(DEFAULT_TEXT.replace("version: default-2026.1", "version: mine-1"), encoding="utf-8")
+    path.write_text(DEFAULT_TEXT.replace("version: default-2026.2", "version: mine-1"), encoding="utf-8")
     assert load_pack(str(path)).version == "mine-1"
 
 
@@ -139,8 +139,8 @@ def test_unknown_severity_and_publicity_keys():
 
 
 def test_duplicated_key_is_reported_with_its_line():
-    text = broken('  HAZARD: {label: "Môi trường không an toàn", default: P4}',
-                  '  HAZARD: {label: "Môi trường không an toàn", default: P4}\n'
+    line = '  HAZARD: {label: "Môi trường không an toàn", name: "Unsafe environment", default: P4}'
+    text = broken(line, line + '\n'
                   '  HAZARD: {label: "again", default: P4}')
     [(place, msg)] = problems(text)
     assert place == f"pack.yaml:{line_of(text, 'HAZARD', 2)}"
@@ -183,7 +183,7 @@ def test_act_without_deadline_and_inform_with_one():
 
 
 def test_missing_field_points_at_its_parent():
-    text = broken("  EMOTIONAL: {label: \"Bạo lực tinh thần\", default: P3}",
+    text = broken("  EMOTIONAL: {label: \"Bạo lực tinh thần\", name: \"Emotional abuse\", default: P3}",
                   "  EMOTIONAL: {label: \"Bạo lực tinh thần\"}")
     [(place, msg)] = problems(text)
     assert place == f"pack.yaml:{line_of(text, '  EMOTIONAL:')}"
@@ -273,5 +273,5 @@ def test_a_raise_rule_that_would_not_raise_is_refused():
 
 @pytest.mark.parametrize("version", ["../../x y/ä", "a/b", " lead", "-dash"])
 def test_a_version_that_cannot_name_the_pack_in_a_url_is_refused(version):
-    [(_place, msg)] = problems(broken("version: default-2026.1", f'version: "{version}"'))
+    [(_place, msg)] = problems(broken("version: default-2026.2", f'version: "{version}"'))
     assert msg.startswith("version:")
