@@ -249,15 +249,33 @@ async def test_webhook_recovers_when_the_receiver_comes_back(tmp_path):
 
 async def test_email_arrives_as_an_eml_file(inbox):
     a = alert()
-    channel = EmailChannel("127.0.0.1", inbox.smtp_port, "beacon@alerts.example.vn")
-    await channel.send("officer@commune4.example.vn", render(a, "email", "vi", link(a)),
-                       a.alert_id)
+    channel = EmailChannel("127.0.0.1", inbox.smtp_port, "Beacon <beacon@alerts.example.vn>")
+    sent = render(a, "email", "vi", link(a))
+    await channel.send("officer@commune4.example.vn", sent, a.alert_id)
     [eml] = inbox.mails()
     mail = message_from_bytes(eml.read_bytes(), policy=policy.default)
     assert mail["Message-ID"] == "<al-7@alerts.example.vn>"
     assert mail[IDEMPOTENCY_HEADER] == a.alert_id
     assert mail["To"] == "officer@commune4.example.vn"
+    assert mail["Subject"] == sent.subject  # every space kept (no folding between words)
     assert "Xâm hại tình dục" in mail["Subject"] and a.case_id in mail["Subject"]
+
+
+async def test_long_headers_arrive_whole(inbox):
+    """A long Vietnamese subject read back with its spaces, and a long key as one plain line
+    that a mail filter can match: folding had given "Bạolực" and encoded-word pieces."""
+    a = alert(category="PHYS_VIOLENCE", kind="escalated")
+    key = f"{a.case_id}:commune:8:child_protection:escalated:undelivered:commune:4:police"
+    sent = render(a, "email", "vi", link(a))
+    assert len(sent.subject) > 78
+    await EmailChannel("127.0.0.1", inbox.smtp_port, "b@x.test").send("o@y.test", sent, key)
+    [eml] = inbox.mails()
+    raw = eml.read_bytes()
+    assert f"{IDEMPOTENCY_HEADER}: {key}".encode() in raw.splitlines()  # one line, as sent
+    mail = message_from_bytes(raw, policy=policy.default)
+    assert mail["Subject"] == sent.subject and "Bạo lực thể chất" in mail["Subject"]
+    [date] = [line for line in raw.splitlines() if line.startswith(b"Date: ")]
+    assert date.endswith(b" +0000")  # UTC, not "-0000" (a zone unknown)
     body = mail.get_content()
     assert link(a) in body and "09:45 29/11/2026" in body
     assert CANARY not in eml.read_text(errors="replace")
