@@ -145,8 +145,10 @@ class AlertRequested(_Data):
     milestone: str | None = None
     milestone_label: str | None = None
     milestone_due: datetime | None = None
-    # A supervisor or escalated alert: the authority that did not acknowledge by `ack_due`.
+    # A supervisor or escalated alert: the authority that did not acknowledge by `ack_due`
+    # (after a transfer, the one it went to), or could not be reached, or missed the milestone.
     about_authority_id: str | None = None
+    about_reason: Literal["deadline_missed", "unreachable", "milestone_missed"] | None = None
     # The pack's names of the category and the agency. Absent from events written before
     # they were added: the notifier then falls back to its own names of the shipped codes.
     category_label: Label | None = None

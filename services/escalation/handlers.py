@@ -473,15 +473,16 @@ class Escalation:
         if "supervisors" in steps:
             for supervisor in authority.supervisors:
                 self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
-                            milestone=m, about=row.authority_id)
+                            milestone=m, about=(row.authority_id, "milestone_missed"))
         up = authority.parent if "next_tier" in steps else None
         if up:
             parent = await session.get(EscalationTarget, (case.case_id, up))
             if parent is not None and parent.role == "act" and parent.released_at is None:
                 self._alert(session, case, parent, "escalated", suffix=suffix, milestone=m,
-                            about=row.authority_id)
+                            about=(row.authority_id, "milestone_missed"))
             else:
-                await self._escalate(session, case, row, up, now, suffix)
+                await self._escalate(session, case, row, up, now, suffix,
+                                     (row.authority_id, "milestone_missed"))
         self._emit(session, MilestoneMissed(case_id=case.case_id, milestone=timer.milestone,
                                             authority_id=row.authority_id, due_at=timer.due_at,
                                             to_authority_id=up))
@@ -660,34 +661,39 @@ class Escalation:
         # deadline already; its deadline's own breach then has nothing new to tell.
         breach = (Timer.case_id == row.case_id, Timer.authority_id == row.authority_id,
                   Timer.kind == "breach", Timer.due_at == row.ack_due)
-        if await session.scalar(select(Timer.id).where(*breach, Timer.outcome == "fired")):
-            return
+        if await session.scalar(select(Timer.id).where(
+                *breach, Timer.outcome.in_(("fired", "escalated")))):
+            return  # at its deadline, or unreached already (another of its alerts failing)
         log.warning("act_alert_undeliverable", authority_id=row.authority_id)
         # Named after the unreached target: a supervisor over two of them is told of each.
-        await self._breach(session, case, row, utcnow(), suffix=f"undelivered:{row.authority_id}")
+        await self._breach(session, case, row, utcnow(), suffix=f"undelivered:{row.authority_id}",
+                           reason="unreachable")
         await session.execute(update(Timer).where(*breach, Timer.fired_at.is_(None)).values(
             fired_at=utcnow(), outcome="escalated"))
 
     async def _breach(self, session, case: EscalationCase, row: EscalationTarget,
-                      now: datetime, suffix: str) -> None:
-        """Tell the target's supervisor chain, then hold the next tier up to the same window."""
+                      now: datetime, suffix: str, reason: str = "deadline_missed") -> None:
+        """Tell the target's supervisor chain, then hold the next tier up to the same window.
+        The authority they are told of is the one silent: after a transfer, the new one."""
         self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
                                             step="breach", fraction=1.0))
         authority = self.rt.directory.get(row.authority_id)
         steps = self.rt.pack.escalation.on_breach
+        about = (row.transferred_to or row.authority_id, reason)
         supervisors = authority.supervisors if "supervisors" in steps else []
         for supervisor in supervisors:
             self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
-                        about=row.authority_id)
+                        about=about)
         if "next_tier" in steps and authority.parent:
-            await self._escalate(session, case, row, authority.parent, now, suffix)
+            await self._escalate(session, case, row, authority.parent, now, suffix, about)
         elif not supervisors:  # the top of the ladder (national), or a pack that climbs none
             metrics.BREACHES_UNESCALATED.inc()
             log.error("breach_unescalated", authority_id=row.authority_id,
                       why="no supervisor and no tier above to tell")
 
     async def _escalate(self, session, case: EscalationCase, row: EscalationTarget,
-                        parent_id: str, now: datetime, suffix: str) -> None:
+                        parent_id: str, now: datetime, suffix: str,
+                        about: tuple[str, str]) -> None:
         """The next tier up is told and held to the same ack window from now: it becomes an act
         target, or, already one, keeps the earlier of its own deadline and that one."""
         parent = await session.get(EscalationTarget, (case.case_id, parent_id))
@@ -712,7 +718,7 @@ class Escalation:
             due = None  # it has answered, or must answer sooner anyway: its clock stands
         self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
                                             step="escalated", to_authority_id=parent_id))
-        self._alert(session, case, parent, "escalated", suffix=suffix, about=row.authority_id)
+        self._alert(session, case, parent, "escalated", suffix=suffix, about=about)
         if due is not None:
             self._schedule(session, parent)
 
@@ -720,9 +726,11 @@ class Escalation:
 
     def _alert(self, session, case: EscalationCase, row: EscalationTarget, kind: str,
                to: str | None = None, suffix: str = "",
-               milestone: EscalationMilestone | None = None, about: str | None = None) -> None:
+               milestone: EscalationMilestone | None = None,
+               about: tuple[str, str] | None = None) -> None:
         """`milestone`: the alert is about that step's deadline, not about acknowledging.
-        `about`: the authority that missed `row`'s deadline, for a supervisor or the tier up."""
+        `about`: for a supervisor or the tier up, the authority that missed `row`'s deadline
+        or could not be reached, and which of the two."""
         recipient = self.rt.directory.get(to or row.authority_id)
         alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
         # News of the close, or a supervisor told of an officer's silence: the recipient has
@@ -741,7 +749,8 @@ class Escalation:
             milestone_label=milestones.label(milestone.milestone, self.rt.pack) if milestone
             else None,
             milestone_due=milestone.due_at if milestone else None,
-            about_authority_id=about,
+            about_authority_id=about[0] if about else None,
+            about_reason=about[1] if about else None,
             category_label=Label(vi=category.label, en=category.name) if category else None,
             agency_label=Label(vi=agency.label, en=agency.name) if agency else None,
         ), topic=Topics.ALERTS)

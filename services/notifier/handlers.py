@@ -280,7 +280,9 @@ class Notifier:
                        postgres: bool) -> list:
         """The other rows of `row`'s bundle in its state: an expired lease's (leased together,
         so expired together), or a failed send's, due now or soon (their retries were jittered
-        apart), on the same contact. New reminders do not join: that would change the key."""
+        apart), on the same contact. New reminders do not join: that would change the key.
+        Fallen back to a channel that carries fewer (webhook to SMS), it goes in parts that
+        fit, each under a key of its own: the new receiver never had the whole."""
         query = _BUNDLED_EXPIRED if row.status == "sending" else _BUNDLED_PENDING
         query = query.with_for_update(skip_locked=True) if postgres else query
         members = []
@@ -292,7 +294,7 @@ class Notifier:
                 continue  # claimed on its own, and dead-lettered there
             if other.alert_id not in taken and _same(mine, contact):
                 members.append((other, alert))
-        return members
+        return members[:policy.bundle_max(contact.channel) - 1]
 
     async def _mates(self, session, row, contact: Contact, taken: set[str],
                      postgres: bool) -> list[tuple]:

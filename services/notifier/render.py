@@ -153,6 +153,7 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "milestone_due_local": local_time(alert.milestone_due, "%H:%M %d/%m/%Y"),
         "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
         "about_authority_id": alert.about_authority_id,
+        "about_reason": alert.about_reason,
     }
 
 
@@ -161,7 +162,7 @@ def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
     keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "role", "kind", "category",
             "category_label", "severity", "publicity", "ack_due", "ack_due_local",
             "rulepack_version", "link", "lang", "milestone", "milestone_due",
-            "about_authority_id")
+            "about_authority_id", "about_reason")
     return {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
 
 
@@ -209,8 +210,9 @@ class Renderer:
         return self.env.get_template(f"{lang}/{name}.j2").render(ctx).strip()
 
     def _fit_sms(self, candidates: Sequence[str]) -> str:
-        """The first candidate within the segment budget; then the same folded to GSM-7."""
-        tries = [*candidates, *(fold_to_gsm7(c) for c in candidates)]
+        """The first candidate within the segment budget, as written or folded to GSM-7: the
+        whole message unaccented says more than a shorter one with diacritics."""
+        tries = [t for c in candidates for t in (c, fold_to_gsm7(c))]
         for text in tries:
             if sms_segments(text)[1] <= self.sms_max_segments:
                 return text
@@ -254,7 +256,8 @@ class Renderer:
         lang = ctxs[0]["lang"]
         body = {"type": "beacon.alert.bundle", "version": 1,
                 "items": [webhook_body(c) for c in ctxs]}
-        ctx = {"items": ctxs, "severities": sorted({c["severity"] for c in ctxs}), "lang": lang}
+        ctx = {"items": ctxs, "severities": sorted({c["severity"] for c in ctxs}), "lang": lang,
+               "cases": len({c["case_id"] for c in ctxs})}  # a case's 50% and milestone reminders
         template = ""
         try:
             if channel == "webhook":

@@ -60,6 +60,19 @@ async def test_a_case_handed_back_is_held_to_its_clock_again(esc):
     assert ("breach", CP) in steps  # its clock runs
 
 
+async def test_a_breach_after_a_transfer_names_the_authority_that_has_not_answered(esc):
+    # CP passed the case to CP8, which has not acknowledged by CP's deadline: CP's supervisor
+    # and the province are told of CP8's silence, not asked to chase CP, which may not answer.
+    await report(esc)  # P2: CP acts within 1 h
+    await transfer(esc, CP, CP8, T0 + 30 * M)  # CP8's window runs from then, to T0 + 90 min
+    before = len(await emitted(esc, ALERT))
+    await esc.fire_due(T0 + 61 * M)
+    told = [a for a in (await emitted(esc, ALERT))[before:]
+            if a["kind"] in ("supervisor", "escalated")]
+    assert told and {a["about_authority_id"] for a in told} == {CP8}
+    assert {a["about_reason"] for a in told} == {"deadline_missed"}
+
+
 async def test_an_acknowledgement_at_the_end_of_a_chain_of_transfers_releases_it_all(esc):
     await report(esc)
     await transfer(esc, CP, CP8, T0 + 5 * M)

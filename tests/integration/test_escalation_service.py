@@ -250,7 +250,13 @@ async def test_an_act_alert_unreached_after_its_tries_escalates_once(esc):
     assert len(await outcome("C-1", "failed", handlers.UNREACHED_AFTER)) == 1
     assert await outcome("C-1", "dead_lettered", handlers.UNREACHED_AFTER + 30) == []  # not twice
     # Dead-lettered before its UNREACHED_AFTER-th try (say, every contact refused it for good).
+    before = len(await _emitted(esc))
     assert len(await outcome("C-2", "dead_lettered", 3)) == 1
+    told = [e for e in (await _emitted(esc))[before:] if e.get("kind") == "supervisor"]
+    assert told and all(e["about_reason"] == "unreachable" and e["about_authority_id"] == CP
+                        for e in told)  # not told it missed a deadline still to come
+    # Another of its alerts refused for good too: the same unreached target, not a second breach.
+    assert await outcome("C-2", "dead_lettered", 2) == []
     # Its deadline passes unanswered: escalated once already, so no second breach, nor a second
     # round of supervisor and next-tier alerts.
     before = len(await _emitted(esc))

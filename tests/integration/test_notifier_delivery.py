@@ -544,3 +544,22 @@ async def test_sms_reminders_are_bundled_two_to_a_message_within_two_segments(no
     texts = [r["body"]["text"] for r in inbox.requests()]
     assert sorted(t.count("http") for t in texts) == [1, 2, 2]
     assert all(sms_segments(t)[1] <= 2 for t in texts)
+
+
+async def test_a_bundle_that_falls_back_to_sms_goes_in_parts_that_fit(notifier, inbox):
+    # Bundled for the webhook (up to ten), which is down: by SMS it must still be two to a
+    # message within two segments, not all five links in one seven-segment text.
+    down = Contact(channel="webhook", address=f"http://127.0.0.1:{free_port()}/hooks/a")
+    contacts = [down, Contact(channel="sms", address="+84900000004")]
+    reminders = [alert(i, inbox, contacts=contacts) for i in range(5)]
+    for a in reminders:
+        await notifier.handle([Envelope.wrap(a, "test")])
+    for _ in range(20):
+        for a in reminders:
+            await make_due(notifier, a.alert_id)
+        await step(notifier)
+        if {d.status for d in (await rows(notifier)).values()} == {"delivered"}:
+            break
+    texts = [r["body"]["text"] for r in inbox.requests()]
+    assert sorted(t.count("http") for t in texts) == [1, 2, 2], texts
+    assert all(sms_segments(t)[1] <= 2 for t in texts)

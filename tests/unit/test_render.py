@@ -62,7 +62,7 @@ def test_templates_see_an_allow_list_of_codes_only():
         "agency_label", "role", "role_label", "kind", "kind_label", "category", "category_label",
         "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
         "link", "milestone", "milestone_label", "milestone_due", "milestone_due_local",
-        "milestone_due_short", "about_authority_id",
+        "milestone_due_short", "about_authority_id", "about_reason",
     }
     assert "contacts" not in ctx
 
@@ -135,11 +135,21 @@ def test_messages_call_a_category_and_an_agency_what_the_pack_calls_them():
     assert "Bạo lực gia đình" in render(added, "email", "en", link(added)).subject
 
 
-def test_vietnamese_sms_keeps_diacritics_when_it_fits():
-    a = alert(category="CHILD_MARRIAGE")
-    m = render(a, "sms", "vi", link(a))
+def test_vietnamese_sms_keeps_diacritics_when_the_whole_message_fits():
+    a = alert(category="CHILD_MARRIAGE", case_id="C-1")
+    m = render(a, "sms", "vi", "https://b.vn/a/x")
     assert sms_segments(m.text)[0] == "ucs2"
-    assert "Tảo hôn" in m.text
+    assert "Tảo hôn" in m.text and "Cảnh báo mới" in m.text
+
+
+@pytest.mark.parametrize("kind,says", [("alert", "Canh bao moi"), ("reminder", "Nhac lai"),
+                                       ("escalated", "Chuyen len cap tren"),
+                                       ("inform", "Thong bao")])
+def test_a_vietnamese_sms_says_what_kind_of_message_it_is(kind, says):
+    # The short form with diacritics used to win, and said only "P1 <category> hạn <time>".
+    a = alert(category="EXPLOITATION", kind=kind)
+    m = render(a, "sms", "vi", link(a))
+    assert says in m.text and sms_segments(m.text)[1] <= 2
 
 
 @pytest.mark.parametrize("lang,label", [("vi", "Bạo lực thể chất"), ("en", "Physical violence")])
@@ -320,7 +330,7 @@ def test_news_of_a_close_says_so_and_asks_for_nothing(lang, closed, asks, urgent
     assert closed in email.text and asks not in email.text and urgent not in email.subject
     assert urgent in render(alert(), "email", lang, link(news)).subject  # an alert still is
     sms = render(news, "sms", lang, link(news))
-    assert ("Case closed" if lang == "en" else "đã đóng") in sms.text  # the short form too
+    assert ("Case closed" if lang == "en" else "da dong") in fold_to_gsm7(sms.text)
     assert sms_segments(sms.text)[1] <= 2
 
 
@@ -360,3 +370,33 @@ def test_a_breach_tells_the_authority_its_deadline_passed(lang, overdue, ask):
     sms = render(a, "sms", lang, link(a))
     assert sms_segments(sms.text)[1] <= 2 and "09:45 29/11" in sms.text
     assert ("qua han" in fold_to_gsm7(sms.text)) if lang == "vi" else ("Overdue" in sms.text)
+
+
+@pytest.mark.parametrize("lang,says", [("vi", "2 vụ việc cần xử lý (3 lời nhắc)"),
+                                       ("en", "2 cases that need action (3 reminders)")])
+def test_a_bundle_counts_cases_not_reminders(lang, says):
+    # A case's acknowledgement and milestone reminders are two items, one case.
+    items = []
+    for i, case in enumerate(["C-000001", "C-000001", "C-000002"]):
+        a = alert(alert_id=f"al-{i}", case_id=case, severity="P3", kind="reminder")
+        items.append((a, link(a)))
+    assert says in render_bundle(items, "email", lang).text
+    sms = render_bundle(items, "sms", lang).text
+    assert sms.count("https://") == 2 and sms.startswith("Beacon: 2 ")
+
+
+@pytest.mark.parametrize("lang,unreachable,missed", [
+    ("vi", "Không liên lạc được với cơ quan: commune:4:child_protection", "Hạn xác nhận đã qua"),
+    ("en", "Could not be reached: commune:4:child_protection", "now passed")])
+def test_a_supervisor_told_of_an_unreachable_authority_is_not_told_it_missed_its_deadline(
+        lang, unreachable, missed):
+    # Every contact failing escalates before the deadline: it has not passed yet.
+    a = alert(kind="supervisor", role="inform", agency="people_committee",
+              authority_id="commune:4:people_committee",
+              about_authority_id="commune:4:child_protection", about_reason="unreachable")
+    email = render(a, "email", lang, link(a))
+    assert unreachable in email.text and missed not in email.text
+    assert render(a, "webhook", lang, link(a)).body["about_reason"] == "unreachable"
+    sms = render(a, "sms", lang, link(a))
+    assert sms_segments(sms.text)[1] <= 2
+    assert "lien he" in fold_to_gsm7(sms.text) or "cannot be reached" in sms.text
