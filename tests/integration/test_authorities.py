@@ -119,6 +119,9 @@ async def test_one_click_link_acknowledges_without_identity(stack):
     async with stack.client() as anonymous:
         page = await anonymous.get(f"/a/{token}")
         assert page.status_code == 200 and "Acknowledge" in page.text
+        # The category as the message names it, and no promise of a sign-in it does not have.
+        assert "Bạo lực thể chất / Physical violence (PHYS_VIOLENCE)" in page.text
+        assert "Sign in" not in page.text
         assert "Canary" not in page.text  # codes only on a page without identity
         for bad in (forged, expired, not_routed, "garbage", before_rotation):
             assert (await anonymous.get(f"/a/{bad}")).status_code == 404
@@ -327,7 +330,8 @@ def _answers(authority_id: str) -> list[tuple[str, dict]]:
 
 async def test_only_an_authority_that_must_act_answers_for_the_case(stack):
     """An informed authority, and one that handed the case on, may not acknowledge, record a
-    milestone or transfer: 403, in the audit trail as denied."""
+    milestone or transfer: 403, in the audit trail as denied. (One that handed it on still
+    records the milestones it is held to until the transfer is acknowledged: below.)"""
     province = await _user(stack, "test-province1", "authority", "province:1", [PROVINCE_CP])
     case_id, case = await _p1_case(stack)
     assert PROVINCE_CP in {t["authority_id"] for t in case["targets"] if t["role"] == "inform"}
@@ -347,13 +351,15 @@ async def test_only_an_authority_that_must_act_answers_for_the_case(stack):
 
         await eventually(handed_on)
         for path, body in _answers(CP):
+            if body.get("milestone") == "emergency_measure":
+                continue  # its own, still on its clock
             answer = await me.post(f"/api/v1/cases/{case_id}/{path}", json=body)
             assert answer.status_code == 403, (path, body, answer.text)
 
     async with stack.rt.db.reads() as session:
         denied = (await session.scalars(select(AuditRecord.user_id).where(
             AuditRecord.record == case_id, AuditRecord.outcome == "denied"))).all()
-    assert sorted(denied) == sorted([province] * 4 + ["test-authority"] * 4)
+    assert sorted(denied) == sorted([province] * 4 + ["test-authority"] * 3)
     assert not await _timeline(stack, case_id, "milestone_recorded")
     async with stack.client("supervisor") as api:
         assert (await api.get(f"/api/v1/cases/{case_id}")).json()["status"] == "open"
@@ -514,7 +520,9 @@ async def test_a_closed_case_takes_no_acknowledgement_and_its_link_says_so(stack
         page = await anonymous.get(f"/a/{token}")
         click = await anonymous.post(f"/a/{token}")
     assert page.status_code == 200 and "Case closed" in page.text and "<form" not in page.text
-    assert click.status_code == 409
+    # A browser's form post: the refusal is a page that says why, not a JSON error.
+    assert click.status_code == 409 and "<h1>Case closed" in click.text
+    assert click.headers["content-type"].startswith("text/html")
     assert (await _target(stack, case_id, POLICE)).acked_at is None
 
 
@@ -597,3 +605,27 @@ async def test_a_transfer_does_not_merge_two_agencies_duties(stack):
     await _acknowledge_in_turn(stack, case_id, CP)
     police = await _target(stack, case_id, POLICE)
     assert police.transferred_to is None and police.released_at is None and police.acked_at is None
+
+
+async def test_while_its_transfer_waits_the_sender_records_its_milestones(stack):
+    """The sender stays on the clock until the new authority acknowledges, so the 12-hour
+    emergency measure it took must be recordable: nobody could record it before."""
+    case_id, _ = await _p1_case(stack)
+    async with stack.client("authority") as me:
+        sent = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": CP, "to_authority_id": ELSEWHERE, "reason": "wrong_jurisdiction"})
+        assert sent.status_code == 202, sent.text
+        await _readable_target(stack, case_id, CP, lambda t: t.get("transferred_to"))
+        again = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": CP, "to_authority_id": "commune:25:child_protection",
+            "reason": "wrong_jurisdiction"})
+        done = await me.post(f"/api/v1/cases/{case_id}/milestones", json={
+            "authority_id": CP, "milestone": "emergency_measure"})
+    assert again.status_code == 403 and ELSEWHERE in again.json()["detail"]  # says why
+    assert done.status_code == 202, done.text
+
+    async def recorded():
+        async with stack.rt.db.reads() as session:
+            m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
+        return m is not None and m.done_at is not None and m.done_authority_id == CP
+    assert await eventually(recorded)

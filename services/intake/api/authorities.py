@@ -36,7 +36,9 @@ class RecordMilestone(Body):
              responses={403: {}, 404: {}, 409: {}, 422: {}, 503: {}})
 async def record_milestone(case_id: str, body: RecordMilestone, request: Request, rt: Runtime,
                            who: Annotated[Principal, Depends(role("authority"))]):
-    case, _ = await acting_target(request, rt, who, case_id, body.authority_id)
+    # Until the authority it passed the case to acknowledges, the sender holds its milestones
+    # (their clocks run on it): it must be able to record the 12-hour measure it took.
+    case, _ = await acting_target(request, rt, who, case_id, body.authority_id, passing_on=True)
     problem = None  # each refusal of the input is recorded as "rejected", then answered
     if wrong := milestones.check_record(body.milestone, body.outcome, rt.pack):
         problem = invalid(wrong)

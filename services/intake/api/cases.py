@@ -170,9 +170,10 @@ def holds_duty(target: dict) -> bool:
 
 
 async def acting_target(request: Request, rt, who: Principal, case_id: str,
-                        authority_id: str) -> tuple[CaseView, dict]:
+                        authority_id: str, passing_on: bool = False) -> tuple[CaseView, dict]:
     """The case and the caller's authority's target on it, if that target holds the duty;
-    otherwise 404 or 403 (either is audited)."""
+    otherwise 404 or 403 (either is audited). `passing_on`: a target whose transfer awaits the
+    new authority's acknowledgement is let through too; it is still on the clock till then."""
     if authority_id not in who.authority_ids:
         await deny(request, who, case_id, "you do not answer for that authority")
     async with rt.db.reads() as session:
@@ -183,7 +184,12 @@ async def acting_target(request: Request, rt, who: Principal, case_id: str,
     if target is None:
         await deny(request, who, case_id, "this case is not routed to that authority")
     if not holds_duty(target):
-        await deny(request, who, case_id, "only an authority that must act on the case may do this")
+        pending = holds_duty({**target, "transferred_to": None})  # passed on, not yet released
+        if pending and passing_on:
+            return case, target
+        await deny(request, who, case_id, f"a transfer of this duty to {target['transferred_to']} "
+                   "awaits its acknowledgement" if pending
+                   else "only an authority that must act on the case may do this")
     return case, target
 
 

@@ -69,13 +69,26 @@ async def _record(rt, who: Principal, case_id: str, outcome: str) -> None:
                       outcome=outcome)
 
 
+# What the page cannot do, said where an officer expects a sign-in: there is no web client.
+DETAILS = ("<p>This page shows no personal data. The case itself is read through your agency's "
+           "system connected to Beacon, with the account issued to you. / Trang này không có "
+           "thông tin cá nhân. Chi tiết vụ việc xem qua hệ thống của cơ quan kết nối với Beacon, "
+           "bằng tài khoản được cấp.</p>")
+
+
+def _facts(rt, case: CaseView, authority_id: str) -> str:
+    category = rt.pack.categories.get(case.category)  # the pack's names, as in the message
+    names = " / ".join(n for n in (category.label, category.name) if n) if category else ""
+    return (f"<p>Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
+            f"{escape(names)} ({escape(case.category)}). For: {escape(authority_id)}.</p>")
+
+
 @router.get("/a/{token}", response_class=HTMLResponse)
 async def link_page(token: str, rt: Runtime):
     case, claims, target = await _claims(rt, token, "read")
     who = _link_user(claims.authority_id)
     await audit.write(rt.db, who.user_id, who.role, "read", case.case_id, ["link_page"])
-    facts = (f"<p>Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
-             f"{escape(case.category)}. For: {escape(claims.authority_id)}.</p>")
+    facts = _facts(rt, case, claims.authority_id)
     if case.status == "closed":
         return _page("Case closed / Vụ việc đã đóng",
                      facts + "<p>The case is closed; no acknowledgement is expected.</p>")
@@ -90,22 +103,24 @@ async def link_page(token: str, rt: Runtime):
     due = (f"<p>Acknowledge by / Xác nhận trước: {escape(shown)} "
            "(Viet Nam time, UTC+7).</p>")
     form = (f"<form method='post' action='/a/{escape(token)}'>"
-            "<button type='submit'>Acknowledge / Xác nhận</button></form>"
-            "<p>Sign in to Beacon to see the case itself; this page shows no personal data.</p>")
+            "<button type='submit'>Acknowledge / Xác nhận</button></form>" + DETAILS)
     return _page("Acknowledge this alert / Xác nhận cảnh báo", facts + due + form)
 
 
 
-@router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 503: {}})
+@router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 409: {}, 503: {}})
 async def link_acknowledge(token: str, rt: Runtime):
     case, claims, target = await _claims(rt, token, "write")
     who = _link_user(claims.authority_id)
+    # A browser posted the form: refusals are pages too, not JSON.
     if case.status == "closed":
         await _record(rt, who, case.case_id, "rejected")
-        raise HTTPException(409, "the case is closed")
+        return _page("Case closed / Vụ việc đã đóng",
+                     "<p>The case is closed; no acknowledgement is expected.</p>", 409)
     if not holds_duty(target):
         await _record(rt, who, case.case_id, "rejected")
-        raise HTTPException(409, "no acknowledgement is expected from this authority")
+        return _page("For your information / Thông báo",
+                     "<p>No acknowledgement is expected from this authority.</p>", 409)
     if target.get("acknowledged_at"):
         await _record(rt, who, case.case_id, "replayed")  # a second click: answered, as before
         return _page("Acknowledged", "<p>This authority had already acknowledged the case.</p>")
