@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -68,13 +69,15 @@ def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP po
     from services.common.http_limits import BoundedHttpToolsProtocol
     from services.common.logging import configure
 
+    if port is not None:  # as BEACON_HTTP_PORT would: the links then follow it too
+        os.environ["BEACON_HTTP_PORT"] = str(port)
     settings = _settings()
     configure(settings.log_level)
     services = frozenset(runtime.SERVICES if service is Service.all else (service.value,))
     try:
         # The port first: a process that cannot serve must not join the consumer groups, fire
         # timers or deliver before it finds out.
-        sock = _bind(settings.http_host, port or settings.http_port)
+        sock = _bind(settings.http_host, settings.http_port)
         rt = runtime.build(settings, services)
         asyncio.run(runtime.preflight(settings, services))
         config = uvicorn.Config(create_app(rt), log_config=None, lifespan="on",

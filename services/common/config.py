@@ -90,6 +90,16 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _links_follow_the_port(self) -> "Settings":
+        """Unset, links point at where this process serves: a port changed alone moved the
+        API but left every link, and the admin CLI, on 8000."""
+        if "public_base_url" not in self.model_fields_set:
+            host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::", "") else self.http_host
+            host = f"[{host}]" if ":" in host else host
+            self.public_base_url = f"http://{host}:{self.http_port}"
+        return self
+
+    @model_validator(mode="after")
     def _production(self) -> "Settings":
         """Production refuses what only suits a developer's machine, before anything runs."""
         if self.env != "production":

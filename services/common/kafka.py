@@ -136,7 +136,11 @@ async def publish_input(producer: AIOKafkaProducer, topic: str, envelope: Envelo
         topic, encode(envelope), key=envelope.subject.encode(), headers=_raw_headers(envelope))
 
 
-async def dead_letter(broker: KafkaBroker, settings: Settings, record: Any, reason: str) -> None:
+async def dead_letter(broker: KafkaBroker, settings: Settings, record: Any, reason: str,
+                      group: str) -> None:
+    """Set `record` aside. Each consumer group that reads a topic does so for itself, so one
+    bad record may be set aside by several (escalation and intake's read model both read the
+    inputs): `dlq_group` tells them apart."""
     await broker.publish(
         record.value,
         topic=settings.topic(Topics.DEADLETTER),
@@ -146,13 +150,14 @@ async def dead_letter(broker: KafkaBroker, settings: Settings, record: Any, reas
             "dlq_topic": record.topic,
             "dlq_partition": str(record.partition),
             "dlq_offset": str(record.offset),
+            "dlq_group": settings.group(group),  # the consumer group, as the broker lists it
         },
     )
     # The key is the case id (every case event is keyed by it): which case lost an event.
     case_id = record.key.decode("utf-8", "replace")[:64] if record.key else None
     metrics.DEAD_LETTERS.inc()
     log.warning("dead_lettered", case_id=case_id, topic=record.topic, offset=record.offset,
-                reason=reason[:200])
+                group=group, reason=reason[:200])
 
 
 async def _records(msg: Any) -> list:
@@ -207,7 +212,8 @@ def consume(
             except (ValidationError, KeyError, ValueError, TypeError) as exc:
                 place = (record.topic, record.partition, record.offset)
                 if place not in unreadable:
-                    await dead_letter(broker, settings, record, f"unparseable: {_reason(exc)}")
+                    await dead_letter(broker, settings, record, f"unparseable: {_reason(exc)}",
+                                      group)
                     unreadable[place] = None
                     if len(unreadable) > 10_000:
                         unreadable.pop(next(iter(unreadable)))  # the oldest: long committed
@@ -236,7 +242,8 @@ def consume(
                 n = failures[place] = failures.get(place, 0) + 1
                 if n >= MAX_ATTEMPTS:
                     failures.pop(place, None)
-                    await dead_letter(broker, settings, record, f"failed {n} times: {_reason(exc)}")
+                    await dead_letter(broker, settings, record, f"failed {n} times: {_reason(exc)}",
+                                      group)
                     continue
                 log.exception("handler_failed", attempt=n, group=group, case_id=envelope.subject)
                 await asyncio.sleep(backoff_s(n, 2))  # a failing handler is not hammered

@@ -27,12 +27,22 @@ def _client(url: str | None, token: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
 
+def _problem(item: object) -> str:
+    """One line per problem: a pack's `{place, message}`, or FastAPI's `{loc, msg}`."""
+    if not isinstance(item, dict):
+        return str(item)
+    if "loc" in item:
+        return f"{'.'.join(str(p) for p in item['loc'])}: {item.get('msg', '')}"
+    return f"{item.get('place', '')}: {item.get('message', item)}"
+
+
 def _call(url: str | None, token: str, method: str, path: str, **kwargs) -> object:
     try:
         with _client(url, token) as api:
             answer = api.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach the Beacon API: {exc}", err=True)
+        typer.echo(f"error: cannot reach the Beacon API at {api.base_url} ({exc}); "
+                   "give --url or BEACON_API_URL", err=True)
         raise typer.Exit(2) from None
     body = answer.json() if answer.headers.get("content-type", "").startswith(
         "application/json") else answer.text
@@ -40,8 +50,7 @@ def _call(url: str | None, token: str, method: str, path: str, **kwargs) -> obje
         detail = body.get("detail", body) if isinstance(body, dict) else body
         if isinstance(detail, list):
             for item in detail:
-                typer.echo(f"{item.get('place', '')}: {item.get('message', item)}"
-                           if isinstance(item, dict) else str(item), err=True)
+                typer.echo(_problem(item), err=True)
         else:
             typer.echo(f"error {answer.status_code}: {detail}", err=True)
         raise typer.Exit(1)
@@ -118,7 +127,8 @@ def directory_show(authority_id: str, token: Token, url: Url = None) -> None:
 @directory_app.command("set")
 def directory_set(authority_id: str,
                   entry: Annotated[Path, typer.Argument(help="JSON: name, tier, agency, "
-                                                             "unit_code, contacts, ...")],
+                                                             "unit_code, contacts, ...; or the "
+                                                             "output of `show`, edited")],
                   token: Token, url: Url = None) -> None:
     """Add an authority or change one (validated, versioned, audited)."""
     try:
@@ -126,6 +136,8 @@ def directory_set(authority_id: str,
     except json.JSONDecodeError as exc:
         typer.echo(f"{entry}:{exc.lineno}: not valid JSON: {exc.msg}", err=True)
         raise typer.Exit(1) from None
+    if isinstance(body, dict) and "authority" in body and "source" in body:
+        body = body["authority"]  # `beacon directory show` output, edited: its entry
     _print(_call(url, token, "PUT", f"/api/v1/authorities/{authority_id}", json=body))
 
 

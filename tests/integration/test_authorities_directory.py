@@ -118,6 +118,12 @@ async def test_directory_cli(stack, tmp_path):
     assert answer(result.output)["version"] == 1
     shown = await asyncio.to_thread(run, "directory", "show", "commune:4:police")
     assert answer(shown.output)["authority"]["contacts"][0]["address"] == "+84900000001"
+    # The documented way to change contacts: show, edit, set the edited output as it is.
+    edited = answer(shown.output)
+    edited["authority"]["contacts"][0]["address"] = "+84900000002"
+    entry.write_text(json.dumps(edited))
+    again = await asyncio.to_thread(run, "directory", "set", "commune:4:police", str(entry))
+    assert again.exit_code == 0 and answer(again.output)["version"] == 2, again.output
     entry.write_text(json.dumps({"name": "x", "tier": "hamlet", "agency": "police",
                                  "unit_code": "4", "contacts": []}))
     refused = await asyncio.to_thread(run, "directory", "set", "commune:4:police", str(entry))

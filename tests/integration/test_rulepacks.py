@@ -240,6 +240,11 @@ async def test_rules_cli_lifecycle(stack, tmp_path):
     replay = await asyncio.to_thread(run, "admin", "replay", "cli-2026.3")
     # CliRunner captures the whole process's stdout, the stack's logs too: look for the answer.
     assert replay.exit_code == 0 and '"draft_version": "cli-2026.3"' in replay.output
+    naive = await asyncio.to_thread(run, "admin", "publish", "cli-2026.3",
+                                    "--at", "2026-12-01T10:00:00")
+    # The API's 422 as a place and a message, not a Python dict.
+    assert naive.exit_code == 1 and "body.effective_at: " in naive.output
+    assert "'loc'" not in naive.output
     pub = await asyncio.to_thread(run, "admin", "publish", "cli-2026.3")
     assert pub.exit_code == 0, pub.output
 

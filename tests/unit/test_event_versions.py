@@ -128,3 +128,4 @@ async def test_consumer_handles_v1_and_dead_letters_v3():
     assert dead["topic"] == "beacon.deadletter" and dead["body"] == v3
     assert "newer than this consumer understands" in dead["headers"]["dlq_reason"]
     assert dead["headers"]["dlq_offset"] == "2"
+    assert dead["headers"]["dlq_group"] == "beacon-test"  # which consumer set it aside

@@ -1,0 +1,13 @@
+from services.common.config import Settings
+
+
+def test_links_follow_the_port_unless_their_base_is_given(monkeypatch):
+    # A port changed alone used to leave every link in a message, and the admin CLI, on 8000.
+    for name in ("BEACON_PUBLIC_BASE_URL", "BEACON_HTTP_PORT", "BEACON_HTTP_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().public_base_url == "http://127.0.0.1:8000"
+    assert Settings(http_port=18100).public_base_url == "http://127.0.0.1:18100"
+    assert Settings(http_host="0.0.0.0", http_port=9000).public_base_url == "http://127.0.0.1:9000"
+    assert Settings(http_host="::1").public_base_url == "http://[::1]:8000"
+    given = Settings(http_port=18100, public_base_url="https://beacon.example.gov.vn")
+    assert given.public_base_url == "https://beacon.example.gov.vn"
