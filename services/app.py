@@ -9,9 +9,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from services import runtime as runtime_mod
+from services.common.db import database_fault
 from services.intake.api.deps import Answered, audit_refused_body
+from services.intake.submission import RETRY_AFTER_S
 
 log = structlog.get_logger("beacon.http")
 
@@ -83,6 +86,19 @@ def create_app(rt) -> FastAPI:
     async def internal(request: Request, exc: Exception):
         log.exception("unhandled", path=request.url.path)
         return JSONResponse({"detail": "internal error; it has been logged"}, 500)
+
+    async def database_away(request: Request, exc: Exception):
+        """The database refusing, restarting or out of connections is no fault of the request:
+        503 and when to retry, as for the broker, and one log line, not a traceback each."""
+        if not database_fault(exc):
+            return await internal(request, exc)
+        log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        return JSONResponse({"detail": "the database is unavailable; try again"}, 503,
+                            headers={"Retry-After": RETRY_AFTER_S})
+
+    # Handled here rather than by the catch-all, which Starlette re-raises after answering.
+    for away in (SQLAlchemyError, OSError):
+        app.add_exception_handler(away, database_away)
 
     @app.exception_handler(Answered)
     async def answered(request: Request, exc: Answered):

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from schemas.events import Topics
 from services.common import kafka
 from services.common.config import ConfigError, Settings
-from services.common.db import Database
+from services.common.db import Database, log_failure
 from services.common.outbox import Relay
 
 log = structlog.get_logger("beacon")
@@ -52,7 +52,8 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
         pack = load_pack(settings.rulepack)
     except RulePackError as exc:
         lines = "\n".join(f"  {place}: {msg}" for place, msg in exc.errors)
-        raise ConfigError(f"rule pack {settings.rulepack!r} is invalid:\n{lines}") from None
+        raise ConfigError(
+            f"BEACON_RULEPACK: rule pack {settings.rulepack!r} is invalid:\n{lines}") from None
     except FileNotFoundError:
         raise ConfigError(f"BEACON_RULEPACK: no rule pack at {settings.rulepack!r}") from None
     directory = build_directory(pack, webhook_base=settings.demo_webhook_base)
@@ -314,12 +315,17 @@ async def _bounded(step: str, awaitable, seconds: float) -> None:
 
 
 async def _every(interval_s: float, job) -> None:
+    failures = 0
     while True:
         try:
             while await job():
                 pass  # a full batch: there may be more due right now
+            failures = 0
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("periodic_job_failed", job=getattr(job, "__qualname__", str(job)))
-        await asyncio.sleep(interval_s)
+        except Exception as exc:
+            failures += 1
+            log_failure(log, "periodic_job_failed", exc, attempt=failures,
+                        job=getattr(job, "__qualname__", str(job)))
+        # After failures, wait longer (up to 5 s): a database or broker away is not hammered.
+        await asyncio.sleep(min(interval_s * 2 ** failures, max(interval_s, 5.0)))

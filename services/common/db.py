@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, event, make_url
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -170,7 +171,11 @@ def make_engine(url: str, immediate: bool = True) -> AsyncEngine:
     two writers queue instead of failing on a lock upgrade. Readers use immediate=False, and
     the writer's pool has one connection, so this process's writers queue on the pool."""
     if not url.startswith("sqlite"):
-        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        # A request has 5 s (intake's budget): waiting 30 s for a connection, SQLAlchemy's
+        # default, turned an overload into 500s after the caller had gone. Parameters are kept
+        # out of error messages: they hold token hashes and sealed identity, and errors are logged.
+        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True,
+                                   pool_timeout=5, hide_parameters=True)
     path = make_url(url).database or ":memory:"
     memory = path == ":memory:"  # one shared connection already (StaticPool)
     if not memory:
@@ -190,7 +195,7 @@ def make_engine(url: str, immediate: bool = True) -> AsyncEngine:
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
     else:  # kept open: an overflow connection closed on return costs a thread and a connect
         pool = {"pool_size": 16, "max_overflow": 0, "pool_timeout": 60}
-    engine = create_async_engine(url, async_creator=connect, **pool)
+    engine = create_async_engine(url, async_creator=connect, hide_parameters=True, **pool)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(conn, _record):
@@ -298,6 +303,15 @@ _PG_FAULT_CLASSES = ("08", "53", "57")  # connection; insufficient resources; op
 _PG_FAULTS = {"25006", "40001", "40P01", "55P03"}  # read-only; serialisation; deadlock; lock
 
 
+def log_failure(log, event: str, exc: BaseException, **fields) -> None:
+    """A background loop's failure: with the database away, one short warning (the loop says
+    it again each try, so a traceback each made megabytes a minute); else the traceback."""
+    if database_fault(exc):
+        log.warning(event, database="unavailable", error=type(exc).__name__, **fields)
+    else:
+        log.error(event, exc_info=exc, **fields)
+
+
 def database_fault(exc: BaseException) -> bool:
     """Whether `exc` (or what it wraps) is the database's fault rather than the input's."""
     seen: set[int] = set()
@@ -314,6 +328,11 @@ def database_fault(exc: BaseException) -> bool:
                 fault in str(e).lower() for fault in _SQLITE_FAULTS):
             return True
         if isinstance(e, ConnectionError | TimeoutError):
+            return True
+        # No connection free in time, or one broken under us (asyncpg's "another operation
+        # is in progress" after a cancelled query comes as an InternalError).
+        if isinstance(e, sa_exc.TimeoutError | sa_exc.InterfaceError | sa_exc.InternalError) \
+                or getattr(e, "connection_invalidated", False):
             return True
         todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
     return False

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from schemas.events import Envelope
 from services.common import kafka, metrics
-from services.common.db import Base, Database, add_bulk, utcnow
+from services.common.db import Base, Database, add_bulk, log_failure, utcnow
 
 log = structlog.get_logger("beacon.outbox")
 
@@ -56,8 +56,8 @@ class Relay:
                     pass
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("outbox_relay_failed")  # broker or database away: try again soon
+            except Exception as exc:
+                log_failure(log, "outbox_relay_failed", exc)  # broker or database away
                 await asyncio.sleep(1)
             try:  # not wait_for: on 3.11 it loses a cancel that comes as the event is set
                 async with asyncio.timeout(self.interval_s):

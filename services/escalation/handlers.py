@@ -36,7 +36,9 @@ from schemas.events import (
     TransferRequested,
 )
 from services.common import metrics, outbox
-from services.common.db import add_bulk, claim_event, claim_events, is_postgres, utcnow
+from services.common.db import (
+    add_bulk, claim_event, claim_events, database_fault, is_postgres, utcnow,
+)
 from services.escalation import milestones, transfers
 from services.escalation.engine import (
     deadline, decide, milestone_deadlines, reminder_times, rules_severity,
@@ -561,7 +563,9 @@ class Escalation:
                 for timer in due:
                     await self._fire_timer(session, timer, now)
             fired = len(due)
-        except Exception:
+        except Exception as exc:
+            if database_fault(exc):
+                raise  # the database, not a timer: the loop waits for it
             # A timer that cannot fire fails every batch it is in, and, the most overdue, it is
             # in every batch: fire them one by one so that it holds back no other.
             log.warning("timer_batch_failed", exc_info=True)

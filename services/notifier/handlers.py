@@ -25,7 +25,7 @@ from schemas.events import (
     AlertKind, AlertRequested, Contact, DeliveryOutcome, Envelope, Topics,
 )
 from services.common import metrics, outbox
-from services.common.db import add_bulk, is_postgres, utcnow
+from services.common.db import add_bulk, is_postgres, log_failure, utcnow
 from services.common.group_commit import GroupCommit
 from services.common.links import sign_link
 from services.notifier import policy
@@ -162,8 +162,8 @@ class Notifier:
                         jobs = await self.claim(room)
                     except asyncio.CancelledError:
                         raise
-                    except Exception:
-                        log.exception("delivery_claim_failed")
+                    except Exception as exc:
+                        log_failure(log, "delivery_claim_failed", exc)
                 self._sending += len(jobs)
                 self._open += len(jobs)
                 for job in jobs:

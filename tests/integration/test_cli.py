@@ -112,10 +112,11 @@ def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap
     broken = tmp_path / "broken.yaml"
     broken.write_text("version: x\ntiers: [commune]\n")
     bad_pack = _run(settings, "run", "all", BEACON_RULEPACK=str(broken))
-    assert bad_pack.returncode == 2 and "rule pack" in bad_pack.stderr
+    assert bad_pack.returncode == 2 and "BEACON_RULEPACK: rule pack" in bad_pack.stderr
 
     missing_pack = _run(settings, "run", "all", BEACON_RULEPACK=str(tmp_path / "nope.yaml"))
     assert missing_pack.returncode == 2 and "nope.yaml" in missing_pack.stderr
+    assert "BEACON_RULEPACK" in missing_pack.stderr  # the variable to fix, named
 
     unmigrated = _run(settings, "run", "all")
     assert unmigrated.returncode == 2 and "beacon db upgrade" in unmigrated.stderr

@@ -83,3 +83,18 @@ def test_identity_keys_are_dropped_at_any_depth():
     [line] = _lines(write)
     assert line["case_id"] == "C-1" and line["report"] == {"category": "NEGLECT"}
     assert "Canary" not in json.dumps(line) and "0911000111" not in json.dumps(line)
+
+
+def test_a_loop_failing_on_an_absent_database_logs_one_short_line():
+    # During a PostgreSQL restart each loop failed four times a second with a full traceback:
+    # megabytes a minute. The database away is said in one line; anything else keeps its trace.
+    from services.common.db import log_failure
+
+    log = structlog.get_logger("test")
+    with structlog.testing.capture_logs() as logs:
+        log_failure(log, "delivery_claim_failed", ConnectionRefusedError(111, "refused"))
+        log_failure(log, "delivery_claim_failed", KeyError("bug"))
+    away, bug = logs
+    assert away["log_level"] == "warning" and away["database"] == "unavailable"
+    assert "exc_info" not in away
+    assert bug["log_level"] == "error" and isinstance(bug["exc_info"], KeyError)
