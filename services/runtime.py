@@ -233,12 +233,15 @@ async def start(rt: Runtime) -> None:
     await _rule_packs(rt)
     await rt.broker.start()
     if "intake" in rt.services:
-        from services.intake import submission
+        from services.intake import readmodel, submission
 
         # At start and then periodically: a request that died after storing its input (a crash,
         # a database error after the publish) leaves it pending while the process runs on.
         rt.tasks.append(asyncio.create_task(
             _every(submission.SWEEP_INTERVAL_S, lambda: submission.sweep(rt)), name="sweep"))
+        rt.tasks.append(asyncio.create_task(
+            _every(readmodel.UNPARK_INTERVAL_S, lambda: readmodel.unpark_arrived(rt.db)),
+            name="unpark"))
     rt.tasks.append(asyncio.create_task(rt.watcher.run(), name="rulepacks"))
     for relay in rt.relays.values():
         rt.tasks.append(asyncio.create_task(relay.run(), name=f"relay-{relay.service}"))

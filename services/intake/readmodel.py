@@ -18,6 +18,7 @@ from services.intake.store import CaseAuthority, CaseView, ParkedEvent, ReportRo
 log = structlog.get_logger("beacon.intake")
 
 CONSUMER = "intake-readmodel"
+UNPARK_INTERVAL_S = 5.0  # how late a parked event whose case has arrived may be applied
 RECEIVED = TYPE_OF[ReportReceived]  # a report: its child fingerprints are in its row
 
 
@@ -51,6 +52,11 @@ async def apply_all(session: AsyncSession, items: list[tuple[Envelope, Sequence[
     for the others they are read from the report rows, written before the event was published
     (they never travel on Kafka). Whoever applies a report first, request or consumer, has them."""
     fresh = await claim_events(session, CONSUMER, [envelope.id for envelope, _ in items])
+    if is_postgres(session) and fresh:
+        # The batch's cases locked up front, in one order: two instances read the topics'
+        # partitions apart, so each held some of the other's cases and waited (deadlocks).
+        await session.execute(_LOCK_CASES, {"ids": sorted(
+            {e.subject for e, _ in items if e.id in fresh})})
     stored = await _stored_fingerprints(session, [
         envelope.data.get("report_id") for envelope, given in items
         if envelope.id in fresh and not given and envelope.type == RECEIVED])
@@ -71,17 +77,43 @@ async def apply_all(session: AsyncSession, items: list[tuple[Envelope, Sequence[
 async def _unpark(session: AsyncSession, case_ids: set[str]) -> None:
     """Apply the events that came before these cases' reports, in the order they came.
     One query for the whole batch: nearly always it finds nothing."""
-    rows = (await session.execute(_PARKED, {"ids": list(case_ids)})).all()
+    await _apply_parked(session, _PARKED, {"ids": list(case_ids)})
+
+
+async def unpark_arrived(db) -> int:
+    """Apply parked events whose case has arrived since. With two instances on PostgreSQL one
+    may park an event while the other, not yet seeing that, opens the case and finds nothing
+    parked: the event would wait for ever (its link then says "not valid"). Nearly always
+    there is none: one indexed query."""
+    async with db.writes() as session, session.begin():
+        applied = await _apply_parked(session, _ARRIVED, {})
+    if applied:
+        log.warning("parked_events_applied_late", count=applied)
+    return applied
+
+
+async def _apply_parked(session: AsyncSession, query, params: dict) -> int:
+    # Locked, skipping those another transaction holds: that one applies them, once.
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    rows = (await session.execute(query, params)).all()
     if rows:
         await session.execute(_UNPARK, {"ids": [r.id for r in rows]})
         for row in rows:
             await _apply(session, Envelope.model_validate_json(row.envelope), ())
+    return len(rows)
 
 
 _P = ParkedEvent.__table__
 _PARKED = (select(_P.c.id, _P.c.envelope).where(_P.c.case_id.in_(bindparam("ids", expanding=True)))
            .order_by(_P.c.id))
+_ARRIVED = (select(_P.c.id, _P.c.envelope)
+            .where(_P.c.case_id.in_(select(CaseView.__table__.c.case_id))).order_by(_P.c.id)
+            .limit(500))
 _UNPARK = _P.delete().where(_P.c.id.in_(bindparam("ids", expanding=True)))
+_LOCK_CASES = (select(CaseView.__table__.c.case_id)
+               .where(CaseView.__table__.c.case_id.in_(bindparam("ids", expanding=True)))
+               .order_by(CaseView.__table__.c.case_id).with_for_update())
 
 
 async def _stored_fingerprints(session: AsyncSession, report_ids: list[str]) -> dict[str, list]:

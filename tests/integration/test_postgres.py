@@ -13,7 +13,8 @@ import pytest_asyncio
 from aiokafka.errors import KafkaTimeoutError
 from sqlalchemy import func, select
 
-from schemas.events import Envelope, MilestoneRecorded, ReportReceived
+from schemas.decisions import Decision, Target
+from schemas.events import CaseDecided, Envelope, MilestoneRecorded, ReportReceived
 from schemas.reports import Location
 from services.common import kafka
 from services.common.audit import AuditRecord
@@ -220,6 +221,34 @@ async def test_two_intake_instances_applying_reports_to_one_case_lose_neither(pg
             case = await session.get(CaseView, case_id)
         assert (case.report_count, case.independent_reports) == (3, 3)
         assert case.child_fingerprints == ["fa", "fb", "fc"]
+    finally:
+        await a.dispose()
+        await b.dispose()
+
+
+async def test_a_decision_parked_while_another_instance_opens_its_case_is_applied(pg_database):
+    """Instance A parks a decision (no case, as it sees it); B opens the case meanwhile and,
+    not seeing A's uncommitted park, unparks nothing. Found stranded in a chaos run: every
+    link of the case's authorities then said "not valid". The sweep applies it."""
+    await migrate(pg_database)
+    a, b = Database(pg_database), Database(pg_database)
+    case_id = f"C-{uuid.uuid4().hex[:12].upper()}"
+    decided = Envelope.wrap(CaseDecided(case_id=case_id, cause="beacon.report.received",
+                                        decision=Decision(
+        rulepack_version="v1", severity="P1", publicity="PA0", matched_rules=[],
+        targets=[Target(tier="commune", agency="child_protection", role="act",
+                        authority_id="commune:4:child_protection")])), "beacon/escalation")
+    try:
+        async with a.writes() as parking, parking.begin():
+            await readmodel.apply(parking, decided)
+            await parking.flush()
+            async with b.writes() as opening, opening.begin():
+                await readmodel.apply(opening, _received_event(case_id, "R-1", True), ["f"])
+        async with b.reads() as session:
+            assert (await session.get(CaseView, case_id)).severity is None  # stranded
+        assert await readmodel.unpark_arrived(b) == 1
+        async with b.reads() as session:
+            assert (await session.get(CaseView, case_id)).severity == "P1"
     finally:
         await a.dispose()
         await b.dispose()

@@ -98,3 +98,18 @@ async def test_a_reopened_case_is_open_whichever_topic_comes_first(sqlite_db, re
     assert case.status == "open" and case.acknowledged is False
     [target] = case.targets
     assert target["acknowledged_at"] is None
+
+
+async def test_an_event_parked_while_its_case_was_being_opened_is_applied_late(sqlite_db):
+    # Two instances on PostgreSQL: one parks the decision (no case yet, as it sees it) while
+    # the other opens the case and finds nothing parked. Both commit: the decision waits for
+    # ever, and the link of every authority it routed says "not valid". Reproduced by hand.
+    async with sqlite_db.writes() as session, session.begin():
+        await readmodel.apply(session, _decided("P1"))  # parked: no case yet
+    async with sqlite_db.writes() as session, session.begin():
+        readmodel._open(session, _report().payload(), NOW)  # opened, not unparked
+    assert await readmodel.unpark_arrived(sqlite_db) == 1
+    async with sqlite_db.reads() as session:
+        case = await session.get(CaseView, CASE)
+    assert case.severity == "P1" and [t["authority_id"] for t in case.targets] == [A]
+    assert await readmodel.unpark_arrived(sqlite_db) == 0  # applied once
