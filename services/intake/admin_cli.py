@@ -157,12 +157,15 @@ WHEN = "ISO 8601: a date (2026-01-01) or a time; without a zone, UTC"
 def audit_query(token: Token, url: Url = None,
                 case: Annotated[str | None, typer.Option(help="Case id (or pack version)")] = None,
                 user: Annotated[str | None, typer.Option(help="User id")] = None,
+                action: Annotated[str | None, typer.Option(
+                    help="read, write, denied, export, user_change, directory_change...")] = None,
                 since: Annotated[str | None, typer.Option(help=WHEN)] = None,
                 until: Annotated[str | None, typer.Option(help=WHEN)] = None,
                 limit: int = 100) -> None:
-    """Audit records by case, user and time."""
-    params = {k: v for k, v in {"case_id": case, "user_id": user, "since": since,
-                                "until": until, "limit": limit}.items() if v is not None}
+    """Audit records by case, user, action and time."""
+    params = {k: v for k, v in {"case_id": case, "user_id": user, "action": action,
+                                "since": since, "until": until, "limit": limit}.items()
+              if v is not None}
     _print(_call(url, token, "GET", "/api/v1/audit", params=params))
 
 

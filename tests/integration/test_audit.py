@@ -114,3 +114,8 @@ async def test_a_date_or_a_time_without_a_zone_is_utc_and_bad_paging_is_422(stac
         "--token", stack.tokens["auditor"]])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["total"] > 0
+    reads = await asyncio.to_thread(CliRunner().invoke, cli, [
+        "audit", "query", "--action", "read", "--url", stack.base_url,
+        "--token", stack.tokens["auditor"]])
+    assert reads.exit_code == 0, reads.output
+    assert {r["action"] for r in json.loads(reads.output)["items"]} == {"read"}

@@ -104,8 +104,14 @@ stop() {
   rm -f "$pidfile"
 }
 
-status() {
-  if pid="$(running_pid)"; then say "running (pid $pid)"; else say "not running"; return 1; fi
+status() {  # exit 0 only for a broker this checkout started (the one `stop` would stop)
+  if pid="$(running_pid)"; then say "running (pid $pid)"; return 0; fi
+  if answers; then
+    say "a broker answers on 127.0.0.1:$port, not started from this checkout ($var)"
+  else
+    say "not running"
+  fi
+  return 1
 }
 
 case "${1:-}" in
