@@ -164,6 +164,8 @@ def test_email_has_case_label_severity_tier_deadline_and_link(lang, label):
     assert link(a) in m.text
     assert ("xã" if lang == "vi" else "commune") in m.text
     assert "\n" not in m.subject
+    # No sign-in is behind the link: the message says what the link does and where the case is.
+    assert "Sign in" not in m.text and "đăng nhập" not in m.text
 
 
 def test_webhook_body_is_codes_built_in_code():
