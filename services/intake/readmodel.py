@@ -318,8 +318,11 @@ def _target(case: CaseView, authority_id: str, **changes) -> None:
         if t["authority_id"] == authority_id:
             t.update(changes)
             break
-    else:
-        targets.append({"authority_id": authority_id, "role": "inform", **changes})
+    else:  # joined by an alert or a transfer, not a decision: tier and agency from its id
+        parts = authority_id.split(":")  # tier:unit:agency
+        tier, agency = (parts[0], parts[2]) if len(parts) == 3 else (None, None)
+        targets.append({"authority_id": authority_id, "tier": tier, "agency": agency,
+                        "role": "inform", **changes})
     case.targets = targets
 
 

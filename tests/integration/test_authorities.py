@@ -616,6 +616,9 @@ async def test_while_its_transfer_waits_the_sender_records_its_milestones(stack)
             "from_authority_id": CP, "to_authority_id": ELSEWHERE, "reason": "wrong_jurisdiction"})
         assert sent.status_code == 202, sent.text
         await _readable_target(stack, case_id, CP, lambda t: t.get("transferred_to"))
+        # Joined by the transfer, not a decision: still a tier and an agency, as every target.
+        joined = await _readable_target(stack, case_id, ELSEWHERE, lambda t: True)
+        assert (joined["tier"], joined["agency"]) == ("commune", "child_protection")
         again = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
             "from_authority_id": CP, "to_authority_id": "commune:25:child_protection",
             "reason": "wrong_jurisdiction"})
