@@ -277,6 +277,12 @@ class Escalation:
         row = await session.get(EscalationTarget, (data.case_id, data.authority_id))
         if row is None or row.acked_at is not None:
             return
+        if row.transferred_to is not None and row.released_at is None:
+            # Sent with its transfer, taken after it (intake refuses it once the transfer
+            # shows): it would stop the clock that holds the new authority to the case.
+            log.warning("ack_ignored", authority_id=data.authority_id,
+                        why=f"its transfer to {row.transferred_to} awaits acknowledgement")
+            return
         row.acked_at, row.acked_by = data.at, data.by_user
         await self._cancel_timers(session, row, "acknowledged")
         # A transfer completes when the new authority acknowledges: only then does the first

@@ -13,7 +13,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.events import Envelope, RulePackPublished, Topics
-from services.common.db import utcnow
+from services.common.db import log_failure, utcnow
 from services.escalation.directory import build_directory
 from services.escalation.rulepack import RulePackError, parse_pack
 
@@ -70,8 +70,8 @@ class PackWatcher:
                     await self._refresh_directory()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("rulepack_watch_failed")
+            except Exception as exc:
+                log_failure(log, "rulepack_watch_failed", exc)  # the database or broker away
                 await asyncio.sleep(1)
 
     async def _poll(self) -> None:

@@ -324,3 +324,19 @@ async def test_an_authority_that_passed_the_case_on_is_not_asked_to_acknowledge(
     await esc.fire_due(T0 + 3 * 60 * M)
     steps = [(e["step"], e["authority_id"]) for e in await emitted(esc, "beacon.target.escalated")]
     assert ("breach", CP) in steps and ("breach", CP8) in steps
+
+
+async def test_an_acknowledgement_sent_with_a_transfer_does_not_stop_the_clock(esc):
+    # Both sent at once by the sender: the transfer is taken first (one partition per case).
+    # Taken after it, the acknowledgement would mark the sender answered and silence its
+    # breach, although the commune it passed the case to has not answered.
+    await report(esc)  # P2: CP acts within 1 h
+    await transfer(esc, CP, CP8, T0 + 5 * M)
+    await ack(esc, CP, T0 + 5 * M)
+    rows = await targets(esc)
+    assert rows[CP].acked_at is None and rows[CP8].acked_at is None
+    assert not await emitted(esc, "beacon.ack.recorded")
+    before = len(await emitted(esc, ALERT))
+    await esc.fire_due(T0 + 61 * M)
+    assert any(a["kind"] == "supervisor" and a["about_authority_id"] == CP8
+               for a in (await emitted(esc, ALERT))[before:])  # its breach still fires
