@@ -285,22 +285,24 @@ class Notifier:
         fit, each under a key of its own: the new receiver never had the whole."""
         query = _BUNDLED_EXPIRED if row.status == "sending" else _BUNDLED_PENDING
         query = query.with_for_update(skip_locked=True) if postgres else query
-        members = []
+        members, cases = [], {row.case_id}
         for other in (await session.execute(query, {
                 "bundle": row.bundle, "alert": row.alert_id, "now": now})).all():
             try:
                 alert, mine = _read(other)
             except (ValueError, IndexError):
                 continue  # claimed on its own, and dead-lettered there
-            if other.alert_id not in taken and _same(mine, contact):
+            if (other.alert_id not in taken and _same(mine, contact)
+                    and policy.joins(cases, alert.case_id, contact.channel)):
                 members.append((other, alert))
-        return members[:policy.bundle_max(contact.channel) - 1]
+                cases.add(alert.case_id)
+        return members
 
     async def _mates(self, session, row, contact: Contact, taken: set[str],
                      postgres: bool) -> list[tuple]:
         """Other pending P3-P4 reminders to the same contact: they go now, in one message."""
         query = _MATES.with_for_update(skip_locked=True) if postgres else _MATES
-        mates = []
+        mates, cases = [], {row.case_id}
         for other in (await session.execute(query, {"authority": row.authority_id,
                                                      "alert": row.alert_id})).all():
             if other.alert_id in taken:
@@ -309,10 +311,10 @@ class Notifier:
                 alert, mine = _read(other)
             except (ValueError, IndexError):
                 continue  # claimed on its own, and dead-lettered there
-            if policy.should_bundle(alert.severity, alert.kind) and _same(mine, contact):
+            if (policy.should_bundle(alert.severity, alert.kind) and _same(mine, contact)
+                    and policy.joins(cases, alert.case_id, contact.channel)):
                 mates.append((other, alert))
-            if len(mates) >= policy.bundle_max(contact.channel) - 1:
-                break
+                cases.add(alert.case_id)
         return mates
 
     def _unreadable(self, session, row, exc: Exception, now: datetime) -> dict:

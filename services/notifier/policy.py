@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 # tries (about 120 at the most) when every try fails at once; the guard must not end it sooner.
 MAX_ATTEMPTS = 150
 BUNDLE_WINDOW = timedelta(minutes=5)  # P3-P4 reminders to one recipient within this go together
-BUNDLE_MAX = 10  # alerts in one bundled message; more wait for the next one
-# An SMS is held to two segments (render.SMS_MAX_SEGMENTS) and each reminder in it carries its
-# own link (about 100 characters): two fit, folded to GSM-7 when Vietnamese needs it.
+BUNDLE_MAX = 10  # cases in one bundled message; more wait for the next one
+# An SMS is held to two segments (render.SMS_MAX_SEGMENTS) and lists each case once, with its
+# link (about 100 characters): two fit, folded to GSM-7 when Vietnamese needs it.
 SMS_BUNDLE_MAX = 2
 NEVER_LIMITED = frozenset({"P1"})  # DOMAIN: storm protection never delays a P1
 NEVER_DELAYED = frozenset({"P1", "P2"})  # the notifier's choice: urgent alerts never wait
@@ -122,8 +122,14 @@ def should_bundle(severity: str, kind: str) -> bool:
 
 
 def bundle_max(channel: str) -> int:
-    """The most reminders one message on `channel` carries."""
+    """The most cases one message on `channel` carries (a case's reminders count once)."""
     return SMS_BUNDLE_MAX if channel == "sms" else BUNDLE_MAX
+
+
+def joins(cases: set[str], case_id: str, channel: str) -> bool:
+    """Whether a reminder about `case_id` may join a bundle already about `cases`: one more
+    reminder of a case it has costs nothing; split by reminder, two SMS had the same text."""
+    return case_id in cases or len(cases) < bundle_max(channel)
 
 
 def bundle_key(authority_id: str, channel: str, address: str) -> tuple[str, str, str]:

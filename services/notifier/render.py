@@ -159,8 +159,8 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
 
 def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
     """The webhook JSON: built in code, codes only, stable field names (version 1)."""
-    keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "role", "kind", "category",
-            "category_label", "severity", "publicity", "ack_due", "ack_due_local",
+    keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "agency_label", "role",
+            "kind", "category", "category_label", "severity", "publicity", "ack_due", "ack_due_local",
             "rulepack_version", "link", "lang", "milestone", "milestone_due",
             "about_authority_id", "about_reason")
     return {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}

@@ -563,3 +563,18 @@ async def test_a_bundle_that_falls_back_to_sms_goes_in_parts_that_fit(notifier, 
     texts = [r["body"]["text"] for r in inbox.requests()]
     assert sorted(t.count("http") for t in texts) == [1, 2, 2], texts
     assert all(sms_segments(t)[1] <= 2 for t in texts)
+
+
+async def test_an_sms_bundle_counts_cases_not_reminders(notifier, inbox):
+    # Two reminders each (the acknowledgement's and a milestone's) of two cases: one SMS about
+    # the two cases, not two SMS with the same text.
+    sms = [Contact(channel="sms", address="+84900000004")]
+    reminders = [alert(i, inbox, contacts=sms).model_copy(update={"alert_id": f"C-{i}:{step}"})
+                 for i in range(2) for step in ("reminder:1", "emergency_measure:2")]
+    for a in reminders:
+        await notifier.handle([Envelope.wrap(a, "test")])
+        await make_due(notifier, a.alert_id)
+    assert await step(notifier) == 1
+    [text] = [r["body"]["text"] for r in inbox.requests()]
+    assert text.count("http") == 2 and sms_segments(text)[1] <= 2
+    assert {d.status for d in (await rows(notifier)).values()} == {"delivered"}

@@ -402,3 +402,16 @@ def test_a_supervisor_told_of_an_unreachable_authority_is_not_told_it_missed_its
     sms = render(a, "sms", lang, link(a))
     assert sms_segments(sms.text)[1] <= 2
     assert "lien he" in fold_to_gsm7(sms.text) or "cannot be reached" in sms.text
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_an_sms_bundle_names_its_categories_within_two_segments(lang):
+    # The two longest labels: "Bóc lột, lao động trái phép", "Mua bán, bắt cóc trẻ em".
+    items = []
+    for i, category in enumerate(["EXPLOITATION", "TRAFFICKING"]):
+        a = alert(alert_id=f"al-{i}", case_id=f"{CASE[:-1]}{i}", category=category,
+                  severity="P3", kind="reminder")
+        items.append((a, link(a)))
+    sms = render_bundle(items, "sms", lang).text
+    assert sms_segments(sms)[1] <= 2, sms
+    assert ("Boc lot" in fold_to_gsm7(sms)) if lang == "vi" else ("Exploitation" in sms)

@@ -91,13 +91,14 @@ async def link_page(token: str, rt: Runtime):
     facts = _facts(rt, case, claims.authority_id)
     if case.status == "closed":
         return _page("Case closed / Vụ việc đã đóng",
-                     facts + "<p>The case is closed; no acknowledgement is expected.</p>")
+                     facts + "<p>The case is closed; no acknowledgement is expected. / Vụ việc "
+                     "đã đóng, không cần xác nhận.</p>")
     if target.get("acknowledged_at"):
         return _page("Acknowledged / Đã xác nhận",
                      facts + "<p>This authority has acknowledged the case.</p>")
     if not holds_duty(target):
         return _page("For your information / Thông báo",
-                     facts + "<p>No acknowledgement is expected.</p>")
+                     facts + "<p>No acknowledgement is expected. / Không cần xác nhận.</p>")
     ack_due = target.get("ack_due")  # as the message that carried the link gave it
     shown = local_time(datetime.fromisoformat(ack_due), "%H:%M %d/%m/%Y") if ack_due else "-"
     due = (f"<p>Acknowledge by / Xác nhận trước: {escape(shown)} "
@@ -116,11 +117,13 @@ async def link_acknowledge(token: str, rt: Runtime):
     if case.status == "closed":
         await _record(rt, who, case.case_id, "rejected")
         return _page("Case closed / Vụ việc đã đóng",
-                     "<p>The case is closed; no acknowledgement is expected.</p>", 409)
+                     "<p>The case is closed; no acknowledgement is expected. / Vụ việc đã đóng, "
+                     "không cần xác nhận.</p>", 409)
     if not holds_duty(target):
         await _record(rt, who, case.case_id, "rejected")
         return _page("For your information / Thông báo",
-                     "<p>No acknowledgement is expected from this authority.</p>", 409)
+                     "<p>No acknowledgement is expected from this authority. / Cơ quan này "
+                     "không cần xác nhận.</p>", 409)
     if target.get("acknowledged_at"):
         await _record(rt, who, case.case_id, "replayed")  # a second click: answered, as before
         return _page("Acknowledged", "<p>This authority had already acknowledged the case.</p>")
