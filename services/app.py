@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from services import runtime as runtime_mod
 from services.common.db import database_fault
 from services.intake.api.deps import Answered, audit_refused_body
+from services.intake.api.links import page as link_page
 from services.intake.submission import RETRY_AFTER_S
 
 log = structlog.get_logger("beacon.http")
@@ -93,6 +94,11 @@ def create_app(rt) -> FastAPI:
         if not database_fault(exc):
             return await internal(request, exc)
         log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        if request.url.path.startswith("/a/"):  # an officer's browser, on a signed link's page
+            return link_page("Try again shortly / Vui lòng thử lại sau",
+                             "<p>Beacon cannot open this case right now. Please try again in a "
+                             "minute. / Hệ thống tạm thời chưa mở được vụ việc, vui lòng thử lại "
+                             "sau ít phút.</p>", 503, {"Retry-After": RETRY_AFTER_S})
         return JSONResponse({"detail": "the database is unavailable; try again"}, 503,
                             headers={"Retry-After": RETRY_AFTER_S})
 

@@ -18,8 +18,12 @@ async def test_a_database_that_refuses_connections_gets_503_with_retry_after():
         answers = [await api.get("/api/v1/cases/C-0123456789", headers=token),
                    await api.get("/api/v1/cases", headers=token),
                    await api.post("/api/v1/reports", headers=token, json={})]
+        link = await api.get("/a/C-0123456789.view.x.y")  # an officer's signed link
     await rt.db.dispose()
     for answer in answers:
         assert answer.status_code == 503, answer.text
         assert answer.headers["Retry-After"] == "5"
         assert "database" in answer.json()["detail"]
+    # The signed link's page is read in a browser: a page that says to try again, not JSON.
+    assert link.status_code == 503 and link.headers["Retry-After"] == "5"
+    assert link.headers["content-type"].startswith("text/html") and "try again" in link.text

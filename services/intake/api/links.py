@@ -51,12 +51,15 @@ async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, di
     raise HTTPException(404, "this link is not valid or has expired")
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+def page(title: str, body: str, status: int = 200,
+         headers: dict[str, str] | None = None) -> HTMLResponse:
+    """A page of the link's: `body` is HTML already (escape what it quotes)."""
     return HTMLResponse(
         f"<!doctype html><html lang='vi'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width'><meta name='robots' content='noindex'>"
         f"<title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>{body}</body></html>",
-        status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+        status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                         **(headers or {})})
 
 
 def _link_user(authority_id: str) -> Principal:
@@ -90,22 +93,22 @@ async def link_page(token: str, rt: Runtime):
     await audit.write(rt.db, who.user_id, who.role, "read", case.case_id, ["link_page"])
     facts = _facts(rt, case, claims.authority_id)
     if case.status == "closed":
-        return _page("Case closed / Vụ việc đã đóng",
-                     facts + "<p>The case is closed; no acknowledgement is expected. / Vụ việc "
-                     "đã đóng, không cần xác nhận.</p>")
+        return page("Case closed / Vụ việc đã đóng",
+                    facts + "<p>The case is closed; no acknowledgement is expected. / Vụ việc "
+                    "đã đóng, không cần xác nhận.</p>")
     if target.get("acknowledged_at"):
-        return _page("Acknowledged / Đã xác nhận",
-                     facts + "<p>This authority has acknowledged the case.</p>")
+        return page("Acknowledged / Đã xác nhận",
+                    facts + "<p>This authority has acknowledged the case.</p>")
     if not holds_duty(target):
-        return _page("For your information / Thông báo",
-                     facts + "<p>No acknowledgement is expected. / Không cần xác nhận.</p>")
+        return page("For your information / Thông báo",
+                    facts + "<p>No acknowledgement is expected. / Không cần xác nhận.</p>")
     ack_due = target.get("ack_due")  # as the message that carried the link gave it
     shown = local_time(datetime.fromisoformat(ack_due), "%H:%M %d/%m/%Y") if ack_due else "-"
     due = (f"<p>Acknowledge by / Xác nhận trước: {escape(shown)} "
            "(Viet Nam time, UTC+7).</p>")
     form = (f"<form method='post' action='/a/{escape(token)}'>"
             "<button type='submit'>Acknowledge / Xác nhận</button></form>" + DETAILS)
-    return _page("Acknowledge this alert / Xác nhận cảnh báo", facts + due + form)
+    return page("Acknowledge this alert / Xác nhận cảnh báo", facts + due + form)
 
 
 
@@ -116,19 +119,19 @@ async def link_acknowledge(token: str, rt: Runtime):
     # A browser posted the form: refusals are pages too, not JSON.
     if case.status == "closed":
         await _record(rt, who, case.case_id, "rejected")
-        return _page("Case closed / Vụ việc đã đóng",
-                     "<p>The case is closed; no acknowledgement is expected. / Vụ việc đã đóng, "
-                     "không cần xác nhận.</p>", 409)
+        return page("Case closed / Vụ việc đã đóng",
+                    "<p>The case is closed; no acknowledgement is expected. / Vụ việc đã đóng, "
+                    "không cần xác nhận.</p>", 409)
     if not holds_duty(target):
         await _record(rt, who, case.case_id, "rejected")
-        return _page("For your information / Thông báo",
-                     "<p>No acknowledgement is expected from this authority. / Cơ quan này "
-                     "không cần xác nhận.</p>", 409)
+        return page("For your information / Thông báo",
+                    "<p>No acknowledgement is expected from this authority. / Cơ quan này "
+                    "không cần xác nhận.</p>", 409)
     if target.get("acknowledged_at"):
         await _record(rt, who, case.case_id, "replayed")  # a second click: answered, as before
-        return _page("Acknowledged", "<p>This authority had already acknowledged the case.</p>")
+        return page("Acknowledged", "<p>This authority had already acknowledged the case.</p>")
     event = TargetAcknowledged(case_id=case.case_id, authority_id=claims.authority_id,
                                by_user=who.user_id, at=utcnow())
     await submission.accept(rt, who, Envelope.wrap(event, submission.SOURCE), None, {}, None)
-    return _page("Acknowledged", f"<p>Case <b>{escape(case.case_id)}</b> acknowledged for "
-                                 f"{escape(claims.authority_id)}. Thank you.</p>", 202)
+    return page("Acknowledged", f"<p>Case <b>{escape(case.case_id)}</b> acknowledged for "
+                                f"{escape(claims.authority_id)}. Thank you.</p>", 202)
