@@ -84,7 +84,7 @@ async def unpark_arrived(db) -> int:
     """Apply parked events whose case has arrived since. With two instances on PostgreSQL one
     may park an event while the other, not yet seeing that, opens the case and finds nothing
     parked: the event would wait for ever (its link then says "not valid"). Nearly always
-    there is none: one indexed query."""
+    there is none: one indexed query. (SQLite's one writer at a time leaves no such gap.)"""
     async with db.writes() as session, session.begin():
         applied = await _apply_parked(session, _ARRIVED, {})
     if applied:
@@ -319,8 +319,7 @@ def _target(case: CaseView, authority_id: str, **changes) -> None:
             t.update(changes)
             break
     else:  # joined by an alert or a transfer, not a decision: tier and agency from its id
-        parts = authority_id.split(":")  # tier:unit:agency
-        tier, agency = (parts[0], parts[2]) if len(parts) == 3 else (None, None)
+        tier, _, agency = authority_id.split(":", 2)
         targets.append({"authority_id": authority_id, "tier": tier, "agency": agency,
                         "role": "inform", **changes})
     case.targets = targets
