@@ -80,6 +80,13 @@ class Report(_Strict):
     link_case_id: Annotated[str, StringConstraints(pattern=r"^C-[0-9A-Z]{6,32}$")] | None = Field(
         default=None, description="Attach this report to an existing case instead of matching"
     )
+    # Matching by place, kind, time and age alone can take two unnamed children for one: the
+    # operator, who heard the caller, has the last word.
+    new_case: bool = Field(
+        default=False, strict=True,
+        description="Open a case of its own, never joining an open case: the operator knows it "
+                    "is another incident (a report wrongly joined to a case is corrected by "
+                    "sending it again with this set and a new Idempotency-Key)")
 
     @property
     def child_ages(self) -> list[int]:

@@ -73,6 +73,9 @@ def check_report(report: Report, pack, now: datetime) -> list[dict]:
     errors += check_location(("location",), report.location)
     for i, other in enumerate(report.other_locations):
         errors += check_location(("other_locations", i), other)
+    if report.new_case and report.link_case_id:
+        errors.append(field_error(("new_case",), "cannot be true with link_case_id: a report "
+                                                 "either opens a case or joins one"))
     if report.received_at > now + CLOCK_SKEW:
         errors.append(field_error(("received_at",), "is in the future"))
     elif report.received_at < now - MAX_AGE:

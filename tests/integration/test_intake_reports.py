@@ -79,6 +79,33 @@ async def test_an_unnamed_child_of_another_age_opens_a_case_of_its_own(stack):
     assert about["case_id"] == first["case_id"]  # a caller's estimate of her age: 6, not 5
 
 
+async def test_an_operator_opens_a_case_of_its_own_where_matching_would_join_one(stack):
+    """Two unnamed children of 5 and 6 in one commune: matching takes them for one, the operator
+    who heard the caller knows better. The second child gets a case, targets and clocks of its
+    own, and the first case does not count the report."""
+    other_child = dict(children=[{"age": 6}], reporter={"phone": "0911000106"})
+    async with stack.client("operator") as api:
+        first = (await api.post("/api/v1/reports", json=report())).json()
+        own = await api.post("/api/v1/reports", json=report(**other_child, new_case=True),
+                             headers={"Idempotency-Key": "another-incident"})
+        both = await api.post("/api/v1/reports", json=report(
+            **other_child, new_case=True, link_case_id=first["case_id"]))
+        text = await api.post("/api/v1/reports", json=report(**other_child, new_case="yes"))
+        assert own.status_code == 202, own.text
+        assert own.json()["new_case"] and own.json()["case_id"] != first["case_id"]
+
+        async def routed():
+            case = await _case(api, own.json()["case_id"])
+            return case if case["targets"] else None
+
+        case = await eventually(routed)
+        assert case["severity"] and any(t["role"] == "act" for t in case["targets"])
+        assert (await _case(api, first["case_id"]))["report_count"] == 1
+    assert both.status_code == text.status_code == 422
+    assert [e["loc"] for e in both.json()["detail"]] == [["body", "new_case"]]
+    assert text.json()["detail"][0]["loc"] == ["body", "new_case"]
+
+
 async def test_a_name_pasted_with_a_zero_width_space_is_the_same_name(stack):
     async with stack.client("operator") as api:
         first = (await api.post("/api/v1/reports", json=report())).json()

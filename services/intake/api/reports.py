@@ -51,7 +51,8 @@ async def submit_report(
     """A report as the hotline or a commune point received it (DOMAIN.md section 6). Each problem
     is a 422 naming its field: a code not in the active rule pack, a commune outside its province,
     a `received_at` more than 5 minutes in the future or more than 30 days ago (a report is
-    entered when it is received), a `link_case_id` that is unknown or outside your jurisdiction."""
+    entered when it is received), a `link_case_id` that is unknown or outside your jurisdiction,
+    `new_case` with `link_case_id`."""
     idem = None
     if idempotency_key:
         idem = submission.Idempotency(idempotency_key, submission.body_hash(report.model_dump_json()))
@@ -86,7 +87,7 @@ async def _submit(report: Report, request: Request, rt, who: Principal,
     case_id = (await _linked_case(request, rt, who, report.link_case_id) if report.link_case_id
                else None)
     async with rt.db.reader() as reads:  # the key is checked when it is written (submission)
-        if case_id is None:
+        if case_id is None and not report.new_case:
             case_id = await correlation.match_open_case(reads, report, match_children)
         new_case = case_id is None
         independent = new_case or await correlation.is_independent(reads, case_id,
