@@ -256,12 +256,6 @@ def is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-@asynccontextmanager
-async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with sessions() as session, session.begin():
-        yield session
-
-
 async def claim_events(session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
     """Record that `consumer` applies these events in this transaction; returns the ones it had
     not applied before (a batch's repeats and earlier deliveries are left out).
