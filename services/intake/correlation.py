@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from schemas.reports import Report
+from schemas.reports import INSTITUTIONAL_SETTINGS, Report
+from services.intake.identity import Matching
 from services.intake.store import CaseView, ReportRow, WithdrawnInput
 
 # Reports this far apart in the same commune and category are taken to be about one incident.
@@ -19,23 +20,25 @@ AGE_GAP = 2
 
 
 async def match_open_case(reads: AsyncConnection, report: Report,
-                          child_fingerprints: list[str]) -> str | None:
-    """The id of the open case this report is about, or None (`child_fingerprints`: the
-    report's, as IdentityVault.matching gives them)."""
+                          names: Matching) -> str | None:
+    """The id of the open case this report is about, or None (`names`: the report's, as
+    IdentityVault.matching gives them). A case where a child's whole name matches comes first;
+    else the latest where place, kind, time, the child's age and the setting agree, with part
+    of a name where both sides give names."""
     candidates = (await reads.execute(_CANDIDATES, {
         "commune": report.location.commune_code, "category": report.category,
         "earliest": report.received_at - MATCH_WINDOW, "latest": report.received_at + MATCH_WINDOW,
     })).all()
-    mine = set(child_fingerprints)
-    ages = report.child_ages
-    for case_id, fingerprints, case_ages in candidates:
+    ages, likely = report.child_ages, None
+    for case_id, fingerprints, case_ages, case_settings in candidates:
         theirs = set(fingerprints or ())
-        if mine and theirs:  # both sides name a child: the names decide
-            if mine & theirs:
-                return case_id
-        elif _ages_agree(ages, case_ages or ()):  # otherwise place, kind, time and age do
+        if names.names & theirs:  # both sides name the child: the names decide
             return case_id
-    return None
+        if likely or (names.names and theirs and not names.parts & theirs):
+            continue  # another child's name
+        if _ages_agree(ages, case_ages or ()) and _settings_agree(report.setting, case_settings):
+            likely = case_id
+    return likely
 
 
 def _ages_agree(ages, case_ages) -> bool:
@@ -45,6 +48,19 @@ def _ages_agree(ages, case_ages) -> bool:
     if not ages or not case_ages:
         return True
     return any(abs(a - b) <= AGE_GAP for a in ages for b in case_ages)
+
+
+def _settings_agree(setting: str, case_settings) -> bool:
+    """A child at home is not the children of a kindergarten case in the same commune: folded
+    into it, the child got no alert and no clock of its own. Callers name one institution
+    differently (school, care facility), so those agree; `other` agrees with any."""
+    if not case_settings or setting == "other" or "other" in case_settings:
+        return True  # None: a case from before settings were kept
+    return _place(setting) in {_place(s) for s in case_settings}
+
+
+def _place(setting: str) -> str:
+    return "institution" if setting in INSTITUTIONAL_SETTINGS else setting
 
 
 async def is_independent(reads: AsyncConnection, case_id: str,
@@ -59,7 +75,7 @@ async def is_independent(reads: AsyncConnection, case_id: str,
 
 # Built once: every report runs them (docs/performance.md).
 _CANDIDATES = (
-    select(CaseView.case_id, CaseView.child_fingerprints, CaseView.child_ages)
+    select(CaseView.case_id, CaseView.child_fingerprints, CaseView.child_ages, CaseView.settings)
     .where(
         CaseView.commune_code == bindparam("commune"),
         CaseView.category == bindparam("category"),

@@ -6,12 +6,23 @@ import hashlib
 import hmac
 import json
 import unicodedata
-
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, MultiFernet
 
 from schemas.reports import Report
+
+
+@dataclass
+class Matching:
+    """A report's hashes to look for among an open case's (`IdentityVault.matching`): a child's
+    whole name (`names`), or part of one (`parts`: one name the end of the other), and the
+    reporter's phone."""
+
+    names: set[str] = field(default_factory=set)
+    parts: set[str] = field(default_factory=set)
+    reporters: list[str] = field(default_factory=list)
 
 
 class IdentityVault:
@@ -61,26 +72,53 @@ class IdentityVault:
         return (self._children(c.get("name") for c in identity.get("children") or []),
                 self._phone((identity.get("reporter") or {}).get("phone")))
 
-    def matching(self, report: Report, children: list[str],
-                 reporter: str | None) -> tuple[list[str], list[str]]:
-        """The hashes to match this report on: its own (`children`, `reporter`, under the current
-        key) and those under each previous key, since until `beacon keys rotate` has run, stored
-        hashes may be under one of them."""
-        names = [c.name for c in report.children]
+    def matching(self, report: Report, reporter: str | None) -> Matching:
+        """The hashes to match this report on, under the current key and each previous one,
+        since until `beacon keys rotate` has run, stored hashes may be under one of them."""
+        names = [_words(c.name) for c in report.children if c.name]
         phone = report.reporter.phone if report.reporter else None
-        every_child, reporters = set(children), [reporter] if reporter else []
-        for key in self._hmac_keys[1:]:
-            every_child.update(self._children(names, key))
-            if (hashed := self._phone(phone, key)) is not None:
+        found, reporters = Matching(), [reporter] if reporter else []
+        for key in self._hmac_keys:
+            for words in filter(None, names):
+                # A given name alone ("An") is weak: age and setting must agree as well.
+                (found.names if len(words) > 1 else found.parts).add(self._name(words, key))
+                # Its whole name as the end of a case's name, or a case's name of two words or
+                # more as the end of its: a case that knows only "An" is not found by "Trần Thị
+                # An", who is another child as often as not.
+                found.parts.add(self._name(words, key, "child-part"))
+                found.parts.update(self._name(words[i:], key) for i in range(1, len(words) - 1))
+            if key is not self._hmac_keys[0] and (hashed := self._phone(phone, key)) is not None:
                 reporters.append(hashed)
-        return sorted(every_child), reporters
+        found.reporters = reporters
+        return found
 
     def _children(self, names, key: bytes | None = None) -> list[str]:
-        return sorted({self.fingerprint("child", name, key) for name in names if name})
+        """Kept for each named child: its name's hash, and a hash of each ending of it ("Minh
+        An" and "An" of "Nguyễn Minh An"), so that a caller who knows part of the name finds
+        the case. Endings alone never match endings: "Trần Thị An" is not "Nguyễn Văn An"."""
+        hashes = set()
+        for words in filter(None, (_words(name) for name in names if name)):
+            hashes.add(self._name(words, key))
+            hashes.update(self._name(words[i:], key, "child-part") for i in range(1, len(words)))
+        return sorted(hashes)
+
+    def _name(self, words: list[str], key: bytes | None, kind: str = "child") -> str:
+        return self.fingerprint(kind, " ".join(words), key)
 
     def _phone(self, phone: str | None, key: bytes | None = None) -> str | None:
         digits = "".join(ch for ch in phone or "" if ch.isdigit())
         return self.fingerprint("phone", digits[-9:], key) if digits else None
+
+
+# Leading words that say "little one" or "child", not a name: "bé An" is An.
+_NOT_NAMES = frozenset({"be", "chau", "em"})
+
+
+def _words(name: str) -> list[str]:
+    words = _normal(name).split()
+    while len(words) > 1 and words[0] in _NOT_NAMES:
+        words = words[1:]
+    return words
 
 
 def _fernet(secret: str) -> Fernet:

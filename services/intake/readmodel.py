@@ -243,7 +243,7 @@ def _open(session: AsyncSession, data: ReportReceived, at: datetime, child_finge
     add_bulk(session, CaseView, **_new_case(data, at), report_count=1,
              independent_reports=int(data.independent),
              child_fingerprints=sorted(set(child_fingerprints)),
-             child_ages=sorted(set(data.child_ages)))
+             child_ages=sorted(set(data.child_ages)), settings=[data.setting])
 
 
 def _new_case(data: ReportReceived, at: datetime) -> dict:
@@ -258,12 +258,14 @@ def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived
               child_fingerprints=()) -> CaseView:
     if case is None:  # a report linked to a case this model has not seen (a partial log)
         case = CaseView(**_new_case(data, at), report_count=0, independent_reports=0,
-                        child_fingerprints=[], child_ages=None)
+                        child_fingerprints=[], child_ages=None, settings=None)
         session.add(case)
     case.report_count += 1
     _add_fingerprints(case, child_fingerprints)
     if case.child_ages is not None:  # None: earlier reports' ages unknown, so any age may match
         case.child_ages = sorted(set(case.child_ages) | set(data.child_ages))
+    if case.settings is not None and data.setting not in case.settings:
+        case.settings = sorted({*case.settings, data.setting})
     case.independent_reports += int(data.independent)
     case.first_received_at = min(case.first_received_at, data.received_at)
     case.last_received_at = max(case.last_received_at, data.received_at)

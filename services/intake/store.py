@@ -92,6 +92,8 @@ class CaseView(Base):
     child_fingerprints: Mapped[list] = mapped_column(JSON, default=list)
     # The ages its reports gave (duplicate matching); None for a case from before they were kept.
     child_ages: Mapped[list | None] = mapped_column(JSON, default=list)
+    # The settings its reports gave (duplicate matching); None for a case from before they were.
+    settings: Mapped[list | None] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_cases_match", "commune_code", "category", "status"),)

@@ -79,6 +79,68 @@ async def test_an_unnamed_child_of_another_age_opens_a_case_of_its_own(stack):
     assert about["case_id"] == first["case_id"]  # a caller's estimate of her age: 6, not 5
 
 
+async def test_a_child_at_home_does_not_join_a_kindergarten_case(stack):
+    """A viral kindergarten case is open in the commune. A neighbour calls about a child of 4
+    beaten at home by her stepfather: another incident, with its own alert and 12-hour clock.
+    Callers name the kindergarten a school or a care facility: one incident still."""
+    at_school = dict(setting="school", children=[{"age": 4}], reporter=None)
+    async with stack.client("operator") as api:
+        kindergarten = (await api.post("/api/v1/reports", json=report(**at_school))).json()
+        home = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 4, "sex": "female"}], reporter=None,
+            indicators=["ongoing", "caregiver_is_abuser"]))).json()
+        named_at_home = (await api.post("/api/v1/reports", json=report(
+            category="NEGLECT", indicators=[], children=[{"age": 4, "name": "Canary Thu Trang"}],
+            location={"province_code": 1, "commune_code": 8}))).json()
+        anonymous_at_school = (await api.post("/api/v1/reports", json=report(
+            category="NEGLECT", indicators=[], setting="school", children=[{"age": 4}],
+            reporter=None, location={"province_code": 1, "commune_code": 8}))).json()
+        care_facility = (await api.post("/api/v1/reports", json=report(
+            **{**at_school, "setting": "care_facility", "children": [{"age": 5}]}))).json()
+    assert home["new_case"] and home["case_id"] != kindergarten["case_id"]
+    assert anonymous_at_school["new_case"]
+    assert anonymous_at_school["case_id"] != named_at_home["case_id"]
+    assert care_facility["case_id"] == kindergarten["case_id"]
+
+
+async def test_part_of_a_childs_name_finds_its_case(stack):
+    """Callers give what they know of a name: "Minh An", "bé An" ("little An") are the
+    "Nguyễn Minh An" of the open case; "Trần Thị An", or an An of 12, is another child."""
+    place = {"location": {"province_code": 1, "commune_code": 25}, "setting": "school"}
+
+    async def call(name, age=4, phone="0911000200"):
+        return (await api.post("/api/v1/reports", json=report(
+            **place, children=[{"age": age, "name": name}],
+            reporter={"phone": phone}))).json()
+
+    async with stack.client("operator") as api:
+        first = await call("Nguyễn Minh An")
+        part = await call("Minh An", phone="0911000201")
+        little = await call("bé An", age=5, phone="0911000202")
+        whole_after_part = await call("Canary Nguyen Minh An", phone="0911000203")
+        other = await call("Trần Thị An", phone="0911000204")
+        older = await call("An", age=12, phone="0911000205")
+    assert part["case_id"] == little["case_id"] == first["case_id"]
+    assert not whole_after_part["new_case"]  # its end is the case's whole name
+    assert other["new_case"] and older["new_case"]
+    assert len({other["case_id"], older["case_id"], first["case_id"]}) == 3
+
+
+async def test_a_named_child_joins_its_own_case_not_the_latest_one(stack):
+    """The mother names her daughter; an anonymous call about a child of the same age came in
+    since and opened a case of its own. The daughter's report joins her case, not the latest."""
+    async with stack.client("operator") as api:
+        named = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 4, "name": "Canary Hai Yen"}]))).json()
+        anonymous = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 4}], reporter=None, new_case=True))).json()
+        again = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 4, "name": "canary hải yến"}], reporter={"phone": "0911000300"}
+        ))).json()
+    assert anonymous["case_id"] != named["case_id"]
+    assert again["case_id"] == named["case_id"]
+
+
 async def test_an_operator_opens_a_case_of_its_own_where_matching_would_join_one(stack):
     """Two unnamed children of 5 and 6 in one commune: matching takes them for one, the operator
     who heard the caller knows better. The second child gets a case, targets and clocks of its

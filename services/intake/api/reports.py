@@ -83,15 +83,15 @@ async def _submit(report: Report, request: Request, rt, who: Principal,
                   idem: submission.Idempotency | None) -> dict:
     children = rt.vault.child_fingerprints(report)
     reporter = rt.vault.reporter_fingerprint(report)
-    match_children, match_reporters = rt.vault.matching(report, children, reporter)
+    matching = rt.vault.matching(report, reporter)
     case_id = (await _linked_case(request, rt, who, report.link_case_id) if report.link_case_id
                else None)
     async with rt.db.reader() as reads:  # the key is checked when it is written (submission)
         if case_id is None and not report.new_case:
-            case_id = await correlation.match_open_case(reads, report, match_children)
+            case_id = await correlation.match_open_case(reads, report, matching)
         new_case = case_id is None
         independent = new_case or await correlation.is_independent(reads, case_id,
-                                                                   match_reporters)
+                                                                   matching.reporters)
 
     case_id = case_id or correlation.new_id("C")
     report_id = correlation.new_id("R")
