@@ -280,6 +280,10 @@ async def test_case_list_is_scoped_and_filtered(stack):
         assert {mine, elsewhere} <= ids and listed["total"] >= 2
         page = (await api.get("/api/v1/cases", params={"limit": 1})).json()
         assert len(page["items"]) == 1
+        # A filter it does not know is refused, not ignored: every case, as if filtered.
+        misspelt = await api.get("/api/v1/cases", params={"serverity": "P1"})
+        assert misspelt.status_code == 422
+        assert [e["loc"] for e in misspelt.json()["detail"]] == [["query", "serverity"]]
         # Reports entered to the same minute: pages hold each case once, the newest case first.
         minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
         same = [(await api.post("/api/v1/reports", json=report(

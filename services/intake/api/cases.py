@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 
 from schemas.events import Envelope, TargetAcknowledged
@@ -123,24 +123,31 @@ async def get_case(case_id: str, request: Request, rt: Runtime,
     return out
 
 
+class CaseFilters(BaseModel):
+    """`GET /api/v1/cases`' query. A parameter it does not know is a 422: ignored, a misspelt
+    filter (`?setting=home`, `?serverity=P1`) answered with every case as if it had filtered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["open", "closed"] | None = None
+    severity: Literal["P1", "P2", "P3", "P4", "P5"] | None = None
+    category: str | None = Field(None, max_length=64)
+    province_code: int | None = Field(None, ge=1, le=999)
+    commune_code: int | None = Field(None, ge=1, le=999_999)
+    acknowledged: bool | None = None
+    limit: int = Field(50, ge=1, le=200)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
 @router.get("/cases", response_model=CasePage)
-async def list_cases(
-    rt: Runtime, who: Annotated[Principal, Depends(role(*READERS))],
-    status: Literal["open", "closed"] | None = None,
-    severity: Literal["P1", "P2", "P3", "P4", "P5"] | None = None,
-    category: str | None = Query(None, max_length=64),
-    province_code: int | None = Query(None, ge=1, le=999),
-    commune_code: int | None = Query(None, ge=1, le=999_999),
-    acknowledged: bool | None = None,
-    limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0, le=1_000_000),
-):
+async def list_cases(rt: Runtime, who: Annotated[Principal, Depends(role(*READERS))],
+                     filters: Annotated[CaseFilters, Query()]):
     query = select(CaseView)
-    for column, value in ((CaseView.status, status), (CaseView.severity, severity),
-                          (CaseView.category, category), (CaseView.province_code, province_code),
-                          (CaseView.commune_code, commune_code),
-                          (CaseView.acknowledged, acknowledged)):
-        if value is not None:
-            query = query.where(column == value)
+    for column in ("status", "severity", "category", "province_code", "commune_code",
+                   "acknowledged"):
+        if (value := getattr(filters, column)) is not None:
+            query = query.where(getattr(CaseView, column) == value)
+    limit, offset = filters.limit, filters.offset
     kind, _, code = who.scope.partition(":")
     if who.role == "authority":
         query = query.where(CaseView.case_id.in_(select(CaseAuthority.case_id).where(
