@@ -208,28 +208,38 @@ class Escalation:
         facts = facts.model_copy(update={"publicity": case.human_publicity})
         decision = decide(facts, self.rt.pack, self.rt.directory, at, floor)
         raised = decision.severity < case.severity  # P1 is the highest
+        # Information only (P5: "no alert"), as a supervisor may judge a duplicate or a hoax:
+        # nobody is chased any more. Should a later fact make it alert again, every clock not
+        # done runs again from then.
+        was_silent = not fresh and not self._alerting(case.severity)
+        silent = not self._alerting(decision.severity)
+        if silent and not was_silent:
+            await self._stand_down(session, case)
+        rearm = was_silent and not silent
         case.facts = facts.model_dump(mode="json")
         case.severity, case.publicity = decision.severity, decision.publicity
         case.rulepack_version = decision.rulepack_version
         case.decisions += 1
         case.updated_at = utcnow()
         targets, added, changed = await self._apply_targets(session, case, decision, at, fresh,
-                                                             raised)
+                                                             raised, rearm)
         self._emit(session, CaseDecided(case_id=case.case_id, decision=decision, added=added,
                                         changed=changed, cause=cause))
-        await self._schedule_milestones(session, case, facts, decision.severity, targets, fresh)
+        await self._schedule_milestones(session, case, facts, decision.severity, targets, fresh,
+                                        at if rearm else None)
         metrics.DECISIONS.labels(decision.severity).inc()
         metrics.DECISION_LATENCY.observe(max((utcnow() - at).total_seconds(), 0.0))
         log.info("decided", severity=decision.severity, publicity=decision.publicity,
                  added=len(added), changed=len(changed))
 
     async def _apply_targets(self, session, case: EscalationCase, decision: Decision,
-                             at: datetime, fresh: bool, raised: bool,
+                             at: datetime, fresh: bool, raised: bool, rearm: bool = False,
                              ) -> tuple[list[EscalationTarget], list[Target], list[Target]]:
         """Only what changed is acted on: new targets, inform -> act, a shorter deadline, a
         higher severity (`raised`). A target once told stays on the case: duties are never
-        silently dropped. Returns the case's target rows after the change, and the targets
-        added and changed."""
+        silently dropped. `rearm`: the case was information only, its clocks stopped; those
+        yet to answer must answer within their window from `at`. Returns the case's target
+        rows after the change, and the targets added and changed."""
         existing = {} if fresh else {t.authority_id: t for t in (await session.scalars(
             select(EscalationTarget).where(EscalationTarget.case_id == case.case_id))).all()}
         rows = dict(existing)
@@ -270,8 +280,23 @@ class Escalation:
                     # no contacts to tell; the decision's own targets are told instead.
                     log.warning("target_not_in_directory", authority_id=row.authority_id)
                     continue
+                if rearm and row.authority_id not in sooner:
+                    row.ack_due, row.added_at = self._due(at, row), at
+                    self._schedule(session, row)
                 self._alert(session, case, row, "alert", suffix=f"decision:{case.decisions}")
         return list(rows.values()), added, changed
+
+    def _alerting(self, severity: str) -> bool:
+        level = self.rt.pack.severities.get(severity)
+        return level is None or level.alert
+
+    async def _stand_down(self, session, case: EscalationCase) -> None:
+        """Stop every clock of a case that became information only."""
+        for table in (Timer, MilestoneTimer):
+            await session.execute(update(table).where(
+                table.case_id == case.case_id, table.fired_at.is_(None)
+            ).values(fired_at=utcnow(), outcome="information_only"))
+        log.info("case_information_only")
 
     async def _on_ack(self, session, data: TargetAcknowledged) -> None:
         row = await session.get(EscalationTarget, (data.case_id, data.authority_id))
@@ -382,10 +407,12 @@ class Escalation:
 
     async def _schedule_milestones(self, session, case: EscalationCase, facts: CaseFacts,
                                    severity: str, targets: list[EscalationTarget],
-                                   fresh: bool) -> None:
+                                   fresh: bool, rearm: datetime | None = None) -> None:
         """Hold the case to the pack's milestone deadlines. A later decision adds milestones
         (P2 -> P1 adds the emergency measure) and may bring a deadline nearer (P3 -> P2: the
-        initial assessment within 24 h, not 3 working days), never further."""
+        initial assessment within 24 h, not 3 working days), never further. `rearm`: the case
+        was information only until then, its clocks stopped; a milestone neither done nor
+        missed is held to its deadline again (at once, if it passed meanwhile)."""
         if case.closed_at is not None:
             return
         dues = milestone_deadlines(facts, severity, self.rt.pack)
@@ -414,12 +441,19 @@ class Escalation:
                     MilestoneTimer.case_id == case.case_id, MilestoneTimer.milestone == mid,
                     MilestoneTimer.fired_at.is_(None)).values(fired_at=utcnow(),
                                                               outcome="rescheduled"))
+            elif (rearm and m.done_at is None and m.missed_at is None and m.due_at is not None
+                  and m.authority_id is not None):
+                holder, due = m.authority_id, m.due_at
             else:
                 continue
             start = facts.first_received_at
             fractions = self.rt.pack.reminder_fractions
             reminders = self._reminder_times(start, due, working[mid])
             for fraction, at in zip([*fractions, 1.0], [*reminders, due], strict=True):
+                if rearm and at <= rearm:  # passed while nobody was chased
+                    if fraction < 1.0:
+                        continue
+                    at = rearm
                 add_bulk(session, MilestoneTimer, case_id=case.case_id, milestone=mid,
                          authority_id=holder, fraction=fraction, due_at=at)
             self._emit(session, MilestoneScheduled(case_id=case.case_id, milestone=mid,
@@ -665,7 +699,8 @@ class Escalation:
         row = await session.get(EscalationTarget, (data.case_id, data.authority_id))
         case = await session.get(EscalationCase, data.case_id)
         if (row is None or case is None or row.acked_at is not None or row.role != "act"
-                or row.released_at is not None or case.closed_at is not None):
+                or row.released_at is not None or case.closed_at is not None
+                or not self._alerting(case.severity)):
             return  # as for a timer: no duty is left to escalate
         # One breach per deadline: the unreached target is escalated now, or was at its
         # deadline already; its deadline's own breach then has nothing new to tell.

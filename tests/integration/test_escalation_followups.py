@@ -312,6 +312,37 @@ async def test_a_downgrade_of_an_emergency_ends_when_another_is_reported(esc):
     assert "severity.override_lapsed" in raised["decision"]["matched_rules"]
 
 
+async def test_a_case_a_supervisor_makes_information_only_chases_nobody_until_it_is_again(esc):
+    """A duplicate, set to P5 ("information only: no alert", DOMAIN.md section 3): its
+    reminders, breaches and the emergency measure's deadline went on, up to national. A fact
+    reported since that makes it an emergency again holds everyone to it again, from then."""
+    await report(esc, indicators=["caregiver_is_abuser"])  # P1: CP and police within 15 min
+    await update(esc, at=T0 + 2 * M, severity_override="P5", override_reason_given=True)
+    [*_, quiet] = await emitted(esc, "beacon.case.decided")
+    assert quiet["decision"]["severity"] == "P5"
+    before = len(await emitted(esc, ALERT))
+    steps = len(await emitted(esc, "beacon.target.escalated"))
+    await esc.fire_due(T0 + 13 * 60 * M)  # past every deadline, the 12-hour one too
+    assert await alerts_after(esc, before) == []
+    assert (await emitted(esc, "beacon.target.escalated"))[steps:] == []
+    assert await emitted(esc, "beacon.milestone.missed") == []
+
+    again = T0 + 14 * 60 * M
+    await update(esc, at=again, indicators=["immediate_danger"])
+    [*_, raised] = await emitted(esc, "beacon.case.decided")
+    assert raised["decision"]["severity"] == "P1"
+    told = await alerts_after(esc, before)
+    assert ("alert", CP) in told and ("alert", "commune:4:police") in told
+    assert (await targets(esc))[CP].ack_due == again + 15 * M
+    await esc.fire_due(again + 1 * M)  # the emergency measure's 12 h passed meanwhile
+    assert [m["milestone"] for m in await emitted(esc, "beacon.milestone.missed")] == [
+        "emergency_measure"]
+    await esc.fire_due(again + 16 * M)
+    breached = [e["authority_id"] for e in (await emitted(esc, "beacon.target.escalated"))[steps:]
+                if e["step"] == "breach"]
+    assert CP in breached
+
+
 async def test_an_authority_that_passed_the_case_on_is_not_asked_to_acknowledge(esc):
     # It can no longer acknowledge (its duty waits on the new authority's answer): reminders go
     # to the new authority; its own breach still fires, should nobody answer.
