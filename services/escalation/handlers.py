@@ -213,7 +213,7 @@ class Escalation:
         # done runs again from then.
         was_silent = not fresh and not self._alerting(case.severity)
         silent = not self._alerting(decision.severity)
-        if silent and not was_silent:
+        if silent and not was_silent and not fresh:  # a fresh case has no clocks yet
             await self._stand_down(session, case)
         rearm = was_silent and not silent
         case.facts = facts.model_dump(mode="json")
