@@ -34,8 +34,8 @@ async def match_open_case(reads: AsyncConnection, report: Report,
         theirs = set(fingerprints or ())
         if names.names & theirs:  # both sides name the child: the names decide
             return case_id
-        if likely or (names.names and theirs and not names.parts & theirs):
-            continue  # another child's name
+        if likely or (names.parts and theirs and not names.parts & theirs):
+            continue  # both sides name children, and not one name is part of another's
         if _ages_agree(ages, case_ages or ()) and _settings_agree(report.setting, case_settings):
             likely = case_id
     return likely

@@ -17,8 +17,9 @@ from schemas.reports import Report
 @dataclass
 class Matching:
     """A report's hashes to look for among an open case's (`IdentityVault.matching`): a child's
-    whole name (`names`), or part of one (`parts`: one name the end of the other), and the
-    reporter's phone."""
+    whole name of two words or more (`names`), or part of one (`parts`: one name the end of the
+    other, or a given name alone; empty when the report names nobody), and the reporter's
+    phone."""
 
     names: set[str] = field(default_factory=set)
     parts: set[str] = field(default_factory=set)

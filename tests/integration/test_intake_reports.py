@@ -120,10 +120,11 @@ async def test_part_of_a_childs_name_finds_its_case(stack):
         whole_after_part = await call("Canary Nguyen Minh An", phone="0911000203")
         other = await call("Trần Thị An", phone="0911000204")
         older = await call("An", age=12, phone="0911000205")
+        stranger = await call("Ngọc", phone="0911000206")
     assert part["case_id"] == little["case_id"] == first["case_id"]
     assert not whole_after_part["new_case"]  # its end is the case's whole name
-    assert other["new_case"] and older["new_case"]
-    assert len({other["case_id"], older["case_id"], first["case_id"]}) == 3
+    assert other["new_case"] and older["new_case"] and stranger["new_case"]
+    assert len({other["case_id"], older["case_id"], stranger["case_id"], first["case_id"]}) == 4
 
 
 async def test_a_named_child_joins_its_own_case_not_the_latest_one(stack):
