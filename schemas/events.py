@@ -153,6 +153,9 @@ class AlertRequested(_Data):
     # they were added: the notifier then falls back to its own names of the shipped codes.
     category_label: Label | None = None
     agency_label: Label | None = None
+    # Where it happened (a code): an officer told of two cases of one category in a commune
+    # tells a child at home from a kindergarten's. Absent from events written before it was added.
+    setting: Setting | None = None
 
 
 class TargetEscalated(_Data):

@@ -798,6 +798,7 @@ class Escalation:
             about_reason=about[1] if about else None,
             category_label=Label(vi=category.label, en=category.name) if category else None,
             agency_label=Label(vi=agency.label, en=agency.name) if agency else None,
+            setting=case.facts.get("setting"),
         ), topic=Topics.ALERTS)
 
     def _emit(self, session: AsyncSession, data, topic: str = Topics.CASES) -> None:

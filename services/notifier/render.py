@@ -98,6 +98,14 @@ AGENCY_LABELS = {
            "education": "education", "cyber_police": "cyber police",
            "people_committee": "People's Committee"},
 }
+SETTING_LABELS = {
+    "vi": {"home": "gia đình", "school": "trường học", "care_facility": "cơ sở chăm sóc, trợ giúp",
+           "health_facility": "cơ sở y tế", "service_provider": "cơ sở cung cấp dịch vụ",
+           "online": "trên mạng", "public": "nơi công cộng", "other": "nơi khác"},
+    "en": {"home": "home", "school": "school", "care_facility": "care facility",
+           "health_facility": "health facility", "service_provider": "service provider",
+           "online": "online", "public": "public place", "other": "elsewhere"},
+}
 ROLE_LABELS = {
     "vi": {"act": "xử lý và xác nhận đã nhận", "inform": "để biết, không cần xác nhận"},
     "en": {"act": "action, acknowledge receipt", "inform": "for information, no acknowledgement"},
@@ -154,6 +162,8 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
         "about_authority_id": alert.about_authority_id,
         "about_reason": alert.about_reason,
+        "setting": alert.setting,
+        "setting_label": _label(SETTING_LABELS, lang, alert.setting) if alert.setting else None,
     }
 
 
@@ -162,7 +172,7 @@ def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
     keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "agency_label", "role",
             "kind", "category", "category_label", "severity", "publicity", "ack_due", "ack_due_local",
             "rulepack_version", "link", "lang", "milestone", "milestone_due",
-            "about_authority_id", "about_reason")
+            "about_authority_id", "about_reason", "setting")
     return {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
 
 

@@ -62,7 +62,7 @@ def test_templates_see_an_allow_list_of_codes_only():
         "agency_label", "role", "role_label", "kind", "kind_label", "category", "category_label",
         "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
         "link", "milestone", "milestone_label", "milestone_due", "milestone_due_local",
-        "milestone_due_short", "about_authority_id", "about_reason",
+        "milestone_due_short", "about_authority_id", "about_reason", "setting", "setting_label",
     }
     assert "contacts" not in ctx
 
@@ -175,6 +175,19 @@ def test_webhook_body_is_codes_built_in_code():
     assert m.body["case_id"] == CASE and m.body["category"] == "SEX_ABUSE"
     assert m.body["ack_due"] == DUE.isoformat()
     assert m.body["link"] == link(a)
+
+
+@pytest.mark.parametrize(("lang", "words"), [("vi", "Nơi xảy ra: gia đình"),
+                                             ("en", "Where: home")])
+def test_messages_say_where_it_happened(lang, words):
+    """Two P1 cases of one category in a commune (a kindergarten's, a child's at home) read
+    alike: the setting tells them apart."""
+    a = alert(setting="home")
+    assert render(a, "webhook", lang, link(a)).body["setting"] == "home"
+    assert words in render(a, "email", lang, link(a)).text
+    before = alert()  # an event written before alerts carried it
+    assert render(before, "webhook", lang, link(before)).body["setting"] is None
+    assert words.split(":")[0] not in render(before, "email", lang, link(before)).text
 
 
 def test_unknown_codes_show_as_themselves_and_unknown_lang_is_vietnamese():
