@@ -409,6 +409,7 @@ async def test_alerts_carry_the_names_the_pack_in_force_gives(esc):
     assert cp["agency_label"] == {"vi": "Lao động - Thương binh và Xã hội",
                                   "en": "Labour, Invalids and Social Affairs (child protection)"}
     assert cp["category_label"] == {"vi": "Bạo lực thể chất", "en": "Physical violence"}
+    assert cp["setting"] == "home"  # where it happened, as the report gave it
 
 
 async def test_a_breach_tells_the_silent_authority_and_the_top_of_the_ladder_is_flagged(
