@@ -235,8 +235,10 @@ def _kind(envelope: Envelope, data) -> str:
 
 
 def _received_detail(data: ReportReceived) -> dict:
+    # What a supervisor reads a case's calls by (codes only): a call that does not belong shows.
     return {"report_id": data.report_id, "category": data.category, "new_case": data.new_case,
-            "independent": data.independent}
+            "independent": data.independent, "setting": data.setting,
+            "indicators": data.indicators, "child_ages": data.child_ages}
 
 
 def _open(session: AsyncSession, data: ReportReceived, at: datetime, child_fingerprints=()) -> None:

@@ -53,8 +53,12 @@ async def test_a_decision_read_before_its_report_is_applied_when_the_report_come
     assert case.severity == "P1"
     assert [t["authority_id"] for t in case.targets if t["role"] == "act"] == [A]
     async with sqlite_db.reads() as session:
-        kinds = [t.kind for t in await readmodel.timeline(session, CASE)]
-    assert sorted(kinds) == ["case_decided", "report_received"]
+        entries = {t.kind: t.detail for t in await readmodel.timeline(session, CASE)}
+    assert sorted(entries) == ["case_decided", "report_received"]
+    # A supervisor reads the case's calls by what each said (codes only).
+    received = entries["report_received"]
+    assert (received["setting"], received["child_ages"], received["indicators"]) == (
+        "home", [5], [])
     # A redelivery of the decision changes nothing.
     again = await _apply_one_by_one(sqlite_db, [decided])
     assert again.severity == "P1"
