@@ -339,6 +339,11 @@ class RulePack(_Pack):
     def tier_rank(self) -> dict[str, int]:
         return {tier: i for i, tier in enumerate(self.tiers)}
 
+    @cached_property
+    def silent(self) -> tuple[str, ...]:
+        """The severities that alert nobody (`alert: false`: P5, information only)."""
+        return tuple(code for code, level in self.severities.items() if not level.alert)
+
     def next_tier(self, tier: str) -> str | None:
         i = self.tiers.index(tier)
         return self.tiers[i + 1] if i + 1 < len(self.tiers) else None

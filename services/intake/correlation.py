@@ -3,10 +3,11 @@
 import asyncio
 import hashlib
 from collections import defaultdict
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.reports import INSTITUTIONAL_SETTINGS, Report
@@ -19,26 +20,34 @@ MATCH_WINDOW = timedelta(hours=72)
 AGE_GAP = 2
 
 
-async def match_open_case(reads: AsyncConnection, report: Report,
-                          names: Matching) -> str | None:
+async def match_open_case(reads: AsyncConnection, report: Report, names: Matching,
+                          silent: Sequence[str] = ()) -> str | None:
     """The id of the open case this report is about, or None (`names`: the report's, as
-    IdentityVault.matching gives them). A case where a child's whole name matches comes first;
-    else the latest where place, kind, time, the child's age and the setting agree, with part
-    of a name where both sides give names."""
+    IdentityVault.matching gives them). A case naming the child in full, of an age that agrees,
+    comes first; then the latest naming part of its name, with age and setting agreeing; then,
+    where only one side names a child, the latest whose ages and setting agree. Cases of a
+    `silent` severity (information only) are left out: a new call about one opens a case that
+    alerts, rather than join a case that chases nobody."""
     candidates = (await reads.execute(_CANDIDATES, {
         "commune": report.location.commune_code, "category": report.category,
         "earliest": report.received_at - MATCH_WINDOW, "latest": report.received_at + MATCH_WINDOW,
+        "silent": list(silent),
     })).all()
-    ages, likely = report.child_ages, None
+    ages, by_part, by_place = report.child_ages, None, None
     for case_id, fingerprints, case_ages, case_settings in candidates:
         theirs = set(fingerprints or ())
-        if names.names & theirs:  # both sides name the child: the names decide
+        if not _ages_agree(ages, case_ages or ()):
+            continue  # a 14-year-old is not the 3-year-old of the same name
+        if names.names & theirs:
             return case_id
-        if likely or (names.parts and theirs and not names.parts & theirs):
-            continue  # both sides name children, and not one name is part of another's
-        if _ages_agree(ages, case_ages or ()) and _settings_agree(report.setting, case_settings):
-            likely = case_id
-    return likely
+        if not _settings_agree(report.setting, case_settings):
+            continue
+        if names.parts and theirs:  # both sides name children: part of a name must agree
+            if by_part is None and names.parts & theirs:
+                by_part = case_id
+        elif by_place is None:
+            by_place = case_id
+    return by_part or by_place
 
 
 def _ages_agree(ages, case_ages) -> bool:
@@ -53,10 +62,13 @@ def _ages_agree(ages, case_ages) -> bool:
 def _settings_agree(setting: str, case_settings) -> bool:
     """A child at home is not the children of a kindergarten case in the same commune: folded
     into it, the child got no alert and no clock of its own. Callers name one institution
-    differently (school, care facility), so those agree; `other` agrees with any."""
-    if not case_settings or setting == "other" or "other" in case_settings:
-        return True  # None: a case from before settings were kept
-    return _place(setting) in {_place(s) for s in case_settings}
+    differently (school, care facility), so those agree. A report's `other` agrees with any
+    case; a case's agrees with any only while it is all the case knows (one `other` call must
+    not open a kindergarten case to every child)."""
+    known = {_place(s) for s in case_settings or () if s != "other"}
+    if setting == "other" or not known:
+        return True  # not known: a case from before settings were kept (None), or only `other`
+    return _place(setting) in known
 
 
 def _place(setting: str) -> str:
@@ -80,6 +92,8 @@ _CANDIDATES = (
         CaseView.commune_code == bindparam("commune"),
         CaseView.category == bindparam("category"),
         CaseView.status == "open",
+        or_(CaseView.severity.is_(None),
+            CaseView.severity.not_in(bindparam("silent", expanding=True))),
         CaseView.last_received_at >= bindparam("earliest"),
         CaseView.first_received_at <= bindparam("latest"),
     )

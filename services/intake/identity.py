@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,15 +112,17 @@ class IdentityVault:
         return self.fingerprint("phone", digits[-9:], key) if digits else None
 
 
-# Leading words that say "little one" or "child", not a name: "bé An" is An.
-_NOT_NAMES = frozenset({"be", "chau", "em"})
+# Leading words that say "little one" or "child", not a name: "bé An" is An. Told apart with
+# their accents: Châu and Bế are family names.
+_NOT_NAMES = frozenset({"bé", "cháu", "em"})
 
 
 def _words(name: str) -> list[str]:
-    words = _normal(name).split()
-    while len(words) > 1 and words[0] in _NOT_NAMES:
-        words = words[1:]
-    return words
+    """A name's words as matching compares them; punctuation is spacing ("Minh-An.")."""
+    spoken = [w for w in re.split(r"[^\w]+", unicodedata.normalize("NFC", name.casefold())) if w]
+    while len(spoken) > 1 and spoken[0] in _NOT_NAMES:
+        spoken = spoken[1:]
+    return _normal(" ".join(spoken)).split()
 
 
 def _fernet(secret: str) -> Fernet:

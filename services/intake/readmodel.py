@@ -264,8 +264,11 @@ def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived
         session.add(case)
     case.report_count += 1
     _add_fingerprints(case, child_fingerprints)
-    if case.child_ages is not None:  # None: earlier reports' ages unknown, so any age may match
-        case.child_ages = sorted(set(case.child_ages) | set(data.child_ages))
+    # The ages of the first report that gave any: each call's within 2 years of the last one's
+    # let 5, 7, 9, 11 and 13 join a case about a child of 5. None: a case from before ages were
+    # kept, which any age matches.
+    if case.child_ages is not None and not case.child_ages:
+        case.child_ages = sorted(set(data.child_ages))
     if case.settings is not None and data.setting not in case.settings:
         case.settings = sorted({*case.settings, data.setting})
     case.independent_reports += int(data.independent)
@@ -296,6 +299,11 @@ async def _decided(session: AsyncSession, case: CaseView, data: CaseDecided) -> 
         if held:
             entry.update({k: v for k, v in before.items() if v is not None})
         await _authority(session, case.case_id, t.authority_id)
+    for t in data.changed:  # escalation's word: a case alerting again holds them from then
+        entry = targets.get(t.authority_id)
+        if entry is not None and not entry.get("acknowledged_at") and not entry.get("released"):
+            entry.update(t.model_dump(mode="json", include={"role", "ack_within", "working_days",
+                                                            "ack_due"}))
     case.targets = list(targets.values())  # a new list: JSON columns track reassignment only
     if any(t.role == "act" for t in decision.targets):
         # As escalation counts it: an authority that passed the case on answers no more.

@@ -108,9 +108,9 @@ async def test_part_of_a_childs_name_finds_its_case(stack):
     "Nguyễn Minh An" of the open case; "Trần Thị An", or an An of 12, is another child."""
     place = {"location": {"province_code": 1, "commune_code": 25}, "setting": "school"}
 
-    async def call(name, age=4, phone="0911000200"):
+    async def call(name, age=4, phone="0911000200", where="school"):
         return (await api.post("/api/v1/reports", json=report(
-            **place, children=[{"age": age, "name": name}],
+            **{**place, "setting": where}, children=[{"age": age, "name": name}],
             reporter={"phone": phone}))).json()
 
     async with stack.client("operator") as api:
@@ -121,10 +121,64 @@ async def test_part_of_a_childs_name_finds_its_case(stack):
         other = await call("Trần Thị An", phone="0911000204")
         older = await call("An", age=12, phone="0911000205")
         stranger = await call("Ngọc", phone="0911000206")
-    assert part["case_id"] == little["case_id"] == first["case_id"]
+        punctuated = await call("Nguyễn Minh-An.", phone="0911000207")
+        namesake = await call("Minh An", age=14, phone="0911000208")  # another child
+        place["location"]["commune_code"] = 70
+        family = await call("Châu Minh Khoa", where="home")  # Châu is a family name, not cháu
+        another = await call("Trần Minh Khoa", where="home", phone="0911000209")
+    assert part["case_id"] == little["case_id"] == first["case_id"] == punctuated["case_id"]
     assert not whole_after_part["new_case"]  # its end is the case's whole name
     assert other["new_case"] and older["new_case"] and stranger["new_case"]
+    assert namesake["new_case"] and another["case_id"] != family["case_id"]
     assert len({other["case_id"], older["case_id"], stranger["case_id"], first["case_id"]}) == 4
+
+
+async def test_a_case_does_not_drift_to_every_age_and_every_place(stack):
+    """Unnamed calls each within 2 years of the last (5, 7, 9) joined a case about a child of
+    5; one call saying "other" opened a kindergarten case to a child at home."""
+    place = {"location": {"province_code": 1, "commune_code": 148}, "setting": "school"}
+
+    async def call(age, setting="school"):
+        return (await api.post("/api/v1/reports", json=report(
+            **{**place, "setting": setting}, children=[{"age": age}], reporter=None))).json()
+
+    async with stack.client("operator") as api:
+        first = await call(5)
+        other = await call(5, "other")
+        seven = await call(7)
+        nine = await call(9)
+        home = await call(5, "home")
+    assert other["case_id"] == seven["case_id"] == first["case_id"]
+    assert nine["new_case"] and home["new_case"]
+
+
+async def test_part_of_a_name_joins_the_case_naming_it_not_a_later_unnamed_one(stack):
+    place = {"location": {"province_code": 1, "commune_code": 283}}
+    async with stack.client("operator") as api:
+        named = (await api.post("/api/v1/reports", json=report(
+            **place, children=[{"age": 5, "name": "Lê Minh Tuấn"}]))).json()
+        await api.post("/api/v1/reports", json=report(
+            **place, children=[{"age": 5}], reporter=None, new_case=True))
+        part = (await api.post("/api/v1/reports", json=report(
+            **place, children=[{"age": 5, "name": "Minh Tuấn"}],
+            reporter={"phone": "0911000301"}))).json()
+    assert part["case_id"] == named["case_id"]
+
+
+async def test_a_call_about_an_information_only_case_opens_one_that_alerts(stack):
+    """A supervisor set the case to P5 (a duplicate, say): it chases nobody. A new call joined
+    it and went unheard; it now opens a case of its own, routed and alerted."""
+    async with stack.client("operator") as api, stack.client("supervisor") as sup:
+        first = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 7}], reporter=None))).json()["case_id"]
+        await eventually(lambda: _severity(api, first, "P1"))
+        quiet = await sup.post(f"/api/v1/cases/{first}/updates", json={
+            "severity_override": {"severity": "P5", "reason": "a duplicate of another case"}})
+        assert quiet.status_code == 202, quiet.text
+        await eventually(lambda: _severity(api, first, "P5"))
+        again = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 8}], reporter=None))).json()
+    assert again["new_case"] and again["case_id"] != first
 
 
 async def test_a_named_child_joins_its_own_case_not_the_latest_one(stack):

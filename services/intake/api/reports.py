@@ -88,7 +88,7 @@ async def _submit(report: Report, request: Request, rt, who: Principal,
                else None)
     async with rt.db.reader() as reads:  # the key is checked when it is written (submission)
         if case_id is None and not report.new_case:
-            case_id = await correlation.match_open_case(reads, report, matching)
+            case_id = await correlation.match_open_case(reads, report, matching, rt.pack.silent)
         new_case = case_id is None
         independent = new_case or await correlation.is_independent(reads, case_id,
                                                                    matching.reporters)
