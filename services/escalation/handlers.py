@@ -283,12 +283,15 @@ class Escalation:
                 if rearm and row.authority_id not in sooner:
                     row.ack_due, row.added_at = self._due(at, row), at
                     self._schedule(session, row)
+                    changed.append(Target(  # the case's read model shows the new deadline
+                        tier=row.tier, agency=row.agency, authority_id=row.authority_id,
+                        role="act", ack_within=row.ack_within, working_days=row.working_days,
+                        ack_due=row.ack_due, rules=["severity.alerting_again"]))
                 self._alert(session, case, row, "alert", suffix=f"decision:{case.decisions}")
         return list(rows.values()), added, changed
 
     def _alerting(self, severity: str) -> bool:
-        level = self.rt.pack.severities.get(severity)
-        return level is None or level.alert
+        return severity not in self.rt.pack.silent
 
     async def _stand_down(self, session, case: EscalationCase) -> None:
         """Stop every clock of a case that became information only."""
@@ -500,6 +503,9 @@ class Escalation:
         m = await session.get(EscalationMilestone, (timer.case_id, timer.milestone))
         if m is None or m.done_at is not None or case.closed_at is not None:
             return
+        if not self._alerting(case.severity):
+            timer.outcome = "information_only"
+            return
         row = await session.get(EscalationTarget, (timer.case_id, timer.authority_id))
         if row is None:
             return
@@ -661,6 +667,9 @@ class Escalation:
         row = await session.get(EscalationTarget, (timer.case_id, timer.authority_id))
         if (row is None or case is None or row.acked_at is not None
                 or row.released_at is not None or case.closed_at is not None):
+            return
+        if not self._alerting(case.severity):  # a clock a transfer or a reopening started
+            timer.outcome = "information_only"
             return
         if timer.kind == "reminder":
             if row.transferred_to is not None:

@@ -334,6 +334,9 @@ async def test_a_case_a_supervisor_makes_information_only_chases_nobody_until_it
     told = await alerts_after(esc, before)
     assert ("alert", CP) in told and ("alert", "commune:4:police") in told
     assert (await targets(esc))[CP].ack_due == again + 15 * M
+    # The case's read model follows the decision's changes: the new deadline, not the passed one.
+    changed = {t["authority_id"]: t["ack_due"] for t in raised["changed"]}
+    assert datetime.fromisoformat(changed[CP]) == again + 15 * M
     await esc.fire_due(again + 1 * M)  # the emergency measure's 12 h passed meanwhile
     assert [m["milestone"] for m in await emitted(esc, "beacon.milestone.missed")] == [
         "emergency_measure"]
@@ -341,6 +344,17 @@ async def test_a_case_a_supervisor_makes_information_only_chases_nobody_until_it
     breached = [e["authority_id"] for e in (await emitted(esc, "beacon.target.escalated"))[steps:]
                 if e["step"] == "breach"]
     assert CP in breached
+
+
+async def test_a_transfer_of_an_information_only_case_starts_no_clock(esc):
+    """A P5 case handed to another commune: its clocks climbed to national all the same."""
+    await report(esc)  # P2
+    await update(esc, at=T0 + 2 * M, severity_override="P5", override_reason_given=True)
+    await transfer(esc, CP, CP8, T0 + 3 * M)
+    steps = len(await emitted(esc, "beacon.target.escalated"))
+    await esc.fire_due(T0 + 24 * 60 * M)
+    assert (await emitted(esc, "beacon.target.escalated"))[steps:] == []
+    assert {t.outcome for t in await _rows(esc, Timer, authority_id=CP8)} == {"information_only"}
 
 
 async def test_an_authority_that_passed_the_case_on_is_not_asked_to_acknowledge(esc):

@@ -117,3 +117,24 @@ async def test_an_event_parked_while_its_case_was_being_opened_is_applied_late(s
         case = await session.get(CaseView, CASE)
     assert case.severity == "P1" and [t["authority_id"] for t in case.targets] == [A]
     assert await readmodel.unpark_arrived(sqlite_db) == 0  # applied once
+
+
+async def test_a_deadline_escalation_moved_later_is_shown(sqlite_db):
+    """A case that alerts again after being information only (P5) holds its authorities from
+    then: escalation says so in `changed`, and the case shows it, not the deadline long passed.
+    A decision's later deadline alone puts nothing back."""
+    first, later = NOW.replace(minute=15), NOW.replace(hour=12)
+
+    def decided(due, changed):
+        target = Target(tier="commune", agency="child_protection", authority_id=A, role="act",
+                        ack_due=due)
+        return Envelope.wrap(CaseDecided(
+            case_id=CASE, cause="beacon.case.updated", changed=[target] if changed else [],
+            decision=Decision(rulepack_version="v1", severity="P1", publicity="PA0",
+                              matched_rules=[], targets=[target])), "beacon/escalation")
+
+    await _apply_one_by_one(sqlite_db, [_report(), decided(first, changed=False)])
+    held = await _apply_one_by_one(sqlite_db, [decided(later, changed=False)])
+    assert held.targets[0]["ack_due"].startswith("2026-11-30T08:15")
+    moved = await _apply_one_by_one(sqlite_db, [decided(later, changed=True)])
+    assert moved.targets[0]["ack_due"].startswith("2026-11-30T12:00")
