@@ -25,7 +25,7 @@ async def match_open_case(reads: AsyncConnection, report: Report, names: Matchin
     """The id of the open case this report is about, or None (`names`: the report's, as
     IdentityVault.matching gives them). A case naming the child in full, of an age that agrees,
     comes first; then the latest naming part of its name, with age and setting agreeing; then,
-    where only one side names a child, the latest whose ages and setting agree. Cases of a
+    unless both sides name children, the latest whose ages and setting agree. Cases of a
     `silent` severity (information only) are left out: a new call about one opens a case that
     alerts, rather than join a case that chases nobody."""
     candidates = (await reads.execute(_CANDIDATES, {
