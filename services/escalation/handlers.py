@@ -287,7 +287,8 @@ class Escalation:
                         tier=row.tier, agency=row.agency, authority_id=row.authority_id,
                         role="act", ack_within=row.ack_within, working_days=row.working_days,
                         ack_due=row.ack_due, rules=["severity.alerting_again"]))
-                self._alert(session, case, row, "alert", suffix=f"decision:{case.decisions}")
+                if row.transferred_to is None:  # a sender cannot acknowledge: its receiver is told
+                    self._alert(session, case, row, "alert", suffix=f"decision:{case.decisions}")
         return list(rows.values()), added, changed
 
     def _alerting(self, severity: str) -> bool:

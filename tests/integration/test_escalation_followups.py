@@ -357,6 +357,17 @@ async def test_a_transfer_of_an_information_only_case_starts_no_clock(esc):
     assert {t.outcome for t in await _rows(esc, Timer, authority_id=CP8)} == {"information_only"}
 
 
+async def test_a_case_made_more_severe_during_a_transfer_asks_the_receiver_not_the_sender(esc):
+    """The sender can no longer acknowledge (its transfer awaits the receiver's answer): asked
+    to acknowledge sooner, it could do nothing."""
+    await report(esc)  # P2
+    await transfer(esc, CP, CP8, T0 + 3 * M)
+    before = len(await emitted(esc, ALERT))
+    await update(esc, at=T0 + 5 * M, indicators=["immediate_danger"])  # P1
+    told = await alerts_after(esc, before)
+    assert ("alert", CP8) in told and ("alert", CP) not in told
+
+
 async def test_an_authority_that_passed_the_case_on_is_not_asked_to_acknowledge(esc):
     # It can no longer acknowledge (its duty waits on the new authority's answer): reminders go
     # to the new authority; its own breach still fires, should nobody answer.
