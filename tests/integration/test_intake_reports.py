@@ -339,6 +339,9 @@ async def test_case_list_is_scoped_and_filtered(stack):
         misspelt = await api.get("/api/v1/cases", params={"serverity": "P1"})
         assert misspelt.status_code == 422
         assert [e["loc"] for e in misspelt.json()["detail"]] == [["query", "serverity"]]
+        both = await api.get("/api/v1/cases", params=[("status", "open"), ("status", "closed")])
+        assert both.status_code == 422
+        assert [e["loc"] for e in both.json()["detail"]] == [["query", "status"]]
         # Reports entered to the same minute: pages hold each case once, the newest case first.
         minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
         same = [(await api.post("/api/v1/reports", json=report(

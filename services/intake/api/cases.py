@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 
@@ -140,8 +141,14 @@ class CaseFilters(BaseModel):
 
 
 @router.get("/cases", response_model=CasePage)
-async def list_cases(rt: Runtime, who: Annotated[Principal, Depends(role(*READERS))],
+async def list_cases(request: Request, rt: Runtime,
+                     who: Annotated[Principal, Depends(role(*READERS))],
                      filters: Annotated[CaseFilters, Query()]):
+    names = [name for name, _ in request.query_params.multi_items()]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        # `?status=open&status=closed` took the last and answered as if it were all asked.
+        raise RequestValidationError([{"loc": ["query", name], "msg": "given more than once",
+                                       "type": "value_error"} for name in repeated])
     query = select(CaseView)
     for column in ("status", "severity", "category", "province_code", "commune_code",
                    "acknowledged"):
