@@ -214,7 +214,8 @@ class Escalation:
         was_silent = not fresh and not self._alerting(case.severity)
         silent = not self._alerting(decision.severity)
         if silent and not was_silent and not fresh:  # a fresh case has no clocks yet
-            await self._stand_down(session, case)
+            await self._stop_clocks(session, case.case_id, "information_only")
+            log.info("case_information_only")
         rearm = was_silent and not silent
         case.facts = facts.model_dump(mode="json")
         case.severity, case.publicity = decision.severity, decision.publicity
@@ -294,13 +295,12 @@ class Escalation:
     def _alerting(self, severity: str) -> bool:
         return severity not in self.rt.pack.silent
 
-    async def _stand_down(self, session, case: EscalationCase) -> None:
-        """Stop every clock of a case that became information only."""
+    async def _stop_clocks(self, session, case_id: str, why: str) -> None:
+        """Stop every clock of a case: closed, or become information only."""
         for table in (Timer, MilestoneTimer):
             await session.execute(update(table).where(
-                table.case_id == case.case_id, table.fired_at.is_(None)
-            ).values(fired_at=utcnow(), outcome="information_only"))
-        log.info("case_information_only")
+                table.case_id == case_id, table.fired_at.is_(None)
+            ).values(fired_at=utcnow(), outcome=why))
 
     async def _on_ack(self, session, data: TargetAcknowledged) -> None:
         row = await session.get(EscalationTarget, (data.case_id, data.authority_id))
@@ -481,10 +481,7 @@ class Escalation:
             MilestoneTimer.fired_at.is_(None)).values(fired_at=utcnow(), outcome="done"))
         if data.milestone == milestones.CASE_CLOSED:
             case.closed_at, case.outcome = data.at, data.outcome
-            for table in (Timer, MilestoneTimer):
-                await session.execute(update(table).where(
-                    table.case_id == data.case_id, table.fired_at.is_(None)
-                ).values(fired_at=utcnow(), outcome="closed"))
+            await self._stop_clocks(session, data.case_id, "closed")
             # Every clock on the case has stopped: each other authority held to it is told, so
             # that no agency's duty ends without its knowing.
             for row in (await session.scalars(select(EscalationTarget).where(
@@ -503,9 +500,6 @@ class Escalation:
             return
         m = await session.get(EscalationMilestone, (timer.case_id, timer.milestone))
         if m is None or m.done_at is not None or case.closed_at is not None:
-            return
-        if not self._alerting(case.severity):
-            timer.outcome = "information_only"
             return
         row = await session.get(EscalationTarget, (timer.case_id, timer.authority_id))
         if row is None:
@@ -658,6 +652,10 @@ class Escalation:
         timer.fired_at, timer.outcome = now, "fired"
         metrics.TIMERS.labels(timer.kind if isinstance(timer, Timer) else "milestone").inc()
         with structlog.contextvars.bound_contextvars(case_id=timer.case_id):
+            case = await session.get(EscalationCase, timer.case_id)  # the handlers' get: cached
+            if case is not None and not self._alerting(case.severity):
+                timer.outcome = "information_only"  # a clock a transfer or a reopening started
+                return
             if isinstance(timer, Timer):
                 await self._fire(session, timer, now)
             else:
@@ -668,9 +666,6 @@ class Escalation:
         row = await session.get(EscalationTarget, (timer.case_id, timer.authority_id))
         if (row is None or case is None or row.acked_at is not None
                 or row.released_at is not None or case.closed_at is not None):
-            return
-        if not self._alerting(case.severity):  # a clock a transfer or a reopening started
-            timer.outcome = "information_only"
             return
         if timer.kind == "reminder":
             if row.transferred_to is not None:
