@@ -386,6 +386,10 @@ class Escalation:
         if new is not None:
             # Handed back to an authority that had passed the case on (released since, or
             # not yet): the duty is its again, as the read model shows it.
+            if new.released_at is not None:
+                # Its acknowledgement answered for a duty it has since handed on: it must
+                # be told the case is back, and answer again, within a window from now.
+                new.acked_at = new.acked_by = new.ack_due = None
             new.released_at = new.transferred_to = None
         if new is None:
             new = EscalationTarget(

@@ -208,9 +208,14 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
             await _authority(session, case.case_id, data.to_authority_id)
             _target(case, data.from_authority_id, transferred_to=data.to_authority_id)
             # Handed back to an authority that had passed the case on: the duty is its again.
+            # With a deadline, the new authority has yet to acknowledge (a returning one
+            # answers again): the case waits for it.
+            waits = {"ack_due": data.ack_due.isoformat(), "acknowledged_at": None,
+                     "acknowledged_by": None} if data.ack_due else {}
             _target(case, data.to_authority_id, role="act", transferred_from=data.from_authority_id,
-                    transferred_to=None, released=None,
-                    **({"ack_due": data.ack_due.isoformat()} if data.ack_due else {}))
+                    transferred_to=None, released=None, **waits)
+            if data.ack_due:
+                case.acknowledged = False
             detail = data.model_dump(mode="json", exclude={"case_id"})
         case TargetReleased():
             _target(case, data.authority_id, released=True)

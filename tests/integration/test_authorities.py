@@ -446,6 +446,36 @@ async def test_a_case_handed_back_may_be_answered_by_its_first_authority(stack):
     assert await _answers_as(stack, "authority", case_id, CP) == (202, 200)
 
 
+async def test_a_case_handed_back_after_its_acknowledgement_is_acknowledged_again(stack):
+    """A acknowledged before passing the case on. Handed back, A must answer for it again:
+    the case waits for A, and A's acknowledgement is taken, not answered "already"."""
+    b = await _user(stack, "u-commune8", "authority", "commune:8", [ELSEWHERE])
+    case_id, _ = await _p1_case(stack)
+    move = {"from_authority_id": CP, "to_authority_id": ELSEWHERE, "reason": "wrong_jurisdiction"}
+    async with stack.client("authority") as a:
+        assert (await a.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                             json={"authority_id": CP})).status_code == 202
+        await _readable_target(stack, case_id, CP, lambda t: t.get("acknowledged_at"))
+        assert (await a.post(f"/api/v1/cases/{case_id}/transfers", json=move)).status_code == 202
+    await _readable_target(stack, case_id, ELSEWHERE, lambda t: t["role"] == "act")
+    async with stack.client(b) as api:
+        assert (await api.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                               json={"authority_id": ELSEWHERE})).status_code == 202
+        await _readable_target(stack, case_id, CP, lambda t: t.get("released"))
+        back = {"from_authority_id": ELSEWHERE, "to_authority_id": CP, "reason": "wrong_jurisdiction"}
+        assert (await api.post(f"/api/v1/cases/{case_id}/transfers", json=back)).status_code == 202
+    target = await _readable_target(stack, case_id, CP, lambda t: t.get("transferred_from"))
+    assert target["acknowledged_at"] is None and target["ack_due"]
+    async with stack.client("supervisor") as api:
+        assert (await api.get(f"/api/v1/cases/{case_id}")).json()["acknowledged"] is False
+    assert await _answers_as(stack, "authority", case_id, CP) == (202, 200)
+
+    async def sender_released():  # A has taken it: B's duty ends
+        row = await _target(stack, case_id, ELSEWHERE)
+        return row is not None and row.released_at is not None
+    await eventually(sender_released)
+
+
 async def test_a_milestone_is_recorded_by_its_holder_and_only_the_lead_agency_closes(stack):
     """The police must act on the case too, but child protection holds the 12-hour emergency
     measure and leads the case: the police may record neither, nor close the case and so stop

@@ -60,6 +60,26 @@ async def test_a_case_handed_back_is_held_to_its_clock_again(esc):
     assert ("breach", CP) in steps  # its clock runs
 
 
+async def test_a_case_handed_back_after_its_acknowledgement_is_asked_for_again(esc):
+    # CP acknowledged, passed the case to CP8, which took it; CP8 hands it back. CP's old
+    # acknowledgement answered for a duty it handed on: it must hear the case is back.
+    await report(esc)
+    await ack(esc, CP, T0 + 2 * M)
+    await transfer(esc, CP, CP8, T0 + 5 * M)
+    await ack(esc, CP8, T0 + 6 * M)  # CP is released
+    before = len(await emitted(esc, ALERT))
+    await transfer(esc, CP8, CP, T0 + 7 * M)
+    rows = await targets(esc)
+    assert rows[CP].acked_at is None and rows[CP].released_at is None
+    assert rows[CP8].released_at is None  # CP8 answers for it until CP takes it
+    assert ("alert", CP) in await alerts_after(esc, before)
+    before = len(await emitted(esc, "beacon.target.escalated"))
+    await esc.fire_due(T0 + 3 * 60 * M)
+    steps = [(e["step"], e["authority_id"])
+             for e in (await emitted(esc, "beacon.target.escalated"))[before:]]
+    assert ("breach", CP) in steps  # its clock runs from the hand-back
+
+
 async def test_a_breach_after_a_transfer_names_the_authority_that_has_not_answered(esc):
     # CP passed the case to CP8, which has not acknowledged by CP's deadline: CP's supervisor
     # and the province are told of CP8's silence, not asked to chase CP, which may not answer.
