@@ -509,19 +509,27 @@ class Escalation:
         if row is None:
             return
         suffix = f"{timer.milestone}:{timer.id}"
+        gone = row.authority_id not in self.rt.directory  # routed under an earlier pack
+        if gone:
+            timer.outcome = "not_in_directory"
         if (timer.fraction or 0) < 1.0:
-            self._alert(session, case, row, "reminder", suffix=suffix, milestone=m)
+            if not gone:
+                self._alert(session, case, row, "reminder", suffix=suffix, milestone=m)
             return
         # Missed: like a missed acknowledgement, the supervisor chain and the next tier up.
         log.warning("milestone_missed", milestone=timer.milestone, authority_id=row.authority_id)
         m.missed_at = now
-        authority = self.rt.directory.get(row.authority_id)
-        steps = self.rt.pack.escalation.on_breach
-        if "supervisors" in steps:
-            for supervisor in authority.supervisors:
-                self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
-                            milestone=m, about=(row.authority_id, "milestone_missed"))
-        up = authority.parent if "next_tier" in steps else None
+        up = None
+        if gone:
+            self._unescalated(row.authority_id, "milestone_missed")
+        else:
+            authority = self.rt.directory.get(row.authority_id)
+            steps = self.rt.pack.escalation.on_breach
+            if "supervisors" in steps:
+                for supervisor in authority.supervisors:
+                    self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
+                                milestone=m, about=(row.authority_id, "milestone_missed"))
+            up = authority.parent if "next_tier" in steps else None
         if up:
             parent = await session.get(EscalationTarget, (case.case_id, up))
             if parent is not None and parent.role == "act" and parent.released_at is None:
@@ -671,6 +679,11 @@ class Escalation:
         if (row is None or case is None or row.acked_at is not None
                 or row.released_at is not None or case.closed_at is not None):
             return
+        if row.authority_id not in self.rt.directory:
+            timer.outcome = "not_in_directory"
+            if timer.kind == "breach":
+                self._unescalated(row.authority_id, "deadline_missed")
+            return
         if timer.kind == "reminder":
             if row.transferred_to is not None:
                 # Passed on and waiting for the new authority, which is reminded itself: this
@@ -711,6 +724,9 @@ class Escalation:
                 or row.released_at is not None or case.closed_at is not None
                 or not self._alerting(case.severity)):
             return  # as for a timer: no duty is left to escalate
+        if row.authority_id not in self.rt.directory:
+            self._unescalated(row.authority_id, "unreachable")
+            return
         # One breach per deadline: the unreached target is escalated now, or was at its
         # deadline already; its deadline's own breach then has nothing new to tell.
         breach = (Timer.case_id == row.case_id, Timer.authority_id == row.authority_id,
@@ -741,9 +757,18 @@ class Escalation:
         if "next_tier" in steps and authority.parent:
             await self._escalate(session, case, row, authority.parent, now, suffix, about)
         elif not supervisors:  # the top of the ladder (national), or a pack that climbs none
-            metrics.BREACHES_UNESCALATED.inc()
-            log.error("breach_unescalated", authority_id=row.authority_id,
-                      why="no supervisor and no tier above to tell")
+            self._unescalated(row.authority_id, reason)
+
+    def _unescalated(self, authority_id: str, reason: str) -> None:
+        """A missed deadline nobody can be told of: the top of the ladder, a pack that climbs
+        none, or an authority routed under an earlier pack or directory (a district, since
+        abolished), whose supervisors and tier above are unknown. The new pack's own targets
+        were routed and alerted when the cases were re-decided under it."""
+        metrics.BREACHES_UNESCALATED.inc()
+        gone = authority_id not in self.rt.directory
+        log.error("breach_unescalated", authority_id=authority_id, reason=reason,
+                  why="the authority is no longer in the directory" if gone
+                  else "no supervisor and no tier above to tell")
 
     async def _escalate(self, session, case: EscalationCase, row: EscalationTarget,
                         parent_id: str, now: datetime, suffix: str,

@@ -315,16 +315,19 @@ async def test_working_day_reminders_fall_on_working_days(esc):
 
 
 async def test_a_timer_that_cannot_fire_holds_back_no_other(esc, monkeypatch):
-    # A case routed under the 2020 pack has a district target; the default pack, put in force
-    # since, has no district tier, so that target's timers fail (KeyError from the directory).
-    _use(esc, "vn2020")
-    await _report(esc, "C-OLD", indicators=["immediate_danger"], publicity="PA1")
-    _use(esc, "default")
+    # A fault in one case's breach (a bug, a row it cannot read): its timers fail every time.
+    await _report(esc, "C-OLD", indicators=["immediate_danger"])
     await _report(esc, "C-NEW", at=T0 + M, indicators=["immediate_danger"])
-    district = [t for t in await _rows(esc, Timer, "C-OLD") if t.authority_id.startswith("district:")]
-    # Its reminders are overtaken by its breach (all overdue): no message, so no look-up to fail.
-    poisoned = [t.id for t in district if t.kind == "breach"]
-    assert poisoned and len(district) > len(poisoned)
+    fire = handlers.Escalation._fire
+
+    async def poisoned_fire(self, session, timer, now):
+        if timer.case_id == "C-OLD" and timer.kind == "breach":
+            raise RuntimeError("poisoned")
+        await fire(self, session, timer, now)
+    monkeypatch.setattr(handlers.Escalation, "_fire", poisoned_fire)
+    old = await _rows(esc, Timer, "C-OLD")
+    poisoned = [t.id for t in old if t.kind == "breach"]
+    assert poisoned and len(old) > len(poisoned)
 
     now = T0 + timedelta(hours=5)  # every timer of both cases is overdue
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
@@ -336,8 +339,9 @@ async def test_a_timer_that_cannot_fire_holds_back_no_other(esc, monkeypatch):
         (CP, "breach"), (POLICE, "breach")}
     failed = [e for e in logs if e["event"] == "timer_failed"]
     assert {e["timer_id"] for e in failed} == set(poisoned)
-    assert {t.outcome for t in await _rows(esc, Timer, "C-OLD")
-            if t.authority_id.startswith("district:") and t.kind == "reminder"} == {"overtaken"}
+    # Its reminders are overtaken by its breach (all overdue): no message.
+    assert {t.outcome for t in await _rows(esc, Timer, "C-OLD") if t.kind == "reminder"} == {
+        "overtaken"}
     assert all(e["case_id"] == "C-OLD" and e["log_level"] == "error" and e["exc_info"]
                for e in failed)
 
@@ -357,6 +361,43 @@ async def test_a_timer_that_cannot_fire_holds_back_no_other(esc, monkeypatch):
     await esc.fire_due(later)
     assert waiting(await _rows(esc, Timer, "C-OLD")) == {
         i: (101, later + timedelta(hours=1)) for i in poisoned}
+
+
+async def test_a_breach_of_an_authority_no_longer_in_the_directory_is_reported_once(esc, monkeypatch):
+    # A case routed under the 2020 pack has a district target; the default pack, put in force
+    # since, has no district tier: nobody is known to remind, nor above it to tell.
+    _use(esc, "vn2020")
+    await _report(esc, "C-OLD", indicators=["immediate_danger"], publicity="PA1")
+    _use(esc, "default")
+    district = [t for t in await _rows(esc, Timer, "C-OLD") if t.authority_id.startswith("district:")]
+    assert any(t.kind == "breach" for t in district)
+    # And the 12-hour measure passed to that district (as a transfer it acknowledged does).
+    holder = district[0].authority_id
+    async with esc.rt.db.writes() as s, s.begin():
+        for table in (EscalationMilestone, MilestoneTimer):
+            await s.execute(update(table).where(table.case_id == "C-OLD",
+                                                table.milestone == "emergency_measure")
+                            .values(authority_id=holder))
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        monkeypatch.setattr(handlers, "log", structlog.get_logger("beacon.escalation"))
+        await esc.fire_due(T0 + timedelta(hours=5))
+        await esc.fire_due(T0 + timedelta(hours=13))  # the 12-hour measure too; nothing put back
+    rows = [t for t in await _rows(esc, Timer, "C-OLD") if t.authority_id.startswith("district:")]
+    assert all(t.fired_at is not None for t in rows)
+    assert {t.outcome for t in rows if t.kind == "breach"} == {"not_in_directory"}
+    assert not [e for e in logs if e["event"] == "timer_failed"]
+    told = [e for e in logs if e["event"] == "breach_unescalated"
+            and e["authority_id"].startswith("district:")]
+    assert {e["authority_id"] for e in told} == {t.authority_id for t in rows if t.kind == "breach"}
+    assert [e["reason"] for e in told].count("deadline_missed") == len(
+        {t.authority_id for t in rows if t.kind == "breach"})
+    assert all(e["log_level"] == "error" and "directory" in e["why"] for e in told)
+    measure = await _rows(esc, MilestoneTimer, "C-OLD", milestone="emergency_measure")
+    assert measure and {t.outcome for t in measure} == {"not_in_directory"}
+    [missed] = [e for e in await _emitted(esc, "beacon.milestone.missed")
+                if e["case_id"] == "C-OLD"]
+    assert (missed["authority_id"], missed["to_authority_id"]) == (holder, None)
+    assert [e["reason"] for e in told if e["authority_id"] == holder].count("milestone_missed") == 1
 
 
 async def test_reminders_overtaken_while_escalation_was_down_are_not_sent(esc):
