@@ -73,18 +73,18 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
         rt.matching = correlation.MatchLocks(rt.db)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.CASES, Topics.ALERTS,
                                             Topics.DELIVERIES], "intake-readmodel",
-                      batch_handler=_readmodel(rt), database_up=rt.db.is_up)
+                      _readmodel(rt), database_up=rt.db.is_up)
     if "escalation" in services:
         from services.escalation.handlers import Escalation
 
         rt.parts["escalation"] = esc = Escalation(rt)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.DELIVERIES], "escalation",
-                      batch_handler=esc.handle, database_up=rt.db.is_up)
+                      esc.handle, database_up=rt.db.is_up)
     if "notifier" in services:
         from services.notifier.handlers import Notifier
 
         rt.parts["notifier"] = notifier = Notifier(rt)
-        kafka.consume(rt.broker, settings, [Topics.ALERTS], "notifier", batch_handler=notifier.handle,
+        kafka.consume(rt.broker, settings, [Topics.ALERTS], "notifier", notifier.handle,
                       database_up=rt.db.is_up)
     return rt
 

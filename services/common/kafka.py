@@ -167,29 +167,27 @@ async def _records(msg: Any) -> list:
     return list(raw) if isinstance(raw, tuple) else [raw]
 
 
-Handler = Callable[[Envelope], Awaitable[None]]
 BatchHandler = Callable[[list[Envelope]], Awaitable[None]]
+MAX_RECORDS = 200  # a batch, applied in one transaction
 
 
 def consume(
     broker: KafkaBroker, settings: Settings, topics: list[str], group: str,
-    handler: Handler | None = None, batch_handler: BatchHandler | None = None,
-    from_beginning: bool = True, max_records: int = 200,
-    database_up: Callable[[], Awaitable[bool]] | None = None,
+    handler: BatchHandler, database_up: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Subscribe to typed envelopes on `topics` in consumer group `group`.
+    """Subscribe to typed envelopes on `topics` in consumer group `group`, from the earliest
+    offset for a new group.
 
     Records come in batches and the offset is committed once a batch is done (a commit per
-    message caps a consumer near a hundred messages a second). `batch_handler`, when given,
-    applies a whole batch at once (one transaction); `handler` takes one envelope at a time.
-    Either must be idempotent by event id: after a failure or a crash the batch comes again.
+    message caps a consumer near a hundred messages a second). `handler` applies a batch at
+    once (one transaction); when a batch fails, its messages are applied one at a time, so
+    that the one at fault is found. It must be idempotent by event id: after a failure or a
+    crash the batch comes again.
     A message that keeps failing is dead-lettered after MAX_ATTEMPTS, but a failure while
     `database_up()` says the database is away, or one that is the database's own state (full,
     locked, read-only: `db.database_fault`), is not the message's fault: it is not counted, and
     the batch is retried until the database is back, so an outage dead-letters nothing.
     """
-    if (handler is None) == (batch_handler is None):
-        raise ValueError("give handler or batch_handler")
     failures: dict[tuple[str, int, int], int] = {}
     # Unreadable records already dead-lettered: a batch sent back (NACK) brings them again.
     unreadable: dict[tuple[str, int, int], None] = {}
@@ -197,10 +195,7 @@ def consume(
 
     async def one(envelope: Envelope) -> None:
         with structlog.contextvars.bound_contextvars(case_id=envelope.subject, event_id=envelope.id):
-            if handler is not None:
-                await handler(envelope)
-            else:
-                await batch_handler([envelope])
+            await handler([envelope])
 
     async def on_batch(records: list) -> None:
         nonlocal outage
@@ -219,9 +214,9 @@ def consume(
                         unreadable.pop(next(iter(unreadable)))  # the oldest: long committed
                 continue
             parsed.append((record, envelope))
-        if batch_handler is not None and len(parsed) > 1:
+        if len(parsed) > 1:
             try:
-                await batch_handler([e for _, e in parsed])
+                await handler([e for _, e in parsed])
                 return
             except Exception:
                 log.exception("batch_failed", group=group, size=len(parsed))
@@ -252,10 +247,10 @@ def consume(
     broker.subscriber(
         *[settings.topic(t) for t in topics],
         group_id=settings.group(group),
-        auto_offset_reset="earliest" if from_beginning else "latest",
+        auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         batch=True,
-        max_records=max_records,
+        max_records=MAX_RECORDS,
         batch_timeout_ms=100,
         decoder=_records,
         session_timeout_ms=10000,

@@ -34,7 +34,10 @@ async def consumer(kafka_bootstrap, tmp_path):
 
     async def start(handler):
         broker = kafka.make_broker(settings)
-        kafka.consume(broker, settings, [Topics.INPUTS], "probe", handler=handler)
+        async def batch(envelopes):  # as services consume: a batch handler
+            for envelope in envelopes:
+                await handler(envelope)
+        kafka.consume(broker, settings, [Topics.INPUTS], "probe", batch)
         await broker.start()
         brokers.append(broker)
         return broker
@@ -109,7 +112,8 @@ async def test_unreadable_and_failing_messages_are_dead_lettered_and_the_consume
     await start(handler)
     await _send(settings, b"{not json", _report("e-poison"), _report("e-good"))
     await eventually(lambda: _handled(handled, "e-good"), timeout=60)
-    assert tries["e-poison"] == kafka.MAX_ATTEMPTS and handled == ["e-good"]
+    # Counted once per try on its own (a batch that fails is then tried message by message).
+    assert tries["e-poison"] >= kafka.MAX_ATTEMPTS and handled == ["e-good"]
     await eventually(lambda: _committed_is(settings, 3))
 
     dead = await _dead_letters(settings, 2)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from schemas.events import Envelope
 from services.common import kafka
 from services.common.config import Settings
 from tests.support.consumers import FakeBroker
@@ -23,10 +24,18 @@ def no_backoff(monkeypatch):
 
 
 def consumer(handler, database_up=None) -> FakeBroker:
+    """`handler` takes one envelope; the consumer is given a batch handler, as services are."""
     broker = FakeBroker()
-    kafka.consume(broker, Settings(topic_prefix=""), ["beacon.deliveries"], "test", handler,
-                  database_up=database_up)
+    kafka.consume(broker, Settings(topic_prefix=""), ["beacon.deliveries"], "test",
+                  each(handler), database_up=database_up)
     return broker
+
+
+def each(handler):
+    async def batch(envelopes):
+        for envelope in envelopes:
+            await handler(envelope)
+    return batch
 
 
 async def redeliver(broker: FakeBroker, times: int) -> int:
@@ -87,6 +96,36 @@ async def test_failures_before_an_outage_still_count_after_it():
     up[0] = True
     await redeliver(broker, 1)
     assert len(broker.published) == 1
+
+
+async def test_a_failing_batch_sets_aside_only_its_message_at_fault():
+    """A batch fails as a whole (one transaction); applied one message at a time, the one at
+    fault is dead-lettered and the others are applied."""
+    applied = set()
+    records = [SimpleNamespace(topic="beacon.deliveries", partition=0, offset=10 + i, key=b"C-1",
+                               value=_with_id(f"e{i}")) for i in range(3)]
+
+    async def handler(envelopes):
+        if any(e.id == "e1" for e in envelopes):
+            raise RuntimeError("bad data in e1")
+        applied.update(e.id for e in envelopes)
+
+    broker = FakeBroker()
+    kafka.consume(broker, Settings(topic_prefix=""), ["beacon.deliveries"], "test", handler,
+                  database_up=_answer(lambda: True))
+    for _ in range(kafka.MAX_ATTEMPTS):  # as Kafka hands the batch in again after each NACK
+        try:
+            await broker.handler(records)
+        except RuntimeError:
+            pass
+    assert applied == {"e0", "e2"}
+    [dead] = broker.published
+    assert dead["headers"]["dlq_offset"] == "11" and "bad data in e1" in dead["headers"]["dlq_reason"]
+
+
+def _with_id(event_id: str) -> bytes:
+    return Envelope.model_validate_json(BODY).model_copy(
+        update={"id": event_id}).model_dump_json().encode()
 
 
 def _answer(up):

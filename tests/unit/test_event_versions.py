@@ -114,8 +114,8 @@ def record(body: bytes, offset: int) -> SimpleNamespace:
 async def test_consumer_handles_v1_and_dead_letters_v3():
     broker, seen = FakeBroker(), []
 
-    async def handler(envelope: Envelope) -> None:
-        seen.append(envelope.payload())
+    async def handler(envelopes: list[Envelope]) -> None:
+        seen.extend(envelope.payload() for envelope in envelopes)
 
     kafka.consume(broker, Settings(topic_prefix=""), ["beacon.deliveries"], "test", handler)
     v1 = (FIXTURES / "beacon.delivery.outcome.v1.json").read_bytes()
