@@ -323,7 +323,7 @@ async def _every(interval_s: float, job) -> None:
     while True:
         try:
             while await job():
-                pass  # a full batch: there may be more due right now
+                pass  # it did something: there may be more due right now
             failures = 0
         except asyncio.CancelledError:
             raise

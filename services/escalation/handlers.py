@@ -1,8 +1,8 @@
 """The escalation service: decide on each input, hold act targets to their deadlines.
 
-Each input is applied in one transaction: the inbox row (so a redelivered event does nothing),
-the case's facts and targets, its timers, and the events it causes (outbox). The Kafka offset is
-committed only after that transaction.
+A batch of inputs is applied in one transaction (one at a time when the batch fails): the inbox
+rows (so a redelivered event does nothing), the cases' facts and targets, their timers, and the
+events they cause (outbox). The Kafka offset is committed only after that transaction.
 """
 
 import asyncio
@@ -328,7 +328,6 @@ class Escalation:
                 await self._release(session, old, row, data.at)
             await session.flush()  # released rows are not read again: a cycle ends here
             handing = {old.authority_id for old in handed}
-        await session.flush()
         pending = await session.scalar(select(EscalationTarget.authority_id).where(
             EscalationTarget.case_id == data.case_id, EscalationTarget.role == "act",
             EscalationTarget.acked_at.is_(None), EscalationTarget.released_at.is_(None)).limit(1))

@@ -316,15 +316,6 @@ def validate_pack_text(text: str, source: str = "<pack>") -> list[Problem]:
     return _validate_text(text, source)[1]
 
 
-def validate_pack_file(path: str | Path) -> list[Problem]:
-    path = _resolve(str(path))
-    try:
-        text = _read(path)
-    except RulePackError as exc:
-        return exc.errors
-    return validate_pack_text(text, str(path))
-
-
 def parse_pack(text: str, source: str = "<pack>") -> RulePack:
     """A pack from YAML text (an admin's upload, say); RulePackError lists every problem."""
     pack, problems = _validate_text(text, source)

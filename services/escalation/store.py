@@ -49,7 +49,9 @@ class Timer(Base):
     fraction: Mapped[float | None] = mapped_column(Float)
     due_at: Mapped[datetime]
     fired_at: Mapped[datetime | None]
-    outcome: Mapped[str | None] = mapped_column(String(16))  # fired, cancelled
+    # fired, overtaken, escalated, acknowledged, transferred, rescheduled, closed,
+    # information_only, not_in_directory
+    outcome: Mapped[str | None] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # failed fires
 
     __table_args__ = (Index("ix_esc_timers_due", "fired_at", "due_at"),
@@ -84,12 +86,10 @@ class MilestoneTimer(Base):
     fraction: Mapped[float] = mapped_column(Float)  # < 1: a reminder; 1.0: the deadline
     due_at: Mapped[datetime]
     fired_at: Mapped[datetime | None]
-    outcome: Mapped[str | None] = mapped_column(String(16))  # fired, done, closed
+    # fired, done, rescheduled, closed, information_only, not_in_directory
+    outcome: Mapped[str | None] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # failed fires
 
     __table_args__ = (Index("ix_esc_milestone_timers_due", "fired_at", "due_at"),
                       Index("ix_esc_milestone_timers_case", "case_id", "milestone"))
 
-
-# Tables kept beside their logic; imported here so that services/models.py (Alembic) sees them.
-from services.escalation import directory_admin, packs_store  # noqa: E402, F401

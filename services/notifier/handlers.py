@@ -36,7 +36,6 @@ from services.notifier.store import Delivery
 log = structlog.get_logger("beacon.notifier")
 SERVICE = "notifier"
 SOURCE = "beacon/notifier"
-PER_CONTACT = 3  # attempts on one contact before falling back to the next
 LINK_TTL = timedelta(days=7)
 # Sends in flight. A claim fills the free slots once a quarter are free, so more slots mean
 # fewer claim transactions per delivery: 128 against 64 gave about a tenth more deliveries/s.
@@ -90,9 +89,7 @@ class Notifier:
         self.link_secret = s.secret("secret_key")
         self.renderer = Renderer()
         self.limiter = policy.RateLimiter(never_limited=policy.NEVER_DELAYED)
-        self.per_contact = PER_CONTACT
         self.max_attempts = policy.MAX_ATTEMPTS
-        self.bundle_window = policy.BUNDLE_WINDOW
         self._wake = asyncio.Event()
         # SQLite runs on the loop, so a transaction never waits for the next send to finish:
         # the gather lets the sends finishing now be recorded together, not one by one.
@@ -137,7 +134,7 @@ class Notifier:
         if not policy.should_bundle(alert.severity, alert.kind):
             return now
         # Held for the window so that reminders to the same contact can join it.
-        due = now + self.bundle_window
+        due = now + policy.BUNDLE_WINDOW
         if (deadline := _deadline(alert)) is not None:
             due = max(now, min(due, deadline))
         return due
@@ -445,7 +442,7 @@ class Notifier:
                 contacts=len(alert.contacts), contact_index=d.contact_index,
                 attempt=attempt, attempts_total=attempts_total,
                 retryable=error.retryable, retry_after_s=error.retry_after_s,
-                per_contact=self.per_contact, max_attempts=self.max_attempts,
+                max_attempts=self.max_attempts,
             )
             if nxt.at is None:
                 change["status"] = "dead"

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 # Only a guard against a runaway: an alert with a deadline is tried until its deadline, 65-90
 # tries (about 120 at the most) when every try fails at once; the guard must not end it sooner.
 MAX_ATTEMPTS = 150
+PER_CONTACT = 3  # attempts on one contact before falling back to the next
 BUNDLE_WINDOW = timedelta(minutes=5)  # P3-P4 reminders to one recipient within this go together
 BUNDLE_MAX = 10  # cases in one bundled message; more wait for the next one
 # An SMS is held to two segments (render.SMS_MAX_SEGMENTS) and lists each case once, with its
@@ -132,16 +133,6 @@ def joins(cases: set[str], case_id: str, channel: str) -> bool:
     return case_id in cases or len(cases) < bundle_max(channel)
 
 
-def bundle_key(authority_id: str, channel: str, address: str) -> tuple[str, str, str]:
-    """Reminders bundle per recipient contact: same authority, channel and address."""
-    return (authority_id, channel, address)
-
-
-def bundle_due(first_queued_at: datetime, window: timedelta = BUNDLE_WINDOW) -> datetime:
-    """A bundle goes out one window after its first reminder was queued."""
-    return first_queued_at + window
-
-
 def retry_deadline(severity: str, due: datetime | None, queued_at: datetime) -> datetime | None:
     """Until when a failed alert is retried: its deadline `due`, or, when `due` had passed by
     the time the alert was queued, its severity's LATE_WINDOW from then. None (no deadline: an
@@ -174,7 +165,7 @@ def after_failure(
     attempts_total: int,
     retryable: bool,
     retry_after_s: float | None = None,
-    per_contact: int = 3,
+    per_contact: int = PER_CONTACT,
     max_attempts: int = MAX_ATTEMPTS,
     rng: random.Random | None = None,
 ) -> NextTry:

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from services.notifier.policy import (
     RateLimiter,
     backoff_bound,
-    bundle_due,
     next_attempt,
     should_bundle,
 )
@@ -125,7 +124,3 @@ def test_prune_forgets_refilled_buckets():
 ])
 def test_only_p3_p4_reminders_are_bundled(severity, kind, expected):
     assert should_bundle(severity, kind) is expected
-
-
-def test_bundle_goes_one_window_after_the_first():
-    assert bundle_due(T0) == T0 + timedelta(minutes=5)

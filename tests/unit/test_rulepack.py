@@ -11,7 +11,6 @@ from services.escalation.rulepack import (
     RulePackError,
     load_pack,
     parse_pack,
-    validate_pack_file,
     validate_pack_text,
 )
 
@@ -36,8 +35,7 @@ def problems(text: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("name", ["default", "vn2020"])
 def test_shipped_packs_are_valid(name):
-    assert validate_pack_file(name) == []
-    assert isinstance(load_pack(name), RulePack)
+    assert isinstance(load_pack(name), RulePack)  # raises RulePackError, listing each problem
 
 
 def test_pack_api():
