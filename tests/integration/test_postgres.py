@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from aiokafka.errors import KafkaTimeoutError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from schemas.decisions import Decision, Target
 from schemas.events import CaseDecided, Envelope, MilestoneRecorded, ReportReceived
@@ -83,7 +83,13 @@ async def test_two_escalation_instances_never_fire_a_timer_twice(
             cases = [(await api.post("/api/v1/reports", json=report(
                 children=[{"age": 5, "name": f"Child {i}"}]))).json()["case_id"]
                 for i in range(40)]
-        await asyncio.sleep(14)  # commune, then province windows of 4 s each fall due
+
+        async def both_tiers_breached():  # commune, then province windows of 4 s each
+            breached = {(e.subject, e.data["authority_id"].split(":")[0])
+                        for e in await read_all(settings, "beacon.cases")
+                        if e.type == "beacon.target.escalated" and e.data["step"] == "breach"}
+            return all({(c, "commune"), (c, "province")} <= breached for c in cases)
+        await eventually(both_tiers_breached, timeout=60, interval=1)
     finally:
         await second.stop()
         await first.stop()
@@ -214,7 +220,12 @@ async def test_two_intake_instances_applying_reports_to_one_case_lose_neither(pg
                 await readmodel.apply(session, _received_event(case_id, "R-3", False), ["fc"])
 
         tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
-        await asyncio.sleep(0.5)  # the second is waiting for the first's lock by now
+
+        async def second_waits_for_the_lock():
+            async with a.reads() as session:
+                return await session.scalar(select(func.count()).select_from(
+                    text("pg_stat_activity")).where(text("wait_event_type = 'Lock'")))
+        await eventually(second_waits_for_the_lock, timeout=10, interval=0.05)
         a_may_commit.set()
         await asyncio.gather(*tasks)
         async with a.reads() as session:

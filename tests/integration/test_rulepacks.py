@@ -2,7 +2,6 @@
 running instances without a restart, roll back."""
 
 import asyncio
-import time
 
 from sqlalchemy import select
 
@@ -144,14 +143,10 @@ async def test_published_pack_takes_effect_without_restart_and_rollback_restores
         async with stack.client("admin") as admin:
             published = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication", json={})
             assert published.status_code == 202, published.text
-            start = time.monotonic()
-
             async def in_force():
                 return all(rt.pack.version == DRAFT for rt in (stack.rt, other))
 
             await eventually(in_force, timeout=5, interval=0.05)
-            took = time.monotonic() - start
-            assert took < 5, took
             listed = {p["version"]: p for p in (await admin.get("/api/v1/rulepacks")).json()}
             assert listed[DRAFT]["in_force"] and listed["default-2026.2"]["state"] == "builtin"
 
