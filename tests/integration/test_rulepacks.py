@@ -2,6 +2,7 @@
 running instances without a restart, roll back."""
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
@@ -292,6 +293,24 @@ async def test_a_pack_that_lacks_an_open_cases_category_is_not_published(stack):
         listed = {p["version"]: p for p in (await admin.get("/api/v1/rulepacks")).json()}
     assert refused.status_code == 409 and emotional in refused.text, refused.text
     assert not listed[DRAFT]["in_force"]
+
+
+async def test_a_pack_that_drops_a_category_takes_effect_now_or_not_at_all(stack):
+    """No case is open in EMOTIONAL now; but scheduled for tomorrow, cases could open in it
+    meanwhile, and the pack could then decide none of their follow-ups."""
+    text = "\n".join(line for line in crafted_pack().split("\n") if "EMOTIONAL:" not in line)
+    admin2 = await second_admin(stack)
+    async with stack.client("admin") as admin:
+        assert (await admin.post("/api/v1/rulepacks", json={"text": text})).status_code == 201
+    async with stack.client(admin2) as approver:
+        assert (await approver.post(f"/api/v1/rulepacks/{DRAFT}/approval")).is_success
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    async with stack.client("admin") as admin:
+        later = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication",
+                                 json={"effective_at": tomorrow})
+        assert later.status_code == 409 and "EMOTIONAL" in later.text, later.text
+        now = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication", json={})
+        assert now.status_code == 202, now.text
 
 
 async def test_replay_shows_a_weakened_deadline_and_policy(stack):

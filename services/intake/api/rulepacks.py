@@ -198,7 +198,14 @@ async def _publish(request: Request, rt, who: Principal, version: str, body: Pub
         open_cases = (await session.execute(select(EscalationCase.case_id, EscalationCase.facts)
                                             .where(EscalationCase.closed_at.is_(None)))).all()
     # In force, a pack that lacks an open case's category could decide none of its follow-ups:
-    # each would be accepted, fail and go to the dead-letter topic.
+    # each would be accepted, fail and go to the dead-letter topic. Checked now, so it must
+    # come into force now: until a later time, cases could still open in the categories.
+    dropped = sorted(rt.pack.category_codes - pack.category_codes)
+    if dropped and effective > now:
+        await _rejected(request, who, version, HTTPException(409, (
+            f"{row.version} lacks categories of the pack in force ({', '.join(dropped)}); "
+            "cases may open in them until it takes effect, and it could decide none of their "
+            "follow-ups. Publish it without effective_at, to take effect now.")))
     stranded = sorted(case_id for case_id, facts in open_cases
                       if not {facts["category"], *facts.get("other_categories", ())}
                       <= pack.category_codes)
