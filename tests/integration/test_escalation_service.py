@@ -16,7 +16,7 @@ from schemas.events import (
 from schemas.reports import Location
 from services.common.outbox import OutboxRow
 from services.escalation.directory import build_directory
-from services.escalation import handlers
+from services.escalation import breaches as breaching, decisions, handlers, timers
 from services.escalation.handlers import Escalation
 from services.escalation.rulepack import load_pack
 from services.escalation.store import (
@@ -95,7 +95,7 @@ async def test_publicity_is_not_raised_again_by_re_decisions(esc):
     # The same rules published as a new version: cases decided under the old one are re-decided.
     esc.rt.pack = esc.rt.pack.model_copy(update={"version": "default-next"})
     # The module's logger itself: structlog caches it once configured (capture_logs would not see).
-    with patch.object(handlers, "log") as log, patch.object(handlers, "PROGRESS_EVERY", 1):
+    with patch.object(decisions, "log") as log, patch.object(decisions, "PROGRESS_EVERY", 1):
         assert await esc.reevaluate_open("publication-1") == 1
     progress = [(c.kwargs.get("done"), c.kwargs["total"]) for c in log.info.call_args_list
                 if c.args == ("reevaluating_open_cases",)]
@@ -246,9 +246,9 @@ async def test_an_act_alert_unreached_after_its_tries_escalates_once(esc):
             error="http_503"), T0 + attempt * M)])
         return [e for e in (await _emitted(esc))[before:] if e.get("step") == "breach"]
 
-    assert await outcome("C-1", "failed", handlers.UNREACHED_AFTER - 1) == []
-    assert len(await outcome("C-1", "failed", handlers.UNREACHED_AFTER)) == 1
-    assert await outcome("C-1", "dead_lettered", handlers.UNREACHED_AFTER + 30) == []  # not twice
+    assert await outcome("C-1", "failed", breaching.UNREACHED_AFTER - 1) == []
+    assert len(await outcome("C-1", "failed", breaching.UNREACHED_AFTER)) == 1
+    assert await outcome("C-1", "dead_lettered", breaching.UNREACHED_AFTER + 30) == []  # not twice
     # Dead-lettered before its UNREACHED_AFTER-th try (say, every contact refused it for good).
     before = len(await _emitted(esc))
     assert len(await outcome("C-2", "dead_lettered", 3)) == 1
@@ -268,14 +268,14 @@ async def test_an_act_alert_unreached_after_its_tries_escalates_once(esc):
     # The other way round: breached at its deadline, then found unreached: not escalated again.
     await _report(esc, "C-4", at=T0 + 4 * 60 * M, indicators=["immediate_danger"])
     await esc.fire_due(T0 + 8 * 60 * M)
-    assert await outcome("C-4", "failed", handlers.UNREACHED_AFTER) == []
+    assert await outcome("C-4", "failed", breaching.UNREACHED_AFTER) == []
 
     # A closed case has no duty left to escalate.
     await _report(esc, "C-3", indicators=["immediate_danger"])
     async with esc.rt.db.writes() as session, session.begin():
         await session.execute(update(EscalationCase).where(EscalationCase.case_id == "C-3")
                               .values(closed_at=T0 + 5 * M))
-    assert await outcome("C-3", "failed", handlers.UNREACHED_AFTER) == []
+    assert await outcome("C-3", "failed", breaching.UNREACHED_AFTER) == []
 
 
 async def test_each_unreached_target_is_told_to_a_supervisor_they_share(esc):
@@ -332,7 +332,8 @@ async def test_a_timer_that_cannot_fire_holds_back_no_other(esc, monkeypatch):
     now = T0 + timedelta(hours=5)  # every timer of both cases is overdue
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         # A logger made now sees the capture (the service's logger is cached on first use).
-        monkeypatch.setattr(handlers, "log", structlog.get_logger("beacon.escalation"))
+        for module in (timers, breaching):
+            monkeypatch.setattr(module, "log", structlog.get_logger("beacon.escalation"))
         assert await esc.fire_due(now) > 0
     new = await _rows(esc, Timer, "C-NEW")
     assert {(t.authority_id, t.kind) for t in new if t.outcome == "fired"} >= {
@@ -379,7 +380,8 @@ async def test_a_breach_of_an_authority_no_longer_in_the_directory_is_reported_o
                                                 table.milestone == "emergency_measure")
                             .values(authority_id=holder))
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        monkeypatch.setattr(handlers, "log", structlog.get_logger("beacon.escalation"))
+        for module in (timers, breaching):
+            monkeypatch.setattr(module, "log", structlog.get_logger("beacon.escalation"))
         await esc.fire_due(T0 + timedelta(hours=5))
         await esc.fire_due(T0 + timedelta(hours=13))  # the 12-hour measure too; nothing put back
     rows = [t for t in await _rows(esc, Timer, "C-OLD") if t.authority_id.startswith("district:")]
@@ -463,7 +465,8 @@ async def test_a_breach_tells_the_silent_authority_and_the_top_of_the_ladder_is_
     assert national in acting and CP in acting
     before = len(await _emitted(esc))
     with structlog.testing.capture_logs() as logs:
-        monkeypatch.setattr(handlers, "log", structlog.get_logger("beacon.escalation"))
+        for module in (timers, breaching):
+            monkeypatch.setattr(module, "log", structlog.get_logger("beacon.escalation"))
         while await esc.fire_due(T0 + timedelta(hours=3)):
             pass
     breaches = [e["authority_id"] for e in (await _emitted(esc))[before:]

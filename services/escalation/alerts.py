@@ -1,0 +1,54 @@
+"""What the escalation service tells: alerts to authorities (AlertRequested, on the alerts
+topic) and the case's events (on the cases topic), both through the transactional outbox."""
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from schemas.events import AlertRequested, Envelope, Label, Topics
+from services.common import outbox
+from services.escalation import milestones
+from services.escalation.store import EscalationCase, EscalationMilestone, EscalationTarget
+
+SERVICE = "escalation"
+SOURCE = "beacon/escalation"
+
+
+class Alerts:
+    """Part of the escalation service (handlers.Escalation), whose `rt` it uses."""
+
+    def _alerting(self, severity: str) -> bool:
+        return severity not in self.rt.pack.silent
+
+    def _alert(self, session, case: EscalationCase, row: EscalationTarget, kind: str,
+               to: str | None = None, suffix: str = "",
+               milestone: EscalationMilestone | None = None,
+               about: tuple[str, str] | None = None) -> None:
+        """`milestone`: the alert is about that step's deadline, not about acknowledging.
+        `about`: for a supervisor or the tier up, the authority that missed `row`'s deadline
+        or could not be reached, and which of the two."""
+        recipient = self.rt.directory.get(to or row.authority_id)
+        alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
+        # News of the close, or a supervisor told of an officer's silence: the recipient has
+        # nothing to acknowledge (a supervisor is not a target of the case).
+        told = kind in ("closed", "supervisor")
+        category = self.rt.pack.categories.get(case.facts["category"])
+        agency = self.rt.pack.agencies.get(recipient.agency)
+        self._emit(session, AlertRequested(
+            alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
+            tier=recipient.tier, agency=recipient.agency, role="inform" if told else row.role,
+            kind=kind, category=case.facts["category"], severity=case.severity,
+            publicity=case.publicity, ack_due=None if kind == "closed" else row.ack_due,
+            contacts=recipient.contacts,
+            rulepack_version=case.rulepack_version,
+            milestone=milestone.milestone if milestone else None,
+            milestone_label=milestones.label(milestone.milestone, self.rt.pack) if milestone
+            else None,
+            milestone_due=milestone.due_at if milestone else None,
+            about_authority_id=about[0] if about else None,
+            about_reason=about[1] if about else None,
+            category_label=Label(vi=category.label, en=category.name) if category else None,
+            agency_label=Label(vi=agency.label, en=agency.name) if agency else None,
+            setting=case.facts.get("setting"),
+        ), topic=Topics.ALERTS)
+
+    def _emit(self, session: AsyncSession, data, topic: str = Topics.CASES) -> None:
+        outbox.add(session, SERVICE, self.rt.settings.topic(topic), Envelope.wrap(data, SOURCE))
