@@ -15,7 +15,7 @@ from sqlalchemy import make_url, select, text
 from sqlalchemy.exc import DBAPIError
 
 from schemas.events import Topics
-from services.common import kafka
+from services.common import kafka, migrate
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, log_failure
 from services.common.outbox import Relay
@@ -136,11 +136,23 @@ async def check_database(db: Database, migrated: bool = True) -> None:
         return
     async with db.reads() as session:
         try:
-            await session.execute(text("SELECT version_num FROM alembic_version"))
+            at = set((await session.scalars(text("SELECT version_num FROM alembic_version"))).all())
         except Exception as exc:
             raise ConfigError(
                 f"database {shown} is not migrated ({type(exc).__name__}): "
                 "run `beacon db upgrade`") from None
+    release = migrate.revisions()
+    if at == release.heads:
+        return
+    if at <= release.known:
+        # Started on it, the code would answer 500 to the first statement that reads a new
+        # column, and say it was ready.
+        raise ConfigError(f"database {shown} is at revision {', '.join(sorted(at)) or 'none'}, "
+                          f"this release needs {', '.join(sorted(release.heads))}: "
+                          "run `beacon db upgrade`")
+    # Migrated by a newer release (a rolling upgrade, or a rollback of the code): migrations
+    # add, so this release can still run on it.
+    log.warning("database_newer_than_release", revision=sorted(at), heads=sorted(release.heads))
 
 
 DATABASE_WAIT_S = 15

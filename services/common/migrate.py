@@ -1,9 +1,12 @@
 """`beacon db upgrade`: Alembic, configured in code (no alembic.ini to keep in step)."""
 
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 
 def alembic_config(url: str) -> Config:
@@ -22,3 +25,16 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def revision(url: str, message: str) -> None:
     command.revision(alembic_config(url), message=message, autogenerate=True)
+
+
+@dataclass(frozen=True)
+class Revisions:
+    heads: frozenset[str]  # where `beacon db upgrade` takes a database
+    known: frozenset[str]  # every revision of this release, heads included
+
+
+@cache
+def revisions() -> Revisions:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return Revisions(frozenset(script.get_heads()),
+                     frozenset(r.revision for r in script.walk_revisions()))

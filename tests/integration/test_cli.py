@@ -7,7 +7,9 @@ import subprocess
 from secrets import token_urlsafe
 
 import httpx
+from alembic.script import ScriptDirectory
 
+from services.common import migrate
 from tests.conftest import make_settings
 from tests.support.process import BEACON, BeaconProcess, beacon, beacon_env
 
@@ -120,6 +122,14 @@ def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap
 
     unmigrated = _run(settings, "run", "all")
     assert unmigrated.returncode == 2 and "beacon db upgrade" in unmigrated.stderr
+    # A database of the release before: started on it, the first report answered 500.
+    [head] = migrate.revisions().heads
+    previous = ScriptDirectory.from_config(migrate.alembic_config("sqlite://")).get_revision(
+        head).down_revision
+    migrate.upgrade(settings.database_url, previous)
+    behind = _run(settings, "run", "all")
+    assert behind.returncode == 2 and f"needs {head}" in behind.stderr, behind.stderr
+    assert "beacon db upgrade" in behind.stderr
 
     beacon(settings, "db", "upgrade")
     no_kafka = _run(settings, "run", "all", BEACON_KAFKA_BOOTSTRAP="127.0.0.1:1")
