@@ -310,7 +310,14 @@ class Envelope(BaseModel):
 
     def payload(self) -> _Data:
         """The typed payload at the current version (a previous-version one is upgraded); raises
-        KeyError for an unknown type, ValueError for another version, ValidationError for bad data."""
+        KeyError for an unknown type, ValueError for another version, ValidationError for bad data.
+
+        A field this release does not know is dropped, not refused: a newer producer may add an
+        optional one without a new version (docs/events.md), and during a rolling upgrade an
+        older consumer dead-lettered every alert that carried one. Producers still cannot
+        write an unknown field (`extra="forbid"`): an identity field is refused where it is made."""
         model = EVENT_TYPES[self.type]
-        return model.model_validate(compat.upgrade(self.type, self.dataschema, self.data,
-                                                   SCHEMA_VERSION))
+        data = compat.upgrade(self.type, self.dataschema, self.data, SCHEMA_VERSION)
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k in model.model_fields}
+        return model.model_validate(data)

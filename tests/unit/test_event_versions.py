@@ -111,6 +111,23 @@ def record(body: bytes, offset: int) -> SimpleNamespace:
                            key=CASE.encode(), value=body)
 
 
+async def test_a_field_a_newer_producer_added_is_ignored_not_dead_lettered():
+    """Rolling upgrade: a newer escalation adds an optional field to its alerts; the older
+    notifier must still deliver them (it dead-lettered every one)."""
+    broker, seen = FakeBroker(), []
+
+    async def handler(envelopes: list[Envelope]) -> None:
+        seen.extend(envelope.payload() for envelope in envelopes)
+
+    kafka.consume(broker, Settings(topic_prefix=""), ["beacon.deliveries"], "test", handler)
+    current = Envelope.wrap(DeliveryOutcome(
+        alert_id=f"{CASE}:commune:4:police:alert", case_id=CASE, authority_id="commune:4:police",
+        role="act", kind="alert", status="delivered", channel="webhook", attempt=1), "test")
+    newer = current.model_copy(update={"data": {**current.data, "added_later": "x"}})
+    await broker.handler([record(newer.model_dump_json().encode(), 1)])
+    assert [d.status for d in seen] == ["delivered"] and broker.published == []
+
+
 async def test_consumer_handles_v1_and_dead_letters_v3():
     broker, seen = FakeBroker(), []
 
