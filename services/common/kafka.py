@@ -19,9 +19,9 @@ from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from schemas.events import Envelope, Topics
-from services.common import metrics
+from services.common import metrics, positions
 from services.common.config import Settings
-from services.common.db import database_fault
+from services.common.db import Database, database_fault
 
 log = structlog.get_logger("beacon.kafka")
 
@@ -174,6 +174,7 @@ MAX_RECORDS = 200  # a batch, applied in one transaction
 def consume(
     broker: KafkaBroker, settings: Settings, topics: list[str], group: str,
     handler: BatchHandler, database_up: Callable[[], Awaitable[bool]] | None = None,
+    db: Database | None = None,
 ) -> None:
     """Subscribe to typed envelopes on `topics` in consumer group `group`, from the earliest
     offset for a new group.
@@ -182,7 +183,9 @@ def consume(
     message caps a consumer near a hundred messages a second). `handler` applies a batch at
     once (one transaction); when a batch fails, its messages are applied one at a time, so
     that the one at fault is found. It must be idempotent by event id: after a failure or a
-    crash the batch comes again.
+    crash the batch comes again. With `db`, each batch applied is recorded in it
+    (services/common/positions.py), so a database restored from a backup reads again what it
+    had not seen.
     A message that keeps failing is dead-lettered after MAX_ATTEMPTS, but a failure while
     `database_up()` says the database is away, or one that is the database's own state (full,
     locked, read-only: `db.database_fault`), is not the message's fault: it is not counted, and
@@ -198,6 +201,11 @@ def consume(
             await handler([envelope])
 
     async def on_batch(records: list) -> None:
+        await apply(records)
+        if db is not None:
+            await positions.save(db, settings.group(group), records)
+
+    async def apply(records: list) -> None:
         nonlocal outage
         parsed = []
         for record in records:

@@ -1,0 +1,98 @@
+"""The database restored from a backup taken while Beacon ran: the reports and acknowledgements
+that came after the backup are on Kafka, and the consumer groups' offsets are past them. They
+must be read again, not skipped: a report accepted after the backup was never decided again,
+its case answered 404, and its authorities were never chased."""
+
+import shutil
+import sqlite3
+
+import pytest
+from sqlalchemy import select, update
+
+from services.common import positions
+from services.common.config import ConfigError
+from services.common.positions import ConsumerPosition
+from services.escalation.store import EscalationCase, EscalationTarget
+from tests.conftest import eventually, make_settings, start_stack
+from tests.support.reports import report
+
+CP = "commune:4:child_protection"
+
+
+async def _report(stack, n: int) -> str:
+    async with stack.client("operator") as api:
+        answer = await api.post("/api/v1/reports", json=report(
+            children=[{"age": 5, "name": f"Restore Child {n}"}]))
+    assert answer.status_code == 202, answer.text
+    return answer.json()["case_id"]
+
+
+async def _target(stack, case_id: str) -> EscalationTarget | None:
+    async with stack.rt.db.reads() as session:
+        return await session.get(EscalationTarget, (case_id, CP))
+
+
+async def _shown(stack, case_id: str) -> bool:
+    async with stack.client("supervisor") as api:
+        return (await api.get(f"/api/v1/cases/{case_id}")).status_code == 200
+
+
+async def test_a_restored_database_reads_again_what_came_after_its_backup(
+        kafka_bootstrap, inbox, tmp_path):
+    path, backup = tmp_path / "beacon.db", tmp_path / "backup.db"
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{path}", inbox)
+    first = await start_stack(settings)
+    try:
+        before = await _report(first, 1)
+        await eventually(lambda: _shown(first, before))
+        with sqlite3.connect(path) as live, sqlite3.connect(backup) as copy:
+            live.backup(copy)  # online, as `sqlite3 .backup` does
+        after = await _report(first, 2)
+        await eventually(lambda: _shown(first, after))
+        async with first.client("authority") as api:  # and the commune acknowledges the first
+            ack = await api.post(f"/api/v1/cases/{before}/acknowledgements",
+                                 json={"authority_id": CP})
+            assert ack.status_code == 202, ack.text
+
+        async def acked():
+            row = await _target(first, before)
+            return row is not None and row.acked_at is not None
+        await eventually(acked)
+    finally:
+        await first.stop()
+
+    for name in ("beacon.db", "beacon.db-wal", "beacon.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    shutil.copy(backup, path)
+    second = await start_stack(settings)
+    try:
+        async def decided_again():
+            async with second.rt.db.reads() as session:
+                return await session.scalar(select(EscalationCase.case_id).where(
+                    EscalationCase.case_id == after))
+        await eventually(decided_again)
+        await eventually(lambda: _shown(second, after))
+
+        async def ack_applied_again():
+            row = await _target(second, before)
+            return row is not None and row.acked_at is not None
+        await eventually(ack_applied_again)
+    finally:
+        await second.stop()
+
+
+async def test_a_restored_database_is_refused_while_another_process_of_the_group_runs(
+        kafka_bootstrap, inbox, tmp_path):
+    """That process would go on from the later offsets: the events since would be lost still."""
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
+                             inbox)
+    running = await start_stack(settings)
+    try:
+        case_id = await _report(running, 3)
+        await eventually(lambda: _shown(running, case_id))
+        async with running.rt.db.writes() as session, session.begin():
+            await session.execute(update(ConsumerPosition).values(next_offset=0))
+        with pytest.raises(ConfigError, match="stop every Beacon process"):
+            await positions.rewind(settings, running.rt.db, [settings.group("escalation")])
+    finally:
+        await running.stop()
