@@ -1,19 +1,21 @@
 """`beacon cases rebuild`: replay the case events from the start of each topic into a fresh read
 model. Inputs first, so every case exists before its decisions, alerts and deliveries arrive."""
 
+import json
 import sys
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
-from schemas.events import Envelope, Topics
+from schemas.events import TYPE_OF, Envelope, ReportReceived, Topics
 from services.common.config import Settings
 from services.common.db import Database, ProcessedEvent
 from services.intake import readmodel
 from services.intake.store import CaseAuthority, CaseView, ParkedEvent, TimelineEntry
 
 ORDER = (Topics.INPUTS, Topics.CASES, Topics.ALERTS, Topics.DELIVERIES)
+RECEIVED = TYPE_OF[ReportReceived]
 
 
 class Incomplete(Exception):
@@ -27,6 +29,7 @@ async def rebuild(settings: Settings, progress=sys.stderr) -> int:
     applied = 0
     try:
         await _complete(settings, consumer)
+        await _every_case_on_kafka(settings, consumer, db)
         async with db.writes() as session, session.begin():
             for table in (TimelineEntry, CaseAuthority, CaseView, ParkedEvent):
                 await session.execute(delete(table))
@@ -78,6 +81,38 @@ async def _complete(settings: Settings, consumer: AIOKafkaConsumer) -> None:
             "the topics no longer hold every case event (" + "; ".join(gone) + "): a rebuild "
             "would drop the cases made by the events that are gone. Nothing was changed. Keep "
             "the case topics for ever (retention.ms=-1, docs/admin.md) to be able to rebuild.")
+
+
+async def _every_case_on_kafka(settings: Settings, consumer: AIOKafkaConsumer,
+                               db: Database) -> None:
+    """Refuse, before anything is deleted, when a case of the model has no report on the
+    inputs topic: topics recreated empty (the broker's data lost) start at offset 0 too, and a
+    rebuild from them dropped every earlier case, so that its authorities could no longer
+    acknowledge it while escalation went on chasing them."""
+    topic = settings.topic(Topics.INPUTS)
+    parts = [TopicPartition(topic, p) for p in await _partitions(settings, topic)]
+    on_kafka: set[str] = set()
+    if parts:
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        end = await consumer.end_offsets(parts)
+        while any([await consumer.position(tp) < end[tp] for tp in parts]):
+            for records in (await consumer.getmany(*parts, timeout_ms=1000,
+                                                   max_records=2000)).values():
+                for record in records:
+                    try:
+                        event = json.loads(record.value)
+                        if event.get("type") == RECEIVED:
+                            on_kafka.add(event.get("subject"))
+                    except (ValueError, AttributeError):
+                        continue  # unreadable: dead-lettered by the live consumer
+    async with db.reads() as session:
+        missing = sorted(set((await session.scalars(select(CaseView.case_id))).all()) - on_kafka)
+    if missing:
+        raise Incomplete(
+            f"{len(missing)} case(s) of the read model have no report on {topic} "
+            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): the topics were "
+            "recreated or emptied, and a rebuild would drop those cases. Nothing was changed.")
 
 
 async def _partitions(settings: Settings, topic: str) -> list[int]:

@@ -8,7 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from sqlalchemy import func, select
 
 from schemas.events import Topics
-
+from services.common import kafka
 from services.intake import readmodel
 from services.intake.rebuild import Incomplete, _partitions, rebuild
 from services.intake.store import CaseAuthority, CaseView, TimelineEntry
@@ -113,3 +113,18 @@ async def _ends(settings, topic: str) -> dict:
             [TopicPartition(topic, p) for p in await _partitions(settings, topic)])
     finally:
         await consumer.stop()
+
+
+async def test_a_rebuild_refuses_topics_recreated_empty(stack):
+    """The broker's data lost: the topics come back empty, at offset 0, and a rebuild from them
+    dropped every case, whose authorities could then not acknowledge it."""
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report())).json()["case_id"]
+        await eventually(lambda: _targets(api, case_id))
+    before = await _still(stack.rt.db)
+    elsewhere = stack.rt.settings.model_copy(
+        update={"topic_prefix": f"{stack.rt.settings.topic_prefix}empty."})
+    await kafka.ensure_topics(elsewhere)
+    with pytest.raises(Incomplete, match=rf"1 case\(s\) of the read model .*{case_id}"):
+        await rebuild(elsewhere)
+    assert await _snapshot(stack.rt.db) == before
