@@ -124,8 +124,12 @@ async def test_one_click_link_acknowledges_without_identity(stack):
         assert "Sign in" not in page.text
         assert "Canary" not in page.text  # codes only on a page without identity
         for bad in (forged, expired, not_routed, "garbage", before_rotation):
-            assert (await anonymous.get(f"/a/{bad}")).status_code == 404
-            assert (await anonymous.post(f"/a/{bad}")).status_code == 404
+            # One page for all of them, fit for a phone: says why and what to do instead.
+            for refused in (await anonymous.get(f"/a/{bad}"), await anonymous.post(f"/a/{bad}")):
+                assert refused.status_code == 404
+                assert refused.headers["content-type"].startswith("text/html")
+                assert "<h1>Liên kết không hợp lệ / Link not valid</h1>" in refused.text
+                assert "Tổng đài <a href='tel:111'>111</a>" in refused.text
         # A link signed with a key since rotated out works while that key is still listed.
         stack.rt.settings.secret_key_previous = "earlier-secret"
         assert (await anonymous.get(f"/a/{before_rotation}")).status_code == 200

@@ -12,7 +12,7 @@ from datetime import datetime
 from html import escape
 from urllib.parse import unquote
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from schemas.events import Envelope, TargetAcknowledged
@@ -30,7 +30,8 @@ router = APIRouter(tags=["authorities"], include_in_schema=True)
 ACTIONS = ("view", "ack")  # the notifier's link says "view"; the page offers the one action
 
 
-async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, dict]:
+async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, dict] | None:
+    """The case, the link's claims and its authority's target; None (audited) if not valid."""
     case_id = unquote(token.split(".", 1)[0])[:40]
     async with rt.db.reads() as session:
         case = await session.get(CaseView, case_id)
@@ -48,7 +49,7 @@ async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, di
     await audit.write(rt.db, "link:invalid", "link", action,
                       case.case_id if case is not None else "/a/[token]", ["link"],
                       outcome="denied" if case is not None else "not_found")
-    raise HTTPException(404, "this link is not valid or has expired")
+    return None
 
 
 def page(title: str, body: str, status: int = 200,
@@ -60,6 +61,17 @@ def page(title: str, body: str, status: int = 200,
         f"<title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>{body}</body></html>",
         status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
                          **(headers or {})})
+
+
+# An officer who opened a broken or old link needs a way on, on the phone, in Vietnamese.
+NOT_VALID = ("<p>Liên kết này không hợp lệ hoặc đã hết hạn. Hãy mở liên kết trong tin nhắn mới "
+             "nhất về vụ việc, hoặc gọi Tổng đài 111. / This link is not valid or has expired. "
+             "Open the link in the latest message about the case, or call the hotline "
+             "(Tổng đài <a href='tel:111'>111</a>).</p>")
+
+
+def not_valid() -> HTMLResponse:
+    return page("Liên kết không hợp lệ / Link not valid", NOT_VALID, 404)
 
 
 def _link_user(authority_id: str) -> Principal:
@@ -86,9 +98,12 @@ def _facts(rt, case: CaseView, authority_id: str) -> str:
             f"{escape(names)} ({escape(case.category)}). For: {escape(authority_id)}.</p>")
 
 
-@router.get("/a/{token}", response_class=HTMLResponse)
+@router.get("/a/{token}", response_class=HTMLResponse, responses={404: {}})
 async def link_page(token: str, rt: Runtime):
-    case, claims, target = await _claims(rt, token, "read")
+    found = await _claims(rt, token, "read")
+    if found is None:
+        return not_valid()
+    case, claims, target = found
     who = _link_user(claims.authority_id)
     await audit.write(rt.db, who.user_id, who.role, "read", case.case_id, ["link_page"])
     facts = _facts(rt, case, claims.authority_id)
@@ -114,7 +129,10 @@ async def link_page(token: str, rt: Runtime):
 
 @router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 409: {}, 503: {}})
 async def link_acknowledge(token: str, rt: Runtime):
-    case, claims, target = await _claims(rt, token, "write")
+    found = await _claims(rt, token, "write")
+    if found is None:
+        return not_valid()
+    case, claims, target = found
     who = _link_user(claims.authority_id)
     # A browser posted the form: refusals are pages too, not JSON.
     if case.status == "closed":
