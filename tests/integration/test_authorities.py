@@ -118,11 +118,14 @@ async def test_one_click_link_acknowledges_without_identity(stack):
                                 utcnow() + timedelta(days=7), "earlier-secret").rsplit("/", 1)[1]
     async with stack.client() as anonymous:
         page = await anonymous.get(f"/a/{token}")
-        assert page.status_code == 200 and "Acknowledge" in page.text
+        assert page.status_code == 200 and "Xác nhận / Acknowledge" in page.text
         # The category as the message names it, and no promise of a sign-in it does not have.
         assert "Bạo lực thể chất / Physical violence (PHYS_VIOLENCE)" in page.text
         assert "Sign in" not in page.text
         assert "Canary" not in page.text  # codes only on a page without identity
+        # The authority by its directory name, the id beside it.
+        name = stack.rt.directory.get(POLICE).name
+        assert f"<b>{name}</b> <small>({POLICE})</small>" in page.text
         for bad in (forged, expired, not_routed, "garbage", before_rotation):
             # One page for all of them, fit for a phone: says why and what to do instead.
             for refused in (await anonymous.get(f"/a/{bad}"), await anonymous.post(f"/a/{bad}")):
@@ -137,6 +140,10 @@ async def test_one_click_link_acknowledges_without_identity(stack):
         assert (await anonymous.get(f"/api/v1/cases/{case_id}")).status_code == 401
         done = await anonymous.post(f"/a/{token}")
         assert done.status_code == 202, done.text
+    # Vietnamese first, and when, in Viet Nam time.
+    assert "<h1>Đã xác nhận / Acknowledged</h1>" in done.text
+    assert "Xin cảm ơn. / Acknowledged at " in done.text and "giờ Việt Nam" in done.text
+    assert f"<b>{name}</b>" in done.text
 
     async def acked():
         row = await _target(stack, case_id, POLICE)
@@ -148,10 +155,15 @@ async def test_one_click_link_acknowledges_without_identity(stack):
     # that was only informed.
     informed = sign_link(stack.base_url, case_id, "view", PROVINCE_CP, utcnow() + timedelta(days=7),
                          secret).rsplit("/", 1)[1]
-    await _readable_target(stack, case_id, POLICE, lambda t: t.get("acknowledged_at"))
+    target = await _readable_target(stack, case_id, POLICE, lambda t: t.get("acknowledged_at"))
+    at = _vn(target["acknowledged_at"])
     async with stack.client() as anonymous:
-        assert (await anonymous.post(f"/a/{token}")).status_code == 200
+        opened = await anonymous.get(f"/a/{token}")
+        again = await anonymous.post(f"/a/{token}")
         assert (await anonymous.post(f"/a/{informed}")).status_code == 409
+    assert again.status_code == 200
+    assert f"đã xác nhận vụ việc trước đó, lúc {at}. / This authority had already" in again.text
+    assert f"lúc {at}. / This authority acknowledged the case at {at}." in opened.text
     async with stack.client("auditor") as auditor:
         trail = (await auditor.get("/api/v1/audit", params={"case_id": case_id,
                                                             "user_id": f"link:{POLICE}"})).json()
@@ -160,6 +172,17 @@ async def test_one_click_link_acknowledges_without_identity(stack):
     assert {r["action"] for r in trail["items"]} >= {"read", "write"}
     assert [(r["action"], r["outcome"]) for r in trail["items"]][-1] == ("write", "replayed")
     assert [(r["action"], r["outcome"]) for r in other["items"]] == [("write", "rejected")]
+
+
+def _vn(at: str) -> str:
+    return datetime.fromisoformat(at).astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime(
+        "%H:%M %d/%m/%Y")
+
+
+def _link(stack, case_id: str, authority_id: str) -> str:
+    return "/a/" + sign_link(stack.base_url, case_id, "view", authority_id,
+                             utcnow() + timedelta(days=7),
+                             stack.rt.settings.secret("secret_key")).rsplit("/", 1)[1]
 
 
 async def test_missed_twelve_hour_milestone_escalates(stack):
@@ -555,7 +578,7 @@ async def test_a_closed_case_takes_no_acknowledgement_and_its_link_says_so(stack
         click = await anonymous.post(f"/a/{token}")
     assert page.status_code == 200 and "Case closed" in page.text and "<form" not in page.text
     # A browser's form post: the refusal is a page that says why, not a JSON error.
-    assert click.status_code == 409 and "<h1>Case closed" in click.text
+    assert click.status_code == 409 and "<h1>Vụ việc đã đóng / Case closed" in click.text
     assert click.headers["content-type"].startswith("text/html")
     assert (await _target(stack, case_id, POLICE)).acked_at is None
 

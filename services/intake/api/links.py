@@ -28,6 +28,8 @@ from services.notifier.render import local_time
 
 router = APIRouter(tags=["authorities"], include_in_schema=True)
 ACTIONS = ("view", "ack")  # the notifier's link says "view"; the page offers the one action
+WHEN = "%H:%M %d/%m/%Y"  # as the message gives a time, in Viet Nam time
+VN_TIME = "(giờ Việt Nam / Viet Nam time, UTC+7)"
 
 
 async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, dict] | None:
@@ -52,12 +54,18 @@ async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, di
     return None
 
 
+# Plain HTML for a phone, without script.
+STYLE = ("body{font-family:sans-serif;margin:0 auto;padding:12px;max-width:40em;line-height:1.4}"
+         "small{color:#555}")
+
+
 def page(title: str, body: str, status: int = 200,
          headers: dict[str, str] | None = None) -> HTMLResponse:
     """A page of the link's: `body` is HTML already (escape what it quotes)."""
     return HTMLResponse(
         f"<!doctype html><html lang='vi'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width'><meta name='robots' content='noindex'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<meta name='robots' content='noindex'><style>{STYLE}</style>"
         f"<title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>{body}</body></html>",
         status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
                          **(headers or {})})
@@ -85,17 +93,39 @@ async def _record(rt, who: Principal, case_id: str, outcome: str) -> None:
 
 
 # What the page cannot do, said where an officer expects a sign-in: there is no web client.
-DETAILS = ("<p>This page shows no personal data. The case itself is read through your agency's "
-           "system connected to Beacon, with the account issued to you. / Trang này không có "
-           "thông tin cá nhân. Chi tiết vụ việc xem qua hệ thống của cơ quan kết nối với Beacon, "
-           "bằng tài khoản được cấp.</p>")
+DETAILS = ("<p>Trang này không có thông tin cá nhân. Chi tiết vụ việc xem qua hệ thống của cơ "
+           "quan kết nối với Beacon, bằng tài khoản được cấp. / This page shows no personal data. "
+           "The case itself is read through your agency's system connected to Beacon, with the "
+           "account issued to you.</p>")
+CLOSED = ("Vụ việc đã đóng / Case closed",
+          "<p>Vụ việc đã đóng, không cần xác nhận. / The case is closed; no acknowledgement is "
+          "expected.</p>")
+INFORM = ("Thông báo / For your information",
+          "<p>Cơ quan này không cần xác nhận. / No acknowledgement is expected from this "
+          "authority.</p>")
+
+
+def _when(at: str | datetime | None) -> str:
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at)
+    return escape(local_time(at, WHEN)) if at is not None else "-"
+
+
+def _authority(rt, authority_id: str) -> str:
+    """The directory's name (an authority's own, no person's), the id small beside it."""
+    try:
+        name = rt.directory.get(authority_id).name
+    except KeyError:  # no longer in the directory: the id is all there is
+        return f"<b>{escape(authority_id)}</b>"
+    return f"<b>{escape(name)}</b> <small>({escape(authority_id)})</small>"
 
 
 def _facts(rt, case: CaseView, authority_id: str) -> str:
     category = rt.pack.categories.get(case.category)  # the pack's names, as in the message
     names = " / ".join(n for n in (category.label, category.name) if n) if category else ""
-    return (f"<p>Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
-            f"{escape(names)} ({escape(case.category)}). For: {escape(authority_id)}.</p>")
+    return (f"<p>Vụ việc / Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
+            f"{escape(names)} ({escape(case.category)}).</p>"
+            f"<p>Cơ quan / For: {_authority(rt, authority_id)}</p>")
 
 
 @router.get("/a/{token}", response_class=HTMLResponse, responses={404: {}})
@@ -108,23 +138,19 @@ async def link_page(token: str, rt: Runtime):
     await audit.write(rt.db, who.user_id, who.role, "read", case.case_id, ["link_page"])
     facts = _facts(rt, case, claims.authority_id)
     if case.status == "closed":
-        return page("Case closed / Vụ việc đã đóng",
-                    facts + "<p>The case is closed; no acknowledgement is expected. / Vụ việc "
-                    "đã đóng, không cần xác nhận.</p>")
+        return page(CLOSED[0], facts + CLOSED[1])
     if target.get("acknowledged_at"):
-        return page("Acknowledged / Đã xác nhận",
-                    facts + "<p>This authority has acknowledged the case.</p>")
+        at = _when(target["acknowledged_at"])
+        return page("Đã xác nhận / Acknowledged",
+                    facts + f"<p>Cơ quan này đã xác nhận vụ việc lúc {at}. / This authority "
+                    f"acknowledged the case at {at}. {VN_TIME}</p>")
     if not holds_duty(target):
-        return page("For your information / Thông báo",
-                    facts + "<p>No acknowledgement is expected. / Không cần xác nhận.</p>")
+        return page(INFORM[0], facts + INFORM[1])
     ack_due = target.get("ack_due")  # as the message that carried the link gave it
-    shown = local_time(datetime.fromisoformat(ack_due), "%H:%M %d/%m/%Y") if ack_due else "-"
-    due = (f"<p>Acknowledge by / Xác nhận trước: {escape(shown)} "
-           "(Viet Nam time, UTC+7).</p>")
+    due = f"<p>Xác nhận trước / Acknowledge by: {_when(ack_due)} {VN_TIME}.</p>"
     form = (f"<form method='post' action='/a/{escape(token)}'>"
-            "<button type='submit'>Acknowledge / Xác nhận</button></form>" + DETAILS)
-    return page("Acknowledge this alert / Xác nhận cảnh báo", facts + due + form)
-
+            "<button type='submit'>Xác nhận / Acknowledge</button></form>" + DETAILS)
+    return page("Xác nhận cảnh báo / Acknowledge this alert", facts + due + form)
 
 
 @router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 409: {}, 503: {}})
@@ -137,19 +163,21 @@ async def link_acknowledge(token: str, rt: Runtime):
     # A browser posted the form: refusals are pages too, not JSON.
     if case.status == "closed":
         await _record(rt, who, case.case_id, "rejected")
-        return page("Case closed / Vụ việc đã đóng",
-                    "<p>The case is closed; no acknowledgement is expected. / Vụ việc đã đóng, "
-                    "không cần xác nhận.</p>", 409)
+        return page(*CLOSED, 409)
     if not holds_duty(target):
         await _record(rt, who, case.case_id, "rejected")
-        return page("For your information / Thông báo",
-                    "<p>No acknowledgement is expected from this authority. / Cơ quan này "
-                    "không cần xác nhận.</p>", 409)
+        return page(*INFORM, 409)
+    facts = _facts(rt, case, claims.authority_id)
     if target.get("acknowledged_at"):
         await _record(rt, who, case.case_id, "replayed")  # a second click: answered, as before
-        return page("Acknowledged", "<p>This authority had already acknowledged the case.</p>")
+        at = _when(target["acknowledged_at"])
+        return page("Đã xác nhận / Acknowledged",
+                    facts + f"<p>Cơ quan này đã xác nhận vụ việc trước đó, lúc {at}. / This "
+                    f"authority had already acknowledged the case, at {at}. {VN_TIME}</p>")
     event = TargetAcknowledged(case_id=case.case_id, authority_id=claims.authority_id,
                                by_user=who.user_id, at=utcnow())
     await submission.accept(rt, who, Envelope.wrap(event, submission.SOURCE), None, {}, None)
-    return page("Acknowledged", f"<p>Case <b>{escape(case.case_id)}</b> acknowledged for "
-                                f"{escape(claims.authority_id)}. Thank you.</p>", 202)
+    at = _when(event.at)
+    return page("Đã xác nhận / Acknowledged",
+                facts + f"<p>Đã xác nhận lúc {at}. Xin cảm ơn. / Acknowledged at {at}. Thank you. "
+                f"{VN_TIME}</p>", 202)
