@@ -126,6 +126,7 @@ async def test_one_click_link_acknowledges_without_identity(stack):
         # The authority by its directory name, the id beside it.
         name = stack.rt.directory.get(POLICE).name
         assert f"<b>{name}</b> <small>({POLICE})</small>" in page.text
+        assert "QUÁ HẠN" not in page.text  # not yet
         for bad in (forged, expired, not_routed, "garbage", before_rotation):
             # One page for all of them, fit for a phone: says why and what to do instead.
             for refused in (await anonymous.get(f"/a/{bad}"), await anonymous.post(f"/a/{bad}")):
@@ -183,6 +184,18 @@ def _link(stack, case_id: str, authority_id: str) -> str:
     return "/a/" + sign_link(stack.base_url, case_id, "view", authority_id,
                              utcnow() + timedelta(days=7),
                              stack.rt.settings.secret("secret_key")).rsplit("/", 1)[1]
+
+
+async def test_an_overdue_link_says_so_and_still_takes_the_acknowledgement(stack, monkeypatch):
+    case_id, case = await _p1_case(stack)
+    due = next(t["ack_due"] for t in case["targets"] if t["authority_id"] == POLICE)
+    from services.intake.api import links
+    monkeypatch.setattr(links, "utcnow", lambda: datetime.fromisoformat(due) + timedelta(minutes=1))
+    async with stack.client() as anonymous:
+        page = await anonymous.get(_link(stack, case_id, POLICE))
+        done = await anonymous.post(_link(stack, case_id, POLICE))
+    assert "<b>ĐÃ QUÁ HẠN / Overdue</b>" in page.text and "tier above" in page.text
+    assert "<button" in page.text and done.status_code == 202
 
 
 async def test_missed_twelve_hour_milestone_escalates(stack):
@@ -317,6 +330,15 @@ async def test_transfer_reroutes_and_duty_ends_when_new_authority_acknowledges(s
     pending = [t for t in await _timers(stack, case_id)
                if t.authority_id == CP and t.kind == "breach" and t.fired_at is None]
     assert pending, "the first authority stays on the clock until the new one acknowledges"
+    link = _link(stack, case_id, CP)  # the sender's link says where the case went, and who answers
+    elsewhere = stack.rt.directory.get(ELSEWHERE).name
+    await _readable_target(stack, case_id, CP, lambda t: t.get("transferred_to"))
+    async with stack.client() as anonymous:
+        page, click = await anonymous.get(link), await anonymous.post(link)
+    assert "No acknowledgement is expected" not in page.text
+    assert f"transferred to <b>{elsewhere}</b> <small>({ELSEWHERE})</small>" in page.text
+    assert "remains responsible" in page.text and click.status_code == 409
+    assert "remains responsible" in click.text
 
     async with stack.client(neighbour) as other:
         async def readable():
@@ -332,6 +354,11 @@ async def test_transfer_reroutes_and_duty_ends_when_new_authority_acknowledges(s
         return row.released_at is not None
 
     await eventually(released)
+    await _readable_target(stack, case_id, CP, lambda t: t.get("released"))
+    async with stack.client() as anonymous:
+        page = await anonymous.get(link)
+    assert f"handed over to <b>{elsewhere}</b> <small>({ELSEWHERE})</small>, which acknowledged" \
+        in page.text
     async with stack.rt.db.reads() as session:
         m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
     assert m.authority_id == ELSEWHERE  # the legal deadline moved with the duty

@@ -56,7 +56,7 @@ async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, di
 
 # Plain HTML for a phone, without script.
 STYLE = ("body{font-family:sans-serif;margin:0 auto;padding:12px;max-width:40em;line-height:1.4}"
-         "small{color:#555}")
+         "small{color:#555}.late{color:#fff;background:#b00020;padding:8px}")
 
 
 def page(title: str, body: str, status: int = 200,
@@ -128,6 +128,24 @@ def _facts(rt, case: CaseView, authority_id: str) -> str:
             f"<p>Cơ quan / For: {_authority(rt, authority_id)}</p>")
 
 
+def _transferred(rt, target: dict) -> tuple[str, str] | None:
+    """The page of a target that passed the case on (the read model's `transferred_to`, and
+    `released` once the new authority acknowledged); None if it did not."""
+    to = target.get("transferred_to")
+    if not to:
+        return None
+    name = _authority(rt, to)
+    if target.get("released"):
+        return ("Đã bàn giao / Handed over",
+                f"<p>Vụ việc đã được bàn giao cho {name}; cơ quan đó đã xác nhận. / The case was "
+                f"handed over to {name}, which acknowledged it.</p>")
+    # The sender stays on the clock until the new authority acknowledges (docs/authorities.md).
+    return ("Đang chuyển giao / Transfer pending",
+            f"<p>Vụ việc đã được chuyển cho {name}, đang chờ cơ quan đó xác nhận. Cơ quan của bạn "
+            f"vẫn chịu trách nhiệm cho đến khi đó. / The case was transferred to {name} and awaits "
+            f"its acknowledgement. Your authority remains responsible for the case until then.</p>")
+
+
 @router.get("/a/{token}", response_class=HTMLResponse, responses={404: {}})
 async def link_page(token: str, rt: Runtime):
     found = await _claims(rt, token, "read")
@@ -139,6 +157,8 @@ async def link_page(token: str, rt: Runtime):
     facts = _facts(rt, case, claims.authority_id)
     if case.status == "closed":
         return page(CLOSED[0], facts + CLOSED[1])
+    if transferred := _transferred(rt, target):  # before its acknowledgement: what holds now
+        return page(transferred[0], facts + transferred[1])
     if target.get("acknowledged_at"):
         at = _when(target["acknowledged_at"])
         return page("Đã xác nhận / Acknowledged",
@@ -148,6 +168,10 @@ async def link_page(token: str, rt: Runtime):
         return page(INFORM[0], facts + INFORM[1])
     ack_due = target.get("ack_due")  # as the message that carried the link gave it
     due = f"<p>Xác nhận trước / Acknowledge by: {_when(ack_due)} {VN_TIME}.</p>"
+    if ack_due and datetime.fromisoformat(ack_due) < utcnow():
+        due += ("<p class='late'><b>ĐÃ QUÁ HẠN / Overdue</b>: người giám sát và cấp trên có thể "
+                "đã được báo; vẫn hãy xác nhận ngay. / The deadline has passed: your supervisor "
+                "and the tier above may have been alerted; still acknowledge now.</p>")
     form = (f"<form method='post' action='/a/{escape(token)}'>"
             "<button type='submit'>Xác nhận / Acknowledge</button></form>" + DETAILS)
     return page("Xác nhận cảnh báo / Acknowledge this alert", facts + due + form)
@@ -166,7 +190,7 @@ async def link_acknowledge(token: str, rt: Runtime):
         return page(*CLOSED, 409)
     if not holds_duty(target):
         await _record(rt, who, case.case_id, "rejected")
-        return page(*INFORM, 409)
+        return page(*(_transferred(rt, target) or INFORM), 409)
     facts = _facts(rt, case, claims.authority_id)
     if target.get("acknowledged_at"):
         await _record(rt, who, case.case_id, "replayed")  # a second click: answered, as before
