@@ -126,6 +126,9 @@ async def test_one_click_link_acknowledges_without_identity(stack):
         # The authority by its directory name, the id beside it.
         name = stack.rt.directory.get(POLICE).name
         assert f"<b>{name}</b> <small>({POLICE})</small>" in page.text
+        # A button a thumb can hit, that a second tap on a slow line cannot send again.
+        assert "button{width:100%;min-height:48px" in page.text
+        assert "onsubmit=\"this.querySelector('button').disabled=true\"" in page.text
         assert "QUÁ HẠN" not in page.text  # not yet
         for bad in (forged, expired, not_routed, "garbage", before_rotation):
             # One page for all of them, fit for a phone: says why and what to do instead.

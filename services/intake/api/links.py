@@ -54,9 +54,10 @@ async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, di
     return None
 
 
-# Plain HTML for a phone, without script.
+# Plain HTML for a phone: no script but the button's, big enough to tap.
 STYLE = ("body{font-family:sans-serif;margin:0 auto;padding:12px;max-width:40em;line-height:1.4}"
-         "small{color:#555}.late{color:#fff;background:#b00020;padding:8px}")
+         "small{color:#555}.late{color:#fff;background:#b00020;padding:8px}"
+         "button{width:100%;min-height:48px;font-size:1.1em}")
 
 
 def page(title: str, body: str, status: int = 200,
@@ -172,7 +173,9 @@ async def link_page(token: str, rt: Runtime):
         due += ("<p class='late'><b>ĐÃ QUÁ HẠN / Overdue</b>: người giám sát và cấp trên có thể "
                 "đã được báo; vẫn hãy xác nhận ngay. / The deadline has passed: your supervisor "
                 "and the tier above may have been alerted; still acknowledge now.</p>")
-    form = (f"<form method='post' action='/a/{escape(token)}'>"
+    # Disabled once sent: a poor connection invites taps again (the server answers repeats).
+    form = (f"<form method='post' action='/a/{escape(token)}' "
+            "onsubmit=\"this.querySelector('button').disabled=true\">"
             "<button type='submit'>Xác nhận / Acknowledge</button></form>" + DETAILS)
     return page("Xác nhận cảnh báo / Acknowledge this alert", facts + due + form)
 
