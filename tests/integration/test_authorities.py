@@ -144,10 +144,10 @@ async def test_one_click_link_acknowledges_without_identity(stack):
         assert (await anonymous.get(f"/api/v1/cases/{case_id}")).status_code == 401
         done = await anonymous.post(f"/a/{token}")
         assert done.status_code == 202, done.text
-    # Vietnamese first, and when, in Viet Nam time.
+    # Vietnamese first, and when, in Viet Nam time; the police hold no milestone of the case.
     assert "<h1>Đã xác nhận / Acknowledged</h1>" in done.text
     assert "Xin cảm ơn. / Acknowledged at " in done.text and "giờ Việt Nam" in done.text
-    assert f"<b>{name}</b>" in done.text
+    assert f"<b>{name}</b>" in done.text and "Next deadlines" not in done.text
 
     async def acked():
         row = await _target(stack, case_id, POLICE)
@@ -187,6 +187,24 @@ def _link(stack, case_id: str, authority_id: str) -> str:
     return "/a/" + sign_link(stack.base_url, case_id, "view", authority_id,
                              utcnow() + timedelta(days=7),
                              stack.rt.settings.secret("secret_key")).rsplit("/", 1)[1]
+
+
+async def test_a_link_acknowledgement_names_the_milestones_still_held(stack):
+    """Child protection holds a P1's 12-hour emergency measure, which its acknowledgement does
+    not stop: the page says so, and by when."""
+    case_id, _ = await _p1_case(stack)
+
+    async def scheduled():
+        async with stack.rt.db.reads() as session:
+            m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
+        return m if m is not None and m.authority_id == CP else None
+
+    due = (await eventually(scheduled)).due_at.isoformat()
+    async with stack.client() as anonymous:
+        done = await anonymous.post(_link(stack, case_id, CP))
+    assert done.status_code == 202, done.text
+    assert ("Biện pháp bảo vệ khẩn cấp (emergency_measure): trước / by "
+            f"{_vn(due)}</li>") in done.text
 
 
 async def test_an_overdue_link_says_so_and_still_takes_the_acknowledgement(stack, monkeypatch):

@@ -14,12 +14,14 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
+from sqlalchemy import select
 
 from schemas.events import Envelope, TargetAcknowledged
 from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.common.links import LinkClaims, verify_link
+from services.escalation.store import EscalationMilestone
 from services.intake import submission
 from services.intake.api.cases import holds_duty
 from services.intake.api.deps import Runtime
@@ -147,6 +149,26 @@ def _transferred(rt, target: dict) -> tuple[str, str] | None:
             f"its acknowledgement. Your authority remains responsible for the case until then.</p>")
 
 
+async def _milestones(rt, case_id: str, authority_id: str) -> str:
+    """The legal deadlines this authority holds and has yet to meet (the 12-hour emergency
+    measure of a P1): an acknowledgement does not stop them, so the page says what comes next."""
+    async with rt.db.reads() as session:
+        rows = (await session.scalars(select(EscalationMilestone).where(
+            EscalationMilestone.case_id == case_id,
+            EscalationMilestone.authority_id == authority_id,
+            EscalationMilestone.done_at.is_(None), EscalationMilestone.due_at.is_not(None))
+            .order_by(EscalationMilestone.due_at))).all()
+    if not rows:
+        return ""
+    labels = {m.name: m.label for m in rt.pack.milestones}
+    now = utcnow()
+    items = "".join(
+        f"<li>{escape(labels.get(r.milestone, r.milestone))} ({escape(r.milestone)}): "
+        f"trước / by {_when(r.due_at)}{' <b>ĐÃ QUÁ HẠN / Overdue</b>' if r.due_at <= now else ''}"
+        "</li>" for r in rows)
+    return f"<p>Việc tiếp theo / Next deadlines {VN_TIME}:</p><ul>{items}</ul>"
+
+
 @router.get("/a/{token}", response_class=HTMLResponse, responses={404: {}})
 async def link_page(token: str, rt: Runtime):
     found = await _claims(rt, token, "read")
@@ -164,7 +186,8 @@ async def link_page(token: str, rt: Runtime):
         at = _when(target["acknowledged_at"])
         return page("Đã xác nhận / Acknowledged",
                     facts + f"<p>Cơ quan này đã xác nhận vụ việc lúc {at}. / This authority "
-                    f"acknowledged the case at {at}. {VN_TIME}</p>")
+                    f"acknowledged the case at {at}. {VN_TIME}</p>"
+                    + await _milestones(rt, case.case_id, claims.authority_id))
     if not holds_duty(target):
         return page(INFORM[0], facts + INFORM[1])
     ack_due = target.get("ack_due")  # as the message that carried the link gave it
@@ -200,11 +223,12 @@ async def link_acknowledge(token: str, rt: Runtime):
         at = _when(target["acknowledged_at"])
         return page("Đã xác nhận / Acknowledged",
                     facts + f"<p>Cơ quan này đã xác nhận vụ việc trước đó, lúc {at}. / This "
-                    f"authority had already acknowledged the case, at {at}. {VN_TIME}</p>")
+                    f"authority had already acknowledged the case, at {at}. {VN_TIME}</p>"
+                    + await _milestones(rt, case.case_id, claims.authority_id))
     event = TargetAcknowledged(case_id=case.case_id, authority_id=claims.authority_id,
                                by_user=who.user_id, at=utcnow())
     await submission.accept(rt, who, Envelope.wrap(event, submission.SOURCE), None, {}, None)
     at = _when(event.at)
     return page("Đã xác nhận / Acknowledged",
                 facts + f"<p>Đã xác nhận lúc {at}. Xin cảm ơn. / Acknowledged at {at}. Thank you. "
-                f"{VN_TIME}</p>", 202)
+                f"{VN_TIME}</p>" + await _milestones(rt, case.case_id, claims.authority_id), 202)
