@@ -118,14 +118,25 @@ async def test_one_click_link_acknowledges_without_identity(stack):
                                 utcnow() + timedelta(days=7), "earlier-secret").rsplit("/", 1)[1]
     async with stack.client() as anonymous:
         page = await anonymous.get(f"/a/{token}")
-        assert page.status_code == 200 and "Acknowledge" in page.text
+        assert page.status_code == 200 and "Xác nhận / Acknowledge" in page.text
         # The category as the message names it, and no promise of a sign-in it does not have.
         assert "Bạo lực thể chất / Physical violence (PHYS_VIOLENCE)" in page.text
         assert "Sign in" not in page.text
         assert "Canary" not in page.text  # codes only on a page without identity
+        # The authority by its directory name, the id beside it.
+        name = stack.rt.directory.get(POLICE).name
+        assert f"<b>{name}</b> <small>({POLICE})</small>" in page.text
+        # A button a thumb can hit, that a second tap on a slow line cannot send again.
+        assert "button{width:100%;min-height:48px" in page.text
+        assert "onsubmit=\"this.querySelector('button').disabled=true\"" in page.text
+        assert "QUÁ HẠN" not in page.text  # not yet
         for bad in (forged, expired, not_routed, "garbage", before_rotation):
-            assert (await anonymous.get(f"/a/{bad}")).status_code == 404
-            assert (await anonymous.post(f"/a/{bad}")).status_code == 404
+            # One page for all of them, fit for a phone: says why and what to do instead.
+            for refused in (await anonymous.get(f"/a/{bad}"), await anonymous.post(f"/a/{bad}")):
+                assert refused.status_code == 404
+                assert refused.headers["content-type"].startswith("text/html")
+                assert "<h1>Liên kết không hợp lệ / Link not valid</h1>" in refused.text
+                assert "Tổng đài <a href='tel:111'>111</a>" in refused.text
         # A link signed with a key since rotated out works while that key is still listed.
         stack.rt.settings.secret_key_previous = "earlier-secret"
         assert (await anonymous.get(f"/a/{before_rotation}")).status_code == 200
@@ -133,6 +144,10 @@ async def test_one_click_link_acknowledges_without_identity(stack):
         assert (await anonymous.get(f"/api/v1/cases/{case_id}")).status_code == 401
         done = await anonymous.post(f"/a/{token}")
         assert done.status_code == 202, done.text
+    # Vietnamese first, and when, in Viet Nam time; the police hold no milestone of the case.
+    assert "<h1>Đã xác nhận / Acknowledged</h1>" in done.text
+    assert "Xin cảm ơn. / Acknowledged at " in done.text and "giờ Việt Nam" in done.text
+    assert f"<b>{name}</b>" in done.text and "Next deadlines" not in done.text
 
     async def acked():
         row = await _target(stack, case_id, POLICE)
@@ -144,10 +159,15 @@ async def test_one_click_link_acknowledges_without_identity(stack):
     # that was only informed.
     informed = sign_link(stack.base_url, case_id, "view", PROVINCE_CP, utcnow() + timedelta(days=7),
                          secret).rsplit("/", 1)[1]
-    await _readable_target(stack, case_id, POLICE, lambda t: t.get("acknowledged_at"))
+    target = await _readable_target(stack, case_id, POLICE, lambda t: t.get("acknowledged_at"))
+    at = _vn(target["acknowledged_at"])
     async with stack.client() as anonymous:
-        assert (await anonymous.post(f"/a/{token}")).status_code == 200
+        opened = await anonymous.get(f"/a/{token}")
+        again = await anonymous.post(f"/a/{token}")
         assert (await anonymous.post(f"/a/{informed}")).status_code == 409
+    assert again.status_code == 200
+    assert f"đã xác nhận vụ việc trước đó, lúc {at}. / This authority had already" in again.text
+    assert f"lúc {at}. / This authority acknowledged the case at {at}." in opened.text
     async with stack.client("auditor") as auditor:
         trail = (await auditor.get("/api/v1/audit", params={"case_id": case_id,
                                                             "user_id": f"link:{POLICE}"})).json()
@@ -156,6 +176,47 @@ async def test_one_click_link_acknowledges_without_identity(stack):
     assert {r["action"] for r in trail["items"]} >= {"read", "write"}
     assert [(r["action"], r["outcome"]) for r in trail["items"]][-1] == ("write", "replayed")
     assert [(r["action"], r["outcome"]) for r in other["items"]] == [("write", "rejected")]
+
+
+def _vn(at: str) -> str:
+    return datetime.fromisoformat(at).astimezone(ZoneInfo("Asia/Ho_Chi_Minh")).strftime(
+        "%H:%M %d/%m/%Y")
+
+
+def _link(stack, case_id: str, authority_id: str) -> str:
+    return "/a/" + sign_link(stack.base_url, case_id, "view", authority_id,
+                             utcnow() + timedelta(days=7),
+                             stack.rt.settings.secret("secret_key")).rsplit("/", 1)[1]
+
+
+async def test_a_link_acknowledgement_names_the_milestones_still_held(stack):
+    """Child protection holds a P1's 12-hour emergency measure, which its acknowledgement does
+    not stop: the page says so, and by when."""
+    case_id, _ = await _p1_case(stack)
+
+    async def scheduled():
+        async with stack.rt.db.reads() as session:
+            m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
+        return m if m is not None and m.authority_id == CP else None
+
+    due = (await eventually(scheduled)).due_at.isoformat()
+    async with stack.client() as anonymous:
+        done = await anonymous.post(_link(stack, case_id, CP))
+    assert done.status_code == 202, done.text
+    assert ("Biện pháp bảo vệ khẩn cấp (emergency_measure): trước / by "
+            f"{_vn(due)}</li>") in done.text
+
+
+async def test_an_overdue_link_says_so_and_still_takes_the_acknowledgement(stack, monkeypatch):
+    case_id, case = await _p1_case(stack)
+    due = next(t["ack_due"] for t in case["targets"] if t["authority_id"] == POLICE)
+    from services.intake.api import links
+    monkeypatch.setattr(links, "utcnow", lambda: datetime.fromisoformat(due) + timedelta(minutes=1))
+    async with stack.client() as anonymous:
+        page = await anonymous.get(_link(stack, case_id, POLICE))
+        done = await anonymous.post(_link(stack, case_id, POLICE))
+    assert "<b>ĐÃ QUÁ HẠN / Overdue</b>" in page.text and "tier above" in page.text
+    assert "<button" in page.text and done.status_code == 202
 
 
 async def test_missed_twelve_hour_milestone_escalates(stack):
@@ -290,6 +351,15 @@ async def test_transfer_reroutes_and_duty_ends_when_new_authority_acknowledges(s
     pending = [t for t in await _timers(stack, case_id)
                if t.authority_id == CP and t.kind == "breach" and t.fired_at is None]
     assert pending, "the first authority stays on the clock until the new one acknowledges"
+    link = _link(stack, case_id, CP)  # the sender's link says where the case went, and who answers
+    elsewhere = stack.rt.directory.get(ELSEWHERE).name
+    await _readable_target(stack, case_id, CP, lambda t: t.get("transferred_to"))
+    async with stack.client() as anonymous:
+        page, click = await anonymous.get(link), await anonymous.post(link)
+    assert "No acknowledgement is expected" not in page.text
+    assert f"transferred to <b>{elsewhere}</b> <small>({ELSEWHERE})</small>" in page.text
+    assert "remains responsible" in page.text and click.status_code == 409
+    assert "remains responsible" in click.text
 
     async with stack.client(neighbour) as other:
         async def readable():
@@ -305,6 +375,11 @@ async def test_transfer_reroutes_and_duty_ends_when_new_authority_acknowledges(s
         return row.released_at is not None
 
     await eventually(released)
+    await _readable_target(stack, case_id, CP, lambda t: t.get("released"))
+    async with stack.client() as anonymous:
+        page = await anonymous.get(link)
+    assert f"handed over to <b>{elsewhere}</b> <small>({ELSEWHERE})</small>, which acknowledged" \
+        in page.text
     async with stack.rt.db.reads() as session:
         m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
     assert m.authority_id == ELSEWHERE  # the legal deadline moved with the duty
@@ -551,7 +626,7 @@ async def test_a_closed_case_takes_no_acknowledgement_and_its_link_says_so(stack
         click = await anonymous.post(f"/a/{token}")
     assert page.status_code == 200 and "Case closed" in page.text and "<form" not in page.text
     # A browser's form post: the refusal is a page that says why, not a JSON error.
-    assert click.status_code == 409 and "<h1>Case closed" in click.text
+    assert click.status_code == 409 and "<h1>Vụ việc đã đóng / Case closed" in click.text
     assert click.headers["content-type"].startswith("text/html")
     assert (await _target(stack, case_id, POLICE)).acked_at is None
 

@@ -84,3 +84,16 @@ def test_bad_arguments():
         make(secret="")
     with pytest.raises(ValueError):
         make(expires_at=datetime(2026, 12, 1))
+
+
+def test_an_authority_the_directory_no_longer_has_is_shown_by_its_id():
+    from types import SimpleNamespace
+
+    from services.intake.api.links import _authority
+
+    class Gone:
+        def get(self, authority_id):
+            raise KeyError(authority_id)
+
+    assert _authority(SimpleNamespace(directory=Gone()), "commune:4:police") == \
+        "<b>commune:4:police</b>"

@@ -12,14 +12,16 @@ from datetime import datetime
 from html import escape
 from urllib.parse import unquote
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
+from sqlalchemy import select
 
 from schemas.events import Envelope, TargetAcknowledged
 from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.common.links import LinkClaims, verify_link
+from services.escalation.store import EscalationMilestone
 from services.intake import submission
 from services.intake.api.cases import holds_duty
 from services.intake.api.deps import Runtime
@@ -28,9 +30,12 @@ from services.notifier.render import local_time
 
 router = APIRouter(tags=["authorities"], include_in_schema=True)
 ACTIONS = ("view", "ack")  # the notifier's link says "view"; the page offers the one action
+WHEN = "%H:%M %d/%m/%Y"  # as the message gives a time, in Viet Nam time
+VN_TIME = "(giờ Việt Nam / Viet Nam time, UTC+7)"
 
 
-async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, dict]:
+async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, dict] | None:
+    """The case, the link's claims and its authority's target; None (audited) if not valid."""
     case_id = unquote(token.split(".", 1)[0])[:40]
     async with rt.db.reads() as session:
         case = await session.get(CaseView, case_id)
@@ -48,7 +53,13 @@ async def _claims(rt, token: str, action: str) -> tuple[CaseView, LinkClaims, di
     await audit.write(rt.db, "link:invalid", "link", action,
                       case.case_id if case is not None else "/a/[token]", ["link"],
                       outcome="denied" if case is not None else "not_found")
-    raise HTTPException(404, "this link is not valid or has expired")
+    return None
+
+
+# Plain HTML for a phone: no script but the button's, big enough to tap.
+STYLE = ("body{font-family:sans-serif;margin:0 auto;padding:12px;max-width:40em;line-height:1.4}"
+         "small{color:#555}.late{color:#fff;background:#b00020;padding:8px}"
+         "button{width:100%;min-height:48px;font-size:1.1em}")
 
 
 def page(title: str, body: str, status: int = 200,
@@ -56,10 +67,22 @@ def page(title: str, body: str, status: int = 200,
     """A page of the link's: `body` is HTML already (escape what it quotes)."""
     return HTMLResponse(
         f"<!doctype html><html lang='vi'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width'><meta name='robots' content='noindex'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<meta name='robots' content='noindex'><style>{STYLE}</style>"
         f"<title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>{body}</body></html>",
         status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
                          **(headers or {})})
+
+
+# An officer who opened a broken or old link needs a way on, on the phone, in Vietnamese.
+NOT_VALID = ("<p>Liên kết này không hợp lệ hoặc đã hết hạn. Hãy mở liên kết trong tin nhắn mới "
+             "nhất về vụ việc, hoặc gọi Tổng đài 111. / This link is not valid or has expired. "
+             "Open the link in the latest message about the case, or call the hotline "
+             "(Tổng đài <a href='tel:111'>111</a>).</p>")
+
+
+def not_valid() -> HTMLResponse:
+    return page("Liên kết không hợp lệ / Link not valid", NOT_VALID, 404)
 
 
 def _link_user(authority_id: str) -> Principal:
@@ -73,65 +96,139 @@ async def _record(rt, who: Principal, case_id: str, outcome: str) -> None:
 
 
 # What the page cannot do, said where an officer expects a sign-in: there is no web client.
-DETAILS = ("<p>This page shows no personal data. The case itself is read through your agency's "
-           "system connected to Beacon, with the account issued to you. / Trang này không có "
-           "thông tin cá nhân. Chi tiết vụ việc xem qua hệ thống của cơ quan kết nối với Beacon, "
-           "bằng tài khoản được cấp.</p>")
+DETAILS = ("<p>Trang này không có thông tin cá nhân. Chi tiết vụ việc xem qua hệ thống của cơ "
+           "quan kết nối với Beacon, bằng tài khoản được cấp. / This page shows no personal data. "
+           "The case itself is read through your agency's system connected to Beacon, with the "
+           "account issued to you.</p>")
+CLOSED = ("Vụ việc đã đóng / Case closed",
+          "<p>Vụ việc đã đóng, không cần xác nhận. / The case is closed; no acknowledgement is "
+          "expected.</p>")
+INFORM = ("Thông báo / For your information",
+          "<p>Cơ quan này không cần xác nhận. / No acknowledgement is expected from this "
+          "authority.</p>")
+
+
+def _when(at: str | datetime | None) -> str:
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at)
+    return escape(local_time(at, WHEN)) if at is not None else "-"
+
+
+def _authority(rt, authority_id: str) -> str:
+    """The directory's name (an authority's own, no person's), the id small beside it."""
+    try:
+        name = rt.directory.get(authority_id).name
+    except KeyError:  # no longer in the directory: the id is all there is
+        return f"<b>{escape(authority_id)}</b>"
+    return f"<b>{escape(name)}</b> <small>({escape(authority_id)})</small>"
 
 
 def _facts(rt, case: CaseView, authority_id: str) -> str:
     category = rt.pack.categories.get(case.category)  # the pack's names, as in the message
     names = " / ".join(n for n in (category.label, category.name) if n) if category else ""
-    return (f"<p>Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
-            f"{escape(names)} ({escape(case.category)}). For: {escape(authority_id)}.</p>")
+    return (f"<p>Vụ việc / Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
+            f"{escape(names)} ({escape(case.category)}).</p>"
+            f"<p>Cơ quan / For: {_authority(rt, authority_id)}</p>")
 
 
-@router.get("/a/{token}", response_class=HTMLResponse)
+def _transferred(rt, target: dict) -> tuple[str, str] | None:
+    """The page of a target that passed the case on (the read model's `transferred_to`, and
+    `released` once the new authority acknowledged); None if it did not."""
+    to = target.get("transferred_to")
+    if not to:
+        return None
+    name = _authority(rt, to)
+    if target.get("released"):
+        return ("Đã bàn giao / Handed over",
+                f"<p>Vụ việc đã được bàn giao cho {name}; cơ quan đó đã xác nhận. / The case was "
+                f"handed over to {name}, which acknowledged it.</p>")
+    # The sender stays on the clock until the new authority acknowledges (docs/authorities.md).
+    return ("Đang chuyển giao / Transfer pending",
+            f"<p>Vụ việc đã được chuyển cho {name}, đang chờ cơ quan đó xác nhận. Cơ quan của bạn "
+            f"vẫn chịu trách nhiệm cho đến khi đó. / The case was transferred to {name} and awaits "
+            f"its acknowledgement. Your authority remains responsible for the case until then.</p>")
+
+
+async def _milestones(rt, case_id: str, authority_id: str) -> str:
+    """The legal deadlines this authority holds and has yet to meet (the 12-hour emergency
+    measure of a P1): an acknowledgement does not stop them, so the page says what comes next."""
+    async with rt.db.reads() as session:
+        rows = (await session.scalars(select(EscalationMilestone).where(
+            EscalationMilestone.case_id == case_id,
+            EscalationMilestone.authority_id == authority_id,
+            EscalationMilestone.done_at.is_(None), EscalationMilestone.due_at.is_not(None))
+            .order_by(EscalationMilestone.due_at))).all()
+    if not rows:
+        return ""
+    labels = {m.name: m.label for m in rt.pack.milestones}
+    now = utcnow()
+    items = "".join(
+        f"<li>{escape(labels.get(r.milestone, r.milestone))} ({escape(r.milestone)}): "
+        f"trước / by {_when(r.due_at)}{' <b>ĐÃ QUÁ HẠN / Overdue</b>' if r.due_at <= now else ''}"
+        "</li>" for r in rows)
+    return f"<p>Việc tiếp theo / Next deadlines {VN_TIME}:</p><ul>{items}</ul>"
+
+
+@router.get("/a/{token}", response_class=HTMLResponse, responses={404: {}})
 async def link_page(token: str, rt: Runtime):
-    case, claims, target = await _claims(rt, token, "read")
+    found = await _claims(rt, token, "read")
+    if found is None:
+        return not_valid()
+    case, claims, target = found
     who = _link_user(claims.authority_id)
     await audit.write(rt.db, who.user_id, who.role, "read", case.case_id, ["link_page"])
     facts = _facts(rt, case, claims.authority_id)
     if case.status == "closed":
-        return page("Case closed / Vụ việc đã đóng",
-                    facts + "<p>The case is closed; no acknowledgement is expected. / Vụ việc "
-                    "đã đóng, không cần xác nhận.</p>")
+        return page(CLOSED[0], facts + CLOSED[1])
+    if transferred := _transferred(rt, target):  # before its acknowledgement: what holds now
+        return page(transferred[0], facts + transferred[1])
     if target.get("acknowledged_at"):
-        return page("Acknowledged / Đã xác nhận",
-                    facts + "<p>This authority has acknowledged the case.</p>")
+        at = _when(target["acknowledged_at"])
+        return page("Đã xác nhận / Acknowledged",
+                    facts + f"<p>Cơ quan này đã xác nhận vụ việc lúc {at}. / This authority "
+                    f"acknowledged the case at {at}. {VN_TIME}</p>"
+                    + await _milestones(rt, case.case_id, claims.authority_id))
     if not holds_duty(target):
-        return page("For your information / Thông báo",
-                    facts + "<p>No acknowledgement is expected. / Không cần xác nhận.</p>")
+        return page(INFORM[0], facts + INFORM[1])
     ack_due = target.get("ack_due")  # as the message that carried the link gave it
-    shown = local_time(datetime.fromisoformat(ack_due), "%H:%M %d/%m/%Y") if ack_due else "-"
-    due = (f"<p>Acknowledge by / Xác nhận trước: {escape(shown)} "
-           "(Viet Nam time, UTC+7).</p>")
-    form = (f"<form method='post' action='/a/{escape(token)}'>"
-            "<button type='submit'>Acknowledge / Xác nhận</button></form>" + DETAILS)
-    return page("Acknowledge this alert / Xác nhận cảnh báo", facts + due + form)
-
+    due = f"<p>Xác nhận trước / Acknowledge by: {_when(ack_due)} {VN_TIME}.</p>"
+    if ack_due and datetime.fromisoformat(ack_due) < utcnow():
+        due += ("<p class='late'><b>ĐÃ QUÁ HẠN / Overdue</b>: người giám sát và cấp trên có thể "
+                "đã được báo; vẫn hãy xác nhận ngay. / The deadline has passed: your supervisor "
+                "and the tier above may have been alerted; still acknowledge now.</p>")
+    # Disabled once sent: a poor connection invites taps again (the server answers repeats).
+    form = (f"<form method='post' action='/a/{escape(token)}' "
+            "onsubmit=\"this.querySelector('button').disabled=true\">"
+            "<button type='submit'>Xác nhận / Acknowledge</button></form>" + DETAILS)
+    return page("Xác nhận cảnh báo / Acknowledge this alert", facts + due + form)
 
 
 @router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 409: {}, 503: {}})
 async def link_acknowledge(token: str, rt: Runtime):
-    case, claims, target = await _claims(rt, token, "write")
+    found = await _claims(rt, token, "write")
+    if found is None:
+        return not_valid()
+    case, claims, target = found
     who = _link_user(claims.authority_id)
     # A browser posted the form: refusals are pages too, not JSON.
     if case.status == "closed":
         await _record(rt, who, case.case_id, "rejected")
-        return page("Case closed / Vụ việc đã đóng",
-                    "<p>The case is closed; no acknowledgement is expected. / Vụ việc đã đóng, "
-                    "không cần xác nhận.</p>", 409)
+        return page(*CLOSED, 409)
     if not holds_duty(target):
         await _record(rt, who, case.case_id, "rejected")
-        return page("For your information / Thông báo",
-                    "<p>No acknowledgement is expected from this authority. / Cơ quan này "
-                    "không cần xác nhận.</p>", 409)
+        return page(*(_transferred(rt, target) or INFORM), 409)
+    facts = _facts(rt, case, claims.authority_id)
     if target.get("acknowledged_at"):
         await _record(rt, who, case.case_id, "replayed")  # a second click: answered, as before
-        return page("Acknowledged", "<p>This authority had already acknowledged the case.</p>")
+        at = _when(target["acknowledged_at"])
+        return page("Đã xác nhận / Acknowledged",
+                    facts + f"<p>Cơ quan này đã xác nhận vụ việc trước đó, lúc {at}. / This "
+                    f"authority had already acknowledged the case, at {at}. {VN_TIME}</p>"
+                    + await _milestones(rt, case.case_id, claims.authority_id))
     event = TargetAcknowledged(case_id=case.case_id, authority_id=claims.authority_id,
                                by_user=who.user_id, at=utcnow())
     await submission.accept(rt, who, Envelope.wrap(event, submission.SOURCE), None, {}, None)
-    return page("Acknowledged", f"<p>Case <b>{escape(case.case_id)}</b> acknowledged for "
-                                f"{escape(claims.authority_id)}. Thank you.</p>", 202)
+    at = _when(event.at)
+    return page("Đã xác nhận / Acknowledged",
+                facts + f"<p>Đã xác nhận lúc {at}. Xin cảm ơn. / Acknowledged at {at}. Thank you. "
+                f"{VN_TIME}</p>" + await _milestones(rt, case.case_id, claims.authority_id), 202)
