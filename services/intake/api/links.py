@@ -21,6 +21,7 @@ from services.common import audit
 from services.common.auth import Principal
 from services.common.db import utcnow
 from services.common.links import LinkClaims, verify_link
+from services.escalation import milestones
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
 from services.intake.api.cases import holds_duty
@@ -160,10 +161,10 @@ async def _milestones(rt, case_id: str, authority_id: str) -> str:
             .order_by(EscalationMilestone.due_at))).all()
     if not rows:
         return ""
-    labels = {m.name: m.label for m in rt.pack.milestones}
     now = utcnow()
     items = "".join(
-        f"<li>{escape(labels.get(r.milestone, r.milestone))} ({escape(r.milestone)}): "
+        f"<li>{escape(milestones.label(r.milestone, rt.pack) or r.milestone)} "
+        f"({escape(r.milestone)}): "
         f"trước / by {_when(r.due_at)}{' <b>ĐÃ QUÁ HẠN / Overdue</b>' if r.due_at <= now else ''}"
         "</li>" for r in rows)
     return f"<p>Việc tiếp theo / Next deadlines {VN_TIME}:</p><ul>{items}</ul>"
