@@ -11,10 +11,12 @@ from datetime import datetime
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import select
 
 from schemas.events import Envelope, RulePackPublished, Topics
 from services.common.db import log_failure, utcnow
 from services.escalation.directory import build_directory
+from services.escalation.packs_store import RulePackPublication, RulePackVersion
 from services.escalation.rulepack import RulePackError, parse_pack
 
 log = structlog.get_logger("beacon.rulepacks")
@@ -52,7 +54,30 @@ class PackWatcher:
         for tp in partitions:
             while await self.consumer.position(tp) < end[tp]:
                 await self._poll()
+        await self._recorded()
         await self.apply_due()
+
+    async def _recorded(self) -> None:
+        """Publications the database records but the topic no longer holds (the broker's data
+        lost, the topics made again): without them the configured pack came back in force,
+        undoing in silence what two admins had approved and published. A publication is
+        recorded only once it is on Kafka, so the database never adds one Kafka did not have."""
+        async with self.rt.db.reads() as session:
+            rows = (await session.execute(
+                select(RulePackPublication, RulePackVersion)
+                .join(RulePackVersion, RulePackVersion.version == RulePackPublication.version)
+                .order_by(RulePackPublication.id))).all()
+        for pub, version in rows:
+            known = self.publications.get(pub.version)
+            if known is not None and known[1].published_at >= pub.published_at:
+                continue
+            self.publications[pub.version] = (pub.event_id, RulePackPublished(
+                version=pub.version, sha256=version.sha256, text=version.text,
+                effective_at=pub.effective_at, published_at=pub.published_at,
+                published_by=pub.published_by, approved_by=version.approved_by,
+                reevaluate_open=pub.reevaluate_open))
+            log.warning("rulepack_publication_from_database", version=pub.version,
+                        why="recorded as published but not on the rulepacks topic")
 
     async def stop(self) -> None:
         if self.consumer is not None:

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from services import runtime
 from services.common import auth
 from services.common.audit import AuditRecord
+from services.escalation import packs_store
 from services.escalation.rulepack import SHIPPED
 from services.escalation.store import EscalationCase, EscalationTarget
 from tests.conftest import eventually
@@ -311,6 +312,32 @@ async def test_a_pack_that_drops_a_category_takes_effect_now_or_not_at_all(stack
         assert later.status_code == 409 and "EMOTIONAL" in later.text, later.text
         now = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication", json={})
         assert now.status_code == 202, now.text
+
+
+async def test_a_published_pack_stays_in_force_when_the_topics_are_lost(stack):
+    """The broker's data lost, the topics made again: the configured pack came back in force,
+    undoing what two admins had approved and published. The database records it."""
+    admin2 = await second_admin(stack)
+    async with stack.client("admin") as admin:
+        assert (await admin.post("/api/v1/rulepacks", json={"text": crafted_pack()})).is_success
+    async with stack.client(admin2) as approver:
+        assert (await approver.post(f"/api/v1/rulepacks/{DRAFT}/approval")).is_success
+    async with stack.client("admin") as admin:
+        assert (await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication",
+                                 json={})).status_code == 202
+
+    async def published():
+        async with stack.rt.db.reads() as session:
+            return await session.scalar(select(packs_store.RulePackPublication.id))
+    await eventually(published)
+    lost = stack.rt.settings.model_copy(
+        update={"topic_prefix": f"{stack.rt.settings.topic_prefix}lost."})
+    other = runtime.build(lost, frozenset({"escalation"}))
+    await runtime.start(other)
+    try:
+        assert other.pack.version == DRAFT
+    finally:
+        await runtime.stop(other)
 
 
 async def test_replay_shows_a_weakened_deadline_and_policy(stack):
