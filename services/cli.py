@@ -119,6 +119,37 @@ def db_upgrade(revision: str = "head"):
     typer.echo(f"database at {revision}")
 
 
+@db_app.command("backup")
+def db_backup(path: Annotated[Path, typer.Argument(help="The file to write; must not exist")]):
+    """A consistent copy of the SQLite database, taken while Beacon runs (SQLite's online
+    backup). A copy of the file misses what its write-ahead log holds: a copy made so of a
+    running Beacon held no report at all. On PostgreSQL, use pg_dump or continuous archiving
+    (docs/operations.md)."""
+    import sqlite3
+
+    from sqlalchemy import make_url
+
+    url = make_url(_settings().database_url)
+    if url.get_backend_name() != "sqlite":
+        typer.echo("beacon db backup copies a SQLite database; on PostgreSQL use pg_dump or "
+                   "continuous archiving (docs/operations.md, Backup and restore)", err=True)
+        raise typer.Exit(2)
+    source = Path(url.database or "")
+    if not source.is_file():
+        typer.echo(f"no database at {source} (BEACON_DATABASE_URL)", err=True)
+        raise typer.Exit(2)
+    if path.exists():
+        typer.echo(f"{path} exists: give a new file, so that no backup is overwritten", err=True)
+        raise typer.Exit(2)
+
+    def progress(status, remaining, total):
+        typer.echo(f"  {total - remaining}/{total} pages", err=True)
+
+    with sqlite3.connect(source) as live, sqlite3.connect(path) as copy:
+        live.backup(copy, pages=4096, progress=progress)
+    typer.echo(f"backed up {source} to {path}")
+
+
 async def _with_db(fn, settings=None, migrated: bool = True):
     """`fn(db)` on the configured database, closed afterwards; exit 2 with a message when it
     cannot be reached or (`migrated`) is not migrated."""

@@ -154,3 +154,17 @@ def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap
     assert bad_base.returncode == 2 and "BEACON_PUBLIC_BASE_URL" in bad_base.stderr
     typo = _run(settings, "db", "upgrade", BEACON_LOG_LEVL="DEBUG")
     assert typo.returncode == 0 and "unknown variables ignored: BEACON_LOG_LEVL" in typo.stderr
+
+
+def test_a_backup_is_a_consistent_copy_and_never_overwrites_one(kafka_bootstrap, tmp_path):
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'live.db'}")
+    beacon(settings, "db", "upgrade")
+    with sqlite3.connect(tmp_path / "live.db") as running:  # as Beacon holds it open
+        assert running.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        beacon(settings, "users", "create", "op-9", "operator")  # in the write-ahead log
+        done = beacon(settings, "db", "backup", str(tmp_path / "copy.db"))
+        assert "backed up" in done.stdout and "pages" in done.stderr  # progress
+    with sqlite3.connect(tmp_path / "copy.db") as copy:
+        assert copy.execute("SELECT id FROM users").fetchall() == [("op-9",)]
+    again = _run(settings, "db", "backup", str(tmp_path / "copy.db"))
+    assert again.returncode == 2 and "exists" in again.stderr
