@@ -156,6 +156,11 @@ class AlertRequested(_Data):
     # Where it happened (a code): an officer told of two cases of one category in a commune
     # tells a child at home from a kindergarten's. Absent from events written before it was added.
     setting: Setting | None = None
+    # The directory's names of the recipient and of `about_authority_id` (an authority's name,
+    # such as "Bảo vệ trẻ em – Phường Ba Đình", never a person's): a province officer told of
+    # a silent commune could not tell which commune from its id. Absent from older events.
+    authority_name: str | None = None
+    about_authority_name: str | None = None
 
 
 class TargetEscalated(_Data):

@@ -48,7 +48,15 @@ class Alerts:
             category_label=Label(vi=category.label, en=category.name) if category else None,
             agency_label=Label(vi=agency.label, en=agency.name) if agency else None,
             setting=case.facts.get("setting"),
+            authority_name=recipient.name,
+            about_authority_name=self._name(about[0]) if about else None,
         ), topic=Topics.ALERTS)
+
+    def _name(self, authority_id: str) -> str | None:
+        try:
+            return self.rt.directory.get(authority_id).name
+        except KeyError:  # routed under an earlier pack or directory: its id is all there is
+            return None
 
     def _emit(self, session: AsyncSession, data, topic: str = Topics.CASES) -> None:
         outbox.add(session, SERVICE, self.rt.settings.topic(topic), Envelope.wrap(data, SOURCE))

@@ -162,6 +162,9 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
         "about_authority_id": alert.about_authority_id,
         "about_reason": alert.about_reason,
+        # The directory's names; None in events written before names were added.
+        "authority_name": alert.authority_name,
+        "about_authority_name": alert.about_authority_name,
         "setting": alert.setting,
         "setting_label": _label(SETTING_LABELS, lang, alert.setting) if alert.setting else None,
     }
@@ -172,7 +175,8 @@ def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
     keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "agency_label", "role",
             "kind", "category", "category_label", "severity", "publicity", "ack_due", "ack_due_local",
             "rulepack_version", "link", "lang", "milestone", "milestone_due",
-            "about_authority_id", "about_reason", "setting")
+            "about_authority_id", "about_reason", "setting", "authority_name",
+            "about_authority_name")
     return {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
 
 

@@ -63,6 +63,7 @@ def test_templates_see_an_allow_list_of_codes_only():
         "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
         "link", "milestone", "milestone_label", "milestone_due", "milestone_due_local",
         "milestone_due_short", "about_authority_id", "about_reason", "setting", "setting_label",
+        "authority_name", "about_authority_name",  # an authority's, from the directory
     }
     assert "contacts" not in ctx
 
@@ -365,6 +366,24 @@ def test_a_supervisor_is_told_who_missed_the_deadline_and_asked_for_nothing(lang
     sms = render(a, "sms", lang, link(a))
     assert sms_segments(sms.text)[1] <= 2
     assert "don doc" in fold_to_gsm7(sms.text) or "follow up" in sms.text
+
+
+@pytest.mark.parametrize("lang,to,missed", [
+    ("vi", "Gửi tới: UBND Phường Ba Đình (cơ quan", "chưa xác nhận đúng hạn: Bảo vệ trẻ em – "
+     "Phường Ba Đình (commune:4:child_protection)"),
+    ("en", "To: UBND Phường Ba Đình (", "Not acknowledged in time by: Bảo vệ trẻ em – Phường Ba "
+     "Đình (commune:4:child_protection)")])
+def test_authorities_are_named_as_the_directory_names_them(lang, to, missed):
+    """A province officer told of a silent commune could not tell which commune from its id."""
+    a = alert(kind="supervisor", role="inform", agency="people_committee",
+              authority_id="commune:4:people_committee", authority_name="UBND Phường Ba Đình",
+              about_authority_id="commune:4:child_protection",
+              about_authority_name="Bảo vệ trẻ em – Phường Ba Đình")
+    email = render(a, "email", lang, link(a)).text
+    assert to in email and missed in email
+    body = render(a, "webhook", lang, link(a)).body
+    assert (body["authority_name"], body["about_authority_name"]) == (
+        "UBND Phường Ba Đình", "Bảo vệ trẻ em – Phường Ba Đình")
 
 
 def test_an_informed_authority_is_not_asked_to_acknowledge():
