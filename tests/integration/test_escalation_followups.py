@@ -91,6 +91,9 @@ async def test_a_breach_after_a_transfer_names_the_authority_that_has_not_answer
             if a["kind"] in ("supervisor", "escalated")]
     assert told and {a["about_authority_id"] for a in told} == {CP8}
     assert {a["about_reason"] for a in told} == {"deadline_missed"}
+    # Named as the directory names them: an id alone does not say which commune.
+    assert {a["about_authority_name"] for a in told} == {esc.rt.directory.get(CP8).name}
+    assert all(a["authority_name"] == esc.rt.directory.get(a["authority_id"]).name for a in told)
 
 
 async def test_an_acknowledgement_at_the_end_of_a_chain_of_transfers_releases_it_all(esc):
