@@ -307,7 +307,22 @@ async def _rule_packs(rt: Runtime) -> None:
         pass  # another process registered it first
     async with rt.db.reads() as session:
         await rt.directory.refresh(session)
+    warn_demo_contacts(rt)
     await rt.watcher.start()
+
+
+def warn_demo_contacts(rt: Runtime) -> int:
+    """In production, say how many authorities still have the generated demo contacts: their
+    alerts go to addresses nobody reads. Returns that number."""
+    if rt.settings.env != "production":
+        return 0
+    ids = list(rt.directory.base.ids())
+    demo = sum(1 for aid in ids if aid not in rt.directory.entries)
+    if demo:
+        log.warning("directory_demo_contacts", authorities=demo, of=len(ids),
+                    why="their alerts go to the generated demo contacts, which nobody reads: set "
+                        "their real contacts with `beacon directory set` (docs/admin.md)")
+    return demo
 
 
 async def stop(rt: Runtime) -> None:

@@ -118,3 +118,24 @@ def test_validate_reports_unresolvable_pairs():
     directory.agency_labels.pop("cyber_police")  # as if the directory lacked that agency
     problems = validate_directory(directory, pack)
     assert problems and all("cyber_police" in p for p in problems)
+
+
+def test_production_says_how_many_authorities_still_have_demo_contacts():
+    """Their alerts go to generated addresses that nobody reads."""
+    from types import SimpleNamespace
+
+    import structlog
+
+    from services import runtime
+    from services.escalation.directory_admin import OverlayDirectory
+
+    directory = OverlayDirectory(build_directory(PACK))
+    real = "commune:4:child_protection"
+    directory.entries = {real: directory.get(real)}  # an admin set its contacts
+    rt = SimpleNamespace(settings=SimpleNamespace(env="production"), directory=directory)
+    with structlog.testing.capture_logs() as logs:
+        assert runtime.warn_demo_contacts(rt) == len(DIRECTORY) - 1
+    [said] = [e for e in logs if e["event"] == "directory_demo_contacts"]
+    assert said["authorities"] == len(DIRECTORY) - 1 and "beacon directory set" in said["why"]
+    rt.settings = SimpleNamespace(env="development")  # the demo directory is the point
+    assert runtime.warn_demo_contacts(rt) == 0
