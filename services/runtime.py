@@ -15,7 +15,7 @@ from sqlalchemy import make_url, select, text
 from sqlalchemy.exc import DBAPIError
 
 from schemas.events import Topics
-from services.common import kafka, migrate, positions
+from services.common import kafka, migrate
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, log_failure
 from services.common.outbox import Relay
@@ -72,19 +72,19 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
         rt.inputs = submission.writer(rt.db)
         rt.matching = correlation.MatchLocks(rt.db)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.CASES, Topics.ALERTS,
-                                            Topics.DELIVERIES], CONSUMER_GROUPS["intake"],
+                                            Topics.DELIVERIES], "intake-readmodel",
                       _readmodel(rt), database_up=rt.db.is_up, db=rt.db)
     if "escalation" in services:
         from services.escalation.handlers import Escalation
 
         rt.parts["escalation"] = esc = Escalation(rt)
         kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.DELIVERIES],
-                      CONSUMER_GROUPS["escalation"], esc.handle, database_up=rt.db.is_up, db=rt.db)
+                      "escalation", esc.handle, database_up=rt.db.is_up, db=rt.db)
     if "notifier" in services:
         from services.notifier.handlers import Notifier
 
         rt.parts["notifier"] = notifier = Notifier(rt)
-        kafka.consume(rt.broker, settings, [Topics.ALERTS], CONSUMER_GROUPS["notifier"],
+        kafka.consume(rt.broker, settings, [Topics.ALERTS], "notifier",
                       notifier.handle, database_up=rt.db.is_up, db=rt.db)
     return rt
 
@@ -156,7 +156,6 @@ async def check_database(db: Database, migrated: bool = True) -> None:
 
 
 DATABASE_WAIT_S = 15
-CONSUMER_GROUPS = {"intake": "intake-readmodel", "escalation": "escalation", "notifier": "notifier"}
 
 
 async def check_kafka(settings: Settings) -> None:
@@ -244,9 +243,6 @@ async def start(rt: Runtime) -> None:
         if service in rt.parts:
             rt.relays[service] = Relay(service, rt.db, rt.producer)
     await _rule_packs(rt)
-    # A database restored from a backup: its consumers read again what it has not seen.
-    await positions.rewind(rt.settings, rt.db, [rt.settings.group(CONSUMER_GROUPS[s])
-                                                for s in sorted(rt.services & CONSUMER_GROUPS.keys())])
     await rt.broker.start()
     if "intake" in rt.services:
         from services.intake import readmodel, submission

@@ -183,9 +183,9 @@ def consume(
     message caps a consumer near a hundred messages a second). `handler` applies a batch at
     once (one transaction); when a batch fails, its messages are applied one at a time, so
     that the one at fault is found. It must be idempotent by event id: after a failure or a
-    crash the batch comes again. With `db`, each batch applied is recorded in it
-    (services/common/positions.py), so a database restored from a backup reads again what it
-    had not seen.
+    crash the batch comes again. With `db`, each batch applied is recorded in it, and an
+    assigned partition committed past that record is read again from it
+    (services/common/positions.py): a database restored from a backup sees what it missed.
     A message that keeps failing is dead-lettered after MAX_ATTEMPTS, but a failure while
     `database_up()` says the database is away, or one that is the database's own state (full,
     locked, read-only: `db.database_fault`), is not the message's fault: it is not counted, and
@@ -252,7 +252,8 @@ def consume(
                 await asyncio.sleep(backoff_s(n, 2))  # a failing handler is not hammered
                 raise  # NACK: nothing of this batch is committed; it comes again
 
-    broker.subscriber(
+    rewind = positions.Rewind(db, settings.group(group)) if db is not None else None
+    subscriber = broker.subscriber(
         *[settings.topic(t) for t in topics],
         group_id=settings.group(group),
         auto_offset_reset="earliest",
@@ -264,7 +265,11 @@ def consume(
         session_timeout_ms=10000,
         heartbeat_interval_ms=1000,
         title=group,
-    )(on_batch)
+        listener=rewind,
+    )
+    subscriber(on_batch)
+    if rewind is not None:
+        rewind.subscriber = subscriber
 
 
 def backoff_s(failures: int, cap_s: float) -> float:

@@ -3,26 +3,23 @@
 Kafka keeps a group's committed offsets; the database keeps what the group applied. The two
 agree until the database is restored from a backup: Kafka's offsets are then past events the
 restored database never saw, and the consumers skipped them for good (reports never decided,
-acknowledgements lost, cases answering 404), saying nothing. At start, a group whose committed
-offsets are ahead of the database's positions is moved back to them, so the events since are
-read again; each consumer skips what it had applied (processed_events).
+acknowledgements lost, cases answering 404), saying nothing. So when a partition is assigned
+to a consumer, a committed offset past the database's position is moved back to it, and the
+events since are read again; each consumer skips what it had applied (processed_events).
 
 A position is written after its batch is applied, so it is never ahead of the database: a
-crash in between reads the batch again, which is harmless.
+crash in between reads the batch again, which is harmless. The same holds for a process of an
+older release, which commits offsets without writing positions (a rolling upgrade): its
+partitions are read again from the last position written, and nothing is refused.
 """
 
-from types import SimpleNamespace
-
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import CommitFailedError
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from sqlalchemy import BigInteger, Integer, String, case, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.config import ConfigError, Settings
 from services.common.db import Base, Database
 
 log = structlog.get_logger("beacon")
@@ -39,16 +36,19 @@ class ConsumerPosition(Base):
 _TABLE = ConsumerPosition.__table__
 
 
-def _upsert(insert):
+def _upsert(insert, forward_only: bool):
     stmt = insert(_TABLE)
-    # Never back: after a rebalance a consumer may apply again what another had applied.
+    new = stmt.excluded.next_offset
     return stmt.on_conflict_do_update(
         index_elements=["group_id", "topic", "partition"],
-        set_={"next_offset": case((stmt.excluded.next_offset > _TABLE.c.next_offset,
-                                   stmt.excluded.next_offset), else_=_TABLE.c.next_offset)})
+        set_={"next_offset": case((new > _TABLE.c.next_offset, new), else_=_TABLE.c.next_offset)
+              if forward_only else new})
 
 
-_SAVE = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}
+# After a batch, never back: two consumers may both hold a partition for a moment in a
+# rebalance. At an assignment, to what this consumer now holds alone.
+_SAVE = {"postgresql": _upsert(pg_insert, True), "sqlite": _upsert(sqlite_insert, True)}
+_SET = {"postgresql": _upsert(pg_insert, False), "sqlite": _upsert(sqlite_insert, False)}
 
 
 async def save(db: Database, group_id: str, records: list) -> None:
@@ -56,64 +56,64 @@ async def save(db: Database, group_id: str, records: list) -> None:
     nexts: dict[tuple[str, int], int] = {}
     for r in records:
         nexts[(r.topic, r.partition)] = max(nexts.get((r.topic, r.partition), 0), r.offset + 1)
+    await _write(db, _SAVE, group_id, nexts)
+
+
+async def _write(db: Database, statements: dict, group_id: str,
+                 nexts: dict[tuple[str, int], int]) -> None:
     if not nexts:
         return
     async with db.writes() as session, session.begin():
-        await session.execute(_SAVE[session.get_bind().dialect.name], [
+        await session.execute(statements[session.get_bind().dialect.name], [
             {"group_id": group_id, "topic": t, "partition": p, "next_offset": n}
             for (t, p), n in sorted(nexts.items())])
 
 
-async def rewind(settings: Settings, db: Database, group_ids: list[str]) -> None:
-    """Move each group's committed offsets back to the database's positions where they are
-    ahead (a database restored from a backup). Refuses to start while another process of the
-    group runs: it would go on from the later offsets."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        for group_id in group_ids:
-            async with db.reads() as session:
-                applied = {TopicPartition(r.topic, r.partition): r.next_offset
-                           for r in (await session.scalars(select(ConsumerPosition).where(
-                               ConsumerPosition.group_id == group_id))).all()}
-            committed = await admin.list_consumer_group_offsets(group_id)
-            if not applied:
-                # A new database, or one from before positions were kept: from here on, the
-                # group's offsets are what it has applied.
-                await _seed(db, group_id, committed)
-                continue
-            # A partition the database has no position for, it has applied nothing of.
-            behind = {tp: applied.get(tp, 0) for tp, meta in committed.items()
-                      if applied.get(tp, 0) < meta.offset}
-            if behind:
-                await _commit(settings, group_id, behind, {tp: committed[tp].offset for tp in behind})
-    finally:
-        await admin.close()
+class Rewind(ConsumerRebalanceListener):
+    """At each assignment: a partition committed past the database's position is read again
+    from that position; one the database has no position for gets one (the committed offset:
+    a new database, or one from before positions were kept); one committed below it (a topic
+    made again, or a crash between the write and the commit) is set down to it."""
 
+    def __init__(self, db: Database, group_id: str):
+        self.db, self.group_id = db, group_id
+        self.subscriber = None  # FastStream's, whose aiokafka consumer seeks
 
-async def _seed(db: Database, group_id: str, committed: dict) -> None:
-    rows = [SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=meta.offset - 1)
-            for tp, meta in committed.items() if meta.offset > 0]
-    await save(db, group_id, rows)
+    async def on_partitions_revoked(self, revoked) -> None:
+        pass
 
-
-async def _commit(settings: Settings, group_id: str, offsets: dict, was: dict) -> None:
-    log.warning("database_behind_event_log", group=group_id,
-                events=sum(was[tp] - offsets[tp] for tp in offsets),
-                partitions={f"{tp.topic}[{tp.partition}]": [offsets[tp], was[tp]]
-                            for tp in sorted(offsets)},
-                why="the database is older than the group's offsets (restored from a backup?): "
-                    "reading those events again")
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group_id,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    except CommitFailedError:
-        raise ConfigError(
-            f"the database is behind consumer group {group_id} (restored from a backup?) while "
-            "another process of that group runs: stop every Beacon process of this deployment, "
-            "then start them again, so that the events since are read again") from None
-    finally:
-        await consumer.stop()
+    async def on_partitions_assigned(self, assigned) -> None:
+        consumer = getattr(self.subscriber, "consumer", None)
+        if consumer is None or not assigned:
+            return
+        async with self.db.reads() as session:
+            applied = {(r.topic, r.partition): r.next_offset
+                       for r in (await session.scalars(select(ConsumerPosition).where(
+                           ConsumerPosition.group_id == self.group_id,
+                           ConsumerPosition.topic.in_({tp.topic for tp in assigned})))).all()}
+        behind: dict[TopicPartition, tuple[int, int]] = {}
+        reset: dict[tuple[str, int], int] = {}
+        for tp in assigned:
+            at, committed = applied.get((tp.topic, tp.partition)), await consumer.committed(tp)
+            if at is not None and committed is not None and at < committed:
+                behind[tp] = (at, committed)
+            elif at is None or (committed is not None and committed < at):
+                reset[(tp.topic, tp.partition)] = committed or 0
+        await _write(self.db, _SET, self.group_id, reset)
+        if not behind:
+            return
+        start = await consumer.beginning_offsets(list(behind))
+        for tp, (at, _) in behind.items():
+            consumer.seek(tp, max(at, start[tp]))
+        log.warning("database_behind_event_log", group=self.group_id,
+                    events=sum(c - a for a, c in behind.values()),
+                    partitions={f"{tp.topic}[{tp.partition}]": [a, c]
+                                for tp, (a, c) in sorted(behind.items())},
+                    why="the database is older than the group's offsets (restored from a "
+                        "backup?): reading those events again")
+        gone = {f"{tp.topic}[{tp.partition}]": start[tp] - a
+                for tp, (a, _) in behind.items() if start[tp] > a}
+        if gone:
+            log.error("database_behind_retention", group=self.group_id, events_gone=gone,
+                      why="retention has removed events the database never applied: they "
+                          "cannot be read again")

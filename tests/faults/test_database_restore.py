@@ -6,11 +6,9 @@ its case answered 404, and its authorities were never chased."""
 import shutil
 import sqlite3
 
-import pytest
 from sqlalchemy import select, update
 
-from services.common import positions
-from services.common.config import ConfigError
+from services import runtime
 from services.common.positions import ConsumerPosition
 from services.escalation.store import EscalationCase, EscalationTarget
 from tests.conftest import eventually, make_settings, start_stack
@@ -81,18 +79,41 @@ async def test_a_restored_database_reads_again_what_came_after_its_backup(
         await second.stop()
 
 
-async def test_a_restored_database_is_refused_while_another_process_of_the_group_runs(
+async def test_positions_behind_the_group_are_read_again_with_another_process_running(
         kafka_bootstrap, inbox, tmp_path):
-    """That process would go on from the later offsets: the events since would be lost still."""
+    """An older release's process commits offsets and writes no positions (a rolling
+    upgrade), or the database was restored under a running process: a process starting then is
+    not refused; the partitions it is assigned are read again from the database's positions."""
     settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
                              inbox)
     running = await start_stack(settings)
+    other = None
     try:
         case_id = await _report(running, 3)
         await eventually(lambda: _shown(running, case_id))
+        group, inputs = settings.group("escalation"), settings.topic("beacon.inputs")
+
+        async def positions() -> dict:
+            async with running.rt.db.reads() as session:
+                return {r.partition: r.next_offset for r in (await session.scalars(
+                    select(ConsumerPosition).where(ConsumerPosition.group_id == group,
+                                                   ConsumerPosition.topic == inputs))).all()}
+
+        async def applied():
+            found = await positions()
+            return any(found.values()) and found
+        before = await eventually(applied)
         async with running.rt.db.writes() as session, session.begin():
-            await session.execute(update(ConsumerPosition).values(next_offset=0))
-        with pytest.raises(ConfigError, match="stop every Beacon process"):
-            await positions.rewind(settings, running.rt.db, [settings.group("escalation")])
+            await session.execute(update(ConsumerPosition).where(
+                ConsumerPosition.group_id == group).values(next_offset=0))
+        other = runtime.build(settings, frozenset({"escalation"}))
+        await runtime.start(other)  # the group rebalances: both processes are assigned anew
+
+        async def caught_up():  # no new input: only reading it again brings them back
+            now = await positions()
+            return all(now.get(p, 0) >= n for p, n in before.items())
+        await eventually(caught_up, timeout=60)
     finally:
+        if other is not None:
+            await runtime.stop(other)
         await running.stop()
