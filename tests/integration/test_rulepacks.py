@@ -314,6 +314,35 @@ async def test_a_pack_that_drops_a_category_takes_effect_now_or_not_at_all(stack
         assert now.status_code == 202, now.text
 
 
+async def test_a_pack_that_drops_a_category_a_scheduled_pack_adds_takes_effect_now(stack):
+    """Without EMOTIONAL now, with it from +1 h (scheduled), without it again from +2 h: cases
+    opened in it between +1 h and +2 h would be stranded, as for the pack in force."""
+    admin2 = await second_admin(stack)
+
+    def without(version: str) -> str:
+        return "\n".join(line for line in crafted_pack(version).split("\n")
+                         if "EMOTIONAL:" not in line)
+
+    async def publish(version: str, text: str, hours: int) -> int:
+        async with stack.client("admin") as admin:
+            assert (await admin.post("/api/v1/rulepacks", json={"text": text})).is_success
+        async with stack.client(admin2) as approver:
+            assert (await approver.post(f"/api/v1/rulepacks/{version}/approval")).is_success
+        at = {"effective_at": (datetime.now(UTC) + timedelta(hours=hours)).isoformat()}
+        async with stack.client("admin") as admin:
+            answer = await admin.post(f"/api/v1/rulepacks/{version}/publication",
+                                      json=at if hours else {})
+        return answer.status_code
+
+    assert await publish("nox-1", without("nox-1"), 0) == 202
+    assert await publish("withx-1", crafted_pack("withx-1"), 1) == 202
+
+    async def scheduled():
+        return "withx-1" in stack.rt.watcher.publications
+    await eventually(scheduled)
+    assert await publish("nox-2", without("nox-2"), 2) == 409
+
+
 async def test_a_published_pack_stays_in_force_when_the_topics_are_lost(stack):
     """The broker's data lost, the topics made again: the configured pack came back in force,
     undoing what two admins had approved and published. The database records it."""

@@ -17,7 +17,7 @@ from services.common.auth import Principal
 from services.common.db import utcnow
 from services.escalation import packs_store, replay
 from services.escalation.directory import build_directory
-from services.escalation.rulepack import RulePackError, validate_pack_text
+from services.escalation.rulepack import RulePackError, parse_pack, validate_pack_text
 from services.escalation.store import EscalationCase
 from services.intake.api.deps import Body, Runtime, deny, fail, invalid, role
 
@@ -175,6 +175,19 @@ async def approve(version: str, request: Request, rt: Runtime, who: Admin):
     return _out(row, rt)
 
 
+def _categories_until(rt, effective: datetime) -> set[str]:
+    """The categories cases may open in before `effective`: the pack in force's, and those of
+    every pack scheduled to come into force before then."""
+    codes = set(rt.pack.category_codes)
+    for _, pub in rt.watcher.publications.values():
+        if utcnow() < pub.effective_at < effective:
+            try:
+                codes |= parse_pack(pub.text, f"rulepack {pub.version}").category_codes
+            except RulePackError:
+                pass  # it will not come into force either (pack_watcher)
+    return codes
+
+
 async def _publish(request: Request, rt, who: Principal, version: str, body: Publish,
                    rollback: bool) -> dict:
     now = utcnow()
@@ -200,7 +213,7 @@ async def _publish(request: Request, rt, who: Principal, version: str, body: Pub
     # In force, a pack that lacks an open case's category could decide none of its follow-ups:
     # each would be accepted, fail and go to the dead-letter topic. Checked now, so it must
     # come into force now: until a later time, cases could still open in the categories.
-    dropped = sorted(rt.pack.category_codes - pack.category_codes)
+    dropped = sorted(_categories_until(rt, effective) - pack.category_codes)
     if dropped and effective > now:
         await _rejected(request, who, version, HTTPException(409, (
             f"{row.version} lacks categories of the pack in force ({', '.join(dropped)}); "
