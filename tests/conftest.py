@@ -46,7 +46,8 @@ def kafka_bootstrap():
         broker.stop()
 
 
-TEST_TOPIC = re.compile(r"^t[0-9a-f]{8}\.")
+TEST_TOPIC = re.compile(r"^t([0-9a-f]{8})\.")
+TAGS: set[str] = set()  # this run's: other runs may share the broker, and their topics stay
 
 
 async def delete_test_topics(bootstrap: str) -> None:
@@ -55,7 +56,8 @@ async def delete_test_topics(bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        topics = [t for t in await admin.list_topics() if TEST_TOPIC.match(t)]
+        topics = [t for t in await admin.list_topics()
+                  if (m := TEST_TOPIC.match(t)) and m.group(1) in TAGS]
         for i in range(0, len(topics), 100):
             await admin.delete_topics(topics[i:i + 100])
     finally:
@@ -88,6 +90,7 @@ def make_settings(kafka: str, database_url: str, inbox=None, **overrides):
     from services.common.config import Settings
 
     tag = uuid.uuid4().hex[:8]
+    TAGS.add(tag)
     values = dict(
         kafka_bootstrap=kafka, database_url=database_url, topic_prefix=f"t{tag}.",
         consumer_group_prefix=f"t{tag}", secret_key="test-secret-key",

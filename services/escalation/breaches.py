@@ -74,8 +74,9 @@ class Breaches:
     def _unescalated(self, authority_id: str, reason: str) -> None:
         """A missed deadline nobody can be told of: the top of the ladder, a pack that climbs
         none, or an authority routed under an earlier pack or directory (a district, since
-        abolished), whose supervisors and tier above are unknown. The new pack's own targets
-        were routed and alerted when the cases were re-decided under it."""
+        abolished), whose supervisors and tier above are unknown. Its case has the new pack's
+        targets only if the publication re-decided the open cases (`reevaluate_open`): so the
+        hotline's duty officer is told, by this metric and log line."""
         metrics.BREACHES_UNESCALATED.inc()
         gone = authority_id not in self.rt.directory
         log.error("breach_unescalated", authority_id=authority_id, reason=reason,
