@@ -120,7 +120,7 @@ def test_validate_reports_unresolvable_pairs():
     assert problems and all("cyber_police" in p for p in problems)
 
 
-def test_production_says_how_many_authorities_still_have_demo_contacts():
+def test_production_says_how_many_authorities_still_have_demo_contacts(monkeypatch):
     """Their alerts go to generated addresses that nobody reads."""
     from types import SimpleNamespace
 
@@ -134,6 +134,8 @@ def test_production_says_how_many_authorities_still_have_demo_contacts():
     directory.entries = {real: directory.get(real)}  # an admin set its contacts
     rt = SimpleNamespace(settings=SimpleNamespace(env="production"), directory=directory)
     with structlog.testing.capture_logs() as logs:
+        # A logger made now sees the capture (the module's is cached once logging is set up).
+        monkeypatch.setattr(runtime, "log", structlog.get_logger("beacon"))
         assert runtime.warn_demo_contacts(rt) == len(DIRECTORY) - 1
     [said] = [e for e in logs if e["event"] == "directory_demo_contacts"]
     assert said["authorities"] == len(DIRECTORY) - 1 and "beacon directory set" in said["why"]
