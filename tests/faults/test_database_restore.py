@@ -30,6 +30,11 @@ async def _target(stack, case_id: str) -> EscalationTarget | None:
         return await session.get(EscalationTarget, (case_id, CP))
 
 
+async def _acked(stack, case_id: str) -> bool:
+    row = await _target(stack, case_id)
+    return row is not None and row.acked_at is not None
+
+
 async def _shown(stack, case_id: str) -> bool:
     async with stack.client("supervisor") as api:
         return (await api.get(f"/api/v1/cases/{case_id}")).status_code == 200
@@ -52,10 +57,7 @@ async def test_a_restored_database_reads_again_what_came_after_its_backup(
                                  json={"authority_id": CP})
             assert ack.status_code == 202, ack.text
 
-        async def acked():
-            row = await _target(first, before)
-            return row is not None and row.acked_at is not None
-        await eventually(acked)
+        await eventually(lambda: _acked(first, before))
     finally:
         await first.stop()
 
@@ -71,10 +73,7 @@ async def test_a_restored_database_reads_again_what_came_after_its_backup(
         await eventually(decided_again)
         await eventually(lambda: _shown(second, after))
 
-        async def ack_applied_again():
-            row = await _target(second, before)
-            return row is not None and row.acked_at is not None
-        await eventually(ack_applied_again)
+        await eventually(lambda: _acked(second, before))  # applied again
     finally:
         await second.stop()
 

@@ -145,6 +145,7 @@ async def test_published_pack_takes_effect_without_restart_and_rollback_restores
         async with stack.client("admin") as admin:
             published = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication", json={})
             assert published.status_code == 202, published.text
+
             async def in_force():
                 return all(rt.pack.version == DRAFT for rt in (stack.rt, other))
 
