@@ -324,5 +324,6 @@ class Envelope(BaseModel):
         model = EVENT_TYPES[self.type]
         data = compat.upgrade(self.type, self.dataschema, self.data, SCHEMA_VERSION)
         if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k in model.model_fields}
+            known = model.model_fields  # a class property: read once, not per field
+            data = {k: v for k, v in data.items() if k in known}
         return model.model_validate(data)

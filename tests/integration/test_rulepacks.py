@@ -39,6 +39,26 @@ async def second_admin(stack) -> str:
     return "admin2"
 
 
+def without_emotional(version: str = DRAFT) -> str:
+    """crafted_pack without the EMOTIONAL category."""
+    return "\n".join(line for line in crafted_pack(version).split("\n")
+                     if "EMOTIONAL:" not in line)
+
+
+async def approved(stack, admin2: str, text: str, version: str = DRAFT) -> None:
+    """`text` uploaded as a draft by one admin and approved by the other."""
+    async with stack.client("admin") as admin:
+        uploaded = await admin.post("/api/v1/rulepacks", json={"text": text})
+        assert uploaded.status_code == 201, uploaded.text
+    async with stack.client(admin2) as approver:
+        assert (await approver.post(f"/api/v1/rulepacks/{version}/approval")).is_success
+
+
+async def publish(stack, version: str = DRAFT, **body):
+    async with stack.client("admin") as admin:
+        return await admin.post(f"/api/v1/rulepacks/{version}/publication", json=body)
+
+
 async def decided(stack, body: dict) -> str:
     async with stack.client("operator") as api:
         case_id = (await api.post("/api/v1/reports", json=body)).json()["case_id"]
@@ -137,19 +157,15 @@ async def test_published_pack_takes_effect_without_restart_and_rollback_restores
     try:
         before = await decided(stack, p2_at(4))
         assert "commune:4:police" not in await targets(stack, before)
-        admin2 = await second_admin(stack)
-        async with stack.client("admin") as admin:
-            assert (await admin.post("/api/v1/rulepacks", json={"text": crafted_pack()})).is_success
-        async with stack.client(admin2) as approver:
-            assert (await approver.post(f"/api/v1/rulepacks/{DRAFT}/approval")).is_success
-        async with stack.client("admin") as admin:
-            published = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication", json={})
-            assert published.status_code == 202, published.text
+        await approved(stack, await second_admin(stack), crafted_pack())
+        published = await publish(stack)
+        assert published.status_code == 202, published.text
 
-            async def in_force():
-                return all(rt.pack.version == DRAFT for rt in (stack.rt, other))
+        async def in_force():
+            return all(rt.pack.version == DRAFT for rt in (stack.rt, other))
 
-            await eventually(in_force, timeout=5, interval=0.05)
+        await eventually(in_force, timeout=5, interval=0.05)
+        async with stack.client("admin") as admin:
             listed = {p["version"]: p for p in (await admin.get("/api/v1/rulepacks")).json()}
             assert listed[DRAFT]["in_force"] and listed["default-2026.2"]["state"] == "builtin"
 
@@ -282,16 +298,11 @@ async def test_a_pack_that_lacks_an_open_cases_category_is_not_published(stack):
     fail, and go to the dead-letter topic while the case showed nothing."""
     emotional = await decided(stack, report(category="EMOTIONAL", children=[{"age": 10}],
                                             indicators=[]))
-    text = "\n".join(line for line in crafted_pack().split("\n") if "EMOTIONAL:" not in line)
+    text = without_emotional()
     assert "EMOTIONAL:" not in text
-    admin2 = await second_admin(stack)
+    await approved(stack, await second_admin(stack), text)
+    refused = await publish(stack)
     async with stack.client("admin") as admin:
-        uploaded = await admin.post("/api/v1/rulepacks", json={"text": text})
-        assert uploaded.status_code == 201, uploaded.text
-    async with stack.client(admin2) as approver:
-        assert (await approver.post(f"/api/v1/rulepacks/{DRAFT}/approval")).is_success
-    async with stack.client("admin") as admin:
-        refused = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication", json={})
         listed = {p["version"]: p for p in (await admin.get("/api/v1/rulepacks")).json()}
     assert refused.status_code == 409 and emotional in refused.text, refused.text
     assert not listed[DRAFT]["in_force"]
@@ -300,19 +311,12 @@ async def test_a_pack_that_lacks_an_open_cases_category_is_not_published(stack):
 async def test_a_pack_that_drops_a_category_takes_effect_now_or_not_at_all(stack):
     """No case is open in EMOTIONAL now; but scheduled for tomorrow, cases could open in it
     meanwhile, and the pack could then decide none of their follow-ups."""
-    text = "\n".join(line for line in crafted_pack().split("\n") if "EMOTIONAL:" not in line)
-    admin2 = await second_admin(stack)
-    async with stack.client("admin") as admin:
-        assert (await admin.post("/api/v1/rulepacks", json={"text": text})).status_code == 201
-    async with stack.client(admin2) as approver:
-        assert (await approver.post(f"/api/v1/rulepacks/{DRAFT}/approval")).is_success
+    await approved(stack, await second_admin(stack), without_emotional())
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    async with stack.client("admin") as admin:
-        later = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication",
-                                 json={"effective_at": tomorrow})
-        assert later.status_code == 409 and "EMOTIONAL" in later.text, later.text
-        now = await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication", json={})
-        assert now.status_code == 202, now.text
+    later = await publish(stack, effective_at=tomorrow)
+    assert later.status_code == 409 and "EMOTIONAL" in later.text, later.text
+    now = await publish(stack)
+    assert now.status_code == 202, now.text
 
 
 async def test_a_pack_that_drops_a_category_a_scheduled_pack_adds_takes_effect_now(stack):
@@ -320,41 +324,25 @@ async def test_a_pack_that_drops_a_category_a_scheduled_pack_adds_takes_effect_n
     opened in it between +1 h and +2 h would be stranded, as for the pack in force."""
     admin2 = await second_admin(stack)
 
-    def without(version: str) -> str:
-        return "\n".join(line for line in crafted_pack(version).split("\n")
-                         if "EMOTIONAL:" not in line)
+    async def in_hours(version: str, text: str, hours: int) -> int:
+        await approved(stack, admin2, text, version)
+        at = (datetime.now(UTC) + timedelta(hours=hours)).isoformat()
+        return (await publish(stack, version, **({"effective_at": at} if hours else {}))).status_code
 
-    async def publish(version: str, text: str, hours: int) -> int:
-        async with stack.client("admin") as admin:
-            assert (await admin.post("/api/v1/rulepacks", json={"text": text})).is_success
-        async with stack.client(admin2) as approver:
-            assert (await approver.post(f"/api/v1/rulepacks/{version}/approval")).is_success
-        at = {"effective_at": (datetime.now(UTC) + timedelta(hours=hours)).isoformat()}
-        async with stack.client("admin") as admin:
-            answer = await admin.post(f"/api/v1/rulepacks/{version}/publication",
-                                      json=at if hours else {})
-        return answer.status_code
-
-    assert await publish("nox-1", without("nox-1"), 0) == 202
-    assert await publish("withx-1", crafted_pack("withx-1"), 1) == 202
+    assert await in_hours("nox-1", without_emotional("nox-1"), 0) == 202
+    assert await in_hours("withx-1", crafted_pack("withx-1"), 1) == 202
 
     async def scheduled():
         return "withx-1" in stack.rt.watcher.publications
     await eventually(scheduled)
-    assert await publish("nox-2", without("nox-2"), 2) == 409
+    assert await in_hours("nox-2", without_emotional("nox-2"), 2) == 409
 
 
 async def test_a_published_pack_stays_in_force_when_the_topics_are_lost(stack):
     """The broker's data lost, the topics made again: the configured pack came back in force,
     undoing what two admins had approved and published. The database records it."""
-    admin2 = await second_admin(stack)
-    async with stack.client("admin") as admin:
-        assert (await admin.post("/api/v1/rulepacks", json={"text": crafted_pack()})).is_success
-    async with stack.client(admin2) as approver:
-        assert (await approver.post(f"/api/v1/rulepacks/{DRAFT}/approval")).is_success
-    async with stack.client("admin") as admin:
-        assert (await admin.post(f"/api/v1/rulepacks/{DRAFT}/publication",
-                                 json={})).status_code == 202
+    await approved(stack, await second_admin(stack), crafted_pack())
+    assert (await publish(stack)).status_code == 202
 
     async def published():
         async with stack.rt.db.reads() as session:
