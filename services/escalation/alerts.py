@@ -21,10 +21,12 @@ class Alerts:
     def _alert(self, session, case: EscalationCase, row: EscalationTarget, kind: str,
                to: str | None = None, suffix: str = "",
                milestone: EscalationMilestone | None = None,
-               about: tuple[str, str] | None = None) -> None:
+               about: tuple[str, str] | None = None, cause: str | None = None,
+               previous_severity: str | None = None, from_authority: str | None = None) -> None:
         """`milestone`: the alert is about that step's deadline, not about acknowledging.
         `about`: for a supervisor or the tier up, the authority that missed `row`'s deadline
-        or could not be reached, and which of the two."""
+        or could not be reached, and which of the two. `cause`: why an authority already on
+        the case is alerted again (schemas.events.AlertRequested)."""
         recipient = self.rt.directory.get(to or row.authority_id)
         alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
         # News of the close, or a supervisor told of an officer's silence: the recipient has
@@ -50,6 +52,9 @@ class Alerts:
             setting=case.facts.get("setting"),
             authority_name=recipient.name,
             about_authority_name=self._name(about[0]) if about else None,
+            cause=cause, previous_severity=previous_severity,
+            from_authority_id=from_authority,
+            from_authority_name=self._name(from_authority) if from_authority else None,
         ), topic=Topics.ALERTS)
 
     def _name(self, authority_id: str) -> str | None:

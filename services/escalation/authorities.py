@@ -127,7 +127,8 @@ class Authorities:
         if new.acked_at is not None:  # it already answers for the case: the duty moves now
             await self._release(session, old, new, data.at)
             return
-        self._alert(session, case, new, "alert", suffix=f"transfer:{old.authority_id}")
+        self._alert(session, case, new, "alert", suffix=f"transfer:{old.authority_id}",
+                    cause="transferred", from_authority=old.authority_id)
         self._schedule(session, new)
 
     async def _on_milestone(self, session, data: MilestoneRecorded) -> None:

@@ -116,7 +116,8 @@ class Decisions:
         for row in rows:
             row.acked_at = row.acked_by = None
             row.ack_due, row.added_at = self._due(envelope.time, row), envelope.time
-            self._alert(session, case, row, "alert", suffix=f"reopened:{case.decisions}")
+            self._alert(session, case, row, "alert", suffix=f"reopened:{case.decisions}",
+                        cause="reopened")
             self._schedule(session, row)
         self._emit(session, CaseReopened(case_id=case.case_id, at=envelope.time,
                                          cause=envelope.type,
@@ -134,7 +135,7 @@ class Decisions:
         own earlier result and raise publicity at every re-decision."""
         facts = facts.model_copy(update={"publicity": case.human_publicity})
         decision = decide(facts, self.rt.pack, self.rt.directory, at, floor)
-        raised = decision.severity < case.severity  # P1 is the highest
+        raised_from = case.severity if decision.severity < case.severity else None  # P1 highest
         # Information only (P5: "no alert"), as a supervisor may judge a duplicate or a hoax:
         # nobody is chased any more. Should a later fact make it alert again, every clock not
         # done runs again from then.
@@ -150,7 +151,7 @@ class Decisions:
         case.decisions += 1
         case.updated_at = utcnow()
         targets, added, changed = await self._apply_targets(session, case, decision, at, fresh,
-                                                             raised, rearm)
+                                                             raised_from, rearm)
         self._emit(session, CaseDecided(case_id=case.case_id, decision=decision, added=added,
                                         changed=changed, cause=cause))
         await self._schedule_milestones(session, case, facts, decision.severity, targets, fresh,
@@ -161,17 +162,18 @@ class Decisions:
                  added=len(added), changed=len(changed))
 
     async def _apply_targets(self, session, case: EscalationCase, decision: Decision,
-                             at: datetime, fresh: bool, raised: bool, rearm: bool = False,
+                             at: datetime, fresh: bool, raised_from: str | None,
+                             rearm: bool = False,
                              ) -> tuple[list[EscalationTarget], list[Target], list[Target]]:
         """Only what changed is acted on: new targets, inform -> act, a shorter deadline, a
-        higher severity (`raised`). A target once told stays on the case: duties are never
+        higher severity (`raised_from`: the severity before). A target once told stays on the case: duties are never
         silently dropped. `rearm`: the case was information only, its clocks stopped; those
         yet to answer must answer within their window from `at`. Returns the case's target
         rows after the change, and the targets added and changed."""
         existing = {} if fresh else {t.authority_id: t for t in (await session.scalars(
             select(EscalationTarget).where(EscalationTarget.case_id == case.case_id))).all()}
         rows = dict(existing)
-        added, changed = [], []
+        added, changed, now_act = [], [], set()
         for t in decision.targets:
             row = existing.get(t.authority_id)
             if row is None:
@@ -189,6 +191,8 @@ class Decisions:
             elif t.role == "act" and row.acked_at is None and row.released_at is None and (
                 row.role == "inform" or (t.ack_due and row.ack_due and t.ack_due < row.ack_due)
             ):
+                if row.role == "inform":
+                    now_act.add(row.authority_id)
                 row.role, row.ack_within, row.working_days = "act", t.ack_within, t.working_days
                 row.ack_due, row.added_at = t.ack_due, at
                 await self._cancel_timers(session, row, "rescheduled")
@@ -202,7 +206,7 @@ class Decisions:
         sooner = {t.authority_id for t in changed}
         for row in existing.values():
             if (row.role == "act" and row.acked_at is None and row.released_at is None
-                    and (raised or row.authority_id in sooner)):
+                    and (raised_from or row.authority_id in sooner)):
                 if row.authority_id not in self.rt.directory:
                     # Routed under an earlier pack or directory (a district, since abolished):
                     # no contacts to tell; the decision's own targets are told instead.
@@ -216,7 +220,11 @@ class Decisions:
                         role="act", ack_within=row.ack_within, working_days=row.working_days,
                         ack_due=row.ack_due, rules=["severity.alerting_again"]))
                 if row.transferred_to is None:  # a sender cannot acknowledge: its receiver is told
-                    self._alert(session, case, row, "alert", suffix=f"decision:{case.decisions}")
+                    cause = ("again" if rearm and row.authority_id not in sooner
+                             else "must_act" if row.authority_id in now_act
+                             else "raised" if raised_from else "sooner")
+                    self._alert(session, case, row, "alert", suffix=f"decision:{case.decisions}",
+                                cause=cause, previous_severity=raised_from)
         return list(rows.values()), added, changed
 
     async def _schedule_milestones(self, session, case: EscalationCase, facts: CaseFacts,

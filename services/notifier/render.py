@@ -85,6 +85,16 @@ KIND_LABELS = {
         "escalated": "Escalated", "closed": "Case closed",
     },
 }
+# An alert to an authority already on the case says why it comes again ("New alert" twice
+# could not tell what had changed); {previous} is the severity before a raise.
+CAUSE_LABELS = {
+    "vi": {"raised": "Nâng mức độ từ {previous}", "sooner": "Hạn xác nhận sớm hơn",
+           "must_act": "Nay phải xử lý", "again": "Cảnh báo lại", "reopened": "Mở lại vụ việc",
+           "transferred": "Được chuyển đến"},
+    "en": {"raised": "Severity raised from {previous}", "sooner": "Earlier deadline",
+           "must_act": "Now for action", "again": "Alerting again", "reopened": "Case reopened",
+           "transferred": "Transferred to you"},
+}
 TIER_LABELS = {
     "vi": {"commune": "xã", "district": "huyện", "province": "tỉnh", "national": "trung ương"},
     "en": {"commune": "commune", "district": "district", "province": "province",
@@ -124,6 +134,12 @@ def _label(table: dict[str, dict[str, str]], lang: str, code: str,
     return given or table[lang].get(code) or (pack and pack.vi) or code
 
 
+def _kind_label(alert: AlertRequested, lang: str) -> str:
+    if alert.kind == "alert" and alert.cause in CAUSE_LABELS[lang]:
+        return CAUSE_LABELS[lang][alert.cause].format(previous=alert.previous_severity or "?")
+    return _label(KIND_LABELS, lang, alert.kind)
+
+
 def local_time(dt: datetime | None, fmt: str) -> str | None:
     """A time as messages show it: Viet Nam time (the link page shows it the same way)."""
     return dt.astimezone(LOCAL_TZ).strftime(fmt) if dt is not None else None
@@ -144,7 +160,11 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "role": alert.role,
         "role_label": _label(ROLE_LABELS, lang, alert.role),
         "kind": alert.kind,
-        "kind_label": _label(KIND_LABELS, lang, alert.kind),
+        "kind_label": _kind_label(alert, lang),
+        "cause": alert.cause,
+        "previous_severity": alert.previous_severity,
+        "from_authority_id": alert.from_authority_id,
+        "from_authority_name": alert.from_authority_name,
         "category": alert.category,
         "category_label": _label(CATEGORY_LABELS, lang, alert.category, alert.category_label),
         "severity": alert.severity,
@@ -176,7 +196,8 @@ def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
             "kind", "category", "category_label", "severity", "publicity", "ack_due", "ack_due_local",
             "rulepack_version", "link", "lang", "milestone", "milestone_due",
             "about_authority_id", "about_reason", "setting", "authority_name",
-            "about_authority_name")
+            "about_authority_name", "cause", "previous_severity", "from_authority_id",
+            "from_authority_name")
     return {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
 
 

@@ -13,7 +13,7 @@ from schemas.reports import Location
 from services.escalation.rulepack import SHIPPED, parse_pack
 from services.escalation.store import EscalationCase, EscalationMilestone, EscalationTarget, Timer
 from tests.integration.test_escalation_service import (
-    CP, T0, M, _case as case, _emitted as emitted, _report as report, _rows, _update as update,
+    CP, PROVINCE_CP, T0, M, _case as case, _emitted as emitted, _report as report, _rows, _update as update,
     _use, _wrap as wrap,
 )
 
@@ -419,3 +419,44 @@ async def test_an_acknowledgement_sent_with_a_transfer_does_not_stop_the_clock(e
     await esc.fire_due(T0 + 61 * M)
     assert any(a["kind"] == "supervisor" and a["about_authority_id"] == CP8
                for a in (await emitted(esc, ALERT))[before:])  # its breach still fires
+
+
+async def told(esc, before: int, authority: str) -> dict:
+    [alert] = [a for a in (await emitted(esc, ALERT))[before:]
+               if a["kind"] == "alert" and a["authority_id"] == authority]
+    return alert
+
+
+async def test_an_authority_alerted_again_is_told_why(esc):
+    """A raise, a transfer, a reopening and a case alerting again each reached the officer as
+    one more "new alert", which did not say what had changed."""
+    await report(esc)  # P2: CP acts within 1 h
+    first = await told(esc, 0, CP)
+    assert first["cause"] is None and first["previous_severity"] is None
+
+    before = len(await emitted(esc, ALERT))
+    await update(esc, at=T0 + M, publicity="PA2")  # the province, informed, now acts (DOMAIN 5)
+    assert (await told(esc, before, PROVINCE_CP))["cause"] == "must_act"
+
+    before = len(await emitted(esc, ALERT))
+    await update(esc, at=T0 + 2 * M, indicators=["immediate_danger"])  # P1
+    raised = await told(esc, before, CP)
+    assert (raised["cause"], raised["previous_severity"], raised["severity"]) == (
+        "raised", "P2", "P1")
+
+    before = len(await emitted(esc, ALERT))
+    await transfer(esc, CP, CP8, T0 + 3 * M)
+    moved = await told(esc, before, CP8)
+    assert moved["cause"] == "transferred" and moved["from_authority_id"] == CP
+    assert moved["from_authority_name"] == esc.rt.directory.get(CP).name
+
+    await ack(esc, CP8, T0 + 4 * M)
+    await close(esc, T0 + 60 * M)
+    before = len(await emitted(esc, ALERT))
+    await report(esc, at=T0 + 2 * 60 * M, new_case=False)
+    assert (await told(esc, before, CP8))["cause"] == "reopened"
+
+    await update(esc, at=T0 + 3 * 60 * M, severity_override="P5", override_reason_given=True)
+    before = len(await emitted(esc, ALERT))
+    await update(esc, at=T0 + 4 * 60 * M, indicators=["caregiver_is_abuser"])
+    assert (await told(esc, before, CP8))["cause"] == "again"

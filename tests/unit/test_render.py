@@ -64,6 +64,7 @@ def test_templates_see_an_allow_list_of_codes_only():
         "link", "milestone", "milestone_label", "milestone_due", "milestone_due_local",
         "milestone_due_short", "about_authority_id", "about_reason", "setting", "setting_label",
         "authority_name", "about_authority_name",  # an authority's, from the directory
+        "cause", "previous_severity", "from_authority_id", "from_authority_name",
     }
     assert "contacts" not in ctx
 
@@ -447,3 +448,37 @@ def test_an_sms_bundle_names_its_categories_within_two_segments(lang):
     sms = render_bundle(items, "sms", lang).text
     assert sms_segments(sms)[1] <= 2, sms
     assert ("Boc lot" in fold_to_gsm7(sms)) if lang == "vi" else ("Exploitation" in sms)
+
+
+CAUSES = [("raised", {"previous_severity": "P2"}, "Nâng mức độ từ P2",
+           "Severity raised from P2", "Mức độ đã nâng từ P2 lên P1"),
+          ("sooner", {}, "Hạn xác nhận sớm hơn", "Earlier deadline", "hạn xác nhận sớm hơn"),
+          ("must_act", {}, "Nay phải xử lý", "Now for action", "nay phải xử lý"),
+          ("again", {}, "Cảnh báo lại", "Alerting again", "chỉ để biết"),
+          ("reopened", {}, "Mở lại vụ việc", "Case reopened", "mở lại"),
+          ("transferred", {"from_authority_id": "commune:8:child_protection",
+                           "from_authority_name": "Bảo vệ trẻ em – Phường Tây Hồ"},
+           "Được chuyển đến", "Transferred to you", "Chuyển đến từ: Bảo vệ trẻ em – Phường Tây Hồ")]
+
+
+@pytest.mark.parametrize("cause,extra,vi,en,vi_line", CAUSES)
+def test_an_alert_that_comes_again_says_why(cause, extra, vi, en, vi_line):
+    """A raise, a transfer or a reopening reached the officer as one more "new alert"."""
+    a = alert(cause=cause, **extra)
+    email = render(a, "email", "vi", link(a))
+    assert vi in email.subject and vi_line in email.text and "Cảnh báo mới" not in email.subject
+    assert en in render(a, "email", "en", link(a)).subject
+    sms = render(a, "sms", "vi", link(a))
+    assert sms_segments(sms.text)[1] <= 2 and "09:45 29/11" in sms.text
+    assert fold_to_gsm7(vi) in fold_to_gsm7(sms.text) and "Canh bao moi" not in sms.text
+    body = render(a, "webhook", "vi", link(a)).body
+    assert body["cause"] == cause and body["from_authority_id"] == extra.get("from_authority_id")
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("cause,extra", [(c[0], c[1]) for c in CAUSES])
+def test_a_p1_sms_that_says_why_still_fits_two_segments(category, cause, extra):
+    a = alert(category=category, cause=cause, **extra)
+    m = render(a, "sms", "vi", link(a))
+    assert sms_segments(m.text)[1] <= 2, m.text
+    assert a.case_id in m.text and "09:45 29/11" in m.text
