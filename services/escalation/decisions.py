@@ -155,7 +155,7 @@ class Decisions:
         self._emit(session, CaseDecided(case_id=case.case_id, decision=decision, added=added,
                                         changed=changed, cause=cause))
         await self._schedule_milestones(session, case, facts, decision.severity, targets, fresh,
-                                        at if rearm else None)
+                                        at, at if rearm else None)
         metrics.DECISIONS.labels(decision.severity).inc()
         metrics.DECISION_LATENCY.observe(max((utcnow() - at).total_seconds(), 0.0))
         log.info("decided", severity=decision.severity, publicity=decision.publicity,
@@ -229,10 +229,15 @@ class Decisions:
 
     async def _schedule_milestones(self, session, case: EscalationCase, facts: CaseFacts,
                                    severity: str, targets: list[EscalationTarget],
-                                   fresh: bool, rearm: datetime | None = None) -> None:
+                                   fresh: bool, at: datetime,
+                                   rearm: datetime | None = None) -> None:
         """Hold the case to the pack's milestone deadlines. A later decision adds milestones
-        (P2 -> P1 adds the emergency measure) and may bring a deadline nearer (P3 -> P2: the
-        initial assessment within 24 h, not 3 working days), never further. `rearm`: the case
+        (P2 -> P1 adds the emergency measure), counted from `at`, when the input that made
+        them apply arrived: counted from a first report that did not know of the danger, the
+        12 hours had often passed when they were set, and were missed at once with no window
+        to act in (Decree 56 Art. 26.3: 12 hours of receiving the information). A later
+        decision may bring a deadline nearer (P3 -> P2: the initial assessment within 24 h,
+        not 3 working days), never further. `rearm`: the case
         was information only until then, its clocks stopped; a milestone neither done nor
         missed is held to its deadline again (at once, if it passed meanwhile)."""
         if case.closed_at is not None:
@@ -240,6 +245,8 @@ class Decisions:
         dues = milestone_deadlines(facts, severity, self.rt.pack)
         if not dues:
             return
+        since = max(at, facts.first_received_at)
+        brought = {} if fresh else milestone_deadlines(facts, severity, self.rt.pack, since)
         working = {m.name: m.within.is_working_days
                    for m in self.rt.pack.milestones_for(severity)}
         known = {} if fresh else {m.milestone: m for m in (await session.scalars(
@@ -250,10 +257,13 @@ class Decisions:
         home = milestones.home_ids(duties, self.rt.directory, facts.location)
         for mid, due in dues.items():
             m = known.get(mid)
+            start = facts.first_received_at
             if m is None:
                 holder = milestones.owner(mid, duties, self.rt.pack, home)
                 if holder is None:
                     continue
+                if not fresh:
+                    start, due = since, brought[mid]
                 add_bulk(session, EscalationMilestone, case_id=case.case_id, milestone=mid,
                          authority_id=holder, due_at=due, scheduled_at=utcnow())
             elif (m.done_at is None and m.missed_at is None and m.due_at is not None
@@ -268,7 +278,6 @@ class Decisions:
                 holder, due = m.authority_id, m.due_at
             else:
                 continue
-            start = facts.first_received_at
             fractions = self.rt.pack.reminder_fractions
             reminders = self._reminder_times(start, due, working[mid])
             for fraction, at in zip([*fractions, 1.0], [*reminders, due], strict=True):

@@ -61,8 +61,10 @@ def _targets(d: Decision) -> dict[str, tuple[str, str | None]]:
     return {t.authority_id: (t.role, t.ack_within) for t in d.targets}
 
 
-def _milestones(facts: CaseFacts, d: Decision, pack: RulePack) -> dict[str, str]:
-    return {m: due.isoformat() for m, due in milestone_deadlines(facts, d.severity, pack).items()}
+def _milestones(facts: CaseFacts, d: Decision, pack: RulePack,
+                since: datetime | None = None) -> dict[str, str]:
+    return {m: due.isoformat()
+            for m, due in milestone_deadlines(facts, d.severity, pack, since).items()}
 
 
 def compare(case_id: str, before: Decision, after: Decision,
@@ -96,8 +98,12 @@ def replay(cases: list[tuple[str, CaseFacts]], current: RulePack, current_direct
             report.failed.append(case_id)
             continue
         before = decide(facts, current, current_directory, at)
-        change = compare(case_id, before, after, (_milestones(facts, before, current),
-                                                  _milestones(facts, after, draft)))
+        held = _milestones(facts, before, current)
+        # One the draft brings counts from when it takes effect, as escalation counts it.
+        brought = _milestones(facts, after, draft, max(at, facts.first_received_at))
+        will = {m: due if m in held else brought[m]
+                for m, due in _milestones(facts, after, draft).items()}
+        change = compare(case_id, before, after, (held, will))
         if change:
             report.changed += 1
             if len(report.cases) < list_limit:

@@ -11,7 +11,9 @@ from schemas.events import (
 )
 from schemas.reports import Location
 from services.escalation.rulepack import SHIPPED, parse_pack
-from services.escalation.store import EscalationCase, EscalationMilestone, EscalationTarget, Timer
+from services.escalation.store import (
+    EscalationCase, EscalationMilestone, EscalationTarget, MilestoneTimer, Timer,
+)
 from tests.integration.test_escalation_service import (
     CP, PROVINCE_CP, T0, M, _case as case, _emitted as emitted, _report as report, _rows, _update as update,
     _use, _wrap as wrap,
@@ -460,3 +462,22 @@ async def test_an_authority_alerted_again_is_told_why(esc):
     before = len(await emitted(esc, ALERT))
     await update(esc, at=T0 + 4 * 60 * M, indicators=["caregiver_is_abuser"])
     assert (await told(esc, before, CP8))["cause"] == "again"
+
+
+async def test_an_emergency_reported_days_later_gets_its_12_hours_from_then(esc):
+    """Counted from a first report that did not know of the danger, the 12 hours had passed
+    when they were set: missed at once, with no window to act in and a breach on the commune's
+    record (Decree 56 Art. 26.3: 12 hours of receiving the information)."""
+    await report(esc, category="NEGLECT", indicators=[])  # P3: no emergency measure
+    danger = T0 + 3 * 24 * 60 * M
+    await update(esc, at=danger, indicators=["immediate_danger"])  # P1
+    [m] = [m for m in await _rows(esc, EscalationMilestone) if m.milestone == "emergency_measure"]
+    assert m.due_at == danger + 12 * 60 * M
+    measure = sorted(t.due_at for t in await _rows(esc, MilestoneTimer,
+                                                   milestone="emergency_measure"))
+    assert measure[0] > danger and measure[-1] == m.due_at  # its reminders fall inside the window
+    await esc.fire_due(danger + 60 * M)
+    assert await emitted(esc, "beacon.milestone.missed") == []
+    await esc.fire_due(danger + 12 * 60 * M + M)
+    assert [e["milestone"] for e in await emitted(esc, "beacon.milestone.missed")] == [
+        "emergency_measure"]

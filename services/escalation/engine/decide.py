@@ -41,12 +41,14 @@ def _flags(facts: CaseFacts) -> list[str]:
 AGE_16_17 = "flag.age_16_17"
 
 
-def milestone_deadlines(facts: CaseFacts, severity: str, pack: RulePack) -> dict[str, datetime]:
-    """Milestone id -> due time, counted from the first receipt (DOMAIN.md section 2)."""
+def milestone_deadlines(facts: CaseFacts, severity: str, pack: RulePack,
+                        start: datetime | None = None) -> dict[str, datetime]:
+    """Milestone id -> due time, counted from the first receipt (DOMAIN.md section 2), or from
+    `start`: when the input that made it apply arrived, for one a later input brought."""
     s = Situation.of(facts)
     cal = pack.calendar
     return {
-        m.name: deadline(facts.first_received_at, m.within.iso, m.within.is_working_days,
+        m.name: deadline(start or facts.first_received_at, m.within.iso, m.within.is_working_days,
                        timezone=cal.timezone, country=cal.holidays_country)
         for m in pack.milestones_for(severity)
         if not m.when or any_holds(m.when, s)
