@@ -176,6 +176,7 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
                 if due and (not held or datetime.fromisoformat(due) < datetime.fromisoformat(held)):
                     changes["ack_due"] = due
             _target(case, data.authority_id, **changes)
+            await _sync_duties(session, case, [data.authority_id])
             detail = {"alert_id": data.alert_id, "authority_id": data.authority_id,
                       "kind": data.kind, "role": data.role}
             if data.milestone:
@@ -187,6 +188,7 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
             _target(case, data.authority_id, acknowledged_at=data.at.isoformat(),
                     acknowledged_by=data.by_user)
             case.acknowledged = data.case_acknowledged
+            await _sync_duties(session, case, [data.authority_id])
             detail = {"authority_id": data.authority_id, "by_user": data.by_user,
                       "case_acknowledged": data.case_acknowledged}
         case DeliveryOutcome():
@@ -201,6 +203,7 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
             case.status, case.acknowledged = "open", False
             for authority_id in data.authority_ids:  # asked to acknowledge again
                 _target(case, authority_id, acknowledged_at=None, acknowledged_by=None)
+            await _sync_duties(session, case, data.authority_ids)
             detail = data.model_dump(mode="json", exclude={"case_id"})
         case MilestoneScheduled() | MilestoneMissed() | TransferRequested():
             detail = data.model_dump(mode="json", exclude={"case_id"})
@@ -216,9 +219,11 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
                     transferred_to=None, released=None, **waits)
             if data.ack_due:
                 case.acknowledged = False
+            await _sync_duties(session, case, [data.from_authority_id, data.to_authority_id])
             detail = data.model_dump(mode="json", exclude={"case_id"})
         case TargetReleased():
             _target(case, data.authority_id, released=True)
+            await _sync_duties(session, case, [data.authority_id])
             detail = data.model_dump(mode="json", exclude={"case_id"})
     # When the case last changed, by its events' own time: a rebuild gives the same, so the
     # retention clock of a closed case does not start again (services/retention.py).
@@ -310,10 +315,35 @@ async def _decided(session: AsyncSession, case: CaseView, data: CaseDecided) -> 
             entry.update(t.model_dump(mode="json", include={"role", "ack_within", "working_days",
                                                             "ack_due"}))
     case.targets = list(targets.values())  # a new list: JSON columns track reassignment only
+    await _sync_duties(session, case, [t.authority_id for t in (*decision.targets, *data.changed)])
     if any(t.role == "act" for t in decision.targets):
         # As escalation counts it: an authority that passed the case on answers no more.
         case.acknowledged = all(t.get("acknowledged_at") for t in case.targets
                                 if t.get("role") == "act" and not t.get("released"))
+
+
+def holds_duty(target: dict) -> bool:
+    """An act target that still holds the case: not transferred on, not released. Only it sees
+    the identity, acknowledges, records milestones and transfers; an informed one does none."""
+    return (target.get("role") == "act" and not target.get("transferred_to")
+            and not target.get("released"))
+
+
+async def _sync_duties(session: AsyncSession, case: CaseView, authority_ids) -> None:
+    """case_authorities follows the targets: whether each authority still owes its
+    acknowledgement (`awaiting`), and its deadline while it does."""
+    targets = {t["authority_id"]: t for t in case.targets}
+    for authority_id in set(authority_ids):
+        if (t := targets.get(authority_id)) is None:
+            continue
+        # Mostly in the session already: _authority has just read it.
+        row = await session.get(CaseAuthority, (case.case_id, authority_id))
+        if row is None:
+            row = CaseAuthority(case_id=case.case_id, authority_id=authority_id)
+            session.add(row)
+        row.awaiting = holds_duty(t) and not t.get("acknowledged_at")
+        row.ack_due = (datetime.fromisoformat(t["ack_due"])
+                       if row.awaiting and t.get("ack_due") else None)
 
 
 def _sooner(entry: dict, t) -> bool:

@@ -100,11 +100,15 @@ class CaseView(Base):
 
 
 class CaseAuthority(Base):
-    """Which authorities a case was routed to: an authority user sees only these cases."""
+    """Which authorities a case was routed to: an authority user sees only these cases. Also
+    whether each still owes its acknowledgement, and by when, so that the case list can ask
+    "awaiting mine" and "overdue" in SQL (the targets' JSON reads differently on each database)."""
 
     __tablename__ = "case_authorities"
     case_id: Mapped[str] = mapped_column(ForeignKey("cases.case_id"), primary_key=True)
     authority_id: Mapped[str] = mapped_column(String(80), primary_key=True, index=True)
+    awaiting: Mapped[bool] = mapped_column(Boolean, default=False)
+    ack_due: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class TimelineEntry(Base):

@@ -723,3 +723,34 @@ async def test_while_its_transfer_waits_the_sender_records_its_milestones(stack)
             m = await session.get(EscalationMilestone, (case_id, "emergency_measure"))
         return m is not None and m.done_at is not None and m.done_authority_id == CP
     assert await eventually(recorded)
+
+
+async def test_an_authority_lists_what_awaits_its_own_answer_and_what_is_overdue(stack,
+                                                                               monkeypatch):
+    """`?acknowledged=false` asked about the whole case: an officer who had answered still found
+    the case in its list while another agency had not. And nobody could list the cases past an
+    act deadline, whom the duty officer must call."""
+    cp = await _user(stack, "u-cp4", "authority", "commune:4", [CP])
+    police = await _user(stack, "u-police4", "authority", "commune:4", [POLICE])
+    case_id, _ = await _p1_case(stack)  # both must act within 15 min
+    async with stack.client(cp) as api:
+        assert (await api.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                               json={"authority_id": CP})).status_code == 202
+    await _readable_target(stack, case_id, CP, lambda t: t.get("acknowledged_at"))
+
+    async def listed(who: str, query: str) -> bool:
+        async with stack.client(who) as api:
+            page = await api.get(f"/api/v1/cases?{query}&limit=200")
+        assert page.status_code == 200, page.text
+        return case_id in {c["case_id"] for c in page.json()["items"]}
+
+    assert not await listed(cp, "acknowledged=false") and await listed(cp, "acknowledged=true")
+    assert await listed(police, "acknowledged=false") and not await listed(police, "acknowledged=true")
+    assert await listed("supervisor", "acknowledged=false")  # the case still waits for police
+    assert not await listed("supervisor", "overdue=true")  # 15 minutes are not yet gone
+    assert await listed("supervisor", "overdue=false")
+
+    later = utcnow() + timedelta(minutes=16)
+    monkeypatch.setattr("services.intake.api.cases.utcnow", lambda: later)
+    assert await listed("supervisor", "overdue=true") and not await listed("supervisor", "overdue=false")
+    assert await listed(police, "overdue=true") and not await listed(cp, "overdue=true")

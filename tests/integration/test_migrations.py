@@ -41,3 +41,43 @@ def test_a_model_without_its_migration_is_found(tmp_path):
     finally:
         Delivery.__table__.indexes.discard(extra)
     assert [d[0] for d in drift] == ["add_index"]
+
+
+def test_an_upgrade_fills_in_which_authorities_still_owe_an_answer(tmp_path):
+    """The case list asks case_authorities whether an authority still owes its acknowledgement:
+    cases read before the columns existed must answer as the read model now keeps them."""
+    import json
+
+    from sqlalchemy import create_engine, text
+
+    from services.common.migrate import upgrade
+
+    path = tmp_path / "beacon.db"
+    upgrade(f"sqlite+aiosqlite:///{path}", "b8e3f0a6c9d2")
+    due = "2026-11-30T10:15:00+00:00"
+    targets = [
+        {"authority_id": "a:owes", "role": "act", "ack_due": due, "acknowledged_at": None},
+        {"authority_id": "a:answered", "role": "act", "ack_due": due, "acknowledged_at": due},
+        {"authority_id": "a:passed", "role": "act", "ack_due": due, "acknowledged_at": None,
+         "transferred_to": "a:owes"},
+        {"authority_id": "a:told", "role": "inform", "ack_due": None, "acknowledged_at": None},
+    ]
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO cases (case_id, category, province_code, commune_code, setting, status,"
+            " first_received_at, last_received_at, report_count, independent_reports,"
+            " acknowledged, targets, child_fingerprints, updated_at) VALUES ('C-1', 'NEGLECT',"
+            " 1, 4, 'home', 'open', :t, :t, 1, 1, 0, :targets, '[]', :t)"),
+            {"t": "2026-11-30 10:00:00", "targets": json.dumps(targets)})
+        for t in targets:
+            conn.execute(text("INSERT INTO case_authorities (case_id, authority_id)"
+                              " VALUES ('C-1', :a)"), {"a": t["authority_id"]})
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT authority_id, awaiting, ack_due FROM case_authorities"
+                                 " ORDER BY authority_id")).all()
+    engine.dispose()
+    assert [(a, bool(w), d is not None) for a, w, d in rows] == [
+        ("a:answered", False, False), ("a:owes", True, True), ("a:passed", False, False),
+        ("a:told", False, False)]

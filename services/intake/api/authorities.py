@@ -19,7 +19,8 @@ from services.common.db import utcnow
 from services.escalation import milestones, transfers
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
-from services.intake.api.cases import READERS, acting_target, holds_duty, readable_case
+from services.intake.api.cases import READERS, acting_target, readable_case
+from services.intake.readmodel import holds_duty
 from services.intake.api.deps import Body, Runtime, deny, fail, invalid, role
 
 router = APIRouter(prefix="/api/v1", tags=["authorities"])

@@ -15,6 +15,7 @@ from services.common.auth import Principal
 from services.common.db import utcnow
 from services.intake import readmodel, submission
 from services.intake.api.deps import Body, Runtime, deny, fail, role
+from services.intake.readmodel import holds_duty
 from services.intake.store import CaseAuthority, CaseView
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
@@ -135,7 +136,11 @@ class CaseFilters(BaseModel):
     category: str | None = Field(None, max_length=64)
     province_code: int | None = Field(None, ge=1, le=999)
     commune_code: int | None = Field(None, ge=1, le=999_999)
+    # For an authority, whether its own authorities have answered (not the whole case's).
     acknowledged: bool | None = None
+    # Open, alerting cases where an authority that must act is past its deadline and has not
+    # acknowledged (for an authority, one of its own): the duty officer's list of whom to call.
+    overdue: bool | None = None
     limit: int = Field(50, ge=1, le=200)
     offset: int = Field(0, ge=0, le=1_000_000)
 
@@ -150,15 +155,30 @@ async def list_cases(request: Request, rt: Runtime,
         raise RequestValidationError([{"loc": ["query", name], "msg": "given more than once",
                                        "type": "value_error"} for name in repeated])
     query = select(CaseView)
-    for column in ("status", "severity", "category", "province_code", "commune_code",
-                   "acknowledged"):
+    for column in ("status", "severity", "category", "province_code", "commune_code"):
         if (value := getattr(filters, column)) is not None:
             query = query.where(getattr(CaseView, column) == value)
+    mine = CaseAuthority.authority_id.in_(who.authority_ids)
+    if filters.acknowledged is not None and who.role == "authority":
+        # An authority asks about its own answer: a case others have yet to acknowledge is
+        # not waiting for it.
+        awaiting = CaseView.case_id.in_(select(CaseAuthority.case_id).where(
+            mine, CaseAuthority.awaiting.is_(True)))
+        query = query.where(~awaiting if filters.acknowledged else awaiting)
+    elif filters.acknowledged is not None:
+        query = query.where(CaseView.acknowledged == filters.acknowledged)
+    if filters.overdue is not None:
+        late = select(CaseAuthority.case_id).where(
+            CaseAuthority.awaiting.is_(True), CaseAuthority.ack_due < utcnow(),
+            *([mine] if who.role == "authority" else []))
+        overdue = (CaseView.status == "open") & CaseView.case_id.in_(late) & (
+            # Information only (P5): nobody is chased.
+            func.coalesce(CaseView.severity, "").not_in(rt.pack.silent))
+        query = query.where(overdue if filters.overdue else ~overdue)
     limit, offset = filters.limit, filters.offset
     kind, _, code = who.scope.partition(":")
     if who.role == "authority":
-        query = query.where(CaseView.case_id.in_(select(CaseAuthority.case_id).where(
-            CaseAuthority.authority_id.in_(who.authority_ids))))
+        query = query.where(CaseView.case_id.in_(select(CaseAuthority.case_id).where(mine)))
     elif kind == "province":
         query = query.where(CaseView.province_code == int(code))
     elif kind == "commune":
@@ -174,13 +194,6 @@ async def list_cases(request: Request, rt: Runtime,
         for case in rows:
             audit.record(session, who.user_id, who.role, "read", case.case_id, ["summary"])
     return CasePage(items=[_out(c) for c in rows], total=total or 0, limit=limit, offset=offset)
-
-
-def holds_duty(target: dict) -> bool:
-    """An act target that still holds the case: not transferred on, not released. Only it sees
-    the identity, acknowledges, records milestones and transfers; an informed one does none."""
-    return (target.get("role") == "act" and not target.get("transferred_to")
-            and not target.get("released"))
 
 
 async def acting_target(request: Request, rt, who: Principal, case_id: str,

@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from services.common import audit
 from services.common.auth import Principal
-from services.intake.api.cases import holds_duty, readable_case
+from services.intake.api.cases import readable_case
+from services.intake.readmodel import holds_duty
 from services.intake.api.deps import Runtime, deny, role
 from services.intake.store import ReportRow, WithdrawnInput
 

@@ -24,7 +24,7 @@ from services.common.links import LinkClaims, verify_link
 from services.escalation import milestones
 from services.escalation.store import EscalationMilestone
 from services.intake import submission
-from services.intake.api.cases import holds_duty
+from services.intake.readmodel import holds_duty
 from services.intake.api.deps import Runtime
 from services.intake.store import CaseView
 from services.notifier.render import local_time
