@@ -166,10 +166,10 @@ class Decisions:
                              rearm: bool = False,
                              ) -> tuple[list[EscalationTarget], list[Target], list[Target]]:
         """Only what changed is acted on: new targets, inform -> act, a shorter deadline, a
-        higher severity (`raised_from`: the severity before). A target once told stays on the case: duties are never
-        silently dropped. `rearm`: the case was information only, its clocks stopped; those
-        yet to answer must answer within their window from `at`. Returns the case's target
-        rows after the change, and the targets added and changed."""
+        higher severity (`raised_from`: the severity before). A target once told stays on the
+        case: duties are never silently dropped. `rearm`: the case was information only, its
+        clocks stopped; those yet to answer must answer within their window from `at`.
+        Returns the case's target rows after the change, and the targets added and changed."""
         existing = {} if fresh else {t.authority_id: t for t in (await session.scalars(
             select(EscalationTarget).where(EscalationTarget.case_id == case.case_id))).all()}
         rows = dict(existing)
