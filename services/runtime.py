@@ -15,6 +15,7 @@ from sqlalchemy import make_url, select, text
 from sqlalchemy.exc import DBAPIError
 
 from schemas.events import Topics
+from services import backlog
 from services.common import kafka, migrate
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, log_failure
@@ -37,6 +38,7 @@ class Runtime:
     inputs: object = None  # intake: requests' input writes, grouped (intake/submission.py)
     watcher: object = None  # follows the rule-pack topic and the directory entries
     relays: dict[str, Relay] = field(default_factory=dict)
+    consumers: list[kafka.Consumer] = field(default_factory=list)  # their lag is watched
     matching: object = None  # intake: correlation.MatchLocks (api/reports.py)
     parts: dict[str, object] = field(default_factory=dict)
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -71,21 +73,22 @@ def build(settings: Settings, services: frozenset[str]) -> Runtime:
         rt.vault = IdentityVault(current, previous)
         rt.inputs = submission.writer(rt.db)
         rt.matching = correlation.MatchLocks(rt.db)
-        kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.CASES, Topics.ALERTS,
-                                            Topics.DELIVERIES], "intake-readmodel",
-                      _readmodel(rt), database_up=rt.db.is_up, db=rt.db)
+        rt.consumers.append(kafka.consume(
+            rt.broker, settings, [Topics.INPUTS, Topics.CASES, Topics.ALERTS, Topics.DELIVERIES],
+            "intake-readmodel", _readmodel(rt), database_up=rt.db.is_up, db=rt.db))
     if "escalation" in services:
         from services.escalation.handlers import Escalation
 
         rt.parts["escalation"] = esc = Escalation(rt)
-        kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.DELIVERIES],
-                      "escalation", esc.handle, database_up=rt.db.is_up, db=rt.db)
+        rt.consumers.append(kafka.consume(rt.broker, settings, [Topics.INPUTS, Topics.DELIVERIES],
+                                          "escalation", esc.handle, database_up=rt.db.is_up,
+                                          db=rt.db))
     if "notifier" in services:
         from services.notifier.handlers import Notifier
 
         rt.parts["notifier"] = notifier = Notifier(rt)
-        kafka.consume(rt.broker, settings, [Topics.ALERTS], "notifier",
-                      notifier.handle, database_up=rt.db.is_up, db=rt.db)
+        rt.consumers.append(kafka.consume(rt.broker, settings, [Topics.ALERTS], "notifier",
+                                          notifier.handle, database_up=rt.db.is_up, db=rt.db))
     return rt
 
 
@@ -118,6 +121,13 @@ def _retention(rt: Runtime):
         return False  # done until the next interval
 
     return purge
+
+
+def _backlog(rt: Runtime):
+    async def refresh_backlog() -> bool:  # named: a failure's log line says which job
+        return await backlog.refresh(rt)
+
+    return refresh_backlog
 
 
 async def check_database(db: Database, migrated: bool = True) -> None:
@@ -263,6 +273,7 @@ async def start(rt: Runtime) -> None:
                                             name="timers"))
     if notifier := rt.parts.get("notifier"):
         rt.tasks.append(asyncio.create_task(notifier.run(), name="deliveries"))
+    rt.tasks.append(asyncio.create_task(_every(backlog.REFRESH_S, _backlog(rt)), name="backlog"))
     if rt.services & {"intake", "notifier"}:  # the services with record classes to purge
         rt.tasks.append(asyncio.create_task(
             _every(rt.settings.retention_interval_s, _retention(rt)), name="retention"))

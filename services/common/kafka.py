@@ -7,6 +7,7 @@ or keeps failing to the dead-letter topic with the reason in headers, then go on
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -171,11 +172,21 @@ BatchHandler = Callable[[list[Envelope]], Awaitable[None]]
 MAX_RECORDS = 200  # a batch, applied in one transaction
 
 
+@dataclass(frozen=True)
+class Consumer:
+    """A consumer group `consume` subscribed, as the broker names it: its lag is watched
+    (services/backlog.py)."""
+
+    group: str
+    topics: list[str]
+    subscriber: Any  # FastStream's; its aiokafka consumer is `subscriber.consumer` once started
+
+
 def consume(
     broker: KafkaBroker, settings: Settings, topics: list[str], group: str,
     handler: BatchHandler, database_up: Callable[[], Awaitable[bool]] | None = None,
     db: Database | None = None,
-) -> None:
+) -> Consumer:
     """Subscribe to typed envelopes on `topics` in consumer group `group`, from the earliest
     offset for a new group.
 
@@ -270,6 +281,7 @@ def consume(
     subscriber(on_batch)
     if rewind is not None:
         rewind.subscriber = subscriber
+    return Consumer(settings.group(group), [settings.topic(t) for t in topics], subscriber)
 
 
 def backoff_s(failures: int, cap_s: float) -> float:

@@ -53,3 +53,25 @@ async def test_metrics_count_reports_decisions_events_timers_and_dead_letters(st
         return wanted <= grown
 
     assert await eventually(counted)
+
+
+async def test_metrics_show_each_service_s_backlog_from_the_start(stack):
+    """The backlog gauges (services/backlog.py) are refreshed by the process itself: at start
+    each consumer group's lag is shown, and the timers, deliveries and outbox read 0."""
+    settings = stack.rt.settings
+
+    async def shown():
+        async with stack.client() as anyone:
+            text = (await anyone.get("/metrics")).text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        groups = {dict(labels)["group"] for name, labels in samples
+                  if name == "beacon_consumer_lag"}
+        wanted = {settings.group(g) for g in ("intake-readmodel", "escalation", "notifier")}
+        return wanted <= groups and samples
+
+    samples = await eventually(shown)
+    assert samples[("beacon_timers_overdue", (("kind", "breach"),))] == 0
+    assert samples[("beacon_deliveries_undelivered", (("severity", "P1"),))] == 0
+    assert samples[("beacon_outbox_unpublished", (("service", "escalation"),))] == 0
+    assert samples[("beacon_backlog_refreshed_timestamp_seconds", ())] > 0
