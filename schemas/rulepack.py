@@ -7,7 +7,7 @@ services/escalation/rulepack.py, which also reports every problem with its file 
 
 import itertools
 import re
-from datetime import timedelta
+from datetime import date, timedelta
 from functools import cached_property
 from typing import Any, Literal
 
@@ -277,8 +277,21 @@ class Milestone(_Pack):
 
 
 class Calendar(_Pack):
+    """Where working days are counted. `days_off` and `working_days` are the government's
+    decisions for a year that the holidays package does not know (yet): a bridge day off, and
+    the Saturday worked to repay it. A deadline is law, so they are data an admin can add."""
+
     timezone: str = "Asia/Ho_Chi_Minh"
     holidays_country: str = "VN"
+    days_off: tuple[date, ...] = ()
+    working_days: tuple[date, ...] = ()
+
+    @model_validator(mode="after")
+    def _not_both(self) -> "Calendar":
+        if both := sorted(set(self.days_off) & set(self.working_days)):
+            raise ValueError("a day cannot be both a day off and a working day: "
+                             + ", ".join(d.isoformat() for d in both))
+        return self
 
 
 RoutingCell = list[TargetSpec]

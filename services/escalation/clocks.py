@@ -18,9 +18,7 @@ class Clocks:
     def _due(self, start: datetime, row: EscalationTarget) -> datetime:
         """When an act target asked to answer from `start` must answer: its window again."""
         if row.ack_within:
-            return deadline(start, row.ack_within, row.working_days,
-                            timezone=self.rt.pack.calendar.timezone,
-                            country=self.rt.pack.calendar.holidays_country)
+            return deadline(start, row.ack_within, row.working_days, cal=self.rt.pack.calendar)
         return start + ((row.ack_due - row.added_at) if row.ack_due else _DEFAULT_WINDOW)
 
     def _schedule(self, session, row: EscalationTarget) -> None:
@@ -36,8 +34,7 @@ class Clocks:
                         working_days: bool) -> list[datetime]:
         pack = self.rt.pack
         return reminder_times(start, due, pack.reminder_fractions, working_days,
-                              timezone=pack.calendar.timezone,
-                              country=pack.calendar.holidays_country)
+                              cal=pack.calendar)
 
     async def _cancel_timers(self, session, row: EscalationTarget, why: str) -> None:
         """Stop a target's acknowledgement clock (its milestone clocks run on)."""

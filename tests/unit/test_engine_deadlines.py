@@ -72,8 +72,8 @@ def test_n_working_days_always_hold_n_days_of_working_time(minutes, days):
     from services.escalation.engine.calendar import _working_spans
 
     start = vn(2026, 1, 1) + timedelta(minutes=minutes)
-    due = deadline(start, f"P{days}D", working_days=True)
-    spans = _working_spans(start.replace(tzinfo=None), due.replace(tzinfo=None), "VN")
+    due = deadline(start, f"P{days}D", working_days=True, cal=PACK.calendar)
+    spans = _working_spans(start.replace(tzinfo=None), due.replace(tzinfo=None), PACK.calendar)
     assert sum((end - begin for begin, end in spans), timedelta()) == timedelta(days=days)
 
 
@@ -145,3 +145,17 @@ def test_milestones_count_from_the_first_receipt():
     crime = p1.model_copy(update={"indicators": frozenset({"crime"})})
     assert milestone_deadlines(crime, "P1", PACK)["police_verification"] == first + timedelta(days=20)
     assert milestone_deadlines(p1, "P5", PACK) == {}
+
+
+def test_the_packs_days_off_and_working_days_win_over_the_holidays_package():
+    """Dispatch 12729/VPCP-KGVX (25/12/2025): Friday 2/1/2026 off, Saturday 10/1/2026 worked.
+    The package knew neither, so a P3 received the Friday before was due two days late."""
+    assert not holidays.country_holidays("VN").get(datetime(2026, 1, 2).date())  # unknown there
+    cal = PACK.calendar
+    assert deadline(vn(2026, 1, 9, 16), "P1D", True, cal=cal) == vn(2026, 1, 10, 16)
+    assert deadline(vn(2025, 12, 31, 16), "P3D", True, cal=cal) == vn(2026, 1, 7, 16)
+    # Without the pack's days, as the package alone counts them.
+    assert deadline(vn(2026, 1, 9, 16), "P1D", True) == vn(2026, 1, 12, 16)
+    # Reminders count the working Saturday and skip the Friday off.
+    [half] = reminder_times(vn(2026, 1, 9, 16), vn(2026, 1, 10, 16), [0.5], True, cal=cal)
+    assert half == vn(2026, 1, 10, 4)

@@ -40,7 +40,7 @@ def test_shipped_packs_are_valid(name):
 
 def test_pack_api():
     pack = load_pack("default")
-    assert pack.version == "default-2026.2"
+    assert pack.version == "default-2026.3"
     assert pack.tiers == ["commune", "province", "national"]
     assert pack.next_tier("commune") == "province"
     assert pack.next_tier("province") == "national"
@@ -56,7 +56,7 @@ def test_pack_api():
 
 def test_load_by_path(tmp_path: Path):
     path = tmp_path / "mine.yaml"
-    path.write_text(DEFAULT_TEXT.replace("version: default-2026.2", "version: mine-1"), encoding="utf-8")
+    path.write_text(DEFAULT_TEXT.replace("version: default-2026.3", "version: mine-1"), encoding="utf-8")
     assert load_pack(str(path)).version == "mine-1"
 
 
@@ -271,5 +271,11 @@ def test_a_raise_rule_that_would_not_raise_is_refused():
 
 @pytest.mark.parametrize("version", ["../../x y/ä", "a/b", " lead", "-dash"])
 def test_a_version_that_cannot_name_the_pack_in_a_url_is_refused(version):
-    [(_place, msg)] = problems(broken("version: default-2026.2", f'version: "{version}"'))
+    [(_place, msg)] = problems(broken("version: default-2026.3", f'version: "{version}"'))
     assert msg.startswith("version:")
+
+
+def test_a_day_both_off_and_worked_is_refused_with_its_place():
+    text = broken("  working_days: [2026-01-10]", "  working_days: [2026-01-10, 2026-01-02]")
+    [(place, msg)] = problems(text)
+    assert place == f"pack.yaml:{line_of(text, 'calendar:')}" and "2026-01-02" in msg

@@ -4,7 +4,9 @@ A working-day deadline ends at the same local time on the Nth next working day: 
 received on Friday 16:00 with one working day to acknowledge is due Monday 16:00 (a holiday on
 Monday moves it to Tuesday). One received on a weekend or a holiday counts from the next working
 day's start: Sunday 01:00 plus one working day is Tuesday 00:00, the whole of Monday. Weekends
-and public holidays come from the `holidays` package, including its substituted working Saturdays.
+and public holidays come from the `holidays` package, including its substituted working Saturdays,
+and from the pack's own `days_off` and `working_days` (the government's decisions the package
+does not know), which win.
 """
 
 from datetime import date, datetime, time, timedelta
@@ -13,10 +15,9 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
-from schemas.rulepack import parse_clock_duration
+from schemas.rulepack import Calendar, parse_clock_duration
 
-DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
-DEFAULT_COUNTRY = "VN"
+VN = Calendar()  # Asia/Ho_Chi_Minh, the VN holidays, no days of the pack's own
 
 
 @cache
@@ -36,38 +37,39 @@ def _require_aware(moment: datetime) -> None:
 
 
 @lru_cache(maxsize=8192)
-def _is_working_day(day: date, country: str) -> bool:
+def _is_working_day(day: date, cal: Calendar) -> bool:
     # The package's check does its work afresh on each call, and a working-day window asks it
     # once per day (docs/performance.md, tenth round).
-    return _calendar(country).is_working_day(day)
+    if day in cal.days_off:
+        return False
+    return day in cal.working_days or _calendar(cal.holidays_country).is_working_day(day)
 
 
 @lru_cache(maxsize=8192)
-def _nth_working_day_after(day: date, days: int, country: str) -> date:
+def _nth_working_day_after(day: date, days: int, cal: Calendar) -> date:
     counted = 0
     while counted < days:
         day += timedelta(days=1)
-        if _is_working_day(day, country):
+        if _is_working_day(day, cal):
             counted += 1
     return day
 
 
-def add_working_days(start: datetime, days: int, timezone: str = DEFAULT_TIMEZONE,
-                     country: str = DEFAULT_COUNTRY) -> datetime:
+def add_working_days(start: datetime, days: int, cal: Calendar = VN) -> datetime:
     """The same local time on the Nth next working day. From a weekend or a holiday the count
     starts at the next working day's midnight, as for a paper received on a day off: one working
     day from Sunday night is the whole of Monday (due Tuesday 00:00), not Monday until 01:00."""
     _require_aware(start)
-    local = start.astimezone(_zone(timezone))
-    if not _is_working_day(local.date(), country):
-        first = _nth_working_day_after(local.date(), 1, country)
+    local = start.astimezone(_zone(cal.timezone))
+    if not _is_working_day(local.date(), cal):
+        first = _nth_working_day_after(local.date(), 1, cal)
         local = datetime.combine(first, time(0), tzinfo=local.tzinfo)
-    day = _nth_working_day_after(local.date(), days, country)
+    day = _nth_working_day_after(local.date(), days, cal)
     return datetime.combine(day, local.timetz()).astimezone(start.tzinfo)
 
 
 def deadline(start: datetime, within: str, working_days: bool = False, *,
-             timezone: str = DEFAULT_TIMEZONE, country: str = DEFAULT_COUNTRY) -> datetime:
+             cal: Calendar = VN) -> datetime:
     """When a deadline `within` (ISO-8601, e.g. PT15M; P3D with working_days=True) from `start` ends."""
     _require_aware(start)
     span = parse_clock_duration(within)
@@ -75,12 +77,11 @@ def deadline(start: datetime, within: str, working_days: bool = False, *,
         return start + span
     if span.seconds or span.microseconds:
         raise ValueError(f"working-day deadline {within!r} must be whole days")
-    return add_working_days(start, span.days, timezone, country)
+    return add_working_days(start, span.days, cal)
 
 
 def reminder_times(start: datetime, due: datetime, fractions: list[float],
-                   working_days: bool = False, *, timezone: str = DEFAULT_TIMEZONE,
-                   country: str = DEFAULT_COUNTRY) -> list[datetime]:
+                   working_days: bool = False, *, cal: Calendar = VN) -> list[datetime]:
     """Reminder moments at these fractions of the span from start to due (e.g. [0.5, 0.8]).
     For a working-day deadline, fractions of the working time in it: weekends and holidays do
     not count, so a reminder never falls on a day nobody is at the desk."""
@@ -88,9 +89,9 @@ def reminder_times(start: datetime, due: datetime, fractions: list[float],
     if not working_days:
         return [start + span * f for f in fractions]
     _require_aware(start)
-    zone = _zone(timezone)
+    zone = _zone(cal.timezone)
     spans = _working_spans(start.astimezone(zone).replace(tzinfo=None),
-                           due.astimezone(zone).replace(tzinfo=None), country)
+                           due.astimezone(zone).replace(tzinfo=None), cal)
     total = sum((end - begin for begin, end in spans), timedelta())
     if not total:
         return [start + span * f for f in fractions]
@@ -106,11 +107,11 @@ def reminder_times(start: datetime, due: datetime, fractions: list[float],
     return out
 
 
-def _working_spans(start: datetime, due: datetime, country: str) -> list[tuple[datetime, datetime]]:
+def _working_spans(start: datetime, due: datetime, cal: Calendar) -> list[tuple[datetime, datetime]]:
     """The parts of [start, due] (local, naive) that fall on working days."""
     spans, day = [], start.date()
     while day <= due.date():
-        if _is_working_day(day, country):
+        if _is_working_day(day, cal):
             midnight = datetime.combine(day, datetime.min.time())
             begin, end = max(start, midnight), min(due, midnight + timedelta(days=1))
             if end > begin:

@@ -46,10 +46,9 @@ def milestone_deadlines(facts: CaseFacts, severity: str, pack: RulePack,
     """Milestone id -> due time, counted from the first receipt (DOMAIN.md section 2), or from
     `start`: when the input that made it apply arrived, for one a later input brought."""
     s = Situation.of(facts)
-    cal = pack.calendar
     return {
         m.name: deadline(start or facts.first_received_at, m.within.iso, m.within.is_working_days,
-                       timezone=cal.timezone, country=cal.holidays_country)
+                         cal=pack.calendar)
         for m in pack.milestones_for(severity)
         if not m.when or any_holds(m.when, s)
     }

@@ -131,8 +131,7 @@ def route(facts: CaseFacts, severity: str, publicity: str, pack: RulePack, direc
             if ack.working_days is None:
                 found = at + ack.clock
             else:
-                cal = pack.calendar
-                found = add_working_days(at, ack.working_days, cal.timezone, cal.holidays_country)
+                found = add_working_days(at, ack.working_days, pack.calendar)
             dues[id(ack)] = found
         return found
 
