@@ -11,7 +11,7 @@ A template that fails does not drop the alert: a plain built-in message goes ins
 
 import unicodedata
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -141,8 +141,15 @@ def _kind_label(alert: AlertRequested, lang: str) -> str:
 
 
 def local_time(dt: datetime | None, fmt: str) -> str | None:
-    """A time as messages show it: Viet Nam time (the link page shows it the same way)."""
-    return dt.astimezone(LOCAL_TZ).strftime(fmt) if dt is not None else None
+    """A time as messages show it: Viet Nam time (the link page shows it the same way). A
+    deadline at midnight, as working days from a day off give, reads as 24:00 of the day
+    before ("24 giờ ngày 23/02"): "00:00 24/02" was read as the end of the 24th, a day late."""
+    if dt is None:
+        return None
+    local = dt.astimezone(LOCAL_TZ)
+    if local.time() == time(0) and fmt.startswith("%H:%M"):
+        return "24:00" + (local - timedelta(days=1)).strftime(fmt.removeprefix("%H:%M"))
+    return local.strftime(fmt)
 
 
 def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]:

@@ -482,3 +482,14 @@ def test_a_p1_sms_that_says_why_still_fits_two_segments(category, cause, extra):
     m = render(a, "sms", "vi", link(a))
     assert sms_segments(m.text)[1] <= 2, m.text
     assert a.case_id in m.text and "09:45 29/11" in m.text
+
+
+def test_a_deadline_at_midnight_reads_as_24_00_of_the_day_before():
+    """Working days from a day off end at midnight: "hạn 00:00 24/02" was read as the end of
+    the 24th, a day after the deadline."""
+    midnight = datetime(2026, 2, 23, 17, 0, tzinfo=UTC)  # 00:00 on 24/02 in Viet Nam
+    a = alert(ack_due=midnight, severity="P3", category="NEGLECT")
+    sms = render(a, "sms", "vi", link(a)).text
+    assert "24:00 23/02" in sms and "00:00" not in sms
+    assert "24:00 23/02/2026" in render(a, "email", "en", link(a)).text
+    assert render(alert(), "email", "vi", link(a)).text.count("09:45 29/11/2026") >= 1
