@@ -13,6 +13,8 @@ older release, which commits offsets without writing positions (a rolling upgrad
 partitions are read again from the last position written, and nothing is refused.
 """
 
+import asyncio
+
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from sqlalchemy import BigInteger, Integer, String, case, select
@@ -20,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import Base, Database
+from services.common.db import Base, Database, database_fault
 
 log = structlog.get_logger("beacon")
 
@@ -86,6 +88,21 @@ class Rewind(ConsumerRebalanceListener):
         consumer = getattr(self.subscriber, "consumer", None)
         if consumer is None or not assigned:
             return
+        attempt = 0
+        while True:
+            try:
+                return await self._rewind(consumer, assigned)
+            except Exception as exc:
+                if not database_fault(exc):
+                    raise
+                # Gone on from the committed offsets, a restored database's events would be
+                # skipped for good: wait for it (nothing is fetched meanwhile).
+                attempt += 1
+                log.warning("positions_waiting_for_database", group=self.group_id,
+                            attempt=attempt, error=type(exc).__name__)
+                await asyncio.sleep(min(0.5 * attempt, 5.0))
+
+    async def _rewind(self, consumer, assigned) -> None:
         async with self.db.reads() as session:
             applied = {(r.topic, r.partition): r.next_offset
                        for r in (await session.scalars(select(ConsumerPosition).where(

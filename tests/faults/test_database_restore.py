@@ -7,8 +7,10 @@ import shutil
 import sqlite3
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from services import runtime
+from services.common import positions
 from services.common.positions import ConsumerPosition
 from services.escalation.store import EscalationCase, EscalationTarget
 from tests.conftest import eventually, make_settings, start_stack
@@ -116,3 +118,43 @@ async def test_positions_behind_the_group_are_read_again_with_another_process_ru
         if other is not None:
             await runtime.stop(other)
         await running.stop()
+
+
+async def test_a_restored_database_that_does_not_answer_at_first_is_waited_for(
+        kafka_bootstrap, inbox, tmp_path, monkeypatch):
+    """The database away when partitions were assigned: the listener failed, and the consumers
+    went on from Kafka's offsets, skipping for good what the restored database never saw."""
+    path, backup = tmp_path / "beacon.db", tmp_path / "backup.db"
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{path}", inbox)
+    first = await start_stack(settings)
+    try:
+        before = await _report(first, 1)
+        await eventually(lambda: _shown(first, before))
+        with sqlite3.connect(path) as live, sqlite3.connect(backup) as copy:
+            live.backup(copy)
+        after = await _report(first, 2)
+        await eventually(lambda: _shown(first, after))
+    finally:
+        await first.stop()
+    for name in ("beacon.db", "beacon.db-wal", "beacon.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    shutil.copy(backup, path)
+
+    rewind, refused = positions.Rewind._rewind, []
+
+    async def away_at_first(self, consumer, assigned):
+        if self.group_id == settings.group("escalation") and len(refused) < 2:
+            refused.append(self.group_id)
+            raise OperationalError("SELECT", {}, sqlite3.OperationalError("database is locked"))
+        return await rewind(self, consumer, assigned)
+    monkeypatch.setattr(positions.Rewind, "_rewind", away_at_first)
+    second = await start_stack(settings)
+    try:
+        async def decided_again():
+            async with second.rt.db.reads() as session:
+                return await session.scalar(select(EscalationCase.case_id).where(
+                    EscalationCase.case_id == after))
+        await eventually(decided_again)
+        assert len(refused) == 2
+    finally:
+        await second.stop()
