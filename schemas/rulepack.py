@@ -7,7 +7,7 @@ services/escalation/rulepack.py, which also reports every problem with its file 
 
 import itertools
 import re
-from datetime import date, timedelta
+from datetime import date, time, timedelta
 from functools import cached_property
 from typing import Any, Literal
 
@@ -285,12 +285,30 @@ class Calendar(_Pack):
     holidays_country: str = "VN"
     days_off: tuple[date, ...] = ()
     working_days: tuple[date, ...] = ()
+    # When offices are open, local time. Reminders of working-day deadlines fall in it: counted
+    # over whole days they came at 02:00 and 04:00, when no commune officer reads an SMS.
+    # Clock deadlines (P1, P2: minutes and hours) run around the clock, their reminders too.
+    office_hours: tuple[time, time] | None = None
+
+    @field_validator("office_hours", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 17:00 as the number 1020 (base 60), which would pass as
+        # 00:17:00: only "HH:MM" text is taken.
+        if value is not None and not (isinstance(value, list | tuple) and all(
+                isinstance(v, time) or isinstance(v, str) and re.fullmatch(r"\d\d:\d\d(:\d\d)?", v)
+                for v in value)):
+            raise ValueError('office_hours must be two quoted local times, e.g. ["07:30", "17:00"]')
+        return value
 
     @model_validator(mode="after")
     def _not_both(self) -> "Calendar":
         if both := sorted(set(self.days_off) & set(self.working_days)):
             raise ValueError("a day cannot be both a day off and a working day: "
                              + ", ".join(d.isoformat() for d in both))
+        if self.office_hours and not self.office_hours[0] < self.office_hours[1]:
+            raise ValueError("office_hours: the opening must come before the closing, "
+                             "within one day")
         return self
 
 

@@ -3,7 +3,7 @@
 Inputs go straight to Escalation.handle; what it emits is read back from the outbox.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from unittest.mock import patch
 
 import pytest
@@ -298,17 +298,18 @@ async def test_each_unreached_target_is_told_to_a_supervisor_they_share(esc):
 
 async def test_working_day_reminders_fall_on_working_days(esc):
     # A P3 received on Friday 16:00 in Hanoi: one working day to acknowledge (Monday 16:00),
-    # three to assess (Wednesday 16:00). No reminder on the weekend.
+    # three to assess (Wednesday 16:00). No reminder on the weekend, nor out of office hours.
     friday = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
     await _report(esc, at=friday, category="EMOTIONAL")
     hanoi = timedelta(hours=7)
     reminders = [t.due_at for t in await _rows(esc, Timer, authority_id=CP, kind="reminder")]
     milestone = [t.due_at for t in await _rows(esc, MilestoneTimer, milestone="initial_assessment")
                  if t.fraction < 1]
-    assert sorted(reminders) == [datetime(2026, 11, 29, 21, 0, tzinfo=UTC),  # Monday 04:00
-                                 datetime(2026, 11, 30, 4, 12, tzinfo=UTC)]  # Monday 11:12
+    assert sorted(reminders) == [datetime(2026, 11, 30, 4, 15, tzinfo=UTC),  # Monday 11:15
+                                 datetime(2026, 11, 30, 7, 6, tzinfo=UTC)]  # Monday 14:06
     assert len(milestone) == 2
     assert all((at + hanoi).weekday() < 5 for at in [*reminders, *milestone])
+    assert all(time(7, 30) <= (at + hanoi).time() <= time(17) for at in [*reminders, *milestone])
 
 
 # --- timers ------------------------------------------------------------------------------------

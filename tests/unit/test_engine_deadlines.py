@@ -156,6 +156,39 @@ def test_the_packs_days_off_and_working_days_win_over_the_holidays_package():
     assert deadline(vn(2025, 12, 31, 16), "P3D", True, cal=cal) == vn(2026, 1, 7, 16)
     # Without the pack's days, as the package alone counts them.
     assert deadline(vn(2026, 1, 9, 16), "P1D", True) == vn(2026, 1, 12, 16)
-    # Reminders count the working Saturday and skip the Friday off.
+    # Reminders count the working Saturday's office hours and skip the Friday off.
     [half] = reminder_times(vn(2026, 1, 9, 16), vn(2026, 1, 10, 16), [0.5], True, cal=cal)
-    assert half == vn(2026, 1, 10, 4)
+    assert half == vn(2026, 1, 10, 11, 15)
+
+
+def test_working_day_reminders_fall_in_office_hours():
+    """Counted over whole days, a P3 received on Friday at 16:00 was reminded on Monday at
+    04:00, and one received at 01:00 at 19:00 and 02:12: SMS nobody at a commune reads."""
+    cal = PACK.calendar
+    friday = vn(2026, 3, 6, 16)
+    due = deadline(friday, "P1D", True, cal=cal)
+    assert reminder_times(friday, due, [0.5, 0.8], True, cal=cal) == [
+        vn(2026, 3, 9, 11, 15), vn(2026, 3, 9, 14, 6)]  # Monday 07:30 + 9.5 h of office time
+    night = vn(2026, 3, 2, 1)
+    assert reminder_times(night, deadline(night, "P1D", True, cal=cal), [0.5, 0.8], True,
+                          cal=cal) == [vn(2026, 3, 2, 12, 15), vn(2026, 3, 2, 15, 6)]
+    # A clock deadline's reminders run around the clock: a P2 at 23:00 is reminded at 23:30.
+    late = vn(2026, 3, 2, 23)
+    assert reminder_times(late, late + timedelta(hours=1), [0.5], cal=cal) == [
+        late + timedelta(minutes=30)]
+
+
+@given(st.integers(0, 2 * 365 * 24 * 60), st.integers(1, 5))
+@settings(max_examples=300, deadline=None)
+def test_working_day_reminders_are_in_office_hours_on_working_days_before_the_deadline(
+        minutes, days):
+    from services.escalation.engine.calendar import _is_working_day
+
+    cal = PACK.calendar
+    start = vn(2026, 1, 1) + timedelta(minutes=minutes)
+    due = deadline(start, f"P{days}D", working_days=True, cal=cal)
+    for at in reminder_times(start, due, PACK.reminder_fractions, True, cal=cal):
+        local = at.astimezone(VN)
+        assert start < at < due
+        assert _is_working_day(local.date(), cal)
+        assert cal.office_hours[0] <= local.time() <= cal.office_hours[1]

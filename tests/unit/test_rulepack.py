@@ -279,3 +279,12 @@ def test_a_day_both_off_and_worked_is_refused_with_its_place():
     text = broken("  working_days: [2026-01-10]", "  working_days: [2026-01-10, 2026-01-02]")
     [(place, msg)] = problems(text)
     assert place == f"pack.yaml:{line_of(text, 'calendar:')}" and "2026-01-02" in msg
+
+
+@pytest.mark.parametrize("hours", ['[07:30, 17:00]', '["17:00", "07:30"]', '["7h30", "17h"]'])
+def test_office_hours_must_be_two_quoted_times_in_order(hours):
+    """YAML reads an unquoted 17:00 as 1020, which would pass as 00:17."""
+    text = broken('  office_hours: ["07:30", "17:00"]', f"  office_hours: {hours}")
+    [(place, msg)] = problems(text)
+    assert place in {f"pack.yaml:{line_of(text, n)}" for n in ("calendar:", "office_hours:")}
+    assert "office_hours" in msg

@@ -84,7 +84,8 @@ def reminder_times(start: datetime, due: datetime, fractions: list[float],
                    working_days: bool = False, *, cal: Calendar = VN) -> list[datetime]:
     """Reminder moments at these fractions of the span from start to due (e.g. [0.5, 0.8]).
     For a working-day deadline, fractions of the working time in it: weekends and holidays do
-    not count, so a reminder never falls on a day nobody is at the desk."""
+    not count, so a reminder never falls on a day nobody is at the desk; with the pack's
+    `office_hours`, nor at an hour nobody is."""
     span = due - start
     if not working_days:
         return [start + span * f for f in fractions]
@@ -92,6 +93,8 @@ def reminder_times(start: datetime, due: datetime, fractions: list[float],
     zone = _zone(cal.timezone)
     spans = _working_spans(start.astimezone(zone).replace(tzinfo=None),
                            due.astimezone(zone).replace(tzinfo=None), cal)
+    if cal.office_hours and (open_ := _office(spans, *cal.office_hours)):
+        spans = open_
     total = sum((end - begin for begin, end in spans), timedelta())
     if not total:
         return [start + span * f for f in fractions]
@@ -118,3 +121,16 @@ def _working_spans(start: datetime, due: datetime, cal: Calendar) -> list[tuple[
                 spans.append((begin, end))
         day += timedelta(days=1)
     return spans
+
+
+def _office(spans: list[tuple[datetime, datetime]], opens: time,
+            closes: time) -> list[tuple[datetime, datetime]]:
+    """The parts of working-day spans within office hours."""
+    out = []
+    for begin, end in spans:
+        day = begin.date()
+        begin = max(begin, datetime.combine(day, opens))
+        end = min(end, datetime.combine(day, closes))
+        if end > begin:
+            out.append((begin, end))
+    return out
