@@ -237,9 +237,9 @@ class Decisions:
         12 hours had often passed when they were set, and were missed at once with no window
         to act in (Decree 56 Art. 26.3: 12 hours of receiving the information). A later
         decision may bring a deadline nearer (P3 -> P2: the initial assessment within 24 h,
-        not 3 working days), never further. `rearm`: the case
-        was information only until then, its clocks stopped; a milestone neither done nor
-        missed is held to its deadline again (at once, if it passed meanwhile)."""
+        not 3 working days), never further. `rearm`: the case was information only until then,
+        its clocks stopped; a milestone neither done nor missed is held to its deadline again
+        (at once, if it passed meanwhile)."""
         if case.closed_at is not None:
             return
         dues = milestone_deadlines(facts, severity, self.rt.pack)
@@ -280,13 +280,13 @@ class Decisions:
                 continue
             fractions = self.rt.pack.reminder_fractions
             reminders = self._reminder_times(start, due, working[mid])
-            for fraction, at in zip([*fractions, 1.0], [*reminders, due], strict=True):
-                if rearm and at <= rearm:  # passed while nobody was chased
+            for fraction, when in zip([*fractions, 1.0], [*reminders, due], strict=True):
+                if rearm and when <= rearm:  # passed while nobody was chased
                     if fraction < 1.0:
                         continue
-                    at = rearm
+                    when = rearm
                 add_bulk(session, MilestoneTimer, case_id=case.case_id, milestone=mid,
-                         authority_id=holder, fraction=fraction, due_at=at)
+                         authority_id=holder, fraction=fraction, due_at=when)
             self._emit(session, MilestoneScheduled(case_id=case.case_id, milestone=mid,
                                                    authority_id=holder, due_at=due))
 
