@@ -76,7 +76,8 @@ class Decisions:
         })
         if case.closed_at is not None:
             facts = await self._reopen(session, case, facts, data.received_at, envelope)
-        await self._decide(session, case, facts, case.publicity, envelope.time, envelope.type)
+        await self._decide(session, case, facts, case.publicity, envelope.time, envelope.type,
+                           received=data.received_at)
 
     async def _on_update(self, session, envelope: Envelope, data: CaseUpdated) -> None:
         case = await session.get(EscalationCase, data.case_id, with_for_update=True)
@@ -126,13 +127,15 @@ class Decisions:
         return facts.model_copy(update={"first_received_at": origin})
 
     async def _decide(self, session, case: EscalationCase, facts: CaseFacts, floor: str,
-                      at: datetime, cause: str, fresh: bool = False) -> None:
+                      at: datetime, cause: str, fresh: bool = False,
+                      received: datetime | None = None) -> None:
         """Decide under the pack in force. `at` is when intake accepted the input (so a
         redelivery decides the same), or when a re-evaluation ran. A `fresh` case has no rows
         yet, so nothing is read back (most inputs open a case: see docs/performance.md).
         `floor`: the publicity the decision may not go below. It is not what a person set
         (case.human_publicity), or rules such as the institutional step-up would build on their
-        own earlier result and raise publicity at every re-decision."""
+        own earlier result and raise publicity at every re-decision. `received`: when a
+        linked report was received, which a milestone it brings counts from (else `at`)."""
         facts = facts.model_copy(update={"publicity": case.human_publicity})
         decision = decide(facts, self.rt.pack, self.rt.directory, at, floor)
         raised_from = case.severity if decision.severity < case.severity else None  # P1 highest
@@ -155,7 +158,7 @@ class Decisions:
         self._emit(session, CaseDecided(case_id=case.case_id, decision=decision, added=added,
                                         changed=changed, cause=cause))
         await self._schedule_milestones(session, case, facts, decision.severity, targets, fresh,
-                                        at, at if rearm else None)
+                                        received or at, at if rearm else None)
         metrics.DECISIONS.labels(decision.severity).inc()
         metrics.DECISION_LATENCY.observe(max((utcnow() - at).total_seconds(), 0.0))
         log.info("decided", severity=decision.severity, publicity=decision.publicity,
@@ -229,15 +232,16 @@ class Decisions:
 
     async def _schedule_milestones(self, session, case: EscalationCase, facts: CaseFacts,
                                    severity: str, targets: list[EscalationTarget],
-                                   fresh: bool, at: datetime,
+                                   fresh: bool, received: datetime,
                                    rearm: datetime | None = None) -> None:
         """Hold the case to the pack's milestone deadlines. A later decision adds milestones
-        (P2 -> P1 adds the emergency measure), counted from `at`, when the input that made
-        them apply arrived: counted from a first report that did not know of the danger, the
-        12 hours had often passed when they were set, and were missed at once with no window
-        to act in (Decree 56 Art. 26.3: 12 hours of receiving the information). A later
-        decision may bring a deadline nearer (P3 -> P2: the initial assessment within 24 h,
-        not 3 working days), never further. `rearm`: the case was information only until then,
+        (P2 -> P1 adds the emergency measure), counted from `received`, when the input that
+        made them apply was received: counted from a first report that did not know of the
+        danger, the 12 hours had often passed when they were set, and were missed at once with
+        no window to act in (Decree 56 Art. 26.3: 12 hours of receiving the information). A
+        later decision may bring a deadline nearer (P3 -> P2: the initial assessment within
+        24 h, not 3 working days), counted from where the milestone counts from, never
+        further. `rearm`: the case was information only until then,
         its clocks stopped; a milestone neither done nor missed is held to its deadline again
         (at once, if it passed meanwhile)."""
         if case.closed_at is not None:
@@ -245,7 +249,7 @@ class Decisions:
         dues = milestone_deadlines(facts, severity, self.rt.pack)
         if not dues:
             return
-        since = max(at, facts.first_received_at)
+        since = max(received, facts.first_received_at)
         brought = {} if fresh else milestone_deadlines(facts, severity, self.rt.pack, since)
         working = {m.name: m.within.is_working_days
                    for m in self.rt.pack.milestones_for(severity)}
@@ -258,6 +262,9 @@ class Decisions:
         for mid, due in dues.items():
             m = known.get(mid)
             start = facts.first_received_at
+            if m is not None and m.counted_from is not None:  # not pulled back to the first
+                start = m.counted_from
+                due = milestone_deadlines(facts, severity, self.rt.pack, start)[mid]
             if m is None:
                 holder = milestones.owner(mid, duties, self.rt.pack, home)
                 if holder is None:
@@ -265,7 +272,8 @@ class Decisions:
                 if not fresh:
                     start, due = since, brought[mid]
                 add_bulk(session, EscalationMilestone, case_id=case.case_id, milestone=mid,
-                         authority_id=holder, due_at=due, scheduled_at=utcnow())
+                         authority_id=holder, due_at=due, scheduled_at=utcnow(),
+                         counted_from=None if fresh else since)
             elif (m.done_at is None and m.missed_at is None and m.due_at is not None
                   and due < m.due_at and m.authority_id is not None):
                 holder, m.due_at = m.authority_id, due

@@ -66,6 +66,9 @@ class EscalationMilestone(Base):
     milestone: Mapped[str] = mapped_column(String(64), primary_key=True)
     authority_id: Mapped[str | None] = mapped_column(String(80))  # who is held to it
     due_at: Mapped[datetime | None]
+    # When a later input brought it (the report of a danger, days after the first): it counts
+    # from then, as a later decision counts it again. None: from the case's first receipt.
+    counted_from: Mapped[datetime | None]
     scheduled_at: Mapped[datetime | None]
     done_at: Mapped[datetime | None]
     done_by: Mapped[str | None] = mapped_column(String(64))

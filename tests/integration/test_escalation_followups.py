@@ -476,8 +476,27 @@ async def test_an_emergency_reported_days_later_gets_its_12_hours_from_then(esc)
     measure = sorted(t.due_at for t in await _rows(esc, MilestoneTimer,
                                                    milestone="emergency_measure"))
     assert measure[0] > danger and measure[-1] == m.due_at  # its reminders fall inside the window
-    await esc.fire_due(danger + 60 * M)
+    # The next decision counts it from there too: counted again from the first report, it
+    # was pulled into the past and missed at once (found by the verification review).
+    await update(esc, at=danger + 60 * M, publicity="PA1")
+    [m] = [m for m in await _rows(esc, EscalationMilestone) if m.milestone == "emergency_measure"]
+    assert m.due_at == danger + 12 * 60 * M
+    await esc.fire_due(danger + 61 * M)
     assert await emitted(esc, "beacon.milestone.missed") == []
     await esc.fire_due(danger + 12 * 60 * M + M)
     assert [e["milestone"] for e in await emitted(esc, "beacon.milestone.missed")] == [
         "emergency_measure"]
+
+
+async def test_an_emergency_in_a_linked_report_counts_from_its_receipt(esc):
+    """A call taken at 09:00 and entered three hours later: its 12 hours run from the call, as
+    the first report's do from its own."""
+    await report(esc, category="NEGLECT", indicators=[])  # P3
+    call = T0 + 2 * 24 * 60 * M
+    linked = ReportReceived(
+        case_id="C-1", report_id="R-late", new_case=False, received_at=call, channel="phone",
+        category="NEGLECT", location=Location(province_code=1, commune_code=4), setting="home",
+        child_ages=[10], indicators=["immediate_danger"], publicity="PA0")
+    await esc.handle([wrap(linked, call + 3 * 60 * M)])
+    [m] = [m for m in await _rows(esc, EscalationMilestone) if m.milestone == "emergency_measure"]
+    assert m.due_at == call + 12 * 60 * M
