@@ -173,7 +173,10 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
                 due = data.model_dump(mode="json", include={"ack_due"})["ack_due"]
                 held = next((t.get("ack_due") for t in case.targets
                              if t["authority_id"] == data.authority_id), None)
-                if due and (not held or datetime.fromisoformat(due) < datetime.fromisoformat(held)):
+                # A reopened case's window runs anew from the reopening: the old deadline,
+                # long passed, showed the case as overdue the moment it reopened.
+                if due and (not held or data.cause == "reopened"
+                            or datetime.fromisoformat(due) < datetime.fromisoformat(held)):
                     changes["ack_due"] = due
             _target(case, data.authority_id, **changes)
             await _sync_duties(session, case, [data.authority_id])

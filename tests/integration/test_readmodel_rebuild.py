@@ -34,7 +34,9 @@ async def _snapshot(db) -> dict:
                     for case_id in cases}
         assert sum(map(len, timeline.values())) == await session.scalar(
             select(func.count()).select_from(TimelineEntry))
-        routed = sorted((a.case_id, a.authority_id)
+        # With whether each still owes its acknowledgement, and by when (the case list's
+        # ?acknowledged= and ?overdue=).
+        routed = sorted((a.case_id, a.authority_id, a.awaiting, a.ack_due)
                         for a in (await session.scalars(select(CaseAuthority))).all())
     return {"cases": cases, "timeline": timeline, "routed": routed}
 

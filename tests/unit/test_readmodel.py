@@ -7,10 +7,11 @@ import pytest
 
 from schemas.decisions import Decision, Target
 from schemas.events import (
-    AckRecorded, CaseDecided, Envelope, ReportReceived, TargetReleased, TargetTransferred,
+    AckRecorded, AlertRequested, CaseDecided, Envelope, ReportReceived, TargetReleased,
+    TargetTransferred,
 )
 from services.intake import readmodel
-from services.intake.store import CaseView
+from services.intake.store import CaseAuthority, CaseView
 
 CASE = "C-AAAAAAAAAAAAAAAAA"
 A, B = "commune:4:child_protection", "province:1:child_protection"
@@ -97,11 +98,27 @@ async def test_a_reopened_case_is_open_whichever_topic_comes_first(sqlite_db, re
     reopened.time = NOW + timedelta(hours=3)
     acked = Envelope.wrap(AckRecorded(case_id=CASE, authority_id=A, by_user="u", at=NOW,
                                       case_acknowledged=True), "beacon/escalation")
-    tail = [reopened, closed] if reopen_first else [closed, reopened]
-    case = await _apply_one_by_one(sqlite_db, [_report(), _decided(), acked, *tail])
+    # Its new window, from the reopening: the case showed the old deadline, long passed, and
+    # was listed as overdue the moment it reopened (found by the verification review).
+    due = NOW + timedelta(hours=4)
+    alerted = Envelope.wrap(AlertRequested(
+        alert_id="a-1", case_id=CASE, authority_id=A, tier="commune", agency="child_protection",
+        role="act", kind="alert", cause="reopened", category="PHYS_VIOLENCE", severity="P2",
+        publicity="PA0", ack_due=due, contacts=[], rulepack_version="v1"), "beacon/escalation")
+    first = Envelope.wrap(CaseDecided(
+        case_id=CASE, cause="beacon.report.received", decision=Decision(
+            rulepack_version="v1", severity="P2", publicity="PA0", matched_rules=[],
+            targets=[Target(tier="commune", agency="child_protection", authority_id=A,
+                            role="act", ack_due=NOW + timedelta(hours=1))])), "beacon/escalation")
+    tail = [reopened, alerted, closed] if reopen_first else [closed, reopened, alerted]
+    case = await _apply_one_by_one(sqlite_db, [_report(), first, acked, *tail])
     assert case.status == "open" and case.acknowledged is False
     [target] = case.targets
     assert target["acknowledged_at"] is None
+    assert datetime.fromisoformat(target["ack_due"]) == due
+    async with sqlite_db.reads() as session:
+        duty = await session.get(CaseAuthority, (CASE, A))
+    assert duty.awaiting and duty.ack_due == due
 
 
 async def test_an_event_parked_while_its_case_was_being_opened_is_applied_late(sqlite_db):
