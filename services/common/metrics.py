@@ -1,6 +1,10 @@
 """Prometheus metrics, served at /metrics."""
 
+from typing import get_args
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from schemas.reports import Severity
 
 REPORTS = Counter("beacon_reports_accepted_total", "Reports accepted (202)", ["new_case"])
 PUBLISH_FAILURES = Counter("beacon_intake_publish_failures_total", "Inputs refused with 503")
@@ -12,6 +16,13 @@ DELIVERIES = Counter("beacon_deliveries_total", "Delivery attempts", ["channel",
 DEAD_LETTERS = Counter("beacon_dead_letters_total", "Messages sent to the dead-letter topic")
 OUTBOX = Counter("beacon_outbox_published_total", "Outbox events published", ["service"])
 DECISION_LATENCY = Histogram("beacon_decision_seconds", "Input accepted -> decision committed")
+# Every label at 0 from the start: a series that first appears at 1 has an increase() of 0 in
+# Prometheus, so the first decisions after a restart looked like none, and
+# BeaconDecisionsStalled paged (docs/prometheus/beacon-rules.yml).
+for _label in get_args(Severity):
+    DECISIONS.labels(_label)
+for _label in ("true", "false"):
+    REPORTS.labels(_label)
 
 # Backlogs: what is waiting that should not be (services/backlog.py refreshes them every
 # REFRESH_S from the database and the broker). Labels are codes, never a case or an authority.

@@ -70,3 +70,13 @@ def test_each_rule_has_a_severity_a_summary_a_description_and_a_for(rule):
 def test_alert_names_are_unique():
     names = [rule["alert"] for rule in rules()]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(("name", "labels"), [
+    *[("beacon_decisions_total", {"severity": s}) for s in ("P1", "P2", "P3", "P4", "P5")],
+    ("beacon_reports_accepted_total", {"new_case": "true"}),
+    ("beacon_reports_accepted_total", {"new_case": "false"})])
+def test_the_counters_a_rule_compares_exist_before_their_first_event(name, labels):
+    """A series that first appears at 1 has an increase() of 0: the first decisions after a
+    restart looked like none, and BeaconDecisionsStalled paged."""
+    assert REGISTRY.get_sample_value(name, labels) is not None
