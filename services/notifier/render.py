@@ -35,6 +35,7 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 LANGS = ("vi", "en")
 DEFAULT_LANG = "vi"
+LOCAL_FORMAT = "%H:%M %d/%m/%Y"  # a time in messages, and the webhook's `ack_due_local`
 SMS_MAX_SEGMENTS = 2  # DOMAIN: a P1 SMS fits two segments; we hold every SMS to it
 
 CATEGORY_LABELS: dict[str, dict[str, str]] = {
@@ -140,14 +141,15 @@ def _kind_label(alert: AlertRequested, lang: str) -> str:
     return _label(KIND_LABELS, lang, alert.kind)
 
 
-def local_time(dt: datetime | None, fmt: str) -> str | None:
-    """A time as messages show it: Viet Nam time (the link page shows it the same way). A
-    deadline at midnight, as working days from a day off give, reads as 24:00 of the day
-    before ("24 giờ ngày 23/02"): "00:00 24/02" was read as the end of the 24th, a day late."""
+def local_time(dt: datetime | None, fmt: str, for_people: bool = True) -> str | None:
+    """A time as messages show it: Viet Nam time (the link page shows it the same way). For
+    people, a deadline at midnight, as working days from a day off give, reads as 24:00 of the
+    day before ("24 giờ ngày 23/02"): "00:00 24/02" was read as the end of the 24th, a day
+    late. Machines (the webhook body) get the plain time, which their parsers take."""
     if dt is None:
         return None
     local = dt.astimezone(LOCAL_TZ)
-    if local.time() == time(0) and fmt.startswith("%H:%M"):
+    if for_people and local.time() == time(0) and fmt.startswith("%H:%M"):
         return "24:00" + (local - timedelta(days=1)).strftime(fmt.removeprefix("%H:%M"))
     return local.strftime(fmt)
 
@@ -177,7 +179,7 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "severity": alert.severity,
         "publicity": alert.publicity,
         "ack_due": alert.ack_due.isoformat() if alert.ack_due else None,
-        "ack_due_local": local_time(alert.ack_due, "%H:%M %d/%m/%Y"),
+        "ack_due_local": local_time(alert.ack_due, LOCAL_FORMAT),
         "ack_due_short": local_time(alert.ack_due, "%H:%M %d/%m"),
         "rulepack_version": alert.rulepack_version,
         "link": link,
@@ -185,7 +187,7 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "milestone": alert.milestone,
         "milestone_label": alert.milestone_label or alert.milestone,
         "milestone_due": alert.milestone_due.isoformat() if alert.milestone_due else None,
-        "milestone_due_local": local_time(alert.milestone_due, "%H:%M %d/%m/%Y"),
+        "milestone_due_local": local_time(alert.milestone_due, LOCAL_FORMAT),
         "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
         "about_authority_id": alert.about_authority_id,
         "about_reason": alert.about_reason,
@@ -205,7 +207,11 @@ def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
             "about_authority_id", "about_reason", "setting", "authority_name",
             "about_authority_name", "cause", "previous_severity", "from_authority_id",
             "from_authority_name")
-    return {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
+    body = {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
+    if ctx["ack_due"]:  # version 1's format, which a receiver parses: never "24:00"
+        body["ack_due_local"] = local_time(datetime.fromisoformat(ctx["ack_due"]),
+                                           LOCAL_FORMAT, for_people=False)
+    return body
 
 
 def fold_to_gsm7(text: str) -> str:

@@ -492,4 +492,6 @@ def test_a_deadline_at_midnight_reads_as_24_00_of_the_day_before():
     sms = render(a, "sms", "vi", link(a)).text
     assert "24:00 23/02" in sms and "00:00" not in sms
     assert "24:00 23/02/2026" in render(a, "email", "en", link(a)).text
+    # The webhook's field keeps version 1's format, which receivers parse (strptime refuses 24).
+    assert render(a, "webhook", "vi", link(a)).body["ack_due_local"] == "00:00 24/02/2026"
     assert render(alert(), "email", "vi", link(a)).text.count("09:45 29/11/2026") >= 1
