@@ -93,7 +93,8 @@ class Rewind(ConsumerRebalanceListener):
             try:
                 return await self._rewind(consumer, assigned)
             except Exception as exc:
-                if not database_fault(exc):
+                # aiokafka's flag: a stop waits for this listener, which would hold it 20 s.
+                if not database_fault(exc) or consumer._closed:
                     raise
                 # Gone on from the committed offsets, a restored database's events would be
                 # skipped for good: wait for it (nothing is fetched meanwhile).
