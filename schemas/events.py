@@ -162,11 +162,11 @@ class AlertRequested(_Data):
     # a silent commune could not tell which commune from its id. Absent from older events.
     authority_name: str | None = None
     about_authority_name: str | None = None
-    # Why an authority already on the case is alerted again (absent from a first alert and
-    # from older events): the case got more severe (from `previous_severity`), its deadline
-    # came nearer, it must now act where it was informed, the case alerts again after being
-    # information only, the case was reopened, or another authority passed the case to it
-    # (`from_authority_id`). An officer told "new alert" twice could not tell what changed.
+    # Why the authority is alerted (absent from a first alert and from older events): the
+    # case got more severe (from `previous_severity`), its deadline came nearer, it must now
+    # act where it was informed, the case alerts again after being information only, the case
+    # was reopened, or another authority passed the case to it (`from_authority_id`; this may
+    # be its first alert). An officer told "new alert" twice could not tell what changed.
     cause: AlertCause | None = None
     previous_severity: Severity | None = None
     from_authority_id: str | None = None
