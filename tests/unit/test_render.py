@@ -475,11 +475,12 @@ def test_an_alert_that_comes_again_says_why(cause, extra, vi, en, vi_line):
     assert body["cause"] == cause and body["from_authority_id"] == extra.get("from_authority_id")
 
 
+@pytest.mark.parametrize("lang", ["vi", "en"])
 @pytest.mark.parametrize("category", CATEGORIES)
 @pytest.mark.parametrize("cause,extra", [(c[0], c[1]) for c in CAUSES])
-def test_a_p1_sms_that_says_why_still_fits_two_segments(category, cause, extra):
+def test_a_p1_sms_that_says_why_still_fits_two_segments(category, cause, extra, lang):
     a = alert(category=category, cause=cause, **extra)
-    m = render(a, "sms", "vi", link(a))
+    m = render(a, "sms", lang, link(a))
     assert sms_segments(m.text)[1] <= 2, m.text
     assert a.case_id in m.text and "09:45 29/11" in m.text
 
