@@ -42,39 +42,52 @@ async def _shown(stack, case_id: str) -> bool:
         return (await api.get(f"/api/v1/cases/{case_id}")).status_code == 200
 
 
-async def test_a_restored_database_reads_again_what_came_after_its_backup(
-        kafka_bootstrap, inbox, tmp_path):
+async def _restored(settings, tmp_path, after_backup=None) -> tuple[str, str]:
+    """A stack takes a report, is backed up online (as `sqlite3 .backup` does), takes another
+    report (and whatever `after_backup(stack, first_case)` does), stops, and its database is
+    replaced by the backup. Returns the case ids from before and after the backup."""
     path, backup = tmp_path / "beacon.db", tmp_path / "backup.db"
-    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{path}", inbox)
     first = await start_stack(settings)
     try:
         before = await _report(first, 1)
         await eventually(lambda: _shown(first, before))
         with sqlite3.connect(path) as live, sqlite3.connect(backup) as copy:
-            live.backup(copy)  # online, as `sqlite3 .backup` does
+            live.backup(copy)
         after = await _report(first, 2)
         await eventually(lambda: _shown(first, after))
-        async with first.client("authority") as api:  # and the commune acknowledges the first
-            ack = await api.post(f"/api/v1/cases/{before}/acknowledgements",
-                                 json={"authority_id": CP})
-            assert ack.status_code == 202, ack.text
-
-        await eventually(lambda: _acked(first, before))
+        if after_backup is not None:
+            await after_backup(first, before)
     finally:
         await first.stop()
-
     for name in ("beacon.db", "beacon.db-wal", "beacon.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
     shutil.copy(backup, path)
+    return before, after
+
+
+async def _decided(stack, case_id: str) -> str | None:
+    async with stack.rt.db.reads() as session:
+        return await session.scalar(select(EscalationCase.case_id).where(
+            EscalationCase.case_id == case_id))
+
+
+async def test_a_restored_database_reads_again_what_came_after_its_backup(
+        kafka_bootstrap, inbox, tmp_path):
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
+                             inbox)
+
+    async def acknowledge(first, case_id):  # the commune acknowledges the first case
+        async with first.client("authority") as api:
+            ack = await api.post(f"/api/v1/cases/{case_id}/acknowledgements",
+                                 json={"authority_id": CP})
+            assert ack.status_code == 202, ack.text
+        await eventually(lambda: _acked(first, case_id))
+
+    before, after = await _restored(settings, tmp_path, acknowledge)
     second = await start_stack(settings)
     try:
-        async def decided_again():
-            async with second.rt.db.reads() as session:
-                return await session.scalar(select(EscalationCase.case_id).where(
-                    EscalationCase.case_id == after))
-        await eventually(decided_again)
+        await eventually(lambda: _decided(second, after))
         await eventually(lambda: _shown(second, after))
-
         await eventually(lambda: _acked(second, before))  # applied again
     finally:
         await second.stop()
@@ -124,22 +137,9 @@ async def test_a_restored_database_that_does_not_answer_at_first_is_waited_for(
         kafka_bootstrap, inbox, tmp_path, monkeypatch):
     """The database away when partitions were assigned: the listener failed, and the consumers
     went on from Kafka's offsets, skipping for good what the restored database never saw."""
-    path, backup = tmp_path / "beacon.db", tmp_path / "backup.db"
-    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{path}", inbox)
-    first = await start_stack(settings)
-    try:
-        before = await _report(first, 1)
-        await eventually(lambda: _shown(first, before))
-        with sqlite3.connect(path) as live, sqlite3.connect(backup) as copy:
-            live.backup(copy)
-        after = await _report(first, 2)
-        await eventually(lambda: _shown(first, after))
-    finally:
-        await first.stop()
-    for name in ("beacon.db", "beacon.db-wal", "beacon.db-shm"):
-        (tmp_path / name).unlink(missing_ok=True)
-    shutil.copy(backup, path)
-
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
+                             inbox)
+    _, after = await _restored(settings, tmp_path)
     rewind, refused = positions.Rewind._rewind, []
 
     async def away_at_first(self, consumer, assigned):
@@ -150,11 +150,7 @@ async def test_a_restored_database_that_does_not_answer_at_first_is_waited_for(
     monkeypatch.setattr(positions.Rewind, "_rewind", away_at_first)
     second = await start_stack(settings)
     try:
-        async def decided_again():
-            async with second.rt.db.reads() as session:
-                return await session.scalar(select(EscalationCase.case_id).where(
-                    EscalationCase.case_id == after))
-        await eventually(decided_again)
+        await eventually(lambda: _decided(second, after))
         assert len(refused) == 2
     finally:
         await second.stop()
