@@ -3,7 +3,7 @@ on-call engineer sees a stuck part while it is stuck (docs/operations.md, Health
 rules are docs/prometheus/beacon-rules.yml).
 
 - timers due and not fired (escalation): the timer loop is stuck or down, where a timer fires
-  within a second of its due time;
+  within a second of its due time; and timers whose firing failed, put back to try again;
 - alerts not delivered (notifier): the channels are down, or the notifier is behind;
 - outbox events not on Kafka (escalation, notifier): the relay is stuck, the broker away;
 - consumer lag: events on Kafka that a consumer group has not applied yet, by the positions
@@ -46,6 +46,12 @@ _TIMERS_DUE = (select(_T.c.kind, func.count(), func.min(_T.c.due_at))
                .where(_T.c.fired_at.is_(None), _T.c.due_at <= _NOW).group_by(_T.c.kind))
 _MILESTONES_DUE = (select(literal_column("'milestone'"), func.count(), func.min(_M.c.due_at))
                    .where(_M.c.fired_at.is_(None), _M.c.due_at <= _NOW))
+# A timer whose firing failed is put back to fire later (timers._retry_later): not overdue,
+# so only its attempts show it.
+_TIMERS_RETRYING = (select(_T.c.kind, func.count()).where(_T.c.fired_at.is_(None),
+                                                          _T.c.attempts > 0).group_by(_T.c.kind))
+_MILESTONES_RETRYING = select(literal_column("'milestone'"), func.count()).where(
+    _M.c.fired_at.is_(None), _M.c.attempts > 0)
 # ix_deliveries_claim starts with status: the rows still to deliver, not the delivered history.
 _UNDELIVERED = (select(_D.c.severity, func.count(), func.min(_D.c.created_at))
                 .where(_D.c.status.in_(("pending", "sending"))).group_by(_D.c.severity))
@@ -67,6 +73,10 @@ async def refresh(rt) -> bool:
                 rows = [*(await connection.execute(_TIMERS_DUE, {"now": now})).all(),
                         *(await connection.execute(_MILESTONES_DUE, {"now": now})).all()]
                 _show(metrics.TIMERS_OVERDUE, metrics.TIMERS_OVERDUE_AGE, TIMER_KINDS, rows, now)
+                retrying = dict([*(await connection.execute(_TIMERS_RETRYING)).all(),
+                                 *(await connection.execute(_MILESTONES_RETRYING)).all()])
+                for kind in {*TIMER_KINDS, *retrying}:
+                    metrics.TIMERS_RETRYING.labels(kind).set(retrying.get(kind, 0))
             if "notifier" in rt.parts:
                 rows = (await connection.execute(_UNDELIVERED)).all()
                 _show(metrics.UNDELIVERED, metrics.UNDELIVERED_AGE, get_args(Severity), rows, now)

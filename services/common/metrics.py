@@ -29,6 +29,8 @@ for _label in ("true", "false"):
 TIMERS_OVERDUE = Gauge("beacon_timers_overdue", "Escalation timers due and not fired", ["kind"])
 TIMERS_OVERDUE_AGE = Gauge("beacon_timers_overdue_oldest_seconds",
                            "How long the oldest overdue timer has been due (0: none)", ["kind"])
+TIMERS_RETRYING = Gauge("beacon_timers_retrying",
+                        "Escalation timers whose firing failed, put back to try again", ["kind"])
 UNDELIVERED = Gauge("beacon_deliveries_undelivered",
                     "Alerts not yet delivered (pending, or being sent)", ["severity"])
 UNDELIVERED_AGE = Gauge("beacon_deliveries_undelivered_oldest_seconds",

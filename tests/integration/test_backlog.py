@@ -83,6 +83,34 @@ async def test_a_timer_due_and_not_fired_shows_until_it_fires(db):
         assert gauge("beacon_timers_overdue_oldest_seconds", kind=kind) == 0
 
 
+async def test_a_timer_put_back_after_failing_shows_until_it_fires(db):
+    """Put back to try again later (timers._retry_later), it is not overdue: only its attempts
+    show that a child's reminder or escalation is not happening."""
+    pack = load_pack("default")
+    esc = Escalation(SimpleNamespace(db=db, pack=pack, directory=build_directory(pack),
+                                     relays={"escalation": _NoRelay()}))
+    now = utcnow()
+    async with db.writes() as session, session.begin():
+        session.add_all([
+            Timer(case_id="C-1", authority_id="a", kind="breach", attempts=2,
+                  due_at=now + timedelta(minutes=4)),
+            MilestoneTimer(case_id="C-1", milestone="m", authority_id="a", fraction=1.0,
+                           attempts=1, due_at=now + timedelta(minutes=2)),
+        ])
+    rt = watching(db, parts=["escalation"])
+
+    await backlog.refresh(rt)
+    assert gauge("beacon_timers_retrying", kind="breach") == 1
+    assert gauge("beacon_timers_retrying", kind="milestone") == 1
+    assert gauge("beacon_timers_overdue", kind="breach") == 0  # what the other rule watches
+    assert gauge("beacon_timers_retrying", kind="reminder") == 0
+
+    assert await esc.fire_due(now + timedelta(minutes=5)) == 2  # its cause passed: it fires
+    await backlog.refresh(rt)
+    for kind in backlog.TIMER_KINDS:
+        assert gauge("beacon_timers_retrying", kind=kind) == 0
+
+
 async def test_an_undelivered_alert_shows_until_it_is_delivered(db):
     now = utcnow()
     async with db.writes() as session, session.begin():
