@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from schemas.events import DeliveryOutcome, TargetEscalated
 from services.common import metrics
 from services.common.db import utcnow
-from services.escalation.store import EscalationCase, EscalationTarget, Timer
+from services.escalation.store import EscalationCase, EscalationMilestone, EscalationTarget, Timer
 
 log = structlog.get_logger("beacon.escalation")
 # Failed tries after which an act alert counts as unreached and its target is escalated. A P1
@@ -85,9 +85,11 @@ class Breaches:
 
     async def _escalate(self, session, case: EscalationCase, row: EscalationTarget,
                         parent_id: str, now: datetime, suffix: str,
-                        about: tuple[str, str]) -> None:
+                        about: tuple[str, str],
+                        milestone: EscalationMilestone | None = None) -> None:
         """The next tier up is told and held to the same ack window from now: it becomes an act
-        target, or, already one, keeps the earlier of its own deadline and that one."""
+        target, or, already one, keeps the earlier of its own deadline and that one.
+        `milestone`: the step `row` missed, which the alert names."""
         parent = await session.get(EscalationTarget, (case.case_id, parent_id))
         if parent is not None and parent.released_at is not None:
             return  # a transfer passed its duty to another authority
@@ -110,6 +112,7 @@ class Breaches:
             due = None  # it has answered, or must answer sooner anyway: its clock stands
         self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
                                             step="escalated", to_authority_id=parent_id))
-        self._alert(session, case, parent, "escalated", suffix=suffix, about=about)
+        self._alert(session, case, parent, "escalated", suffix=suffix, about=about,
+                    milestone=milestone)
         if due is not None:
             self._schedule(session, parent)

@@ -169,7 +169,7 @@ class Timers:
                             about=(row.authority_id, "milestone_missed"))
             else:
                 await self._escalate(session, case, row, up, now, suffix,
-                                     (row.authority_id, "milestone_missed"))
+                                     (row.authority_id, "milestone_missed"), milestone=m)
         self._emit(session, MilestoneMissed(case_id=case.case_id, milestone=timer.milestone,
                                             authority_id=row.authority_id, due_at=timer.due_at,
                                             to_authority_id=up))

@@ -268,6 +268,14 @@ async def test_missed_twelve_hour_milestone_escalates(stack):
                 and a.get("milestone") == "emergency_measure"]
 
     assert await eventually(supervisor_told)
+
+    async def province_told():  # which step was missed, not an acknowledgement it never asked
+        alerts = await _timeline(stack, case_id, "alert_requested")
+        return [a for a in alerts if a["kind"] == "escalated"
+                and a["authority_id"] == "province:1:child_protection"
+                and a.get("milestone") == "emergency_measure"]
+
+    assert await eventually(province_told)
     async with stack.client("authority") as me:
         shown = (await me.get(f"/api/v1/cases/{case_id}/milestones")).json()
     assert next(m for m in shown if m["milestone"] == "emergency_measure")["missed_at"]

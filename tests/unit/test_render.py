@@ -370,9 +370,13 @@ def test_a_supervisor_is_told_who_missed_the_deadline_and_asked_for_nothing(lang
 
 
 @pytest.mark.parametrize("lang,to,missed", [
-    ("vi", "Gửi tới: UBND Phường Ba Đình (cơ quan", "chưa xác nhận đúng hạn: Bảo vệ trẻ em – "
+    # On a line of its own: the line after it was glued to it (the template's block ate the
+    # newline), found by the wording review.
+    ("vi", "Gửi tới: UBND Phường Ba Đình (Ủy ban nhân dân, cấp xã, mã "
+     "commune:4:people_committee)\n", "chưa xác nhận đúng hạn: Bảo vệ trẻ em – "
      "Phường Ba Đình (commune:4:child_protection)"),
-    ("en", "To: UBND Phường Ba Đình (", "Not acknowledged in time by: Bảo vệ trẻ em – Phường Ba "
+    ("en", "To: UBND Phường Ba Đình (People's Committee, commune level, "
+     "commune:4:people_committee)\n", "Not acknowledged in time by: Bảo vệ trẻ em – Phường Ba "
      "Đình (commune:4:child_protection)")])
 def test_authorities_are_named_as_the_directory_names_them(lang, to, missed):
     """A province officer told of a silent commune could not tell which commune from its id."""
@@ -496,3 +500,23 @@ def test_a_deadline_at_midnight_reads_as_24_00_of_the_day_before():
     # The webhook's field keeps version 1's format, which receivers parse (strptime refuses 24).
     assert render(a, "webhook", "vi", link(a)).body["ack_due_local"] == "00:00 24/02/2026"
     assert render(alert(), "email", "vi", link(a)).text.count("09:45 29/11/2026") >= 1
+
+
+
+@pytest.mark.parametrize("kind,role,vi,en", [
+    ("supervisor", "inform", "Cơ quan được giao đã quá hạn", "The authority in charge missed"),
+    ("escalated", "act", "Cấp dưới đã quá hạn", "The tier below missed")])
+def test_a_missed_milestone_is_told_as_missed_and_by_whom(kind, role, vi, en):
+    """The province was told "Mốc phải hoàn thành ... Hạn: 09:45", a deadline that read as
+    still to come, and not who had missed the emergency measure (found by the wording review)."""
+    a = alert(**{**MILESTONE, "kind": kind, "role": role, "about_reason": "milestone_missed",
+                 "about_authority_id": "commune:4:child_protection",
+                 "about_authority_name": "Bảo vệ trẻ em – Phường Ba Đình"})
+    email = render(a, "email", "vi", link(a)).text
+    assert vi + ": Bảo vệ trẻ em – Phường Ba Đình" in email and "Mốc phải hoàn thành" not in email
+    assert "hạn đã qua: " in email
+    assert en in render(a, "email", "en", link(a)).text
+    for lang in ("vi", "en"):
+        sms = render(a, "sms", lang, link(a)).text
+        assert sms_segments(sms)[1] <= 2
+        assert fold_to_gsm7(vi if lang == "vi" else en) in fold_to_gsm7(sms)
