@@ -118,7 +118,7 @@ SETTING_LABELS = {
            "online": "online", "public": "public place", "other": "elsewhere"},
 }
 ROLE_LABELS = {
-    "vi": {"act": "xử lý và xác nhận đã nhận", "inform": "để biết, không cần xác nhận"},
+    "vi": {"act": "xử lý và xác nhận đã tiếp nhận", "inform": "để biết, không cần xác nhận"},
     "en": {"act": "action, acknowledge receipt", "inform": "for information, no acknowledgement"},
 }
 

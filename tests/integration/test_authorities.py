@@ -119,7 +119,7 @@ async def test_one_click_link_acknowledges_without_identity(stack):
                                 utcnow() + timedelta(days=7), "earlier-secret").rsplit("/", 1)[1]
     async with stack.client() as anonymous:
         page = await anonymous.get(f"/a/{token}")
-        assert page.status_code == 200 and "Xác nhận / Acknowledge" in page.text
+        assert page.status_code == 200 and "Xác nhận đã tiếp nhận / Acknowledge receipt" in page.text
         # The category as the message names it, and no promise of a sign-in it does not have.
         assert "Bạo lực thể chất / Physical violence (PHYS_VIOLENCE)" in page.text
         assert "Sign in" not in page.text

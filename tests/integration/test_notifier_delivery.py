@@ -128,7 +128,7 @@ async def test_a_contact_gets_messages_in_its_own_language(notifier, inbox):
         pass
     mails = {m["To"]: m for m in (message_from_bytes(p.read_bytes()) for p in inbox.mails())}
     assert mails["cp.4@example.vn"]["Content-Language"] == "en"
-    assert "Acknowledge by" in mails["cp.4@example.vn"].get_payload(decode=True).decode()
+    assert "Acknowledge receipt by" in mails["cp.4@example.vn"].get_payload(decode=True).decode()
     assert mails["cp.8@example.vn"]["Content-Language"] == "vi"
     assert "Hạn xác nhận" in mails["cp.8@example.vn"].get_payload(decode=True).decode()
 

@@ -202,7 +202,7 @@ def test_unknown_codes_show_as_themselves_and_unknown_lang_is_vietnamese():
 def test_inform_without_deadline_has_no_deadline_line():
     a = alert(role="inform", kind="inform", ack_due=None)
     m = render(a, "email", "en", link(a))
-    assert "Acknowledge by" not in m.text
+    assert "Acknowledge receipt by" not in m.text
     assert render(a, "sms", "vi", link(a)).render_error is None
 
 
@@ -325,7 +325,7 @@ def test_milestone_email_and_webhook_say_which_step_is_due(lang):
     email = render(a, "email", lang, link(a))
     assert "emergency_measure" in email.subject + email.text or "Biện pháp" in email.subject
     assert "18:45 29/11/2026" in email.text and "09:45" not in email.text
-    assert "Hạn xác nhận" not in email.text and "Acknowledge by" not in email.text
+    assert "Hạn xác nhận" not in email.text and "Acknowledge receipt by" not in email.text
     body = render(a, "webhook", lang, link(a)).body
     assert body["milestone"] == "emergency_measure"
     assert body["milestone_due"] == (DUE + timedelta(hours=9)).isoformat()
@@ -352,8 +352,8 @@ def test_news_of_a_close_says_so_and_asks_for_nothing(lang, closed, asks, urgent
 
 
 @pytest.mark.parametrize("lang,missed,no_ack", [
-    ("vi", "Cơ quan chưa xác nhận đúng hạn: commune:4:child_protection", "Hạn xác nhận:"),
-    ("en", "Not acknowledged in time by: commune:4:child_protection", "Acknowledge by:")])
+    ("vi", "Cơ quan chưa xác nhận đúng hạn: commune:4:child_protection", "Hạn xác nhận đã tiếp nhận:"),
+    ("en", "Not acknowledged in time by: commune:4:child_protection", "Acknowledge receipt by:")])
 def test_a_supervisor_is_told_who_missed_the_deadline_and_asked_for_nothing(lang, missed, no_ack):
     # It was "handle and acknowledge by 18:44", the deadline already missed, naming nobody.
     a = alert(kind="supervisor", role="inform", agency="people_committee",
@@ -392,15 +392,15 @@ def test_authorities_are_named_as_the_directory_names_them(lang, to, missed):
 
 
 def test_an_informed_authority_is_not_asked_to_acknowledge():
-    for lang, ask in (("vi", "và xác nhận"), ("en", "and acknowledge")):
+    for lang, ask in (("vi", "và xác nhận đã tiếp nhận"), ("en", "and acknowledge receipt")):
         a = alert(kind="inform", role="inform", ack_due=None)
         assert ask not in render(a, "email", lang, link(a)).text
         assert ask in render(alert(), "email", lang, link(a)).text
 
 
 @pytest.mark.parametrize("lang,overdue,ask", [
-    ("vi", "Đã quá hạn xác nhận lúc 09:45 29/11/2026", "Hạn xác nhận:"),
-    ("en", "Your deadline passed at: 09:45 29/11/2026", "Acknowledge by:")])
+    ("vi", "Đã quá hạn xác nhận lúc 09:45 29/11/2026", "Hạn xác nhận đã tiếp nhận:"),
+    ("en", "Your deadline passed at: 09:45 29/11/2026", "Acknowledge receipt by:")])
 def test_a_breach_tells_the_authority_its_deadline_passed(lang, overdue, ask):
     # Not "acknowledge by" a time already gone: it is late, and asked to acknowledge now.
     a = alert(kind="breach")
@@ -520,3 +520,13 @@ def test_a_missed_milestone_is_told_as_missed_and_by_whom(kind, role, vi, en):
         sms = render(a, "sms", lang, link(a)).text
         assert sms_segments(sms)[1] <= 2
         assert fold_to_gsm7(vi if lang == "vi" else en) in fold_to_gsm7(sms)
+
+
+
+def test_the_ask_is_to_acknowledge_receipt_not_to_confirm_the_report():
+    """"Xác nhận trước 09:45" alone reads as "confirm (verify) the report by 09:45": an officer
+    may wait to check the facts, which is what the 15-minute deadline must not wait for."""
+    a = alert()
+    assert "Xac nhan da tiep nhan truoc 09:45 29/11" in fold_to_gsm7(render(a, "sms", "vi", link(a)).text)
+    assert "Acknowledge receipt by 09:45 29/11" in render(a, "sms", "en", link(a)).text
+    assert "Hạn xác nhận đã tiếp nhận: 09:45 29/11/2026" in render(a, "email", "vi", link(a)).text

@@ -145,8 +145,8 @@ def _transferred(rt, target: dict) -> tuple[str, str] | None:
                 f"handed over to {name}, which acknowledged it.</p>")
     # The sender stays on the clock until the new authority acknowledges (docs/authorities.md).
     return ("Đang chuyển giao / Transfer pending",
-            f"<p>Vụ việc đã được chuyển cho {name}, đang chờ cơ quan đó xác nhận. Cơ quan của bạn "
-            f"vẫn chịu trách nhiệm cho đến khi đó. / The case was transferred to {name} and awaits "
+            f"<p>Vụ việc đã được chuyển cho {name}, đang chờ cơ quan đó xác nhận. Quý cơ quan vẫn "
+            f"chịu trách nhiệm xử lý cho đến khi đó. / The case was transferred to {name} and awaits "
             f"its acknowledgement. Your authority remains responsible for the case until then.</p>")
 
 
@@ -192,16 +192,18 @@ async def link_page(token: str, rt: Runtime):
     if not holds_duty(target):
         return page(INFORM[0], facts + INFORM[1])
     ack_due = target.get("ack_due")  # as the message that carried the link gave it
-    due = f"<p>Xác nhận trước / Acknowledge by: {_when(ack_due)} {VN_TIME}.</p>"
+    due = f"<p>Xác nhận đã tiếp nhận trước / Acknowledge receipt by: {_when(ack_due)} {VN_TIME}.</p>"
     if ack_due and datetime.fromisoformat(ack_due) < utcnow():
-        due += ("<p class='late'><b>ĐÃ QUÁ HẠN / Overdue</b>: người giám sát và cấp trên có thể "
-                "đã được báo; vẫn hãy xác nhận ngay. / The deadline has passed: your supervisor "
-                "and the tier above may have been alerted; still acknowledge now.</p>")
+        due += ("<p class='late'><b>ĐÃ QUÁ HẠN / Overdue</b>: Ủy ban nhân dân và cơ quan cấp "
+                "trên có thể đã được báo. Đề nghị xác nhận đã tiếp nhận ngay. / The deadline has "
+                "passed: your supervisor and the tier above may have been alerted; still "
+                "acknowledge now.</p>")
     # Disabled once sent: a poor connection invites taps again (the server answers repeats).
     form = (f"<form method='post' action='/a/{escape(token)}' "
             "onsubmit=\"this.querySelector('button').disabled=true\">"
-            "<button type='submit'>Xác nhận / Acknowledge</button></form>" + DETAILS)
-    return page("Xác nhận cảnh báo / Acknowledge this alert", facts + due + form)
+            "<button type='submit'>Xác nhận đã tiếp nhận / Acknowledge receipt</button></form>" + DETAILS)
+    return page("Xác nhận đã tiếp nhận vụ việc / Acknowledge receipt of this case",
+                facts + due + form)
 
 
 @router.post("/a/{token}", response_class=HTMLResponse, responses={404: {}, 409: {}, 503: {}})
