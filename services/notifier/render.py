@@ -77,13 +77,13 @@ CATEGORY_LABELS: dict[str, dict[str, str]] = {
 KIND_LABELS = {
     "vi": {
         "alert": "Cảnh báo mới", "inform": "Thông báo", "reminder": "Nhắc lại",
-        "breach": "Quá hạn xác nhận", "supervisor": "Chưa xác nhận, báo quản lý",
-        "escalated": "Chuyển lên cấp trên", "closed": "Vụ việc đã đóng",
+        "breach": "Quá hạn xác nhận", "supervisor": "Đề nghị đôn đốc",
+        "escalated": "Chuyển lên quý cơ quan", "closed": "Vụ việc đã đóng",
     },
     "en": {
         "alert": "New alert", "inform": "For information", "reminder": "Reminder",
-        "breach": "Acknowledgement overdue", "supervisor": "Unacknowledged, supervisor alert",
-        "escalated": "Escalated", "closed": "Case closed",
+        "breach": "Acknowledgement overdue", "supervisor": "Follow-up needed",
+        "escalated": "Escalated to you", "closed": "Case closed",
     },
 }
 # An alert to an authority already on the case says why it comes again ("New alert" twice
@@ -117,9 +117,13 @@ SETTING_LABELS = {
            "health_facility": "health facility", "service_provider": "service provider",
            "online": "online", "public": "public place", "other": "elsewhere"},
 }
+# A supervisor is told, not held (role inform), but it is asked to act: "để biết" (for
+# information) read as a message to file away.
 ROLE_LABELS = {
-    "vi": {"act": "xử lý và xác nhận đã tiếp nhận", "inform": "để biết, không cần xác nhận"},
-    "en": {"act": "action, acknowledge receipt", "inform": "for information, no acknowledgement"},
+    "vi": {"act": "xử lý và xác nhận đã tiếp nhận", "inform": "để biết, không cần xác nhận",
+           "follow_up": "đôn đốc, không cần xác nhận"},
+    "en": {"act": "action, acknowledge receipt", "inform": "for information, no acknowledgement",
+           "follow_up": "follow up, no acknowledgement"},
 }
 
 
@@ -167,7 +171,8 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "agency": alert.agency,
         "agency_label": _label(AGENCY_LABELS, lang, alert.agency, alert.agency_label),
         "role": alert.role,
-        "role_label": _label(ROLE_LABELS, lang, alert.role),
+        "role_label": _label(ROLE_LABELS, lang,
+                             "follow_up" if alert.kind == "supervisor" else alert.role),
         "kind": alert.kind,
         "kind_label": _kind_label(alert, lang),
         "cause": alert.cause,
@@ -224,17 +229,20 @@ def fold_to_gsm7(text: str) -> str:
 
 
 def _fallback(ctx: dict[str, Any], channel: str, error: str) -> Message:
-    """Plain built-in text: no template involved, so it cannot fail on one."""
+    """Plain built-in text: no template involved, so it cannot fail on one. The labels are
+    built in code (build_context), so they cannot fail either; codes alone ("breach",
+    "SEX_ABUSE") told a Vietnamese officer little."""
     due = ctx["milestone_due_short"] or ctx["ack_due_short"]
-    step = f" {ctx['milestone']}" if ctx["milestone"] else ""
+    step = f" {ctx['milestone_label']}" if ctx["milestone"] else ""
+    what = f"{ctx['severity']} {ctx['kind_label']}{step}"
     if ctx["lang"] == "vi":
         subject = f"[Beacon] {ctx['severity']} vụ {ctx['case_id']}"
-        text = (f"Beacon {ctx['severity']} {ctx['kind']}{step}: vụ {ctx['case_id']} "
-                f"({ctx['category']})." + (f" Hạn {due}." if due else "") + f" {ctx['link']}")
+        text = (f"Beacon {what}: vụ {ctx['case_id']} ({ctx['category_label']})."
+                + (f" Hạn {due}." if due else "") + f" {ctx['link']}")
     else:
         subject = f"[Beacon] {ctx['severity']} case {ctx['case_id']}"
-        text = (f"Beacon {ctx['severity']} {ctx['kind']}{step}: case {ctx['case_id']} "
-                f"({ctx['category']})." + (f" Due {due}." if due else "") + f" {ctx['link']}")
+        text = (f"Beacon {what}: case {ctx['case_id']} ({ctx['category_label']})."
+                + (f" Due {due}." if due else "") + f" {ctx['link']}")
     if channel == "sms" and sms_segments(text)[1] > SMS_MAX_SEGMENTS:
         text = fold_to_gsm7(text)
     return Message(subject=subject, text=text, body=webhook_body(ctx), lang=ctx["lang"],

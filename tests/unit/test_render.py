@@ -145,7 +145,7 @@ def test_vietnamese_sms_keeps_diacritics_when_the_whole_message_fits():
 
 
 @pytest.mark.parametrize("kind,says", [("alert", "Canh bao moi"), ("reminder", "Nhac lai"),
-                                       ("escalated", "Chuyen len cap tren"),
+                                       ("escalated", "Chuyen len quy co quan"),
                                        ("inform", "Thong bao")])
 def test_a_vietnamese_sms_says_what_kind_of_message_it_is(kind, says):
     # The short form with diacritics used to win, and said only "P1 <category> hạn <time>".
@@ -530,3 +530,29 @@ def test_the_ask_is_to_acknowledge_receipt_not_to_confirm_the_report():
     assert "Xac nhan da tiep nhan truoc 09:45 29/11" in fold_to_gsm7(render(a, "sms", "vi", link(a)).text)
     assert "Acknowledge receipt by 09:45 29/11" in render(a, "sms", "en", link(a)).text
     assert "Hạn xác nhận đã tiếp nhận: 09:45 29/11/2026" in render(a, "email", "vi", link(a)).text
+
+
+
+def test_a_p1_sms_says_it_is_urgent_and_an_informed_one_that_nothing_is_asked():
+    """"Beacon P1 ..." meant nothing to an officer not trained on the codes; an SMS "for
+    information" did not say that no answer was expected (found by the wording review)."""
+    a = alert()
+    assert fold_to_gsm7(render(a, "sms", "vi", link(a)).text).startswith("KHAN CAP - Beacon P1")
+    assert render(a, "sms", "en", link(a)).text.startswith("URGENT - Beacon P1")
+    calm = alert(severity="P3", category="NEGLECT")
+    assert render(calm, "sms", "vi", link(calm)).text.startswith("Beacon P3")
+    told = alert(kind="inform", role="inform", ack_due=None)
+    assert "De biet, khong can xac nhan" in fold_to_gsm7(render(told, "sms", "vi", link(told)).text)
+    closed = alert(kind="closed", role="inform", ack_due=None)
+    sms = render(closed, "sms", "en", link(closed)).text
+    assert sms.startswith("Beacon P1") and "Nothing more to do" in sms
+
+
+def test_the_built_in_message_names_the_category_and_the_kind():
+    """The message sent when a template fails said "breach" and "SEX_ABUSE" to a Vietnamese
+    officer; the labels are built in code, so they cannot fail as a template can."""
+    from services.notifier.render import _fallback, build_context
+
+    a = alert(kind="breach")
+    text = _fallback(build_context(a, "vi", link(a)), "email", "x").text
+    assert "Quá hạn xác nhận" in text and "Xâm hại tình dục" in text and "SEX_ABUSE" not in text
