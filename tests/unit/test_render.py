@@ -456,7 +456,7 @@ def test_an_sms_bundle_names_its_categories_within_two_segments(lang):
 
 CAUSES = [("raised", {"previous_severity": "P2"}, "Nâng mức độ từ P2",
            "Severity raised from P2", "Mức độ đã nâng từ P2 lên P1"),
-          ("sooner", {}, "Hạn xác nhận sớm hơn", "Earlier deadline", "hạn xác nhận sớm hơn"),
+          ("sooner", {}, "Hạn xác nhận sớm hơn", "Earlier deadline", "được rút ngắn"),
           ("must_act", {}, "Nay phải xử lý", "Now for action", "nay phải xử lý"),
           ("again", {}, "Cảnh báo lại", "Alerting again", "chỉ để biết"),
           ("reopened", {}, "Mở lại vụ việc", "Case reopened", "mở lại"),
@@ -556,3 +556,13 @@ def test_the_built_in_message_names_the_category_and_the_kind():
     a = alert(kind="breach")
     text = _fallback(build_context(a, "vi", link(a)), "email", "x").text
     assert "Quá hạn xác nhận" in text and "Xâm hại tình dục" in text and "SEX_ABUSE" not in text
+
+
+
+def test_a_milestone_reminder_says_what_to_do_and_that_acknowledging_is_not_it():
+    a = alert(**MILESTONE)
+    assert "Phai hoan thanh Bien phap bao ve khan cap truoc 18:45 29/11" in fold_to_gsm7(
+        render(a, "sms", "vi", link(a)).text)
+    email = render(a, "email", "vi", link(a)).text
+    assert "Thời hạn: trước 18:45 29/11/2026" in email
+    assert "Việc xác nhận đã tiếp nhận không thay cho việc này" in email
