@@ -55,10 +55,15 @@ def gauge(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels)
 
 
-async def test_a_timer_due_and_not_fired_shows_until_it_fires(db):
+def escalation(db) -> Escalation:
+    """The escalation service on `db`, to fire timers as its timer loop does."""
     pack = load_pack("default")
-    esc = Escalation(SimpleNamespace(db=db, pack=pack, directory=build_directory(pack),
-                                     relays={"escalation": _NoRelay()}))
+    return Escalation(SimpleNamespace(db=db, pack=pack, directory=build_directory(pack),
+                                      relays={"escalation": _NoRelay()}))
+
+
+async def test_a_timer_due_and_not_fired_shows_until_it_fires(db):
+    esc = escalation(db)
     now = utcnow()
     async with db.writes() as session, session.begin():
         session.add_all([
@@ -86,9 +91,7 @@ async def test_a_timer_due_and_not_fired_shows_until_it_fires(db):
 async def test_a_timer_put_back_after_failing_shows_until_it_fires(db):
     """Put back to try again later (timers._retry_later), it is not overdue: only its attempts
     show that a child's reminder or escalation is not happening."""
-    pack = load_pack("default")
-    esc = Escalation(SimpleNamespace(db=db, pack=pack, directory=build_directory(pack),
-                                     relays={"escalation": _NoRelay()}))
+    esc = escalation(db)
     now = utcnow()
     async with db.writes() as session, session.begin():
         session.add_all([
