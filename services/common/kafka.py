@@ -263,10 +263,11 @@ def consume(
                 await asyncio.sleep(backoff_s(n, 2))  # a failing handler is not hammered
                 raise  # NACK: nothing of this batch is committed; it comes again
 
-    rewind = positions.Rewind(db, settings.group(group)) if db is not None else None
+    group_id, names = settings.group(group), [settings.topic(t) for t in topics]
+    rewind = positions.Rewind(db, group_id) if db is not None else None
     subscriber = broker.subscriber(
-        *[settings.topic(t) for t in topics],
-        group_id=settings.group(group),
+        *names,
+        group_id=group_id,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         batch=True,
@@ -281,7 +282,7 @@ def consume(
     subscriber(on_batch)
     if rewind is not None:
         rewind.subscriber = subscriber
-    return Consumer(settings.group(group), [settings.topic(t) for t in topics], subscriber)
+    return Consumer(group_id, names, subscriber)
 
 
 def backoff_s(failures: int, cap_s: float) -> float:

@@ -250,7 +250,6 @@ class Decisions:
         if not dues:
             return
         since = max(received, facts.first_received_at)
-        brought = {} if fresh else milestone_deadlines(facts, severity, self.rt.pack, since)
         working = {m.name: m.within.is_working_days
                    for m in self.rt.pack.milestones_for(severity)}
         known = {} if fresh else {m.milestone: m for m in (await session.scalars(
@@ -270,7 +269,8 @@ class Decisions:
                 if holder is None:
                     continue
                 if not fresh:
-                    start, due = since, brought[mid]
+                    start = since  # seldom: computed only for a milestone a decision brings
+                    due = milestone_deadlines(facts, severity, self.rt.pack, start)[mid]
                 add_bulk(session, EscalationMilestone, case_id=case.case_id, milestone=mid,
                          authority_id=holder, due_at=due, scheduled_at=utcnow(),
                          counted_from=None if fresh else since)
