@@ -77,6 +77,11 @@ async def test_a_restored_database_reads_again_what_came_after_its_backup(
                              inbox)
 
     async def acknowledge(first, case_id):  # the commune acknowledges the first case
+        async def routed():  # shown is not yet routed: the decision may still be on its way
+            async with first.client("supervisor") as api:
+                case = (await api.get(f"/api/v1/cases/{case_id}")).json()
+            return any(t["authority_id"] == CP for t in case["targets"])
+        await eventually(routed)
         async with first.client("authority") as api:
             ack = await api.post(f"/api/v1/cases/{case_id}/acknowledgements",
                                  json={"authority_id": CP})
