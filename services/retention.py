@@ -2,9 +2,9 @@
 the purge that enforces it. Each service purges its own classes at start and then every
 BEACON_RETENTION_INTERVAL_S; `beacon retention run` purges now (`--dry-run` only counts).
 
-- identity: a report's sealed identity and its keyed hashes, and a severity override's sealed
-  reason, once its case is closed and unchanged for BEACON_RETENTION_IDENTITY_DAYS (default 0:
-  kept). Each case is audited.
+- identity: a report's sealed identity, its keyed hashes and its children's sexes, and a
+  severity override's sealed reason, once its case is closed and unchanged for
+  BEACON_RETENTION_IDENTITY_DAYS (default 0: kept). Each case is audited.
 - idempotency: `Idempotency-Key` answers made BEACON_RETENTION_IDEMPOTENCY_DAYS ago (30).
 - withdrawn: inputs refused with 503 BEACON_RETENTION_WITHDRAWN_DAYS ago (30), with their sealed
   identity: adopted if their event reached Kafka after all, else removed
@@ -36,7 +36,7 @@ from services.notifier.store import Delivery
 log = structlog.get_logger("beacon.retention")
 BATCH = 500  # rows per transaction: a first purge of years of rows never holds the writers long
 WHO = ("system:retention", "system")  # the audit record's user and role
-ERASED = ["child_fingerprints", "identity", "reporter_fingerprint"]  # a report's
+ERASED = ["child_fingerprints", "child_sexes", "identity", "reporter_fingerprint"]  # a report's
 OVERRIDE_ERASED = ["override.reason"]
 
 _REPORTS, _CASES, _OVERRIDES = ReportRow.__table__, CaseView.__table__, SeverityOverrideRow.__table__
@@ -72,10 +72,11 @@ async def _erase_identity(session, before: datetime) -> int:
     if reports:
         await session.execute(
             _REPORTS.update().where(_REPORTS.c.report_id.in_(_IDS))
-            .values(identity=None, reporter_fingerprint=None, child_fingerprints=[]),
+            .values(identity=None, reporter_fingerprint=None, child_fingerprints=[],
+                    child_sexes=None),
             {"ids": [row.id for row in reports]})
         await session.execute(_CASES.update().where(_CASES.c.case_id.in_(_IDS))
-                              .values(child_fingerprints=[]),
+                              .values(child_fingerprints=[], child_sexes=None),
                               {"ids": sorted({row.case_id for row in reports})})
     if overrides := [row.id for row in rows if row.kind == "override"]:
         await session.execute(_OVERRIDES.update().where(_OVERRIDES.c.update_id.in_(_IDS))

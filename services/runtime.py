@@ -102,7 +102,7 @@ def _readmodel(rt: Runtime):
         if not envelopes:
             return
         async with rt.db.writes() as session, session.begin():
-            await readmodel.apply_all(session, [(envelope, ()) for envelope in envelopes])
+            await readmodel.apply_all(session, [(envelope, None) for envelope in envelopes])
         # An input of ours not applied by its request: one refused with 503 whose event the
         # broker took after all is accepted now, as the event on Kafka says. In a transaction
         # of its own, after the application is committed: see submission._withdraw.

@@ -34,10 +34,11 @@ async def match_open_case(reads: AsyncConnection, report: Report, names: Matchin
         "silent": list(silent),
     })).all()
     ages, by_part, by_place = report.child_ages, None, None
-    for case_id, fingerprints, case_ages, case_settings in candidates:
+    sexes = [child.sex for child in report.children]
+    for case_id, fingerprints, case_ages, case_settings, case_sexes in candidates:
         theirs = set(fingerprints or ())
-        if not _ages_agree(ages, case_ages or ()):
-            continue  # a 14-year-old is not the 3-year-old of the same name
+        if not _ages_agree(ages, case_ages or ()) or not _sexes_agree(sexes, case_sexes):
+            continue  # a 14-year-old is not the 3-year-old of the same name, a boy not a girl
         if names.names & theirs:
             return case_id
         if not _settings_agree(report.setting, case_settings):
@@ -57,6 +58,22 @@ def _ages_agree(ages, case_ages) -> bool:
     if not ages or not case_ages:
         return True
     return any(abs(a - b) <= AGE_GAP for a in ages for b in case_ages)
+
+
+KNOWN_SEXES = frozenset({"female", "male"})
+
+
+def _sexes_agree(sexes, case_sexes) -> bool:
+    """Whether some child of the report could be some child of the case by sex. An unnamed girl
+    of 11 is not the boy of 10 of an open case: folded into it, she got no alert and no clock
+    of her own. A child whose sex the caller did not know (or gave as other) could be anyone.
+    A case's unknown widens it only while it is all the case knows, as with settings: one call
+    that did not know must not open a girl's case to every boy. None: a case from before sexes
+    were kept, which any report matches."""
+    known = {sex for sex in case_sexes or () if sex in KNOWN_SEXES}
+    if not sexes or not known or not set(sexes) <= KNOWN_SEXES:
+        return True
+    return bool(known & set(sexes))
 
 
 def _settings_agree(setting: str, case_settings) -> bool:
@@ -87,7 +104,8 @@ async def is_independent(reads: AsyncConnection, case_id: str,
 
 # Built once: every report runs them (docs/performance.md).
 _CANDIDATES = (
-    select(CaseView.case_id, CaseView.child_fingerprints, CaseView.child_ages, CaseView.settings)
+    select(CaseView.case_id, CaseView.child_fingerprints, CaseView.child_ages, CaseView.settings,
+           CaseView.child_sexes)
     .where(
         CaseView.commune_code == bindparam("commune"),
         CaseView.category == bindparam("category"),

@@ -1,6 +1,7 @@
 """The case read model: every case event, applied once, to the case row and its timeline."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -41,33 +42,42 @@ async def applied(session: AsyncSession, event_ids: list[str]) -> set[str]:
     return set((await session.scalars(_APPLIED, {"ids": event_ids})).all())
 
 
-async def apply(session: AsyncSession, envelope: Envelope, child_fingerprints=()) -> bool:
+@dataclass(frozen=True)
+class Children:
+    """What intake keeps of a report's children for matching, in its own database (never on
+    Kafka): their names' keyed hashes, and their sexes (None: not kept)."""
+
+    fingerprints: Sequence[str] = ()
+    sexes: Sequence[str] | None = None
+
+
+async def apply(session: AsyncSession, envelope: Envelope, children: Children | None = None) -> bool:
     """Apply one event; False when it was applied before (redelivery, or intake applied it)."""
-    return await apply_all(session, [(envelope, child_fingerprints)]) == 1
+    return await apply_all(session, [(envelope, children)]) == 1
 
 
-async def apply_all(session: AsyncSession, items: list[tuple[Envelope, Sequence[str]]]) -> int:
+async def apply_all(session: AsyncSession, items: list[tuple[Envelope, Children | None]]) -> int:
     """Apply events in order, claimed with one statement; returns how many were new.
-    `items` pairs each event with the child fingerprints of a report that intake has in hand;
-    for the others they are read from the report rows, written before the event was published
-    (they never travel on Kafka). Whoever applies a report first, request or consumer, has them."""
+    `items` pairs each event with the Children of a report that intake has in hand; for the
+    others they are read from the report rows, written before the event was published. Whoever
+    applies a report first, request or consumer, has them."""
     fresh = await claim_events(session, CONSUMER, [envelope.id for envelope, _ in items])
     if is_postgres(session) and fresh:
         # The batch's cases locked up front, in one order: two instances read the topics'
         # partitions apart, so each held some of the other's cases and waited (deadlocks).
         await session.execute(_LOCK_CASES, {"ids": sorted(
             {e.subject for e, _ in items if e.id in fresh})})
-    stored = await _stored_fingerprints(session, [
+    stored = await _stored_children(session, [
         envelope.data.get("report_id") for envelope, given in items
-        if envelope.id in fresh and not given and envelope.type == RECEIVED])
+        if envelope.id in fresh and given is None and envelope.type == RECEIVED])
     applied, reported = 0, set()
-    for envelope, child_fingerprints in items:
+    for envelope, children in items:
         if envelope.id in fresh:
             fresh.discard(envelope.id)  # a repeat later in the batch is applied once
             if envelope.type == RECEIVED:
-                child_fingerprints = child_fingerprints or stored.get(envelope.data.get("report_id"), ())
+                children = children or stored.get(envelope.data.get("report_id"), Children())
                 reported.add(envelope.subject)
-            await _apply(session, envelope, child_fingerprints)
+            await _apply(session, envelope, children or Children())
             applied += 1
     if reported:
         await _unpark(session, reported)
@@ -100,7 +110,7 @@ async def _apply_parked(session: AsyncSession, query, params: dict) -> int:
     if rows:
         await session.execute(_UNPARK, {"ids": [r.id for r in rows]})
         for row in rows:
-            await _apply(session, Envelope.model_validate_json(row.envelope), ())
+            await _apply(session, Envelope.model_validate_json(row.envelope), Children())
     return len(rows)
 
 
@@ -116,23 +126,25 @@ _LOCK_CASES = (select(CaseView.__table__.c.case_id)
                .order_by(CaseView.__table__.c.case_id).with_for_update())
 
 
-async def _stored_fingerprints(session: AsyncSession, report_ids: list[str]) -> dict[str, list]:
+async def _stored_children(session: AsyncSession, report_ids: list[str]) -> dict[str, Children]:
     if not report_ids:
         return {}
-    rows = await session.execute(_FINGERPRINTS, {"ids": report_ids})
-    return {report_id: fingerprints or [] for report_id, fingerprints in rows}
+    rows = await session.execute(_CHILDREN, {"ids": report_ids})
+    return {report_id: Children(fingerprints or (), sexes)
+            for report_id, fingerprints, sexes in rows}
 
 
 _REPORTS = ReportRow.__table__
-_FINGERPRINTS = select(_REPORTS.c.report_id, _REPORTS.c.child_fingerprints).where(
+_CHILDREN = select(_REPORTS.c.report_id, _REPORTS.c.child_fingerprints,
+                   _REPORTS.c.child_sexes).where(
     _REPORTS.c.report_id.in_(bindparam("ids", expanding=True)))
 
 
-async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) -> None:
+async def _apply(session: AsyncSession, envelope: Envelope, children: Children) -> None:
     data = envelope.payload()
     if isinstance(data, ReportReceived) and data.new_case:
         # A new case's id was made for it: there is no row to read, and it is one INSERT.
-        _open(session, data, envelope.time, child_fingerprints)
+        _open(session, data, envelope.time, children)
         add_bulk(session, TimelineEntry, case_id=envelope.subject, at=envelope.time,
                  kind=_kind(envelope, data), detail=_received_detail(data), event_id=envelope.id)
         return
@@ -150,7 +162,7 @@ async def _apply(session: AsyncSession, envelope: Envelope, child_fingerprints) 
     detail: dict = {}
     match data:
         case ReportReceived():
-            case = _received(session, case, data, envelope.time, child_fingerprints)
+            case = _received(session, case, data, envelope.time, children)
             detail = _received_detail(data)
         case CaseUpdated():
             detail = {"update_id": data.update_id, "by_role": data.by_role,
@@ -254,11 +266,13 @@ def _received_detail(data: ReportReceived) -> dict:
             "indicators": data.indicators, "child_ages": data.child_ages}
 
 
-def _open(session: AsyncSession, data: ReportReceived, at: datetime, child_fingerprints=()) -> None:
+def _open(session: AsyncSession, data: ReportReceived, at: datetime,
+          children: Children = Children()) -> None:
     add_bulk(session, CaseView, **_new_case(data, at), report_count=1,
              independent_reports=int(data.independent),
-             child_fingerprints=sorted(set(child_fingerprints)),
-             child_ages=sorted(set(data.child_ages)), settings=[data.setting])
+             child_fingerprints=sorted(set(children.fingerprints)),
+             child_ages=sorted(set(data.child_ages)), settings=[data.setting],
+             child_sexes=None if children.sexes is None else sorted(set(children.sexes)))
 
 
 def _new_case(data: ReportReceived, at: datetime) -> dict:
@@ -270,13 +284,16 @@ def _new_case(data: ReportReceived, at: datetime) -> dict:
 
 
 def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived, at: datetime,
-              child_fingerprints=()) -> CaseView:
+              children: Children) -> CaseView:
     if case is None:  # a report linked to a case this model has not seen (a partial log)
         case = CaseView(**_new_case(data, at), report_count=0, independent_reports=0,
-                        child_fingerprints=[], child_ages=None, settings=None)
+                        child_fingerprints=[], child_ages=None, settings=None, child_sexes=None)
         session.add(case)
     case.report_count += 1
-    _add_fingerprints(case, child_fingerprints)
+    _add_fingerprints(case, children.fingerprints)
+    if case.child_sexes is not None:  # None: not known, which any sex matches
+        case.child_sexes = (None if children.sexes is None
+                            else sorted({*case.child_sexes, *children.sexes}))
     # The ages of the first report that gave any: each call's within 2 years of the last one's
     # let 5, 7, 9, 11 and 13 join a case about a child of 5. None: a case from before ages were
     # kept, which any age matches.

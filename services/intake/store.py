@@ -22,6 +22,9 @@ class ReportRow(Base):
     identity: Mapped[bytes | None] = mapped_column(LargeBinary)
     reporter_fingerprint: Mapped[str | None] = mapped_column(String(64))
     child_fingerprints: Mapped[list] = mapped_column(JSON, default=list)
+    # Its children's sexes, for duplicate matching (never on Kafka); None once erased, and for
+    # a report from before they were kept.
+    child_sexes: Mapped[list | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
 
 
@@ -94,6 +97,8 @@ class CaseView(Base):
     child_ages: Mapped[list | None] = mapped_column(JSON, default=list)
     # The settings its reports gave (duplicate matching); None for a case from before they were.
     settings: Mapped[list | None] = mapped_column(JSON, default=list)
+    # The children's sexes its reports gave (duplicate matching); None: not known.
+    child_sexes: Mapped[list | None] = mapped_column(JSON)
     updated_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_cases_match", "commune_code", "category", "status"),)

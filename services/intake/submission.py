@@ -140,8 +140,8 @@ async def _publish(rt, envelope: Envelope) -> None:
 
 
 async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
-                 response: dict, idem: Idempotency | None, child_fingerprints=(),
-                 table: type | None = None) -> dict:
+                 response: dict, idem: Idempotency | None,
+                 children: readmodel.Children | None = None, table: type | None = None) -> dict:
     """`row`: the values of the input's own row in `table` (a report's ReportRow, an override's
     SeverityOverrideRow), which holds its event until it is published; both None for other
     inputs, whose event waits on their idempotency key."""
@@ -168,7 +168,7 @@ async def accept(rt, who: Principal, envelope: Envelope, row: dict | None,
     except HTTPException:
         if await _withdraw(rt, who, envelope, idem):
             raise
-    await rt.inputs(Published(who, envelope, table, child_fingerprints,
+    await rt.inputs(Published(who, envelope, table, children,
                               None if idem is None else idem.key))
     if "new_case" in response:  # a report
         metrics.REPORTS.labels("true" if response["new_case"] else "false").inc()
@@ -274,7 +274,7 @@ class Published:
     who: Principal
     envelope: Envelope
     table: type | None  # the table of its own row to mark; None: its key holds its event
-    child_fingerprints: Sequence[str]
+    children: readmodel.Children | None  # a report's, in hand; None: read from its row
     key: str | None = None  # its Idempotency-Key
 
 
@@ -299,7 +299,7 @@ async def _write(session, items: list[Pending | Published]) -> list[None]:
     if keys := [{"key_user": p.who.user_id, "key_name": p.key}
                 for p in published if p.key is not None and p.table is None]:
         await session.execute(_KEY_PUBLISHED, keys)
-    await readmodel.apply_all(session, [(p.envelope, p.child_fingerprints) for p in published])
+    await readmodel.apply_all(session, [(p.envelope, p.children) for p in published])
     for p in published:
         audit.record(session, p.who.user_id, p.who.role, "write", p.envelope.subject,
                      sorted(p.envelope.data))

@@ -79,6 +79,28 @@ async def test_an_unnamed_child_of_another_age_opens_a_case_of_its_own(stack):
     assert about["case_id"] == first["case_id"]  # a caller's estimate of her age: 6, not 5
 
 
+async def test_an_unnamed_child_of_the_other_sex_opens_a_case_of_its_own(stack):
+    """Found by a data-protection review: an unnamed girl of 11 joined the open case of a boy of
+    10 in the same commune and category. She got no alert and no clock of her own, and her
+    report's identity went to the authority of his case. A caller who does not know the
+    child's sex still finds the case."""
+    place = {"location": {"province_code": 1, "commune_code": 25}, "category": "NEGLECT",
+             "indicators": []}
+
+    async def call(phone, **child):
+        return (await api.post("/api/v1/reports", json=report(
+            **place, children=[child], reporter={"phone": phone}))).json()
+
+    async with stack.client("operator") as api:
+        boy = await call("0911000300", age=10, sex="male")
+        girl = await call("0911000301", age=11, sex="female")
+        not_known = await call("0911000302", age=10)  # "unknown": could be either
+        brother = await call("0911000303", age=9, sex="male")
+    assert girl["new_case"] and girl["case_id"] != boy["case_id"]
+    assert not not_known["new_case"] and not brother["new_case"]
+    assert brother["case_id"] == boy["case_id"]
+
+
 async def test_a_child_at_home_does_not_join_a_kindergarten_case(stack):
     """A viral kindergarten case is open in the commune. A neighbour calls about a child of 4
     beaten at home by her stepfather: another incident, with its own alert and 12-hour clock.

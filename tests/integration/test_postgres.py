@@ -196,6 +196,11 @@ def _received_event(case_id: str, report_id: str, new_case: bool) -> Envelope:
         setting="home", child_ages=[3], independent=True), "beacon/intake")
 
 
+def _received(case_id: str, report_id: str, new_case: bool, fingerprint: str):
+    """A report's event, with its child's name hash as the request that took it has it."""
+    return _received_event(case_id, report_id, new_case), readmodel.Children([fingerprint])
+
+
 async def test_two_intake_instances_applying_reports_to_one_case_lose_neither(pg_database):
     """The read model's case row is locked while an event is applied: another instance waits."""
     await migrate(pg_database)
@@ -203,12 +208,12 @@ async def test_two_intake_instances_applying_reports_to_one_case_lose_neither(pg
     case_id = f"C-{uuid.uuid4().hex[:12].upper()}"
     try:
         async with a.writes() as session, session.begin():
-            await readmodel.apply(session, _received_event(case_id, "R-1", True), ["fa"])
+            await readmodel.apply(session, *_received(case_id, "R-1", True, "fa"))
         a_wrote, a_may_commit = asyncio.Event(), asyncio.Event()
 
         async def first():
             async with a.writes() as session, session.begin():
-                await readmodel.apply(session, _received_event(case_id, "R-2", False), ["fb"])
+                await readmodel.apply(session, *_received(case_id, "R-2", False, "fb"))
                 await session.flush()
                 a_wrote.set()
                 await a_may_commit.wait()
@@ -217,7 +222,7 @@ async def test_two_intake_instances_applying_reports_to_one_case_lose_neither(pg
             await a_wrote.wait()
             async with b.writes() as session, session.begin():
                 # Unlocked, this read saw report_count 1 and wrote 2 over the first's 2.
-                await readmodel.apply(session, _received_event(case_id, "R-3", False), ["fc"])
+                await readmodel.apply(session, *_received(case_id, "R-3", False, "fc"))
 
         tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
 
@@ -254,7 +259,7 @@ async def test_a_decision_parked_while_another_instance_opens_its_case_is_applie
             await readmodel.apply(parking, decided)
             await parking.flush()
             async with b.writes() as opening, opening.begin():
-                await readmodel.apply(opening, _received_event(case_id, "R-1", True), ["f"])
+                await readmodel.apply(opening, *_received(case_id, "R-1", True, "f"))
         async with b.reads() as session:
             assert (await session.get(CaseView, case_id)).severity is None  # stranded
         assert await readmodel.unpark_arrived(b) == 1

@@ -24,7 +24,7 @@ async def _snapshot(db) -> dict:
                 "severity": c.severity, "publicity": c.publicity, "status": c.status,
                 "acknowledged": c.acknowledged, "reports": (c.report_count, c.independent_reports),
                 "updated_at": c.updated_at,  # the retention clock of a closed case
-                "fingerprints": sorted(c.child_fingerprints),
+                "fingerprints": sorted(c.child_fingerprints), "sexes": c.child_sexes,
                 # A key with no value yet and an absent key say the same thing.
                 "targets": sorted(({k: v for k, v in t.items() if v is not None}
                                    for t in c.targets), key=lambda t: t["authority_id"]),

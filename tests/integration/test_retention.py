@@ -38,13 +38,13 @@ async def add_case(db, case_id, status, days_ago, reports=2):
     async with db.writes() as s, s.begin():
         s.add(CaseView(case_id=case_id, category="NEGLECT", province_code=1, commune_code=4,
                        setting="home", status=status, first_received_at=at, last_received_at=at,
-                       child_fingerprints=["fp-child"], updated_at=at))
+                       child_fingerprints=["fp-child"], child_sexes=["female"], updated_at=at))
         for i in range(reports):
             s.add(ReportRow(report_id=f"R-{case_id}-{i}", case_id=case_id,
                             event_id=f"E-{case_id}-{i}", event="{}", published=True,
                             received_at=at, submitted_by="op", identity=b"sealed",
                             reporter_fingerprint="fp-phone", child_fingerprints=["fp-child"],
-                            created_at=at))
+                            child_sexes=["female"], created_at=at))
 
 
 async def add_override(db, case_id, n, reason=b"sealed reason"):
@@ -84,13 +84,15 @@ async def test_identity_of_a_closed_case_is_erased_after_its_days_and_audited(sq
     reports = {r.report_id: r for r in await table(sqlite_db, ReportRow)}
     for i in range(2):
         erased = reports[f"R-C-OLD-{i}"]
-        assert (erased.identity, erased.reporter_fingerprint, erased.child_fingerprints) == (
-            None, None, [])
+        assert (erased.identity, erased.reporter_fingerprint, erased.child_fingerprints,
+                erased.child_sexes) == (None, None, [], None)
         assert reports[f"R-C-RECENT-{i}"].identity == b"sealed"
+        assert reports[f"R-C-RECENT-{i}"].child_sexes == ["female"]
         assert reports[f"R-C-OPEN-{i}"].identity == b"sealed"
     cases = {c.case_id: c for c in await table(sqlite_db, CaseView)}
-    assert cases["C-OLD"].child_fingerprints == []
-    assert cases["C-RECENT"].child_fingerprints == ["fp-child"]
+    assert (cases["C-OLD"].child_fingerprints, cases["C-OLD"].child_sexes) == ([], None)
+    assert (cases["C-RECENT"].child_fingerprints, cases["C-RECENT"].child_sexes) == (
+        ["fp-child"], ["female"])
     [entry] = await table(sqlite_db, AuditRecord)
     assert (entry.user_id, entry.action, entry.record, entry.fields) == (
         "system:retention", "erase", "C-OLD", retention.ERASED)

@@ -46,7 +46,7 @@ async def test_a_decision_read_before_its_report_is_applied_when_the_report_come
     report, decided = _report(), _decided("P1")
     if batched:
         async with sqlite_db.writes() as session, session.begin():
-            await readmodel.apply_all(session, [(decided, ()), (report, ())])
+            await readmodel.apply_all(session, [(decided, None), (report, None)])
         async with sqlite_db.reads() as session:
             case = await session.get(CaseView, CASE)
     else:

@@ -12,7 +12,7 @@ from schemas.reports import CaseUpdate, Report
 from schemas.rulepack import PUBLICITIES
 from services.common.auth import Principal
 from services.common.db import utcnow
-from services.intake import correlation, submission
+from services.intake import correlation, readmodel, submission
 from services.intake.api.deps import Runtime, deny, fail, invalid, role
 from services.intake.store import CaseView, ReportRow, SeverityOverrideRow
 from services.intake.validation import check_codes, check_report
@@ -108,13 +108,15 @@ async def _submit(report: Report, request: Request, rt, who: Principal,
         report_id=report_id, case_id=case_id, event_id=envelope.id,
         event=envelope.model_dump_json(), published=False, received_at=report.received_at,
         submitted_by=who.user_id, identity=rt.vault.seal(report),
-        reporter_fingerprint=reporter, child_fingerprints=children, created_at=utcnow(),
+        reporter_fingerprint=reporter, child_fingerprints=children,
+        child_sexes=[child.sex for child in report.children], created_at=utcnow(),
     )
     response = Accepted(
         case_id=case_id, report_id=report_id, new_case=new_case, linked=not new_case,
         case_url=f"/api/v1/cases/{case_id}",
     ).model_dump()
-    return await submission.accept(rt, who, envelope, row, response, idem, children,
+    return await submission.accept(rt, who, envelope, row, response, idem,
+                                   readmodel.Children(children, row["child_sexes"]),
                                    table=ReportRow)
 
 
