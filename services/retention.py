@@ -3,8 +3,9 @@ the purge that enforces it. Each service purges its own classes at start and the
 BEACON_RETENTION_INTERVAL_S; `beacon retention run` purges now (`--dry-run` only counts).
 
 - identity: a report's sealed identity, its keyed hashes and its children's sexes, and a
-  severity override's sealed reason, once its case is closed and unchanged for
-  BEACON_RETENTION_IDENTITY_DAYS (default 0: kept). Each case is audited.
+  severity override's sealed reason, once its case is closed, or was routed to nobody (a call
+  for information only, which nobody closes), and unchanged for BEACON_RETENTION_IDENTITY_DAYS
+  (default 0: kept). Each case is audited.
 - idempotency: `Idempotency-Key` answers made BEACON_RETENTION_IDEMPOTENCY_DAYS ago (30).
 - withdrawn: inputs refused with 503 BEACON_RETENTION_WITHDRAWN_DAYS ago (30), with their sealed
   identity: adopted if their event reached Kafka after all, else removed
@@ -23,13 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import bindparam, func, literal_column, select, tuple_, union_all
+from sqlalchemy import bindparam, exists, func, literal_column, or_, select, tuple_, union_all
 
 from services.common import audit
 from services.common.db import Database, utcnow
 from services.intake import submission
 from services.intake.store import (
-    CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow, WithdrawnInput,
+    CaseAuthority, CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow, WithdrawnInput,
 )
 from services.notifier.store import Delivery
 
@@ -40,6 +41,7 @@ ERASED = ["child_fingerprints", "child_sexes", "identity", "reporter_fingerprint
 OVERRIDE_ERASED = ["override.reason"]
 
 _REPORTS, _CASES, _OVERRIDES = ReportRow.__table__, CaseView.__table__, SeverityOverrideRow.__table__
+_ROUTED = CaseAuthority.__table__
 _KEYS, _DELIVERIES = IdempotencyKey.__table__, Delivery.__table__
 _BEFORE, _IDS = bindparam("before"), bindparam("ids", expanding=True)
 
@@ -54,10 +56,13 @@ class RecordClass:
 
 
 def _sealed(table, id_column, sealed_column, kind: str):
-    """The rows of `table` that still hold something sealed, of closed cases unchanged since."""
+    """The rows of `table` that still hold something sealed, of cases unchanged since that are
+    closed or were routed to nobody. Only an authority that must act closes a case: the
+    identity of a call for information only (P5), which nobody closes, was kept for ever."""
+    routed = exists().where(_ROUTED.c.case_id == _CASES.c.case_id)
     return (select(id_column.label("id"), table.c.case_id, literal_column(f"'{kind}'").label("kind"))
             .join(_CASES, _CASES.c.case_id == table.c.case_id)
-            .where(_CASES.c.status == "closed", _CASES.c.updated_at < _BEFORE,
+            .where(or_(_CASES.c.status == "closed", ~routed), _CASES.c.updated_at < _BEFORE,
                    sealed_column.is_not(None)))
 
 

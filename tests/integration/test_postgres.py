@@ -139,11 +139,14 @@ async def test_retention_purges_on_postgres(pg_database):
         await t.add_override(db, "C-OLD", 0)
         await t.add_key(db, "old", days_ago=31)
         await t.add_delivery(db, "dead-old", "dead", days_ago=91)
+        await t.add_case(db, "C-INFO", "open", days_ago=40, reports=1, routed=False)
+        await t.add_case(db, "C-OPEN", "open", days_ago=40, reports=1)
         assert (await retention.purge(db, t.kept_for(identity=30), t.BOTH, dry_run=True))[
-            "identity"] == 3
+            "identity"] == 4
         assert await retention.purge(db, t.kept_for(identity=30), t.BOTH) == {
-            "identity": 3, "idempotency": 1, "withdrawn": 0, "deliveries": 1}
-        assert all(r.identity is None for r in await t.table(db, t.ReportRow))
+            "identity": 4, "idempotency": 1, "withdrawn": 0, "deliveries": 1}
+        assert {r.report_id: r.identity for r in await t.table(db, t.ReportRow)} == {
+            "R-C-OLD-0": None, "R-C-OLD-1": None, "R-C-INFO-0": None, "R-C-OPEN-0": b"sealed"}
         assert [o.reason for o in await t.table(db, t.SeverityOverrideRow)] == [None]
     finally:
         await db.dispose()

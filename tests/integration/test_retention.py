@@ -16,7 +16,7 @@ from services.common.audit import AuditRecord
 from services.common.db import ProcessedEvent, utcnow
 from services.intake import readmodel
 from services.intake.store import (
-    CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow, WithdrawnInput,
+    CaseAuthority, CaseView, IdempotencyKey, ReportRow, SeverityOverrideRow, WithdrawnInput,
 )
 from services.notifier.store import Delivery
 from tests.conftest import eventually, make_settings, start_stack
@@ -33,12 +33,15 @@ def kept_for(identity=0, idempotency=30, deliveries=90, withdrawn=1):
                            retention_withdrawn_days=withdrawn)
 
 
-async def add_case(db, case_id, status, days_ago, reports=2):
+async def add_case(db, case_id, status, days_ago, reports=2, routed=True):
     at = NOW - timedelta(days=days_ago)
     async with db.writes() as s, s.begin():
         s.add(CaseView(case_id=case_id, category="NEGLECT", province_code=1, commune_code=4,
                        setting="home", status=status, first_received_at=at, last_received_at=at,
                        child_fingerprints=["fp-child"], child_sexes=["female"], updated_at=at))
+        if routed:
+            await s.flush()
+            s.add(CaseAuthority(case_id=case_id, authority_id="commune:4:child_protection"))
         for i in range(reports):
             s.add(ReportRow(report_id=f"R-{case_id}-{i}", case_id=case_id,
                             event_id=f"E-{case_id}-{i}", event="{}", published=True,
@@ -77,9 +80,12 @@ async def test_identity_of_a_closed_case_is_erased_after_its_days_and_audited(sq
     await add_case(sqlite_db, "C-OLD", "closed", days_ago=40)
     await add_case(sqlite_db, "C-RECENT", "closed", days_ago=10)
     await add_case(sqlite_db, "C-OPEN", "open", days_ago=400)
+    # A call for information only (P5) is routed to nobody, so nobody ever closes its case.
+    await add_case(sqlite_db, "C-INFO", "open", days_ago=40, reports=1, routed=False)
+    await add_case(sqlite_db, "C-INFO-RECENT", "open", days_ago=10, reports=1, routed=False)
 
     assert await retention.purge(sqlite_db, kept_for(identity=30), BOTH) == {
-        "identity": 2, "idempotency": 0, "withdrawn": 0, "deliveries": 0}
+        "identity": 3, "idempotency": 0, "withdrawn": 0, "deliveries": 0}
 
     reports = {r.report_id: r for r in await table(sqlite_db, ReportRow)}
     for i in range(2):
@@ -89,17 +95,20 @@ async def test_identity_of_a_closed_case_is_erased_after_its_days_and_audited(sq
         assert reports[f"R-C-RECENT-{i}"].identity == b"sealed"
         assert reports[f"R-C-RECENT-{i}"].child_sexes == ["female"]
         assert reports[f"R-C-OPEN-{i}"].identity == b"sealed"
+    assert reports["R-C-INFO-0"].identity is None
+    assert reports["R-C-INFO-RECENT-0"].identity == b"sealed"
     cases = {c.case_id: c for c in await table(sqlite_db, CaseView)}
     assert (cases["C-OLD"].child_fingerprints, cases["C-OLD"].child_sexes) == ([], None)
     assert (cases["C-RECENT"].child_fingerprints, cases["C-RECENT"].child_sexes) == (
         ["fp-child"], ["female"])
-    [entry] = await table(sqlite_db, AuditRecord)
-    assert (entry.user_id, entry.action, entry.record, entry.fields) == (
-        "system:retention", "erase", "C-OLD", retention.ERASED)
+    entries = await table(sqlite_db, AuditRecord)
+    assert sorted((e.user_id, e.action, e.record, tuple(e.fields)) for e in entries) == [
+        ("system:retention", "erase", case_id, tuple(retention.ERASED))
+        for case_id in ("C-INFO", "C-OLD")]
 
     # Nothing is left to erase: a second run changes and records nothing.
     assert (await retention.purge(sqlite_db, kept_for(identity=30), BOTH))["identity"] == 0
-    assert len(await table(sqlite_db, AuditRecord)) == 1
+    assert len(await table(sqlite_db, AuditRecord)) == 2
 
 
 async def test_override_reasons_of_a_closed_case_are_erased_with_its_identity(sqlite_db,
