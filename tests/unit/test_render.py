@@ -306,6 +306,7 @@ def test_bundle_lists_every_case(channel):
 
 MILESTONE = dict(kind="reminder", milestone="emergency_measure",
                  milestone_label="Biện pháp bảo vệ khẩn cấp",
+                 milestone_name="Emergency protection measure",
                  milestone_due=DUE + timedelta(hours=9))  # 18:45 in Viet Nam
 
 
@@ -335,7 +336,7 @@ def test_milestone_email_and_webhook_say_which_step_is_due(lang):
 def test_a_bundle_of_milestone_reminders_names_each_step():
     items = [(alert(severity="P3", case_id=f"C-{n}0000000", **MILESTONE), "L") for n in range(2)]
     m = render_bundle(items, "email", "en")
-    assert m.text.count("step emergency_measure due 18:45 29/11/2026") == 2
+    assert m.text.count("Emergency protection measure due 18:45 29/11/2026") == 2
 
 
 @pytest.mark.parametrize("lang,closed,asks,urgent", [
@@ -566,3 +567,73 @@ def test_a_milestone_reminder_says_what_to_do_and_that_acknowledging_is_not_it()
     email = render(a, "email", "vi", link(a)).text
     assert "Thời hạn: trước 18:45 29/11/2026" in email
     assert "Việc xác nhận đã tiếp nhận không thay cho việc này" in email
+
+
+MISSED = dict(kind="supervisor", role="inform", about_reason="milestone_missed",
+              about_authority_id="commune:4:child_protection")
+
+
+def test_english_messages_name_a_step_not_its_code():
+    """An English-speaking officer was told "Step emergency_measure due ...": the pack named
+    the step in Vietnamese only (found by the wording review)."""
+    a = alert(**MILESTONE)
+    email = render(a, "email", "en", link(a))
+    assert "(Emergency protection measure)" in email.subject and "emergency_measure" not in email.subject
+    assert "Step due: Emergency protection measure (emergency_measure)" in email.text
+    sms = render(a, "sms", "en", link(a)).text
+    assert "Emergency protection measure to be done by 18:45 29/11 (VN time)" in sms
+    assert "emergency_measure" not in sms.replace(link(a), "")
+    short = Renderer()._tpl("en", "sms_short", build_context(a, "en", link(a)))  # a long URL's
+    assert short.startswith("P1 Reminder: Sexual abuse Emergency protection measure due 18:45")
+    missed = alert(**{**MILESTONE, **MISSED})
+    assert "The authority in charge missed: Emergency protection measure, due 18:45 29/11" in \
+        render(missed, "sms", "en", link(a)).text
+    assert "Step missed: Emergency protection measure (emergency_measure)" in \
+        render(missed, "email", "en", link(a)).text
+    from services.notifier.render import _fallback
+
+    built_in = _fallback(build_context(a, "en", link(a)), "sms", "x").text
+    assert "Emergency protection measure" in built_in and "Biện pháp" not in built_in
+    # Vietnamese messages keep the pack's label.
+    assert "Phai hoan thanh Bien phap bao ve khan cap" in fold_to_gsm7(
+        render(a, "sms", "vi", link(a)).text)
+    assert "(Biện pháp bảo vệ khẩn cấp)" in render(a, "email", "vi", link(a)).subject
+
+
+@pytest.mark.parametrize("name,label,en", [
+    ("Home visit", "Thăm gia đình", "Home visit"),  # the pack's English name
+    (None, "Thăm gia đình", "Thăm gia đình"),  # none: the pack's Vietnamese label
+    (None, None, "home_visit")])  # neither (a step no longer in the pack): its code
+def test_a_step_the_notifier_does_not_know_is_named_as_the_pack_names_it(name, label, en):
+    a = alert(**{**MILESTONE, "milestone": "home_visit", "milestone_label": label,
+                 "milestone_name": name})
+    assert f"({en})" in render(a, "email", "en", link(a)).subject
+    assert f"({label or 'home_visit'})" in render(a, "email", "vi", link(a)).subject
+
+
+def test_an_alert_written_before_step_names_is_named_in_english_by_the_notifier():
+    # An alert of the release before, or one under a pack without `name`: ours for a shipped step.
+    data = alert(**MILESTONE).model_dump(mode="json", exclude={"milestone_name"})
+    a = AlertRequested.model_validate(data)
+    assert a.milestone_name is None
+    assert "(Emergency protection measure)" in render(a, "email", "en", link(a)).subject
+    assert "(Biện pháp bảo vệ khẩn cấp)" in render(a, "email", "vi", link(a)).subject
+
+
+SHIPPED_STEPS = sorted({(m.code, m.label, m.name) for name in SHIPPED
+                        for m in load_pack(name).milestones})
+
+
+@pytest.mark.parametrize("step,label,name", SHIPPED_STEPS)
+@pytest.mark.parametrize("lang", ["vi", "en"])
+@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
+def test_a_p1_sms_naming_a_shipped_step_fits_two_segments(step, label, name, lang, kind):
+    about = {} if kind == "reminder" else {**MISSED, "kind": kind,
+                                           "role": "act" if kind == "escalated" else "inform"}
+    for category in CATEGORIES:
+        a = alert(category=category, **{**MILESTONE, "milestone": step, "milestone_label": label,
+                                        "milestone_name": name, **about})
+        sms = render(a, "sms", lang, link(a)).text
+        assert sms_segments(sms)[1] <= 2, sms
+        assert fold_to_gsm7(label if lang == "vi" else name) in fold_to_gsm7(sms)
+        assert "18:45 29/11" in sms and a.case_id in sms
