@@ -336,8 +336,14 @@ class Renderer:
         lang = ctxs[0]["lang"]
         body = {"type": "beacon.alert.bundle", "version": 1,
                 "items": [webhook_body(c) for c in ctxs]}
+        # The deadline the officer must meet first: each reminder's is its milestone's, when it
+        # is about one, else its acknowledgement's.
+        dues = [a.milestone_due if a.milestone else a.ack_due for a, _ in items]
+        first = min((d for d in dues if d is not None), default=None)
         ctx = {"items": ctxs, "severities": sorted({c["severity"] for c in ctxs}), "lang": lang,
-               "cases": len({c["case_id"] for c in ctxs})}  # a case's 50% and milestone reminders
+               "cases": len({c["case_id"] for c in ctxs}),  # a case's 50% and milestone reminders
+               "first_due_local": local_time(first, LOCAL_FORMAT),
+               "first_due_short": local_time(first, "%H:%M %d/%m")}
         template = ""
         try:
             if channel == "webhook":
@@ -355,7 +361,9 @@ class Renderer:
             error = f"{type(exc).__name__} in {lang}/{template}.j2"
             log.warning("notifier.render_failed", error=error, channel=channel)
             if channel == "sms":  # the shortest form that says it all: two segments
-                text = self._fit_sms([f"Beacon {len(ctxs)}:" + "".join(
+                due = ctx["first_due_short"]
+                first = f", {'han som nhat' if lang == 'vi' else 'earliest due'} {due}" if due else ""
+                text = self._fit_sms([f"Beacon {len(ctxs)}{first}:" + "".join(
                     f" {c['severity']} {c['category']} {c['link']}" for c in ctxs)])
             else:
                 text = "\n".join(_fallback(c, channel, error).text for c in ctxs)

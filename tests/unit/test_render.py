@@ -1,3 +1,4 @@
+import itertools
 import shutil
 from datetime import UTC, datetime, timedelta
 
@@ -637,3 +638,51 @@ def test_a_p1_sms_naming_a_shipped_step_fits_two_segments(step, label, name, lan
         assert sms_segments(sms)[1] <= 2, sms
         assert fold_to_gsm7(label if lang == "vi" else name) in fold_to_gsm7(sms)
         assert "18:45 29/11" in sms and a.case_id in sms
+
+
+def test_a_bundle_tells_the_deadline_to_meet_first():
+    """A storm's bundled reminders said which cases but not by when: an officer could not tell
+    which to take first (found by the wording review)."""
+    later = alert(alert_id="al-1", case_id="C-000001", severity="P3", kind="reminder",
+                  ack_due=DUE + timedelta(hours=3))
+    # A milestone's reminder: its deadline is the step's (10:45), not the acknowledgement's.
+    step = alert(alert_id="al-2", case_id="C-000002", severity="P3", **{
+        **MILESTONE, "milestone_due": DUE + timedelta(hours=1), "ack_due": DUE - timedelta(hours=9)})
+    items = [(later, link(later)), (step, link(step))]
+    vi = render_bundle(items, "sms", "vi").text
+    assert fold_to_gsm7(vi).startswith("Beacon: 2 vu, han som nhat 10:45 29/11. P3 ")
+    assert render_bundle(items, "sms", "en").text.startswith(
+        "Beacon: 2 cases, earliest due 10:45 29/11. P3 ")
+    assert ("2 vụ việc cần xử lý (2 lời nhắc); hạn sớm nhất là 10:45 29/11/2026 (giờ Việt Nam):"
+            in render_bundle(items, "email", "vi").text)
+    assert ("2 cases that need action (2 reminders); the first deadline is 10:45 29/11/2026 "
+            "(Viet Nam time, UTC+7):" in render_bundle(items, "email", "en").text)
+
+
+def test_a_bundle_deadline_at_midnight_reads_as_24_00_of_the_day_before():
+    midnight = datetime(2026, 2, 23, 17, 0, tzinfo=UTC)  # 00:00 on 24/02 in Viet Nam
+    items = [(a, link(a)) for a in (alert(alert_id="al-1", case_id="C-000001", severity="P4",
+                                          kind="reminder", ack_due=midnight),)]
+    sms = render_bundle(items, "sms", "vi").text
+    assert "han som nhat 24:00 23/02." in fold_to_gsm7(sms) and "00:00" not in sms
+    assert "the first deadline is 24:00 23/02/2026" in render_bundle(items, "email", "en").text
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_an_sms_bundle_with_its_deadline_fits_two_segments_for_any_two_categories(lang):
+    for one, two in itertools.combinations(CATEGORIES, 2):
+        items = []
+        for i, category in enumerate((one, two)):
+            a = alert(alert_id=f"al-{i}", case_id=f"{CASE[:-1]}{i}", category=category,
+                      severity="P3", kind="reminder")
+            items.append((a, link(a)))
+        sms = render_bundle(items, "sms", lang).text
+        assert sms_segments(sms)[1] <= 2, sms
+        assert "09:45 29/11" in sms and sms.count("https://") == 2
+
+
+def test_the_built_in_bundle_sms_tells_the_deadline_too(broken_dir):
+    (broken_dir / "en" / "bundle_sms.j2").write_text("{{ no_such_field }}")
+    m = Renderer(broken_dir).render_bundle(reminders(2), "sms", "en")
+    assert m.render_error and m.text.startswith("Beacon 2, earliest due 09:45 29/11: P3 ")
+    assert sms_segments(m.text)[1] <= 2
