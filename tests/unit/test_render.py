@@ -686,3 +686,40 @@ def test_the_built_in_bundle_sms_tells_the_deadline_too(broken_dir):
     m = Renderer(broken_dir).render_bundle(reminders(2), "sms", "en")
     assert m.render_error and m.text.startswith("Beacon 2, earliest due 09:45 29/11: P3 ")
     assert sms_segments(m.text)[1] <= 2
+
+
+ESCALATED = dict(kind="escalated", tier="province", authority_id="province:1:child_protection",
+                 about_authority_id="commune:4:child_protection")
+WHY_ESCALATED = [  # the SMS's sentence, and the short form's words (sent with a long base URL)
+    ("deadline_missed", "vi", "Cap duoi chua xac nhan dung han.", "cap duoi qua han"),
+    ("deadline_missed", "en", "The tier below did not acknowledge in time.", "tier below silent"),
+    ("unreachable", "vi", "Khong lien lac duoc cap duoi.", "cap duoi khong lien lac duoc"),
+    ("unreachable", "en", "The tier below cannot be reached.", "tier below unreachable"),
+    # An alert written before about_reason: the deadline was the only cause then.
+    (None, "vi", "Cap duoi chua xac nhan dung han.", "cap duoi qua han"),
+    (None, "en", "The tier below did not acknowledge in time.", "tier below silent")]
+
+
+@pytest.mark.parametrize("reason,lang,why,short", WHY_ESCALATED)
+def test_an_escalated_sms_says_why_the_case_came_up(reason, lang, why, short):
+    """A province officer's SMS said "Escalated to you" and nothing of why; the e-mail named the
+    silent commune (found by the wording review)."""
+    a = alert(**ESCALATED, about_reason=reason)
+    sms = fold_to_gsm7(render(a, "sms", lang, link(a)).text)
+    ask = "Xac nhan da tiep nhan truoc" if lang == "vi" else "Acknowledge receipt by"
+    assert f"{why} {ask} 09:45 29/11" in sms
+    ctx = build_context(a, lang, link(a))
+    assert f", {short}, " in fold_to_gsm7(Renderer()._tpl(lang, "sms_short", ctx))
+    # An escalation the tier below did not cause has no such sentence.
+    assert "tier below" not in render(alert(kind="escalated"), "sms", "en", link(a)).text
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("reason", ["deadline_missed", "unreachable"])
+def test_a_p1_escalated_sms_that_says_why_still_fits_two_segments(category, reason, lang):
+    a = alert(**ESCALATED, category=category, about_reason=reason)
+    sms = render(a, "sms", lang, link(a)).text
+    assert sms_segments(sms)[1] <= 2, sms
+    assert a.case_id in sms and "09:45 29/11" in sms
+    assert ("cap duoi" if lang == "vi" else "tier below") in fold_to_gsm7(sms).lower()
