@@ -146,6 +146,9 @@ class AlertRequested(_Data):
     milestone: str | None = None
     milestone_label: str | None = None
     milestone_due: datetime | None = None
+    # The pack's English name of the step, null when it gives none. Absent from events written
+    # before it was added: the notifier then uses its own name of a shipped step.
+    milestone_name: str | None = None
     # A supervisor or escalated alert: the authority that did not acknowledge by `ack_due`
     # (after a transfer, the one it went to), or could not be reached, or missed the milestone.
     about_authority_id: str | None = None

@@ -258,7 +258,8 @@ class Milestone(_Pack):
 
     id: str
     step: str | None = None  # the milestone an authority records; the id when not given
-    label: str
+    label: str = Field(description="Vietnamese name of the step, used in messages")
+    name: str | None = None  # English name, for messages in English
     severities: list[Severity] = Field(min_length=1)
     when: list[Condition] = Field(default_factory=list)  # empty: always; else any of them holds
     within: Deadline
@@ -271,8 +272,9 @@ class Milestone(_Pack):
         return [value] if isinstance(value, dict) else value
 
     @property
-    def name(self) -> str:
-        """One step may have a deadline per severity: several rules, one step name."""
+    def code(self) -> str:
+        """One step may have a deadline per severity: several rules, one step code (what an
+        authority records and alerts carry as `milestone`). Not `name`: that is the English one."""
         return self.step or self.id
 
 

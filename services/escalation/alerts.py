@@ -34,6 +34,7 @@ class Alerts:
         told = kind in ("closed", "supervisor")
         category = self.rt.pack.categories.get(case.facts["category"])
         agency = self.rt.pack.agencies.get(recipient.agency)
+        step = milestones.rule(milestone.milestone, self.rt.pack) if milestone else None
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
             tier=recipient.tier, agency=recipient.agency, role="inform" if told else row.role,
@@ -42,9 +43,9 @@ class Alerts:
             contacts=recipient.contacts,
             rulepack_version=case.rulepack_version,
             milestone=milestone.milestone if milestone else None,
-            milestone_label=milestones.label(milestone.milestone, self.rt.pack) if milestone
-            else None,
+            milestone_label=step.label if step else None,
             milestone_due=milestone.due_at if milestone else None,
+            milestone_name=step.name if step else None,
             about_authority_id=about[0] if about else None,
             about_reason=about[1] if about else None,
             category_label=Label(vi=category.label, en=category.name) if category else None,

@@ -250,7 +250,7 @@ class Decisions:
         if not dues:
             return
         since = max(received, facts.first_received_at)
-        working = {m.name: m.within.is_working_days
+        working = {m.code: m.within.is_working_days
                    for m in self.rt.pack.milestones_for(severity)}
         known = {} if fresh else {m.milestone: m for m in (await session.scalars(
             select(EscalationMilestone).where(

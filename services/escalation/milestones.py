@@ -7,7 +7,7 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from schemas.reports import Location
-from schemas.rulepack import RulePack
+from schemas.rulepack import Milestone, RulePack
 
 # The steps the law names. A pack may add others (police_verification); a step without a
 # deadline in the pack can still be recorded, it just holds nobody to a time.
@@ -36,12 +36,13 @@ class Duty:
 
 
 def recordable(pack: RulePack) -> tuple[str, ...]:
-    return tuple(dict.fromkeys((*MILESTONES, *(m.name for m in pack.milestones))))
+    return tuple(dict.fromkeys((*MILESTONES, *(m.code for m in pack.milestones))))
 
 
-def label(milestone: str, pack: RulePack) -> str | None:
-    """The pack's label for a step; None for a step the pack gives no deadline."""
-    return next((m.label for m in pack.milestones if m.name == milestone), None)
+def rule(milestone: str, pack: RulePack) -> Milestone | None:
+    """The pack's first rule for a step, whose `label` and `name` messages call it; None for a
+    step the pack gives no deadline."""
+    return next((m for m in pack.milestones if m.code == milestone), None)
 
 
 def check_record(milestone: str, outcome: str | None, pack: RulePack) -> tuple[tuple, str] | None:

@@ -25,8 +25,8 @@ from services.notifier.channels.base import Message
 from services.notifier.channels.sms import _GSM7_BASIC, _GSM7_EXT, sms_segments
 
 __all__ = [
-    "CATEGORY_LABELS", "LANGS", "Renderer", "build_context", "fold_to_gsm7", "render",
-    "local_time", "render_bundle", "sms_segments",
+    "CATEGORY_LABELS", "LANGS", "MILESTONE_LABELS", "Renderer", "build_context", "fold_to_gsm7",
+    "render", "local_time", "render_bundle", "sms_segments",
 ]
 
 log = structlog.get_logger(__name__)
@@ -72,6 +72,22 @@ CATEGORY_LABELS: dict[str, dict[str, str]] = {
         "HAZARD": "Unsafe environment",
         "SPECIAL_CIRC": "Special circumstances",
         "INFO": "Advice or information",
+    },
+}
+# The shipped packs' steps: for an alert written before alerts carried the pack's English
+# name, and for a pack that gives none.
+MILESTONE_LABELS: dict[str, dict[str, str]] = {
+    "vi": {
+        "emergency_measure": "Biện pháp bảo vệ khẩn cấp",
+        "initial_assessment": "Đánh giá ban đầu",
+        "case_plan": "Kế hoạch hỗ trợ, can thiệp",
+        "police_verification": "Xác minh tin báo tội phạm",
+    },
+    "en": {
+        "emergency_measure": "Emergency protection measure",
+        "initial_assessment": "Initial assessment",
+        "case_plan": "Support and intervention plan",
+        "police_verification": "Verification of a crime report",
     },
 }
 KIND_LABELS = {
@@ -145,6 +161,14 @@ def _kind_label(alert: AlertRequested, lang: str) -> str:
     return _label(KIND_LABELS, lang, alert.kind)
 
 
+def _milestone_label(alert: AlertRequested, lang: str) -> str | None:
+    """The step as the pack names it in `lang`, falling back as a category's name does."""
+    if alert.milestone is None:
+        return None
+    pack = Label(vi=alert.milestone_label, en=alert.milestone_name) if alert.milestone_label else None
+    return _label(MILESTONE_LABELS, lang, alert.milestone, pack)
+
+
 def local_time(dt: datetime | None, fmt: str, for_people: bool = True) -> str | None:
     """A time as messages show it: Viet Nam time (the link page shows it the same way). For
     people, a deadline at midnight, as working days from a day off give, reads as 24:00 of the
@@ -190,7 +214,7 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "link": link,
         # About a milestone's deadline rather than acknowledging: templates say which step.
         "milestone": alert.milestone,
-        "milestone_label": alert.milestone_label or alert.milestone,
+        "milestone_label": _milestone_label(alert, lang),
         "milestone_due": alert.milestone_due.isoformat() if alert.milestone_due else None,
         "milestone_due_local": local_time(alert.milestone_due, LOCAL_FORMAT),
         "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
@@ -312,8 +336,14 @@ class Renderer:
         lang = ctxs[0]["lang"]
         body = {"type": "beacon.alert.bundle", "version": 1,
                 "items": [webhook_body(c) for c in ctxs]}
+        # The deadline the officer must meet first: each reminder's is its milestone's, when it
+        # is about one, else its acknowledgement's.
+        dues = [a.milestone_due if a.milestone else a.ack_due for a, _ in items]
+        first = min((d for d in dues if d is not None), default=None)
         ctx = {"items": ctxs, "severities": sorted({c["severity"] for c in ctxs}), "lang": lang,
-               "cases": len({c["case_id"] for c in ctxs})}  # a case's 50% and milestone reminders
+               "cases": len({c["case_id"] for c in ctxs}),  # a case's 50% and milestone reminders
+               "first_due_local": local_time(first, LOCAL_FORMAT),
+               "first_due_short": local_time(first, "%H:%M %d/%m")}
         template = ""
         try:
             if channel == "webhook":
@@ -331,7 +361,9 @@ class Renderer:
             error = f"{type(exc).__name__} in {lang}/{template}.j2"
             log.warning("notifier.render_failed", error=error, channel=channel)
             if channel == "sms":  # the shortest form that says it all: two segments
-                text = self._fit_sms([f"Beacon {len(ctxs)}:" + "".join(
+                due = ctx["first_due_short"]
+                first = f", {'han som nhat' if lang == 'vi' else 'earliest due'} {due}" if due else ""
+                text = self._fit_sms([f"Beacon {len(ctxs)}{first}:" + "".join(
                     f" {c['severity']} {c['category']} {c['link']}" for c in ctxs)])
             else:
                 text = "\n".join(_fallback(c, channel, error).text for c in ctxs)

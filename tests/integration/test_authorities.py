@@ -204,7 +204,8 @@ async def test_a_link_acknowledgement_names_the_milestones_still_held(stack):
     async with stack.client() as anonymous:
         done = await anonymous.post(_link(stack, case_id, CP))
     assert done.status_code == 202, done.text
-    assert ("Biện pháp bảo vệ khẩn cấp (emergency_measure): trước / by "
+    assert ("Biện pháp bảo vệ khẩn cấp / Emergency protection measure (emergency_measure): "
+            "trước / by "
             f"{_vn(due)}</li>") in done.text
 
 

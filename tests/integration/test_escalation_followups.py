@@ -22,7 +22,7 @@ from tests.integration.test_escalation_service import (
 CP8, CP25 = "commune:8:child_protection", "commune:25:child_protection"
 # The default pack under a later version: a publication of it re-decides open cases.
 NEXT_DEFAULT = Path(SHIPPED["default"]).read_text("utf-8").replace(
-    "version: default-2026.3", "version: default-2026.4")
+    "version: default-2026.4", "version: default-2026.5")
 
 
 async def ack(esc, authority: str, at: datetime) -> None:
@@ -212,7 +212,7 @@ async def test_a_restart_after_a_re_evaluating_publication_starts(kafka_bootstra
         await producer.stop()
 
     rt = runtime.build(settings, frozenset({"escalation"}))
-    await runtime.start(rt)  # re-decides C-1 under default-2026.4 before consuming
+    await runtime.start(rt)  # re-decides C-1 under default-2026.5 before consuming
     try:
         async with rt.db.reads() as s:
             assert (await s.get(EscalationCase, "C-1")).rulepack_version == version

@@ -456,6 +456,20 @@ async def test_alerts_carry_the_names_the_pack_in_force_gives(esc):
     assert cp["setting"] == "home"  # where it happened, as the report gave it
 
 
+@pytest.mark.parametrize("pack", ["default", "vn2020"])
+async def test_a_milestone_alert_carries_the_names_the_pack_gives_the_step(esc, pack):
+    """English messages named the step by its code (`emergency_measure`): the pack had a
+    Vietnamese label only, which is all the alert carried."""
+    _use(esc, pack)
+    await _report(esc, indicators=["immediate_danger"])  # P1: the 12-hour emergency measure
+    await esc.fire_due(T0 + timedelta(hours=7))  # its 50% reminder
+    told = [e for e in await _emitted(esc, "beacon.alert.requested") if e["milestone"]]
+    assert told and all(
+        (e["milestone"], e["milestone_label"], e["milestone_name"]) == (
+            "emergency_measure", "Biện pháp bảo vệ khẩn cấp", "Emergency protection measure")
+        for e in told)
+
+
 async def test_a_breach_tells_the_silent_authority_and_the_top_of_the_ladder_is_flagged(
         esc, monkeypatch):
     # P1 with national attention: national child protection must act within 2 h. It has no

@@ -11,7 +11,7 @@ def fast_pack(tmp_path: Path, ack: str = "PT4S") -> Path:
     text = DEFAULT.read_text().replace("ack: PT15M", f"ack: {ack}")
     # The severity table restates the matrix's deadline: validation holds the two together.
     text = text.replace("acknowledge: PT15M", f"acknowledge: {ack}")
-    text = text.replace("version: default-2026.3", "version: test-fast")
+    text = text.replace("version: default-2026.4", "version: test-fast")
     path = tmp_path / "fast.yaml"
     path.write_text(text)
     return path

@@ -41,10 +41,11 @@ def test_a_crime_adds_police_verification(category, indicators):
     assert "police_verification" not in milestone_deadlines(facts(), "P2", p)
 
 
-def test_a_step_is_labelled_from_the_pack_and_unlabelled_when_the_pack_has_none():
-    from services.escalation.milestones import label
+def test_a_step_is_named_from_the_pack_and_unnamed_when_the_pack_has_none():
+    from services.escalation.milestones import rule
 
     pack = load_pack("default")
-    assert label("emergency_measure", pack) == "Biện pháp bảo vệ khẩn cấp"
-    assert label("initial_assessment", pack) == "Đánh giá ban đầu"  # a step with two rules
-    assert label("case_closed", pack) is None
+    measure = rule("emergency_measure", pack)
+    assert (measure.label, measure.name) == ("Biện pháp bảo vệ khẩn cấp", "Emergency protection measure")
+    assert rule("initial_assessment", pack).label == "Đánh giá ban đầu"  # a step with two rules
+    assert rule("case_closed", pack) is None

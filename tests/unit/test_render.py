@@ -1,3 +1,4 @@
+import itertools
 import shutil
 from datetime import UTC, datetime, timedelta
 
@@ -306,6 +307,7 @@ def test_bundle_lists_every_case(channel):
 
 MILESTONE = dict(kind="reminder", milestone="emergency_measure",
                  milestone_label="Biện pháp bảo vệ khẩn cấp",
+                 milestone_name="Emergency protection measure",
                  milestone_due=DUE + timedelta(hours=9))  # 18:45 in Viet Nam
 
 
@@ -335,7 +337,7 @@ def test_milestone_email_and_webhook_say_which_step_is_due(lang):
 def test_a_bundle_of_milestone_reminders_names_each_step():
     items = [(alert(severity="P3", case_id=f"C-{n}0000000", **MILESTONE), "L") for n in range(2)]
     m = render_bundle(items, "email", "en")
-    assert m.text.count("step emergency_measure due 18:45 29/11/2026") == 2
+    assert m.text.count("Emergency protection measure due 18:45 29/11/2026") == 2
 
 
 @pytest.mark.parametrize("lang,closed,asks,urgent", [
@@ -566,3 +568,158 @@ def test_a_milestone_reminder_says_what_to_do_and_that_acknowledging_is_not_it()
     email = render(a, "email", "vi", link(a)).text
     assert "Thời hạn: trước 18:45 29/11/2026" in email
     assert "Việc xác nhận đã tiếp nhận không thay cho việc này" in email
+
+
+MISSED = dict(kind="supervisor", role="inform", about_reason="milestone_missed",
+              about_authority_id="commune:4:child_protection")
+
+
+def test_english_messages_name_a_step_not_its_code():
+    """An English-speaking officer was told "Step emergency_measure due ...": the pack named
+    the step in Vietnamese only (found by the wording review)."""
+    a = alert(**MILESTONE)
+    email = render(a, "email", "en", link(a))
+    assert "(Emergency protection measure)" in email.subject and "emergency_measure" not in email.subject
+    assert "Step due: Emergency protection measure (emergency_measure)" in email.text
+    sms = render(a, "sms", "en", link(a)).text
+    assert "Emergency protection measure to be done by 18:45 29/11 (VN time)" in sms
+    assert "emergency_measure" not in sms.replace(link(a), "")
+    short = Renderer()._tpl("en", "sms_short", build_context(a, "en", link(a)))  # a long URL's
+    assert short.startswith("P1 Reminder: Sexual abuse Emergency protection measure due 18:45")
+    missed = alert(**{**MILESTONE, **MISSED})
+    assert "The authority in charge missed: Emergency protection measure, due 18:45 29/11" in \
+        render(missed, "sms", "en", link(a)).text
+    assert "Step missed: Emergency protection measure (emergency_measure)" in \
+        render(missed, "email", "en", link(a)).text
+    from services.notifier.render import _fallback
+
+    built_in = _fallback(build_context(a, "en", link(a)), "sms", "x").text
+    assert "Emergency protection measure" in built_in and "Biện pháp" not in built_in
+    # Vietnamese messages keep the pack's label.
+    assert "Phai hoan thanh Bien phap bao ve khan cap" in fold_to_gsm7(
+        render(a, "sms", "vi", link(a)).text)
+    assert "(Biện pháp bảo vệ khẩn cấp)" in render(a, "email", "vi", link(a)).subject
+
+
+@pytest.mark.parametrize("name,label,en", [
+    ("Home visit", "Thăm gia đình", "Home visit"),  # the pack's English name
+    (None, "Thăm gia đình", "Thăm gia đình"),  # none: the pack's Vietnamese label
+    (None, None, "home_visit")])  # neither (a step no longer in the pack): its code
+def test_a_step_the_notifier_does_not_know_is_named_as_the_pack_names_it(name, label, en):
+    a = alert(**{**MILESTONE, "milestone": "home_visit", "milestone_label": label,
+                 "milestone_name": name})
+    assert f"({en})" in render(a, "email", "en", link(a)).subject
+    assert f"({label or 'home_visit'})" in render(a, "email", "vi", link(a)).subject
+
+
+def test_an_alert_written_before_step_names_is_named_in_english_by_the_notifier():
+    # An alert of the release before, or one under a pack without `name`: ours for a shipped step.
+    data = alert(**MILESTONE).model_dump(mode="json", exclude={"milestone_name"})
+    a = AlertRequested.model_validate(data)
+    assert a.milestone_name is None
+    assert "(Emergency protection measure)" in render(a, "email", "en", link(a)).subject
+    assert "(Biện pháp bảo vệ khẩn cấp)" in render(a, "email", "vi", link(a)).subject
+
+
+SHIPPED_STEPS = sorted({(m.code, m.label, m.name) for name in SHIPPED
+                        for m in load_pack(name).milestones})
+
+
+@pytest.mark.parametrize("step,label,name", SHIPPED_STEPS)
+@pytest.mark.parametrize("lang", ["vi", "en"])
+@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
+def test_a_p1_sms_naming_a_shipped_step_fits_two_segments(step, label, name, lang, kind):
+    about = {} if kind == "reminder" else {**MISSED, "kind": kind,
+                                           "role": "act" if kind == "escalated" else "inform"}
+    for category in CATEGORIES:
+        a = alert(category=category, **{**MILESTONE, "milestone": step, "milestone_label": label,
+                                        "milestone_name": name, **about})
+        sms = render(a, "sms", lang, link(a)).text
+        assert sms_segments(sms)[1] <= 2, sms
+        assert fold_to_gsm7(label if lang == "vi" else name) in fold_to_gsm7(sms)
+        assert "18:45 29/11" in sms and a.case_id in sms
+
+
+def test_a_bundle_tells_the_deadline_to_meet_first():
+    """A storm's bundled reminders said which cases but not by when: an officer could not tell
+    which to take first (found by the wording review)."""
+    later = alert(alert_id="al-1", case_id="C-000001", severity="P3", kind="reminder",
+                  ack_due=DUE + timedelta(hours=3))
+    # A milestone's reminder: its deadline is the step's (10:45), not the acknowledgement's.
+    step = alert(alert_id="al-2", case_id="C-000002", severity="P3", **{
+        **MILESTONE, "milestone_due": DUE + timedelta(hours=1), "ack_due": DUE - timedelta(hours=9)})
+    items = [(later, link(later)), (step, link(step))]
+    vi = render_bundle(items, "sms", "vi").text
+    assert fold_to_gsm7(vi).startswith("Beacon: 2 vu, han som nhat 10:45 29/11. P3 ")
+    assert render_bundle(items, "sms", "en").text.startswith(
+        "Beacon: 2 cases, earliest due 10:45 29/11. P3 ")
+    assert ("2 vụ việc cần xử lý (2 lời nhắc); hạn sớm nhất là 10:45 29/11/2026 (giờ Việt Nam):"
+            in render_bundle(items, "email", "vi").text)
+    assert ("2 cases that need action (2 reminders); the first deadline is 10:45 29/11/2026 "
+            "(Viet Nam time, UTC+7):" in render_bundle(items, "email", "en").text)
+
+
+def test_a_bundle_deadline_at_midnight_reads_as_24_00_of_the_day_before():
+    midnight = datetime(2026, 2, 23, 17, 0, tzinfo=UTC)  # 00:00 on 24/02 in Viet Nam
+    items = [(a, link(a)) for a in (alert(alert_id="al-1", case_id="C-000001", severity="P4",
+                                          kind="reminder", ack_due=midnight),)]
+    sms = render_bundle(items, "sms", "vi").text
+    assert "han som nhat 24:00 23/02." in fold_to_gsm7(sms) and "00:00" not in sms
+    assert "the first deadline is 24:00 23/02/2026" in render_bundle(items, "email", "en").text
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_an_sms_bundle_with_its_deadline_fits_two_segments_for_any_two_categories(lang):
+    for one, two in itertools.combinations(CATEGORIES, 2):
+        items = []
+        for i, category in enumerate((one, two)):
+            a = alert(alert_id=f"al-{i}", case_id=f"{CASE[:-1]}{i}", category=category,
+                      severity="P3", kind="reminder")
+            items.append((a, link(a)))
+        sms = render_bundle(items, "sms", lang).text
+        assert sms_segments(sms)[1] <= 2, sms
+        assert "09:45 29/11" in sms and sms.count("https://") == 2
+
+
+def test_the_built_in_bundle_sms_tells_the_deadline_too(broken_dir):
+    (broken_dir / "en" / "bundle_sms.j2").write_text("{{ no_such_field }}")
+    m = Renderer(broken_dir).render_bundle(reminders(2), "sms", "en")
+    assert m.render_error and m.text.startswith("Beacon 2, earliest due 09:45 29/11: P3 ")
+    assert sms_segments(m.text)[1] <= 2
+
+
+ESCALATED = dict(kind="escalated", tier="province", authority_id="province:1:child_protection",
+                 about_authority_id="commune:4:child_protection")
+WHY_ESCALATED = [  # the SMS's sentence, and the short form's words (sent with a long base URL)
+    ("deadline_missed", "vi", "Cap duoi chua xac nhan dung han.", "cap duoi qua han"),
+    ("deadline_missed", "en", "The tier below did not acknowledge in time.", "tier below silent"),
+    ("unreachable", "vi", "Khong lien lac duoc cap duoi.", "cap duoi khong lien lac duoc"),
+    ("unreachable", "en", "The tier below cannot be reached.", "tier below unreachable"),
+    # An alert written before about_reason: the deadline was the only cause then.
+    (None, "vi", "Cap duoi chua xac nhan dung han.", "cap duoi qua han"),
+    (None, "en", "The tier below did not acknowledge in time.", "tier below silent")]
+
+
+@pytest.mark.parametrize("reason,lang,why,short", WHY_ESCALATED)
+def test_an_escalated_sms_says_why_the_case_came_up(reason, lang, why, short):
+    """A province officer's SMS said "Escalated to you" and nothing of why; the e-mail named the
+    silent commune (found by the wording review)."""
+    a = alert(**ESCALATED, about_reason=reason)
+    sms = fold_to_gsm7(render(a, "sms", lang, link(a)).text)
+    ask = "Xac nhan da tiep nhan truoc" if lang == "vi" else "Acknowledge receipt by"
+    assert f"{why} {ask} 09:45 29/11" in sms
+    ctx = build_context(a, lang, link(a))
+    assert f", {short}, " in fold_to_gsm7(Renderer()._tpl(lang, "sms_short", ctx))
+    # An escalation the tier below did not cause has no such sentence.
+    assert "tier below" not in render(alert(kind="escalated"), "sms", "en", link(a)).text
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("reason", ["deadline_missed", "unreachable"])
+def test_a_p1_escalated_sms_that_says_why_still_fits_two_segments(category, reason, lang):
+    a = alert(**ESCALATED, category=category, about_reason=reason)
+    sms = render(a, "sms", lang, link(a)).text
+    assert sms_segments(sms)[1] <= 2, sms
+    assert a.case_id in sms and "09:45 29/11" in sms
+    assert ("cap duoi" if lang == "vi" else "tier below") in fold_to_gsm7(sms).lower()

@@ -40,7 +40,7 @@ def test_shipped_packs_are_valid(name):
 
 def test_pack_api():
     pack = load_pack("default")
-    assert pack.version == "default-2026.3"
+    assert pack.version == "default-2026.4"
     assert pack.tiers == ["commune", "province", "national"]
     assert pack.next_tier("commune") == "province"
     assert pack.next_tier("province") == "national"
@@ -54,9 +54,26 @@ def test_pack_api():
     assert [m.id for m in pack.milestones_for("P1")] == ["emergency_measure", "police_verification"]
 
 
+@pytest.mark.parametrize("name", ["default", "vn2020"])
+def test_shipped_packs_name_every_step_in_english(name):
+    # English messages named a step by its code (emergency_measure): the pack had no name.
+    steps = {m.code: m.name for m in load_pack(name).milestones}
+    assert steps["emergency_measure"] == "Emergency protection measure"
+    assert all(steps.values()), steps
+
+
+def test_a_pack_without_english_step_names_still_validates():
+    """A pack written before milestones had `name` (an admin's draft, a published one)."""
+    head, steps = DEFAULT_TEXT.split("\nmilestones:\n")
+    steps = "".join(line for line in steps.splitlines(True) if not line.startswith("    name: "))
+    text = head + "\nmilestones:\n" + steps
+    assert problems(text) == []
+    assert {m.name for m in parse_pack(text, "pack.yaml").milestones} == {None}
+
+
 def test_load_by_path(tmp_path: Path):
     path = tmp_path / "mine.yaml"
-    path.write_text(DEFAULT_TEXT.replace("version: default-2026.3", "version: mine-1"), encoding="utf-8")
+    path.write_text(DEFAULT_TEXT.replace("version: default-2026.4", "version: mine-1"), encoding="utf-8")
     assert load_pack(str(path)).version == "mine-1"
 
 
@@ -271,7 +288,7 @@ def test_a_raise_rule_that_would_not_raise_is_refused():
 
 @pytest.mark.parametrize("version", ["../../x y/ä", "a/b", " lead", "-dash"])
 def test_a_version_that_cannot_name_the_pack_in_a_url_is_refused(version):
-    [(_place, msg)] = problems(broken("version: default-2026.3", f'version: "{version}"'))
+    [(_place, msg)] = problems(broken("version: default-2026.4", f'version: "{version}"'))
     assert msg.startswith("version:")
 
 

@@ -47,7 +47,7 @@ def milestone_deadlines(facts: CaseFacts, severity: str, pack: RulePack,
     `start`: when the input that made it apply arrived, for one a later input brought."""
     s = Situation.of(facts)
     return {
-        m.name: deadline(start or facts.first_received_at, m.within.iso, m.within.is_working_days,
+        m.code: deadline(start or facts.first_received_at, m.within.iso, m.within.is_working_days,
                          cal=pack.calendar)
         for m in pack.milestones_for(severity)
         if not m.when or any_holds(m.when, s)

@@ -162,9 +162,13 @@ async def _milestones(rt, case_id: str, authority_id: str) -> str:
     if not rows:
         return ""
     now = utcnow()
+
+    def names(code: str) -> str:  # the pack's names, as in the messages
+        step = milestones.rule(code, rt.pack)
+        return " / ".join(n for n in (step.label, step.name) if n) if step else code
+
     items = "".join(
-        f"<li>{escape(milestones.label(r.milestone, rt.pack) or r.milestone)} "
-        f"({escape(r.milestone)}): "
+        f"<li>{escape(names(r.milestone))} ({escape(r.milestone)}): "
         f"trước / by {_when(r.due_at)}{' <b>ĐÃ QUÁ HẠN / Overdue</b>' if r.due_at <= now else ''}"
         "</li>" for r in rows)
     return f"<p>Việc tiếp theo / Next deadlines {VN_TIME}:</p><ul>{items}</ul>"
