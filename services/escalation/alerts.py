@@ -29,9 +29,11 @@ class Alerts:
         the case is alerted again (schemas.events.AlertRequested)."""
         recipient = self.rt.directory.get(to or row.authority_id)
         alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
-        # News of the close, or a supervisor told of an officer's silence: the recipient has
-        # nothing to acknowledge (a supervisor is not a target of the case).
-        told = kind in ("closed", "supervisor")
+        # News of the close, a supervisor told of an officer's silence, or the tier up told of
+        # the tier below's when it has acknowledged the case itself: the recipient has nothing
+        # to acknowledge (a supervisor is not a target of the case). The tier up was asked to
+        # acknowledge again, by a deadline it had met.
+        told = kind in ("closed", "supervisor") or (kind == "escalated" and row.acked_at is not None)
         category = self.rt.pack.categories.get(case.facts["category"])
         agency = self.rt.pack.agencies.get(recipient.agency)
         step = milestones.rule(milestone.milestone, self.rt.pack) if milestone else None

@@ -11,7 +11,7 @@ import structlog
 from sqlalchemy import select, update
 
 from schemas.events import (
-    CaseUpdated, DeliveryOutcome, Envelope, MilestoneRecorded, ReportReceived,
+    CaseUpdated, DeliveryOutcome, Envelope, MilestoneRecorded, ReportReceived, TargetAcknowledged,
 )
 from schemas.reports import Location
 from services.common.outbox import OutboxRow
@@ -210,6 +210,24 @@ async def test_a_breach_holds_a_parent_already_acting_to_the_same_window(esc):
     assert province.ack_due == now + 15 * M
     pending = [t for t in await _rows(esc, Timer, authority_id=PROVINCE_CP) if t.fired_at is None]
     assert sorted(t.due_at for t in pending if t.kind == "breach") == [now + 15 * M]
+
+
+async def test_a_parent_that_acknowledged_is_told_of_the_breach_not_asked_again(esc):
+    """P1 at PA1: the province acts and acknowledges within minutes; then the commune misses
+    its 15 minutes. The province was asked to acknowledge again, by the deadline it had met."""
+    await _report(esc, indicators=["immediate_danger"], publicity="PA1")
+    await esc.handle([_wrap(TargetAcknowledged(case_id="C-1", authority_id=PROVINCE_CP,
+                                               by_user="u-province", at=T0 + 5 * M), T0 + 5 * M)])
+    before = len(await _emitted(esc))
+    await esc.fire_due(T0 + 16 * M)
+    new = (await _emitted(esc))[before:]
+    [escalated] = [e for e in new
+                   if e.get("kind") == "escalated" and e["authority_id"] == PROVINCE_CP]
+    assert escalated["role"] == "inform"
+    assert escalated["about_authority_id"] == CP
+    [province] = await _rows(esc, EscalationTarget, authority_id=PROVINCE_CP)
+    assert province.role == "act" and province.acked_at is not None
+    assert not [t for t in await _rows(esc, Timer, authority_id=PROVINCE_CP) if t.fired_at is None]
 
 
 @pytest.mark.parametrize("on_breach", [["supervisors"], ["next_tier"], []])

@@ -723,3 +723,21 @@ def test_a_p1_escalated_sms_that_says_why_still_fits_two_segments(category, reas
     assert sms_segments(sms)[1] <= 2, sms
     assert a.case_id in sms and "09:45 29/11" in sms
     assert ("cap duoi" if lang == "vi" else "tier below") in fold_to_gsm7(sms).lower()
+
+
+@pytest.mark.parametrize("lang,says", [
+    ("vi", "Quy co quan da xac nhan, de nghi chi dao."),
+    ("en", "You have acknowledged: please direct it.")])
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_an_escalated_alert_to_a_province_that_acknowledged_asks_no_acknowledgement(
+        category, lang, says):
+    """A province acting on a case had acknowledged it; the commune then missed its deadline.
+    The province's SMS asked it to acknowledge again by the deadline it had met (found by the
+    wording helper). Escalation now sends it as information, and it says so, in two segments."""
+    a = alert(**ESCALATED, role="inform", category=category, about_reason="deadline_missed")
+    sms = render(a, "sms", lang, link(a)).text
+    assert sms_segments(sms)[1] <= 2, sms
+    assert says in fold_to_gsm7(sms)
+    assert ("Xac nhan da tiep nhan" if lang == "vi" else "Acknowledge receipt") not in sms
+    body = render(a, "email", lang, link(a)).text
+    assert ("Không cần xác nhận lại" if lang == "vi" else "No new acknowledgement") in body
