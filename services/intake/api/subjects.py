@@ -9,13 +9,14 @@ audited with field names and codes, never the values, and a search's answer is n
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from services.common import audit
 from services.common.auth import Principal
 from services.intake import subjects
-from services.intake.api.deps import Body, Runtime, role
+from services.intake.api.deps import Body, Runtime, deny, fail, role
+from services.intake.store import CaseView
 
 router = APIRouter(prefix="/api/v1", tags=["subject requests"])
 Supervisor = Annotated[Principal, Depends(role("supervisor"))]
@@ -69,3 +70,35 @@ async def search_identity(body: IdentitySearch, request: Request, response: Resp
     response.headers["Cache-Control"] = "no-store"  # it ties a person to cases
     return [FoundReport(**vars(f)) for f in found]
 
+
+class Erasure(Body):
+    reason: subjects.Reason
+
+
+class Erased(BaseModel):
+    case_id: str
+    report_id: str
+    reason: str
+    erased: bool = Field(description="false: nothing was left to erase (asked before, or "
+                                     "erased by retention)")
+
+
+@router.post("/cases/{case_id}/reports/{report_id}/erasure", response_model=Erased,
+             responses={403: {}, 404: {}, 422: {}})
+async def erase_report(case_id: str, report_id: str, body: Erasure, request: Request,
+                       rt: Runtime, who: Supervisor):
+    """Erase one report's identity (children, reporter, narrative, suspect, receiving point),
+    its hashes and its children's sexes. The case, its events and timeline stay."""
+    why = [f"reason:{body.reason}"]
+    async with rt.db.reads() as session:
+        case = await session.get(CaseView, case_id)
+    if case is None:
+        await fail(request, who, "erase", case_id, "not_found", HTTPException(404, "no such case"),
+                   why)
+    if not who.covers(case.province_code, case.commune_code):
+        await deny(request, who, case_id, "this case is outside your jurisdiction")
+    if await subjects.case_of(rt.db, report_id) != case_id:
+        await fail(request, who, "erase", case_id, "not_found",
+                   HTTPException(404, "no such report in this case"), why)
+    erased = await subjects.erase(rt.db, who, case_id, report_id, body.reason)
+    return Erased(case_id=case_id, report_id=report_id, reason=body.reason, erased=erased)
