@@ -144,12 +144,13 @@ def create_app(rt) -> FastAPI:
     if "intake" in rt.services:
         from services.intake.api import (
             audit, authorities, cases, directory, identity, links, overrides, reports,
-            rulepacks,
+            rulepacks, subjects,
         )
 
         app.include_router(reports.router)
         app.include_router(cases.router)
         app.include_router(identity.router)
+        app.include_router(subjects.router)
         app.include_router(overrides.router)
         app.include_router(authorities.router)
         app.include_router(links.router)

@@ -74,6 +74,16 @@ class IdentityVault:
         return (self._children(c.get("name") for c in identity.get("children") or []),
                 self._phone((identity.get("reporter") or {}).get("phone")))
 
+    def phone_hashes(self, phone: str) -> list[str]:
+        """A reporter's phone number as stored hashes may hold it, under every key (a subject's
+        request, docs/privacy.md): until `beacon keys rotate` has run, any of them."""
+        return [hashed for key in self._hmac_keys if (hashed := self._phone(phone, key))]
+
+    def name_hashes(self, name: str) -> list[str]:
+        """A child's whole name as stored hashes may hold it, under every key; not its endings."""
+        words = _words(name)
+        return [self._name(words, key) for key in self._hmac_keys] if words else []
+
     def matching(self, report: Report, reporter: str | None) -> Matching:
         """The hashes to match this report on, under the current key and each previous one,
         since until `beacon keys rotate` has run, stored hashes may be under one of them."""

@@ -152,6 +152,39 @@ async def test_retention_purges_on_postgres(pg_database):
         await db.dispose()
 
 
+async def test_a_subjects_reports_are_found_and_erased_on_postgres(kafka_bootstrap, inbox,
+                                                                   pg_database):
+    """The search reads the child hashes' JSON as text and the erasure locks the case row: as
+    on SQLite (tests/integration/test_subject_requests.py)."""
+    from tests.integration.test_subject_requests import SEARCH, SIBLING, _erasure
+
+    stack = await start_stack(make_settings(kafka_bootstrap, pg_database, inbox))
+    try:
+        async with stack.client("operator") as api:
+            first = (await api.post("/api/v1/reports", json=report())).json()
+            case_id = first["case_id"]
+            sister = (await api.post("/api/v1/reports", json=report(
+                link_case_id=case_id, children=[SIBLING]))).json()
+        both = {"child_name": "Canaryname Thi Hidden", "reporter_phone": "0987654321"}
+        async with stack.client("supervisor") as sup:
+            found = (await sup.post(SEARCH, json=both)).json()
+            assert [(r["report_id"], r["matched"]) for r in found] == [
+                (sister["report_id"], ["reporter_phone"]),
+                (first["report_id"], ["child_name", "reporter_phone"])]
+            erased = await sup.post(_erasure(case_id, first["report_id"]),
+                                    json={"reason": "entered_in_error"})
+            assert erased.status_code == 200 and erased.json()["erased"]
+            assert [r["report_id"] for r in (await sup.post(SEARCH, json=both)).json()] == [
+                sister["report_id"]]
+        async with stack.rt.db.reads() as session:
+            case = await session.get(CaseView, case_id)
+            kept = await session.get(ReportRow, sister["report_id"])
+        assert (case.child_fingerprints, case.child_sexes) == (
+            sorted(kept.child_fingerprints), ["female"])
+    finally:
+        await stack.stop()
+
+
 async def test_relays_of_two_instances_take_turns_on_postgres(kafka_bootstrap, pg_database):
     """Two instances publishing neighbouring batches at once could put a case's events on Kafka
     out of order: while one relay publishes, the other's drain takes nothing."""
