@@ -263,9 +263,23 @@ def warn_database_mode(settings: Settings) -> str | None:
     return f"{mode:04o}"
 
 
+def warn_identity_kept(settings: Settings, services: frozenset[str]) -> bool:
+    """In production, say at intake's start that identity is kept for ever: how long is the
+    operator's legal decision (docs/privacy.md), so it does not refuse to start."""
+    if settings.env != "production" or "intake" not in services \
+            or settings.retention_identity_days:
+        return False
+    log.warning("identity_retention_off", setting="BEACON_RETENTION_IDENTITY_DAYS", days=0,
+                why="closed cases' identity (children, reporters, narratives) and override "
+                    "reasons are kept for ever: set the number of days the law and your "
+                    "data-protection assessment allow (docs/privacy.md, Retention)")
+    return True
+
+
 async def start(rt: Runtime) -> None:
     await check_database(rt.db)
     warn_database_mode(rt.settings)
+    warn_identity_kept(rt.settings, rt.services)
     await check_kafka(rt.settings)
     rt.producer = kafka.make_producer(rt.settings)  # aiokafka wants a running loop
     await rt.producer.start()
