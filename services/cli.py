@@ -126,6 +126,7 @@ def db_backup(path: Annotated[Path, typer.Argument(help="The file to write; must
     running Beacon held no report at all. On PostgreSQL, use pg_dump or continuous archiving
     (docs/operations.md)."""
     import sqlite3
+    from contextlib import closing
 
     from sqlalchemy import make_url
 
@@ -138,15 +139,33 @@ def db_backup(path: Annotated[Path, typer.Argument(help="The file to write; must
     if not source.is_file():
         typer.echo(f"no database at {source} (BEACON_DATABASE_URL)", err=True)
         raise typer.Exit(2)
-    if path.exists():
-        typer.echo(f"{path} exists: give a new file, so that no backup is overwritten", err=True)
-        raise typer.Exit(2)
 
     def progress(status, remaining, total):
         typer.echo(f"  {total - remaining}/{total} pages", err=True)
 
-    with sqlite3.connect(source) as live, sqlite3.connect(path) as copy:
-        live.backup(copy, pages=4096, progress=progress)
+    async def copy(db):
+        try:
+            # Owner-only, as the database (db.create_private), and never over an existing file.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            typer.echo(f"{path} exists: give a new file, so that no backup is overwritten",
+                       err=True)
+            raise typer.Exit(2) from None
+        # A copy of every sealed identity: each is recorded, with the file's name only.
+        try:
+            with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(path)) as out:
+                live.backup(out, pages=4096, progress=progress)
+        except sqlite3.Error:
+            path.unlink()  # a partial copy is no backup, yet holds identity
+            await _audit_cli(db, "backup", path.name, outcome="failed")
+            raise
+        await _audit_cli(db, "backup", path.name)
+
+    try:
+        asyncio.run(_with_db(copy, migrated=False))
+    except sqlite3.Error as exc:
+        typer.echo(f"error: backup failed: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"backed up {source} to {path}")
 
 
@@ -284,13 +303,25 @@ async def _existing_user(session, user_id: str) -> None:
         raise ValueError(f"no user {user_id!r}")
 
 
-def _audit_user(session, user_id: str, fields: list[str]) -> None:
-    """Who changed a user's access: the operating-system account that ran the command."""
+def _cli_user() -> str:
+    """Who ran a command that the trail records: the operating-system account."""
     import getpass
 
+    return f"cli:{getpass.getuser()}"
+
+
+def _audit_user(session, user_id: str, fields: list[str]) -> None:
+    """Who changed a user's access."""
     from services.common import audit
 
-    audit.record(session, f"cli:{getpass.getuser()}", "admin", "user_change", user_id, fields)
+    audit.record(session, _cli_user(), "admin", "user_change", user_id, fields)
+
+
+async def _audit_cli(db, action: str, record_id: str, fields: list[str] | None = None,
+                     outcome: str = "ok") -> None:
+    from services.common import audit
+
+    await audit.write(db, _cli_user(), "admin", action, record_id[:64], fields, outcome)
 
 
 DEV_USERS = {
@@ -383,10 +414,21 @@ def keys_rotate():
 
     settings = _settings()
     current, *previous = settings.secret_keys()
+    resealed = ["identity", "override.reason"]
+
+    async def go(db):
+        # It opens and re-seals every identity: recorded, with whether it finished.
+        try:
+            done = await rotate(db, IdentityVault(current, previous),
+                                progress=lambda what, n: typer.echo(f"  {n} {what}...", err=True))
+        except RotationError:
+            await _audit_cli(db, "key_rotation", "secret_key", resealed, outcome="failed")
+            raise
+        await _audit_cli(db, "key_rotation", "secret_key", resealed)
+        return done
+
     try:
-        reports, reasons = asyncio.run(_with_db(lambda db: rotate(
-            db, IdentityVault(current, previous),
-            progress=lambda what, n: typer.echo(f"  {n} {what}...", err=True)), settings))
+        reports, reasons = asyncio.run(_with_db(go, settings))
     except RotationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -6,6 +6,8 @@ configuration, the rule pack and the directory, and refuses to start with a clea
 
 import asyncio
 import gc
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,8 +244,42 @@ async def preflight(settings: Settings, services: frozenset[str] = frozenset()) 
         await check_alert_retention(settings)
 
 
+def warn_database_mode(settings: Settings) -> str | None:
+    """Say at start when the SQLite file is readable by other accounts on the machine (made
+    before Beacon made it 0600, or widened since); returns its mode then. It is not changed:
+    a mode someone set (a backup agent's group) is theirs to narrow."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    try:
+        mode = stat.S_IMODE(os.stat(url.database).st_mode)
+    except FileNotFoundError:
+        return None
+    if not mode & 0o077:
+        return None
+    log.warning("database_file_not_private", path=url.database, mode=f"{mode:04o}",
+                why="other accounts can read its sealed identity, token hashes and audit trail: "
+                    "chmod 600 it (docs/operations.md, Data protection at start)")
+    return f"{mode:04o}"
+
+
+def warn_identity_kept(settings: Settings, services: frozenset[str]) -> bool:
+    """In production, say at intake's start that identity is kept for ever: how long is the
+    operator's legal decision (docs/privacy.md), so it does not refuse to start."""
+    if settings.env != "production" or "intake" not in services \
+            or settings.retention_identity_days:
+        return False
+    log.warning("identity_retention_off", setting="BEACON_RETENTION_IDENTITY_DAYS", days=0,
+                why="closed cases' identity (children, reporters, narratives) and override "
+                    "reasons are kept for ever: set the number of days the law and your "
+                    "data-protection assessment allow (docs/privacy.md, Retention)")
+    return True
+
+
 async def start(rt: Runtime) -> None:
     await check_database(rt.db)
+    warn_database_mode(rt.settings)
+    warn_identity_kept(rt.settings, rt.services)
     await check_kafka(rt.settings)
     rt.producer = kafka.make_producer(rt.settings)  # aiokafka wants a running loop
     await rt.producer.start()

@@ -2,6 +2,7 @@
 
 import asyncio
 import functools
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -179,7 +180,7 @@ def make_engine(url: str, immediate: bool = True) -> AsyncEngine:
     path = make_url(url).database or ":memory:"
     memory = path == ":memory:"  # one shared connection already (StaticPool)
     if not memory:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        create_private(path)
 
     async def connect():
         # isolation_level=None: SQLAlchemy's "begin" below issues BEGIN itself
@@ -210,6 +211,18 @@ def make_engine(url: str, immediate: bool = True) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def create_private(path: str | Path) -> None:
+    """Create the SQLite file owner-only (0600) if it is missing. sqlite3 would make it 0644,
+    readable by every account on the machine, and it holds sealed identity, token hashes and
+    the audit trail. SQLite gives its -wal and -shm files the database file's mode, so they
+    are 0600 too. An empty file is an empty SQLite database."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # its mode is the operator's: runtime.warn_database_mode says if it is wider
 
 
 class Database:

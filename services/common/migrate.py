@@ -7,6 +7,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import make_url
+
+from services.common.db import create_private
 
 
 def alembic_config(url: str) -> Config:
@@ -18,8 +21,9 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = make_url(url).database
+        if path and path != ":memory:":
+            create_private(path)  # before Alembic's engine makes it world-readable
     command.upgrade(alembic_config(url), revision)
 
 

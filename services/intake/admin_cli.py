@@ -158,18 +158,23 @@ def audit_query(token: Token, url: Url = None,
                 case: Annotated[str | None, typer.Option(help="Case id (or pack version)")] = None,
                 user: Annotated[str | None, typer.Option(help="User id")] = None,
                 action: Annotated[str | None, typer.Option(
-                    help="read, write, denied, export, user_change, directory_change...")] = None,
+                    help="read, write, denied, export, user_change, directory_change, backup, "
+                         "key_rotation...")] = None,
+                field: Annotated[str | None, typer.Option(
+                    help="Records naming this field or one under it: --action read --field "
+                         "identity gives the identity openings")] = None,
                 since: Annotated[str | None, typer.Option(help=WHEN)] = None,
                 until: Annotated[str | None, typer.Option(help=WHEN)] = None,
                 limit: int = 100) -> None:
     """Audit records by case, user, action and time."""
     params = {k: v for k, v in {"case_id": case, "user_id": user, "action": action,
-                                "since": since, "until": until, "limit": limit}.items()
+                                "field": field, "since": since, "until": until,
+                                "limit": limit}.items()
               if v is not None}
     _print(_call(url, token, "GET", "/api/v1/audit", params=params))
 
 
 @audit_app.command("access")
 def audit_access(case_id: str, token: Token, url: Url = None) -> None:
-    """Who accessed a case, how often, first and last time."""
+    """Who accessed a case, how often, first and last time; each opening of its identity."""
     _print(_call(url, token, "GET", f"/api/v1/audit/cases/{case_id}/access"))

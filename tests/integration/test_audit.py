@@ -6,12 +6,14 @@ import json
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
+from services.common import audit
 from services.common.audit import AuditRecord
 from services.common.db import utcnow
 from services.cli import app as cli
+from services.intake.store import ReportRow
 from tests.conftest import eventually
 from tests.support.reports import report
 
@@ -119,3 +121,79 @@ async def test_a_date_or_a_time_without_a_zone_is_utc_and_bad_paging_is_422(stac
         "--token", stack.tokens["auditor"]])
     assert reads.exit_code == 0, reads.output
     assert {r["action"] for r in json.loads(reads.output)["items"]} == {"read"}
+
+
+async def record_reads_of_one_case(db) -> None:
+    """Reads of case C-1 as the endpoints record them, and as they did before the access
+    report told identity openings apart (the records are the same but for `identity` alone)."""
+    async with db.writes() as s, s.begin():
+        audit.record(s, "op", "operator", "read", "C-1", ["case_id", "status"])  # the case
+        audit.record(s, "op", "operator", "read", "C-1", ["identity.children", "identity.reporter"])
+        audit.record(s, "cp", "authority", "read", "C-1", ["summary"])  # in a list of cases
+        audit.record(s, "cp", "authority", "read", "C-1", ["identity.children"])
+        audit.record(s, "sup", "supervisor", "read", "C-1", ["override.reason"])
+        audit.record(s, "sup", "supervisor", "read", "C-1", ["identity"])  # all of it erased
+        audit.record(s, "system:retention", "system", "erase", "C-1",
+                     ["child_fingerprints", "identity", "reporter_fingerprint"])
+        audit.record(s, "op", "operator", "read", "C-2", ["identity.children"])
+
+
+async def check_identity_openings(db) -> None:
+    """The access report counts and lists identity openings apart from reads of the case, and
+    the trail filters to them by field name (SQLite here, PostgreSQL in test_postgres.py)."""
+    await record_reads_of_one_case(db)
+    async with db.reads() as s:
+        people = {p["user_id"]: p for p in await audit.access_report(s, "C-1")}
+        found = {(field, action): [r.user_id for r in (await audit.query(
+            s, case_id="C-1", action=action, field=field))[1]]
+            for field, action in (("identity", "read"), ("identity", None),
+                                  ("identity.children", "read"), ("identity.child", None),
+                                  ("%", None), ("override.reason", None))}
+    assert {u: p["actions"] for u, p in people.items()} == {
+        "op": {"read": 1, "read identity": 1}, "cp": {"read": 1, "read identity": 1},
+        "sup": {"read override reason": 1, "read identity": 1}, "system:retention": {"erase": 1}}
+    [opened] = people["op"]["identity_openings"]
+    assert opened == {"at": people["op"]["last_at"],
+                      "fields": ["identity.children", "identity.reporter"]}
+    assert [o["fields"] for o in people["sup"]["identity_openings"]] == [["identity"]]
+    assert people["system:retention"]["identity_openings"] == []  # an erasure opens nothing
+    assert found == {("identity", "read"): ["op", "cp", "sup"],
+                     ("identity", None): ["op", "cp", "sup", "system:retention"],
+                     ("identity.children", "read"): ["op", "cp"],
+                     ("identity.child", None): [], ("%", None): [],
+                     ("override.reason", None): ["sup"]}
+
+
+async def test_identity_openings_are_told_apart_from_reads(sqlite_db):
+    await check_identity_openings(sqlite_db)
+
+
+async def test_auditors_see_who_opened_a_cases_identity_and_when(stack):
+    case_id = await _routed_case(stack)
+    async with stack.client("operator") as api:
+        assert (await api.get(f"/api/v1/cases/{case_id}")).status_code == 200
+        assert (await api.get(f"/api/v1/cases/{case_id}/identity")).status_code == 200
+        async with stack.rt.db.writes() as session, session.begin():  # as retention erases it
+            await session.execute(update(ReportRow).where(ReportRow.case_id == case_id)
+                                  .values(identity=None))
+        erased = (await api.get(f"/api/v1/cases/{case_id}/identity")).json()
+        assert [r["erased"] for r in erased["reports"]] == [True]
+    async with stack.client("auditor") as auditor:
+        people = {p["user_id"]: p for p in (await auditor.get(
+            f"/api/v1/audit/cases/{case_id}/access")).json()["accessed_by"]}
+        openings = (await auditor.get("/api/v1/audit", params={
+            "case_id": case_id, "action": "read", "field": "identity"})).json()
+    operator, shown = people["test-operator"], [
+        "identity.children", "identity.narrative", "identity.reporter"]
+    assert operator["actions"]["read identity"] == 2 and operator["actions"]["read"] >= 1
+    assert [o["fields"] for o in operator["identity_openings"]] == [shown, ["identity"]]
+    assert [(r["user_id"], r["fields"]) for r in openings["items"]] == [
+        ("test-operator", shown), ("test-operator", ["identity"])]
+
+    from typer.testing import CliRunner
+    # The CLI's client is synchronous and the server runs in this loop: off the loop with it.
+    result = await asyncio.to_thread(CliRunner().invoke, cli, [
+        "audit", "query", "--case", case_id, "--action", "read", "--field", "identity",
+        "--url", stack.base_url, "--token", stack.tokens["auditor"]])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["items"] == openings["items"]

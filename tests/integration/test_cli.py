@@ -1,7 +1,10 @@
 """The `beacon` command: users and tokens, and a start-up that refuses bad configuration."""
 
+import getpass
 import json
+import os
 import socket
+import stat
 import sqlite3
 import subprocess
 from secrets import token_urlsafe
@@ -168,3 +171,18 @@ def test_a_backup_is_a_consistent_copy_and_never_overwrites_one(kafka_bootstrap,
         assert copy.execute("SELECT id FROM users").fetchall() == [("op-9",)]
     again = _run(settings, "db", "backup", str(tmp_path / "copy.db"))
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_a_backup_is_owner_only_and_audited_by_its_file_name(kafka_bootstrap, tmp_path):
+    """A backup is a full copy of the identity store: no other account reads it, and the trail
+    says who took one and when (the file's name, not the directory it went to)."""
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'live.db'}")
+    beacon(settings, "db", "upgrade")
+    (tmp_path / "offsite").mkdir()
+    beacon(settings, "db", "backup", str(tmp_path / "offsite" / "beacon-2026-01-05.db"))
+    assert stat.S_IMODE(os.stat(tmp_path / "offsite" / "beacon-2026-01-05.db").st_mode) == 0o600
+    assert _run(settings, "db", "backup", str(tmp_path / "live.db")).returncode == 2  # exists
+    with sqlite3.connect(tmp_path / "live.db") as conn:
+        trail = conn.execute("SELECT user_id, role, action, record, outcome FROM audit_log "
+                             "WHERE action = 'backup'").fetchall()
+    assert trail == [(f"cli:{getpass.getuser()}", "admin", "backup", "beacon-2026-01-05.db", "ok")]

@@ -1,11 +1,15 @@
 """Key rotation on a real SQLite file: identity sealed under an old secret is re-sealed under the
 new one, its hashes are made again, and the old secret can then be dropped."""
 
+import getpass
+import subprocess
+
 import pytest
 from cryptography.fernet import InvalidToken
 from sqlalchemy import select
 
 from schemas.reports import Report
+from services.common.audit import AuditRecord
 from services.intake.correlation import is_independent, match_open_case
 from services.intake.identity import IdentityVault
 from services.intake.key_rotation import RotationError, rotate
@@ -146,3 +150,21 @@ async def test_a_process_whose_key_opens_no_stored_identity_refuses_to_start(sql
         await runtime.check_identity_key(forgot, sqlite_db)
     listed = make_settings("127.0.0.1:1", url, secret_key=NEW, secret_key_previous=OLD)
     await runtime.check_identity_key(listed, sqlite_db)  # opens: no complaint
+
+
+async def test_beacon_keys_rotate_is_audited_with_its_outcome(kafka_bootstrap, sqlite_db):
+    """A rotation opens every sealed identity: the trail says who ran it, when, and whether it
+    finished."""
+    settings = make_settings(kafka_bootstrap, sqlite_db.url, secret_key=NEW,
+                             secret_key_previous=OLD)
+    await add_sealed(sqlite_db, IdentityVault(OLD), "C-A", ["Nguyễn Thị A"])
+    beacon(settings, "keys", "rotate")
+    await add_sealed(sqlite_db, IdentityVault("lost-secret"), "C-B", ["Lê Văn C"])
+    with pytest.raises(subprocess.CalledProcessError):
+        beacon(settings, "keys", "rotate")
+    async with sqlite_db.reads() as s:
+        trail = (await s.execute(select(
+            AuditRecord.user_id, AuditRecord.record, AuditRecord.fields, AuditRecord.outcome)
+            .where(AuditRecord.action == "key_rotation").order_by(AuditRecord.id))).all()
+    who, resealed = f"cli:{getpass.getuser()}", ["identity", "override.reason"]
+    assert trail == [(who, "secret_key", resealed, "ok"), (who, "secret_key", resealed, "failed")]

@@ -107,6 +107,18 @@ async def test_two_escalation_instances_never_fire_a_timer_twice(
         assert steps[(case, "commune:4:child_protection", "breach", 1.0)], case
 
 
+async def test_identity_openings_are_told_apart_on_postgres(pg_database):
+    """Its json type has no equality: the report groups and the trail filters all the same."""
+    from tests.integration.test_audit import check_identity_openings
+
+    await migrate(pg_database)
+    db = Database(pg_database)
+    try:
+        await check_identity_openings(db)
+    finally:
+        await db.dispose()
+
+
 async def test_audit_trail_is_append_only_on_postgres(pg_database):
     await migrate(pg_database)
     conn = await asyncpg.connect(pg_database.replace("postgresql+asyncpg://", "postgresql://"))

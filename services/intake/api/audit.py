@@ -71,6 +71,9 @@ async def trail(request: Request, rt: Runtime, who: Auditor,
                                             description="or any record: a pack version..."),
                 user_id: str | None = Query(None, max_length=64),
                 action: str | None = Query(None, max_length=32),
+                field: str | None = Query(None, max_length=64, description=(
+                    "records naming this field or one under it: `identity` with `action=read` "
+                    "gives the identity openings")),
                 since: Annotated[datetime | None, Query(description=WHEN + " From then on.")] = None,
                 until: Annotated[datetime | None, Query(description=WHEN + " Before then.")] = None,
                 limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=1_000_000)):
@@ -78,7 +81,8 @@ async def trail(request: Request, rt: Runtime, who: Auditor,
     await _in_scope(request, rt, who, case_id)
     async with rt.db.reads() as session:
         total, rows = await audit.query(session, case_id=case_id, user_id=user_id, action=action,
-                                        since=since, until=until, limit=limit, offset=offset)
+                                        field=field, since=since, until=until, limit=limit,
+                                        offset=offset)
     await audit.write(rt.db, who.user_id, who.role, "export", (case_id or "audit")[:64],
                       ["audit_trail"])
     return AuditPage(items=[AuditOut.model_validate(r, from_attributes=True) for r in rows],
@@ -87,7 +91,8 @@ async def trail(request: Request, rt: Runtime, who: Auditor,
 
 @router.get("/cases/{case_id}/access", responses={403: {}, 404: {}})
 async def access_report(case_id: str, request: Request, rt: Runtime, who: Auditor):
-    """Who read, wrote or was refused this case, how often, first and last time."""
+    """Who read, wrote or was refused this case, how often, first and last time; who opened
+    its identity, each time."""
     await _in_scope(request, rt, who, case_id)
     async with rt.db.reads() as session:
         people = await audit.access_report(session, case_id)

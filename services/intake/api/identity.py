@@ -62,7 +62,9 @@ async def case_identity(case_id: str, request: Request, response: Response, rt: 
             .order_by(ReportRow.received_at))).all()
     reports = [_opened(rt.vault, row, who) for row in rows]
     shown = sorted({f"identity.{name}" for r in reports for name in SHOWN if getattr(r, name)})
-    await audit.write(rt.db, who.user_id, who.role, "read", case_id, shown)
+    # Nothing to show (erased, unreadable, no report) is still an opening, told apart from a
+    # read of the case by the field: the access report counts both as "read identity".
+    await audit.write(rt.db, who.user_id, who.role, "read", case_id, shown or ["identity"])
     response.headers["Cache-Control"] = "no-store"
     return CaseIdentity(case_id=case_id, reports=reports)
 
