@@ -84,8 +84,9 @@ async def query(session: AsyncSession, *, case_id: str | None = None, user_id: s
 
 
 # Outcomes of attempts that did nothing: no such case, an input refused as it stood, an input
-# refused with 503 (withdrawn; it is counted as a write if adopted later).
-FAILED = ("not_found", "rejected", "withdrawn")
+# refused with 503 (withdrawn; it is counted as a write if adopted later), an erasure of what
+# was erased already.
+FAILED = ("not_found", "rejected", "withdrawn", "already_erased")
 
 
 async def access_report(session: AsyncSession, case_id: str) -> list[dict]:

@@ -8,8 +8,8 @@ import structlog
 
 # Keys that may carry identity. Dropped wherever they appear, at any depth.
 IDENTITY_KEYS = frozenset(
-    {"name", "child_name", "children", "reporter", "phone", "narrative", "address", "note",
-     "identity", "body", "text", "email"}
+    {"name", "child_name", "children", "reporter", "phone", "reporter_phone", "narrative",
+     "address", "note", "identity", "body", "text", "email"}
 )
 
 

@@ -5,7 +5,7 @@ every call is audited by field names and codes, and no value reaches a log line 
 
 from sqlalchemy import select
 
-from services.common.audit import AuditRecord
+from services.common.audit import AuditRecord, access_report
 from services.common.auth import Principal
 from services.intake import subjects
 from services.intake.identity import IdentityVault
@@ -186,6 +186,12 @@ async def test_an_erased_report_names_nobody_and_its_child_no_longer_joins_the_c
          sorted([*ERASED, "reason:subject_request", f"report:{first['report_id']}"]), "ok"),
         ("test-supervisor", "supervisor", case_id,
          sorted(["reason:subject_request", f"report:{first['report_id']}"]), "already_erased")]
+    # The access report counts the second as an attempt that did nothing, not as an erasure.
+    async with stack.rt.db.reads() as session:
+        [supervisor] = [p for p in await access_report(session, case_id)
+                        if p["user_id"] == "test-supervisor"]
+    assert supervisor["actions"]["erase"] == 1
+    assert supervisor["failed"] == {"already_erased": 1}
     _never_shown(_logged(capfd, caplog), await _trail(stack), "Sister", "0911222333")
 
 

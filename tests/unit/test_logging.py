@@ -79,10 +79,11 @@ def test_identity_keys_are_dropped_at_any_depth():
     def write():
         structlog.get_logger("beacon").info("received", case_id="C-1", report={
             "children": [{"name": "Canary Child"}], "reporter": {"phone": "0911000111"},
-            "category": "NEGLECT"})
+            "category": "NEGLECT"}, search={"reporter_phone": "0911000222"})
     [line] = _lines(write)
     assert line["case_id"] == "C-1" and line["report"] == {"category": "NEGLECT"}
     assert "Canary" not in json.dumps(line) and "0911000111" not in json.dumps(line)
+    assert "0911000222" not in json.dumps(line)  # a subject's search (docs/privacy.md)
 
 
 def test_a_loop_failing_on_an_absent_database_logs_one_short_line():
