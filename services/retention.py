@@ -3,9 +3,9 @@ the purge that enforces it. Each service purges its own classes at start and the
 BEACON_RETENTION_INTERVAL_S; `beacon retention run` purges now (`--dry-run` only counts).
 
 - identity: a report's sealed identity, its keyed hashes and its children's sexes, and a
-  severity override's sealed reason, once its case is closed, or was routed to nobody (a call
-  for information only, which nobody closes), and unchanged for BEACON_RETENTION_IDENTITY_DAYS
-  (default 0: kept). Each case is audited.
+  severity override's sealed reason, once its case is closed, or was decided and routed to
+  nobody (a call for information only, which nobody closes), and unchanged for
+  BEACON_RETENTION_IDENTITY_DAYS (default 0: kept). Each case is audited.
 - idempotency: `Idempotency-Key` answers made BEACON_RETENTION_IDEMPOTENCY_DAYS ago (30).
 - withdrawn: inputs refused with 503 BEACON_RETENTION_WITHDRAWN_DAYS ago (30), with their sealed
   identity: adopted if their event reached Kafka after all, else removed
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import bindparam, exists, func, literal_column, or_, select, tuple_, union_all
+from sqlalchemy import and_, bindparam, exists, func, literal_column, or_, select, tuple_, union_all
 
 from services.common import audit
 from services.common.db import Database, utcnow
@@ -57,12 +57,15 @@ class RecordClass:
 
 def _sealed(table, id_column, sealed_column, kind: str):
     """The rows of `table` that still hold something sealed, of cases unchanged since that are
-    closed or were routed to nobody. Only an authority that must act closes a case: the
-    identity of a call for information only (P5), which nobody closes, was kept for ever."""
+    closed or were decided and routed to nobody. Only an authority that must act closes a case:
+    the identity of a call for information only (P5), which nobody closes, was kept for ever.
+    Decided: before its decision every case is routed to nobody (a decision dead-lettered, a
+    rebuild between its topics), and one that authorities work on must keep its identity."""
     routed = exists().where(_ROUTED.c.case_id == _CASES.c.case_id)
+    unrouted = and_(_CASES.c.severity.is_not(None), ~routed)
     return (select(id_column.label("id"), table.c.case_id, literal_column(f"'{kind}'").label("kind"))
             .join(_CASES, _CASES.c.case_id == table.c.case_id)
-            .where(or_(_CASES.c.status == "closed", ~routed), _CASES.c.updated_at < _BEFORE,
+            .where(or_(_CASES.c.status == "closed", unrouted), _CASES.c.updated_at < _BEFORE,
                    sealed_column.is_not(None)))
 
 
@@ -77,11 +80,12 @@ async def _erase_identity(session, before: datetime) -> int:
     if reports:
         await session.execute(
             _REPORTS.update().where(_REPORTS.c.report_id.in_(_IDS))
+            # Sexes [], not None ("not kept", which widens a case to any sex when rebuilt).
             .values(identity=None, reporter_fingerprint=None, child_fingerprints=[],
-                    child_sexes=None),
+                    child_sexes=[]),
             {"ids": [row.id for row in reports]})
         await session.execute(_CASES.update().where(_CASES.c.case_id.in_(_IDS))
-                              .values(child_fingerprints=[], child_sexes=None),
+                              .values(child_fingerprints=[], child_sexes=[]),
                               {"ids": sorted({row.case_id for row in reports})})
     if overrides := [row.id for row in rows if row.kind == "override"]:
         await session.execute(_OVERRIDES.update().where(_OVERRIDES.c.update_id.in_(_IDS))

@@ -43,9 +43,10 @@ def in_scope(who: Principal) -> list:
 
 
 async def find(db, vault: IdentityVault, who: Principal, reporter_phone: str | None,
-               child_name: str | None) -> list[Found]:
+               child_name: str | None) -> tuple[list[Found], bool]:
     """The reports of cases in the caller's scope whose reporter's phone or one of whose
-    children's whole name has these hashes, newest first, at most FOUND_AT_MOST."""
+    children's whole name has these hashes, newest first, at most FOUND_AT_MOST; and whether
+    more match."""
     phones = set(vault.phone_hashes(reporter_phone)) if reporter_phone else set()
     names = set(vault.name_hashes(child_name)) if child_name else set()
     wanted = [_REPORTS.c.reporter_fingerprint.in_(sorted(phones))] if phones else []
@@ -53,7 +54,7 @@ async def find(db, vault: IdentityVault, who: Principal, reporter_phone: str | N
     # SQLite and PostgreSQL alike. A scan, but of one rare, supervised request.
     wanted += [cast(_REPORTS.c.child_fingerprints, String).like(f'%"{h}"%') for h in sorted(names)]
     if not wanted:
-        return []
+        return [], False
     async with db.reads() as session:
         rows = (await session.execute(
             select(_REPORTS.c.report_id, _REPORTS.c.case_id, _REPORTS.c.received_at,
@@ -61,14 +62,14 @@ async def find(db, vault: IdentityVault, who: Principal, reporter_phone: str | N
             .join(_CASES, _CASES.c.case_id == _REPORTS.c.case_id)
             .where(or_(*wanted), _OF_A_CASE, *in_scope(who))
             .order_by(_REPORTS.c.received_at.desc(), _REPORTS.c.report_id.desc())
-            .limit(FOUND_AT_MOST))).all()
+            .limit(FOUND_AT_MOST + 1))).all()
     found = []
-    for row in rows:
+    for row in rows[:FOUND_AT_MOST]:
         hits = (("child_name", names & set(row.child_fingerprints or ())),
                 ("reporter_phone", row.reporter_fingerprint in phones))
         found.append(Found(row.report_id, row.case_id, row.received_at,
                            [key for key, hit in hits if hit]))
-    return found
+    return found, len(rows) > FOUND_AT_MOST
 
 
 async def case_of(db, report_id: str) -> str | None:
@@ -96,8 +97,10 @@ async def erase(db, who: Principal, case_id: str, report_id: str, reason: Reason
         erased = any(value not in (None, []) for value in held)
         await session.execute(
             _REPORTS.update().where(_REPORTS.c.report_id == report_id)
+            # Sexes [], not None: None is "not kept", which widens the case to any sex once
+            # another report is erased or the read model is rebuilt.
             .values(identity=None, reporter_fingerprint=None, child_fingerprints=[],
-                    child_sexes=None))
+                    child_sexes=[]))
         others = (await session.execute(
             select(_REPORTS.c.child_fingerprints, _REPORTS.c.child_sexes)
             .where(_REPORTS.c.case_id == case_id, _REPORTS.c.report_id != report_id,

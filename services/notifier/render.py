@@ -355,8 +355,11 @@ class Renderer:
                 return Message(subject=subject, text=self._tpl(lang, template, ctx) + "\n",
                                body=body, lang=lang)
             template = "bundle_sms"  # at most policy.SMS_BUNDLE_MAX reminders: two segments
-            return Message(subject="", text=self._fit_sms([self._tpl(lang, template, ctx)]),
-                           body=body, lang=lang)
+            # With a long base URL, the links leave no room for the first deadline: the
+            # bundle goes without it rather than in three segments (each link's page has it).
+            return Message(subject="", text=self._fit_sms([
+                self._tpl(lang, template, ctx),
+                self._tpl(lang, template, {**ctx, "first_due_short": None})]), body=body, lang=lang)
         except Exception as exc:  # noqa: BLE001 - same: the bundle still goes
             error = f"{type(exc).__name__} in {lang}/{template}.j2"
             log.warning("notifier.render_failed", error=error, channel=channel)

@@ -151,14 +151,18 @@ async def test_retention_purges_on_postgres(pg_database):
         await t.add_override(db, "C-OLD", 0)
         await t.add_key(db, "old", days_ago=31)
         await t.add_delivery(db, "dead-old", "dead", days_ago=91)
-        await t.add_case(db, "C-INFO", "open", days_ago=40, reports=1, routed=False)
+        await t.add_case(db, "C-INFO", "open", days_ago=40, reports=1, routed=False,
+                         severity="P5")
+        await t.add_case(db, "C-UNDECIDED", "open", days_ago=40, reports=1, routed=False,
+                         severity=None)
         await t.add_case(db, "C-OPEN", "open", days_ago=40, reports=1)
         assert (await retention.purge(db, t.kept_for(identity=30), t.BOTH, dry_run=True))[
             "identity"] == 4
         assert await retention.purge(db, t.kept_for(identity=30), t.BOTH) == {
             "identity": 4, "idempotency": 1, "withdrawn": 0, "deliveries": 1}
         assert {r.report_id: r.identity for r in await t.table(db, t.ReportRow)} == {
-            "R-C-OLD-0": None, "R-C-OLD-1": None, "R-C-INFO-0": None, "R-C-OPEN-0": b"sealed"}
+            "R-C-OLD-0": None, "R-C-OLD-1": None, "R-C-INFO-0": None, "R-C-OPEN-0": b"sealed",
+            "R-C-UNDECIDED-0": b"sealed"}
         assert [o.reason for o in await t.table(db, t.SeverityOverrideRow)] == [None]
     finally:
         await db.dispose()
@@ -179,14 +183,15 @@ async def test_a_subjects_reports_are_found_and_erased_on_postgres(kafka_bootstr
                 link_case_id=case_id, children=[SIBLING]))).json()
         both = {"child_name": "Canaryname Thi Hidden", "reporter_phone": "0987654321"}
         async with stack.client("supervisor") as sup:
-            found = (await sup.post(SEARCH, json=both)).json()
+            found = (await sup.post(SEARCH, json=both)).json()["reports"]
             assert [(r["report_id"], r["matched"]) for r in found] == [
                 (sister["report_id"], ["reporter_phone"]),
                 (first["report_id"], ["child_name", "reporter_phone"])]
             erased = await sup.post(_erasure(case_id, first["report_id"]),
                                     json={"reason": "entered_in_error"})
             assert erased.status_code == 200 and erased.json()["erased"]
-            assert [r["report_id"] for r in (await sup.post(SEARCH, json=both)).json()] == [
+            assert [r["report_id"] for r in (await sup.post(SEARCH, json=both)).json()[
+                "reports"]] == [
                 sister["report_id"]]
         async with stack.rt.db.reads() as session:
             case = await session.get(CaseView, case_id)

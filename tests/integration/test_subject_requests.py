@@ -32,7 +32,8 @@ async def _search(api, **body) -> list[dict]:
     answer = await api.post(SEARCH, json=body)
     assert answer.status_code == 200, answer.text
     assert answer.headers["Cache-Control"] == "no-store"
-    return answer.json()
+    assert answer.json()["more"] is False
+    return answer.json()["reports"]
 
 
 def _erasure(case_id: str, report_id: str) -> str:
@@ -92,12 +93,23 @@ async def test_a_search_finds_a_persons_reports_within_the_callers_jurisdiction(
     assert [r["report_id"] for r in mine] == [hanoi["report_id"]]  # not Ho Chi Minh City's
 
     searches = await _trail(stack, "search_identity")
-    assert [(r.user_id, r.record, r.fields) for r in searches] == [
+    assert [(r.user_id, r.record, r.fields) for r in searches if r.record == SEARCH] == [
         ("test-supervisor", SEARCH, ["reporter_phone"]),
         ("test-supervisor", SEARCH, ["child_name"]),
         ("test-supervisor", SEARCH, ["child_name", "reporter_phone"]),
         ("test-supervisor", SEARCH, ["child_name"]),
         ("supervisor-hanoi", SEARCH, ["reporter_phone"])]
+    # And under each case a search revealed: its access report shows who found it, and how
+    # (a phone number looked up to its case left no trace there; the verification review).
+    assert sorted((r.user_id, r.record, tuple(r.fields)) for r in searches
+                  if r.record != SEARCH) == sorted([
+        ("test-supervisor", hanoi["case_id"], ("reporter_phone",)),
+        ("test-supervisor", saigon["case_id"], ("reporter_phone",)),
+        ("test-supervisor", hanoi["case_id"], ("child_name",)),
+        ("test-supervisor", other["case_id"], ("child_name",)),
+        ("test-supervisor", saigon["case_id"], ("child_name", "reporter_phone")),
+        ("test-supervisor", hanoi["case_id"], ("reporter_phone",)),
+        ("supervisor-hanoi", hanoi["case_id"], ("reporter_phone",))])
     logged = _logged(capfd, caplog)
     assert SEARCH in logged  # the calls were logged (their paths), so the check means something
     _never_shown(logged, await _trail(stack), "987 654 321", "0911222333")
@@ -168,7 +180,7 @@ async def test_an_erased_report_names_nobody_and_its_child_no_longer_joins_the_c
         erased = await session.get(ReportRow, first["report_id"])
         case = await session.get(CaseView, case_id)
     assert (erased.identity, erased.reporter_fingerprint, erased.child_fingerprints,
-            erased.child_sexes) == (None, None, [], None)
+            erased.child_sexes) == (None, None, [], [])
     assert case.child_fingerprints == sorted(kept.child_fingerprints)  # the sister's only
     assert case.child_sexes == ["female"]
     assert [(r["report_id"], r["erased"], bool(r["children"])) for r in shown] == [
@@ -233,10 +245,37 @@ async def test_before_the_key_rotation_a_search_finds_hashes_under_the_previous_
     national = Principal("sup", "supervisor", "national")
 
     async def found_by(vault, **given):
-        return [(f.report_id, f.matched) for f in await subjects.find(
-            sqlite_db, vault, national, given.get("phone"), given.get("name"))]
+        found, more = await subjects.find(sqlite_db, vault, national, given.get("phone"),
+                                          given.get("name"))
+        assert not more
+        return [(f.report_id, f.matched) for f in found]
 
     assert await found_by(IdentityVault(NEW, [OLD]), phone="0912000001", name="nguyen thi a") == [
         ("R-C-A-1", ["reporter_phone"]), ("R-C-A-0", ["child_name"])]
     assert await found_by(IdentityVault(NEW), phone="0912000001", name="nguyen thi a") == []
     assert await found_by(IdentityVault(OLD), name="Thị A") == []  # an ending is not the name
+
+
+async def test_erasing_reports_keeps_what_the_case_knows_of_its_childs_sex(stack):
+    """A case of three calls about a boy of 10: after two were erased the case knew no sex at all
+    (an erased report read as one from before sexes were kept), and an unnamed girl of 11 joined
+    his case (found by the verification review). A rebuild did the same."""
+    place = {"location": {"province_code": 1, "commune_code": 148}, "category": "NEGLECT",
+             "indicators": []}
+    boy = {"age": 10, "sex": "male"}
+    async with stack.client("operator") as api:
+        first = await _submit(api, **place, children=[boy], reporter={"phone": "0911000401"})
+        case_id = first["case_id"]
+        calls = [first] + [await _submit(api, **place, children=[boy], link_case_id=case_id,
+                                          reporter={"phone": f"091100040{n}"}) for n in (2, 3)]
+    async with stack.client("supervisor") as sup:
+        for call in calls[:2]:
+            answer = await sup.post(_erasure(case_id, call["report_id"]),
+                                    json={"reason": "subject_request"})
+            assert answer.status_code == 200 and answer.json()["erased"], answer.text
+    async with stack.rt.db.reads() as session:
+        assert (await session.get(CaseView, case_id)).child_sexes == ["male"]
+    async with stack.client("operator") as api:
+        girl = await _submit(api, **place, children=[{"age": 11, "sex": "female"}],
+                             reporter={"phone": "0911000409"})
+    assert girl["new_case"] and girl["case_id"] != case_id

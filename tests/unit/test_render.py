@@ -681,6 +681,24 @@ def test_an_sms_bundle_with_its_deadline_fits_two_segments_for_any_two_categorie
         assert "09:45 29/11" in sms and sms.count("https://") == 2
 
 
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_an_sms_bundle_with_long_links_drops_its_deadline_not_a_segment(lang):
+    """With a ministry's base URL (35 characters) two links left no room for the first deadline:
+    pairs of categories went in three segments (found by the verification review). The
+    bundle then goes as before, without it: each link's page shows it."""
+    base = "https://tongdai111.molisa.gov.vn/bc"  # 35 characters
+    for one, two in itertools.combinations(CATEGORIES, 2):
+        items = []
+        for i, category in enumerate((one, two)):
+            a = alert(alert_id=f"al-{i}", case_id=f"{CASE[:-1]}{i}", category=category,
+                      severity="P3", kind="reminder")
+            items.append((a, sign_link(base, a.case_id, "view", a.authority_id,
+                                       DUE + timedelta(days=7), "secret")))
+        sms = render_bundle(items, "sms", lang).text
+        assert sms_segments(sms)[1] <= 2, sms
+        assert sms.count(base) == 2
+
+
 def test_the_built_in_bundle_sms_tells_the_deadline_too(broken_dir):
     (broken_dir / "en" / "bundle_sms.j2").write_text("{{ no_such_field }}")
     m = Renderer(broken_dir).render_bundle(reminders(2), "sms", "en")

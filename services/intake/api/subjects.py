@@ -57,18 +57,31 @@ class FoundReport(BaseModel):
     matched: list[Literal["child_name", "reporter_phone"]]
 
 
-@router.post("/identity/search", response_model=list[FoundReport],
-             responses={403: {}, 422: {}})
+class SearchAnswer(BaseModel):
+    reports: list[FoundReport]
+    more: bool = Field(description=f"more reports match than the {subjects.FOUND_AT_MOST} "
+                                   "shown, the newest: narrow the search (a person's name and "
+                                   "phone together)")
+
+
+@router.post("/identity/search", response_model=SearchAnswer, responses={403: {}, 422: {}})
 async def search_identity(body: IdentitySearch, request: Request, response: Response,
                           rt: Runtime, who: Supervisor):
     """The reports whose reporter's phone or child's name is this, in cases within the caller's
     jurisdiction, newest first, at most 100."""
-    found = await subjects.find(rt.db, rt.vault, who, body.reporter_phone, body.child_name)
+    found, more = await subjects.find(rt.db, rt.vault, who, body.reporter_phone, body.child_name)
     given = [name for name in ("child_name", "reporter_phone") if getattr(body, name)]
-    # Filed under the path: the record id must name no one.
-    await audit.write(rt.db, who.user_id, who.role, "search_identity", request.url.path, given)
+    matched: dict[str, set[str]] = {}
+    for report in found:
+        matched.setdefault(report.case_id, set()).update(report.matched)
+    async with rt.db.writes() as session, session.begin():
+        # Under the path (the record id must name no one), and under each case it revealed,
+        # so that a case's access report shows who found it through a person.
+        audit.record(session, who.user_id, who.role, "search_identity", request.url.path, given)
+        for case_id, keys in sorted(matched.items()):
+            audit.record(session, who.user_id, who.role, "search_identity", case_id, sorted(keys))
     response.headers["Cache-Control"] = "no-store"  # it ties a person to cases
-    return [FoundReport(**vars(f)) for f in found]
+    return SearchAnswer(reports=[FoundReport(**vars(f)) for f in found], more=more)
 
 
 class Erasure(Body):
