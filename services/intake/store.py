@@ -104,6 +104,16 @@ class CaseView(Base):
     __table_args__ = (Index("ix_cases_match", "commune_code", "category", "status"),)
 
 
+def in_scope(who) -> list:
+    """`Principal.covers` as SQL conditions on the cases table: none for national scope."""
+    kind, _, code = who.scope.partition(":")
+    if kind == "province":
+        return [CaseView.province_code == int(code)]
+    if kind == "commune":
+        return [CaseView.commune_code == int(code)]
+    return []
+
+
 class CaseAuthority(Base):
     """Which authorities a case was routed to: an authority user sees only these cases. Also
     whether each still owes its acknowledgement, and by when, so that the case list can ask

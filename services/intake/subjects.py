@@ -12,7 +12,7 @@ from sqlalchemy import String, cast, or_, select
 from services.common import audit
 from services.common.auth import Principal
 from services.intake.identity import IdentityVault
-from services.intake.store import CaseView, ReportRow, WithdrawnInput
+from services.intake.store import CaseView, ReportRow, WithdrawnInput, in_scope
 from services.retention import ERASED
 
 FOUND_AT_MOST = 100
@@ -30,16 +30,6 @@ class Found:
     case_id: str
     received_at: datetime
     matched: list[str]  # "child_name", "reporter_phone"
-
-
-def in_scope(who: Principal) -> list:
-    """`Principal.covers` as SQL on the cases table."""
-    kind, _, code = who.scope.partition(":")
-    if kind == "province":
-        return [_CASES.c.province_code == int(code)]
-    if kind == "commune":
-        return [_CASES.c.commune_code == int(code)]
-    return []
 
 
 async def find(db, vault: IdentityVault, who: Principal, reporter_phone: str | None,

@@ -16,7 +16,7 @@ from services.common.db import utcnow
 from services.intake import readmodel, submission
 from services.intake.api.deps import Body, Runtime, deny, fail, role
 from services.intake.readmodel import holds_duty
-from services.intake.store import CaseAuthority, CaseView
+from services.intake.store import CaseAuthority, CaseView, in_scope
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
 READERS = ("operator", "supervisor", "authority")
@@ -176,13 +176,10 @@ async def list_cases(request: Request, rt: Runtime,
             func.coalesce(CaseView.severity, "").not_in(rt.pack.silent))
         query = query.where(overdue if filters.overdue else ~overdue)
     limit, offset = filters.limit, filters.offset
-    kind, _, code = who.scope.partition(":")
     if who.role == "authority":
         query = query.where(CaseView.case_id.in_(select(CaseAuthority.case_id).where(mine)))
-    elif kind == "province":
-        query = query.where(CaseView.province_code == int(code))
-    elif kind == "commune":
-        query = query.where(CaseView.commune_code == int(code))
+    else:
+        query = query.where(*in_scope(who))
     async with rt.db.reads() as session:
         total = await session.scalar(select(func.count()).select_from(query.subquery()))
         rows = (await session.scalars(
