@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from schemas.events import Topics
 from services import backlog
-from services.common import kafka, migrate
+from services.common import backoff, kafka, migrate
 from services.common.config import ConfigError, Settings
 from services.common.db import Database, log_failure
 from services.common.outbox import Relay
@@ -406,4 +406,4 @@ async def _every(interval_s: float, job) -> None:
             log_failure(log, "periodic_job_failed", exc, attempt=failures,
                         job=getattr(job, "__qualname__", str(job)))
         # After failures, wait longer (up to 5 s): a database or broker away is not hammered.
-        await asyncio.sleep(min(interval_s * 2 ** failures, max(interval_s, 5.0)))
+        await asyncio.sleep(max(interval_s, backoff.exponential(failures, 2 * interval_s, 5.0)))

@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql.util import find_tables
 
+from services.common import backoff
+
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -155,16 +157,17 @@ class InlineSQLite(aiosqlite.Connection):
     async def _execute(self, fn, *args, **kwargs):
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
-        delay, waited = 0.001, 0.0
+        tries, waited = 0, 0.0
         while True:
             try:
                 return fn(*args, **kwargs)
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or waited >= self.LOCK_WAIT:
                     raise
+            tries += 1
+            delay = backoff.exponential(tries, 0.001, 0.05)
             await asyncio.sleep(delay)
             waited += delay
-            delay = min(delay * 2, 0.05)
 
 
 def make_engine(url: str, immediate: bool = True) -> AsyncEngine:

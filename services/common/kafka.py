@@ -20,7 +20,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from schemas.events import Envelope, Topics
-from services.common import metrics, positions
+from services.common import backoff, metrics, positions
 from services.common.config import Settings
 from services.common.db import Database, database_fault
 
@@ -251,7 +251,7 @@ def consume(
                     outage += 1
                     log.warning("handler_waiting_for_database", group=group, attempt=outage,
                                 case_id=envelope.subject, error=type(exc).__name__)
-                    await asyncio.sleep(backoff_s(outage, 5))
+                    await asyncio.sleep(backoff.exponential(outage, 0.2, 5))
                     raise  # NACK, uncounted: it comes again once the database answers
                 n = failures[place] = failures.get(place, 0) + 1
                 if n >= MAX_ATTEMPTS:
@@ -260,7 +260,7 @@ def consume(
                                       group)
                     continue
                 log.exception("handler_failed", attempt=n, group=group, case_id=envelope.subject)
-                await asyncio.sleep(backoff_s(n, 2))  # a failing handler is not hammered
+                await asyncio.sleep(backoff.exponential(n, 0.2, 2))  # a failing handler is not hammered
                 raise  # NACK: nothing of this batch is committed; it comes again
 
     group_id, names = settings.group(group), [settings.topic(t) for t in topics]
@@ -283,10 +283,6 @@ def consume(
     if rewind is not None:
         rewind.subscriber = subscriber
     return Consumer(group_id, names, subscriber)
-
-
-def backoff_s(failures: int, cap_s: float) -> float:
-    return min(2**failures * 0.1, cap_s)
 
 
 def _reason(exc: Exception) -> str:

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
+from services.common import backoff
 from services.common.db import Base, Database, database_fault
 
 log = structlog.get_logger("beacon")
@@ -101,7 +102,7 @@ class Rewind(ConsumerRebalanceListener):
                 attempt += 1
                 log.warning("positions_waiting_for_database", group=self.group_id,
                             attempt=attempt, error=type(exc).__name__)
-                await asyncio.sleep(min(0.5 * attempt, 5.0))
+                await asyncio.sleep(backoff.exponential(attempt, 0.5, 5.0))
 
     async def _rewind(self, consumer, assigned) -> None:
         async with self.db.reads() as session:

@@ -8,7 +8,7 @@ import structlog
 from sqlalchemy import select
 
 from schemas.events import MilestoneMissed, TargetEscalated
-from services.common import metrics
+from services.common import backoff, metrics
 from services.common.db import database_fault, is_postgres, utcnow
 from services.escalation.alerts import SERVICE
 from services.escalation.store import (
@@ -20,7 +20,6 @@ from services.escalation.store import (
 )
 
 log = structlog.get_logger("beacon.escalation")
-_RETRY_FIRST, _RETRY_MAX = timedelta(minutes=1), timedelta(hours=1)  # a timer that failed
 
 
 class Timers:
@@ -79,7 +78,7 @@ class Timers:
         async with self.rt.db.writes() as session, session.begin():
             timer = await session.get(table, timer_id)
             if timer is not None and timer.fired_at is None:
-                timer.due_at = now + min(_RETRY_FIRST * 2 ** min(timer.attempts, 6), _RETRY_MAX)
+                timer.due_at = now + timedelta(seconds=backoff.exponential(timer.attempts + 1, 60, 3600))
                 timer.attempts += 1
 
     async def _fire_timer(self, session, timer: Timer | MilestoneTimer, now: datetime) -> None:

@@ -22,7 +22,7 @@ REPORT = (Path(__file__).resolve().parents[1] / "fixtures" / "events"
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
-    monkeypatch.setattr(kafka, "backoff_s", lambda failures, cap_s: 0)
+    monkeypatch.setattr(kafka.backoff, "exponential", lambda failures, first_s, cap_s: 0)
 
 
 @pytest.fixture

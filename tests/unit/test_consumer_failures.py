@@ -20,7 +20,7 @@ RECORD = SimpleNamespace(topic="beacon.deliveries", partition=0, offset=7, key=b
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
-    monkeypatch.setattr(kafka, "backoff_s", lambda failures, cap_s: 0)
+    monkeypatch.setattr(kafka.backoff, "exponential", lambda failures, first_s, cap_s: 0)
 
 
 def consumer(handler, database_up=None) -> FakeBroker:
