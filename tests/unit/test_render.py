@@ -62,8 +62,9 @@ def test_templates_see_an_allow_list_of_codes_only():
         "lang", "alert_id", "case_id", "authority_id", "tier", "tier_label", "agency",
         "agency_label", "role", "role_label", "kind", "kind_label", "category", "category_label",
         "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
-        "link", "milestone", "milestone_label", "milestone_due", "milestone_due_local",
-        "milestone_due_short", "about_authority_id", "about_reason", "setting", "setting_label",
+        "link", "milestone", "milestone_label", "milestone_name", "milestone_due",
+        "milestone_due_local", "milestone_due_short", "about_authority_id", "about_reason",
+        "setting", "setting_label",
         "authority_name", "about_authority_name",  # an authority's, from the directory
         "cause", "previous_severity", "from_authority_id", "from_authority_name",
     }
@@ -638,6 +639,38 @@ def test_a_p1_sms_naming_a_shipped_step_fits_two_segments(step, label, name, lan
         assert sms_segments(sms)[1] <= 2, sms
         assert fold_to_gsm7(label if lang == "vi" else name) in fold_to_gsm7(sms)
         assert "18:45 29/11" in sms and a.case_id in sms
+
+
+@pytest.mark.parametrize("step,label,name", SHIPPED_STEPS, ids=[s[0] for s in SHIPPED_STEPS])
+@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
+def test_the_webhook_body_names_a_shipped_step_as_the_messages_do(step, label, name, kind):
+    """A receiving system got `emergency_measure` alone where the e-mail and SMS said "Biện
+    pháp bảo vệ khẩn cấp": it had to know the pack to show which step was due or missed."""
+    about = {} if kind == "reminder" else {**MISSED, "kind": kind}
+    a = alert(**{**MILESTONE, "milestone": step, "milestone_label": label,
+                 "milestone_name": name, **about})
+    for lang, shown in (("vi", label), ("en", name)):  # `*_label` in the body's `lang`
+        body = render(a, "webhook", lang, link(a)).body
+        assert (body["milestone"], body["milestone_label"], body["milestone_name"]) == (
+            step, shown, name)
+        assert CANARY_PHONE not in repr(body)
+    [item] = render_bundle([(a, link(a))], "webhook", "vi").body["items"]
+    assert (item["milestone_label"], item["milestone_name"]) == (label, name)
+
+
+def test_the_webhook_body_gives_a_step_s_english_name_only_when_there_is_one():
+    # An alert written before alerts carried the pack's English name: ours of a shipped step.
+    data = alert(**MILESTONE).model_dump(mode="json", exclude={"milestone_name"})
+    body = render(AlertRequested.model_validate(data), "webhook", "vi", "L").body
+    assert body["milestone_name"] == "Emergency protection measure"
+    # A step the pack names in Vietnamese only: no English name, not the Vietnamese one as it.
+    a = alert(**{**MILESTONE, "milestone": "home_visit", "milestone_label": "Thăm gia đình",
+                 "milestone_name": None})
+    body = render(a, "webhook", "vi", "L").body
+    assert (body["milestone_label"], body["milestone_name"]) == ("Thăm gia đình", None)
+    # Not about a step: both keys there, null.
+    body = render(alert(), "webhook", "en", "L").body
+    assert (body["milestone_label"], body["milestone_name"]) == (None, None)
 
 
 def test_a_bundle_tells_the_deadline_to_meet_first():
