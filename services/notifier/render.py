@@ -229,6 +229,10 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
         "about_authority_id": alert.about_authority_id,
         "about_reason": alert.about_reason,
+        # The tier that missed, for the tier up: "Cấp xã chưa xác nhận", not "Cấp dưới". None in
+        # alerts written before it was added: templates then say "the tier below".
+        "about_tier": alert.about_tier,
+        "about_tier_label": _label(TIER_LABELS, lang, alert.about_tier) if alert.about_tier else None,
         # The directory's names; None in events written before names were added.
         "authority_name": alert.authority_name,
         "about_authority_name": alert.about_authority_name,
@@ -242,9 +246,9 @@ def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
     keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "agency_label", "role",
             "kind", "category", "category_label", "severity", "publicity", "ack_due", "ack_due_local",
             "rulepack_version", "link", "lang", "milestone", "milestone_label", "milestone_name",
-            "milestone_due", "about_authority_id", "about_reason", "setting", "authority_name",
-            "about_authority_name", "cause", "previous_severity", "from_authority_id",
-            "from_authority_name")
+            "milestone_due", "about_authority_id", "about_reason", "about_tier", "setting",
+            "authority_name", "about_authority_name", "cause", "previous_severity",
+            "from_authority_id", "from_authority_name")
     body = {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
     if ctx["ack_due"]:  # version 1's format, which a receiver parses: never "24:00"
         body["ack_due_local"] = local_time(datetime.fromisoformat(ctx["ack_due"]),

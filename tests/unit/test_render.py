@@ -13,6 +13,7 @@ from services.common.links import sign_link
 from services.notifier.render import (
     CATEGORY_LABELS,
     TEMPLATES_DIR,
+    TIER_LABELS,
     Renderer,
     build_context,
     fold_to_gsm7,
@@ -64,7 +65,7 @@ def test_templates_see_an_allow_list_of_codes_only():
         "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
         "link", "milestone", "milestone_label", "milestone_name", "milestone_due",
         "milestone_due_local", "milestone_due_short", "about_authority_id", "about_reason",
-        "setting", "setting_label",
+        "about_tier", "about_tier_label", "setting", "setting_label",
         "authority_name", "about_authority_name",  # an authority's, from the directory
         "cause", "previous_severity", "from_authority_id", "from_authority_name",
     }
@@ -792,3 +793,56 @@ def test_an_escalated_alert_to_a_province_that_acknowledged_asks_no_acknowledgem
     assert ("Xac nhan da tiep nhan" if lang == "vi" else "Acknowledge receipt") not in sms
     body = render(a, "email", lang, link(a)).text
     assert ("Không cần xác nhận lại" if lang == "vi" else "No new acknowledgement") in body
+
+
+# Every tier that has one above it, in the 2020 pack's four (commune -> district -> province ->
+# national): the tier up is told which one missed, not "the tier below".
+TIERS_BELOW = load_pack("vn2020").tiers[:-1]
+NAMED = {  # the SMS's sentence and the e-mail's line, by language; {} is the tier's name
+    ("deadline_missed", "vi"): ("Cấp {} chưa xác nhận đúng hạn.", "Cấp {} chưa xác nhận đúng hạn: "),
+    ("deadline_missed", "en"): ("The {} level did not acknowledge in time.",
+                                "The {} level did not acknowledge in time: "),
+    ("unreachable", "vi"): ("Không liên lạc được cấp {}.", "Không liên lạc được với cấp {}: "),
+    ("unreachable", "en"): ("The {} level cannot be reached.", "The {} level could not be reached: "),
+    ("milestone_missed", "vi"): ("Cấp {} đã quá hạn Biện pháp bảo vệ khẩn cấp từ 18:45 29/11.",
+                                 "Cấp {} đã quá hạn: "),
+    ("milestone_missed", "en"): ("The {} level missed: Emergency protection measure, due 18:45 29/11",
+                                 "The {} level missed a deadline: ")}
+
+
+@pytest.mark.parametrize("below", TIERS_BELOW)
+@pytest.mark.parametrize("reason", ["deadline_missed", "unreachable", "milestone_missed"])
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_an_escalated_message_names_the_tier_that_missed(below, reason, lang):
+    """"Cấp dưới chưa xác nhận đúng hạn" did not say which tier: under the 2020 pack a
+    province could not tell a silent district from a silent commune."""
+    name = TIER_LABELS[lang][below]
+    says, line = (t.format(name) for t in NAMED[reason, lang])
+    step = MILESTONE if reason == "milestone_missed" else {}
+    for role in ("act", "inform"):  # an acknowledged tier up is told for information
+        for category in CATEGORIES:
+            a = alert(**{**step, **ESCALATED, "about_tier": below, "about_reason": reason,
+                         "role": role, "category": category})
+            sms = render(a, "sms", lang, link(a)).text
+            assert sms_segments(sms)[1] <= 2, sms
+            assert fold_to_gsm7(says) in fold_to_gsm7(sms), sms
+            assert "cap duoi" not in fold_to_gsm7(sms).lower() and "tier below" not in sms
+        email = render(a, "email", lang, link(a)).text
+        assert line + "commune:4:child_protection" in email
+        assert "cấp dưới" not in email.lower() and "tier below" not in email
+    if reason != "milestone_missed":  # the short form, sent with a long base URL
+        short = Renderer()._tpl(lang, "sms_short", build_context(a, lang, link(a)))
+        assert (f", cấp {name} " if lang == "vi" else f", {name} level ") in short
+
+
+@pytest.mark.parametrize("lang,says", [("vi", "hỗ trợ cấp huyện xử lý"),
+                                       ("en", "please direct and support the district level")])
+def test_an_acknowledged_tier_up_is_asked_to_direct_the_tier_that_missed(lang, says):
+    a = alert(**ESCALATED, role="inform", about_tier="district", about_reason="deadline_missed")
+    assert says in render(a, "email", lang, link(a)).text
+
+
+def test_the_webhook_body_gives_the_tier_that_missed():
+    a = alert(**ESCALATED, about_tier="district", about_reason="deadline_missed")
+    assert render(a, "webhook", "vi", link(a)).body["about_tier"] == "district"
+    assert render(alert(), "webhook", "vi", link(a)).body["about_tier"] is None
