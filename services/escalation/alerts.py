@@ -35,6 +35,10 @@ class Alerts:
         # to acknowledge (a supervisor is not a target of the case). The tier up was asked to
         # acknowledge again, by a deadline it had met.
         told = kind in ("closed", "supervisor") or (kind == "escalated" and row.acked_at is not None)
+        # Nor a deadline of its own: a supervisor is shown the one missed. The tier up was still
+        # shown the one it had met, as if to meet it again, and the notifier retried the alert
+        # until then like an act alert's (now like a late alert's: policy.retry_deadline).
+        due = row.ack_due if kind == "supervisor" or not told else None
         category = self.rt.pack.categories.get(case.facts["category"])
         agency = self.rt.pack.agencies.get(recipient.agency)
         step = milestones.rule(milestone.milestone, self.rt.pack) if milestone else None
@@ -44,7 +48,7 @@ class Alerts:
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
             tier=recipient.tier, agency=recipient.agency, role="inform" if told else row.role,
             kind=kind, category=case.facts["category"], severity=case.severity,
-            publicity=case.publicity, ack_due=None if kind == "closed" else row.ack_due,
+            publicity=case.publicity, ack_due=due,
             contacts=recipient.contacts,
             rulepack_version=case.rulepack_version,
             milestone=milestone.milestone if milestone else None,
