@@ -153,6 +153,10 @@ class AlertRequested(_Data):
     # (after a transfer, the one it went to), or could not be reached, or missed the milestone.
     about_authority_id: str | None = None
     about_reason: Literal["deadline_missed", "unreachable", "milestone_missed"] | None = None
+    # The tier of `about_authority_id` (a tier of the pack, such as commune or district), so that
+    # the tier up is told which tier missed ("Cấp xã", not "Cấp dưới"). Null when the directory
+    # no longer has that authority; absent from events written before it was added.
+    about_tier: str | None = None
     # The pack's names of the category and the agency. Absent from events written before
     # they were added: the notifier then falls back to its own names of the shipped codes.
     category_label: Label | None = None

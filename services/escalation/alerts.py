@@ -3,6 +3,7 @@ topic) and the case's events (on the cases topic), both through the transactiona
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from schemas.directory import Authority
 from schemas.events import AlertRequested, Envelope, Label, Topics
 from services.common import outbox
 from services.escalation import milestones
@@ -34,14 +35,20 @@ class Alerts:
         # to acknowledge (a supervisor is not a target of the case). The tier up was asked to
         # acknowledge again, by a deadline it had met.
         told = kind in ("closed", "supervisor") or (kind == "escalated" and row.acked_at is not None)
+        # Nor a deadline of its own: a supervisor is shown the one missed. The tier up was still
+        # shown the one it had met, as if to meet it again, and the notifier retried the alert
+        # until then like an act alert's (now like a late alert's: policy.retry_deadline).
+        due = row.ack_due if kind == "supervisor" or not told else None
         category = self.rt.pack.categories.get(case.facts["category"])
         agency = self.rt.pack.agencies.get(recipient.agency)
         step = milestones.rule(milestone.milestone, self.rt.pack) if milestone else None
+        about_authority = self._known(about[0]) if about else None
+        sender = self._known(from_authority) if from_authority else None
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
             tier=recipient.tier, agency=recipient.agency, role="inform" if told else row.role,
             kind=kind, category=case.facts["category"], severity=case.severity,
-            publicity=case.publicity, ack_due=None if kind == "closed" else row.ack_due,
+            publicity=case.publicity, ack_due=due,
             contacts=recipient.contacts,
             rulepack_version=case.rulepack_version,
             milestone=milestone.milestone if milestone else None,
@@ -50,19 +57,20 @@ class Alerts:
             milestone_name=step.name if step else None,
             about_authority_id=about[0] if about else None,
             about_reason=about[1] if about else None,
+            about_tier=about_authority.tier if about_authority else None,
             category_label=Label(vi=category.label, en=category.name) if category else None,
             agency_label=Label(vi=agency.label, en=agency.name) if agency else None,
             setting=case.facts.get("setting"),
             authority_name=recipient.name,
-            about_authority_name=self._name(about[0]) if about else None,
+            about_authority_name=about_authority.name if about_authority else None,
             cause=cause, previous_severity=previous_severity,
             from_authority_id=from_authority,
-            from_authority_name=self._name(from_authority) if from_authority else None,
+            from_authority_name=sender.name if sender else None,
         ), topic=Topics.ALERTS)
 
-    def _name(self, authority_id: str) -> str | None:
+    def _known(self, authority_id: str) -> Authority | None:
         try:
-            return self.rt.directory.get(authority_id).name
+            return self.rt.directory.get(authority_id)
         except KeyError:  # routed under an earlier pack or directory: its id is all there is
             return None
 

@@ -64,7 +64,8 @@ class Outcomes:
             self._receipt(session, alert, "failed", channel, attempts_total, error.reason)
             nxt = policy.after_failure(
                 now=now, severity=alert.severity, queued_at=d.created_at,
-                deadline=policy.retry_deadline(alert.severity, alert_deadline(alert), d.created_at),
+                deadline=policy.retry_deadline(alert.severity, alert_deadline(alert), d.created_at,
+                                               late=alert.about_authority_id is not None),
                 contacts=len(alert.contacts), contact_index=d.contact_index,
                 attempt=attempt, attempts_total=attempts_total,
                 retryable=error.retryable, retry_after_s=error.retry_after_s,

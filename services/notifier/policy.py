@@ -133,13 +133,16 @@ def joins(cases: set[str], case_id: str, channel: str) -> bool:
     return case_id in cases or len(cases) < bundle_max(channel)
 
 
-def retry_deadline(severity: str, due: datetime | None, queued_at: datetime) -> datetime | None:
-    """Until when a failed alert is retried: its deadline `due`, or, when `due` had passed by
-    the time the alert was queued, its severity's LATE_WINDOW from then. None (no deadline: an
-    inform alert) means one round through its contacts."""
-    if due is None:
+def retry_deadline(severity: str, due: datetime | None, queued_at: datetime,
+                   late: bool = False) -> datetime | None:
+    """Until when a failed alert is retried: its deadline `due`, or, when it was late when
+    queued, its severity's LATE_WINDOW from then. Late: `due` had passed by then, or `late`,
+    an alert without a deadline of its own that tells of one missed (the tier up that had
+    acknowledged, told the tier below did not): news that needs action soon, not just a notice.
+    None (no deadline: an inform alert) means one round through its contacts."""
+    if due is None and not late:
         return None
-    if due <= queued_at:
+    if due is None or due <= queued_at:
         return queued_at + LATE_WINDOW.get(severity, LATE_WINDOW["P4"])
     return due
 

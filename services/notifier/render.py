@@ -169,6 +169,14 @@ def _milestone_label(alert: AlertRequested, lang: str) -> str | None:
     return _label(MILESTONE_LABELS, lang, alert.milestone, pack)
 
 
+def _milestone_name(alert: AlertRequested) -> str | None:
+    """The step's English name: the pack's, else ours of a shipped step; null, not the
+    Vietnamese label, when neither has one (a receiver may show it as English)."""
+    if alert.milestone is None:
+        return None
+    return alert.milestone_name or MILESTONE_LABELS["en"].get(alert.milestone)
+
+
 def local_time(dt: datetime | None, fmt: str, for_people: bool = True) -> str | None:
     """A time as messages show it: Viet Nam time (the link page shows it the same way). For
     people, a deadline at midnight, as working days from a day off give, reads as 24:00 of the
@@ -215,11 +223,16 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         # About a milestone's deadline rather than acknowledging: templates say which step.
         "milestone": alert.milestone,
         "milestone_label": _milestone_label(alert, lang),
+        "milestone_name": _milestone_name(alert),
         "milestone_due": alert.milestone_due.isoformat() if alert.milestone_due else None,
         "milestone_due_local": local_time(alert.milestone_due, LOCAL_FORMAT),
         "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
         "about_authority_id": alert.about_authority_id,
         "about_reason": alert.about_reason,
+        # The tier that missed, for the tier up: "Cấp xã chưa xác nhận", not "Cấp dưới". None in
+        # alerts written before it was added: templates then say "the tier below".
+        "about_tier": alert.about_tier,
+        "about_tier_label": _label(TIER_LABELS, lang, alert.about_tier) if alert.about_tier else None,
         # The directory's names; None in events written before names were added.
         "authority_name": alert.authority_name,
         "about_authority_name": alert.about_authority_name,
@@ -232,10 +245,10 @@ def webhook_body(ctx: dict[str, Any]) -> dict[str, Any]:
     """The webhook JSON: built in code, codes only, stable field names (version 1)."""
     keys = ("alert_id", "case_id", "authority_id", "tier", "agency", "agency_label", "role",
             "kind", "category", "category_label", "severity", "publicity", "ack_due", "ack_due_local",
-            "rulepack_version", "link", "lang", "milestone", "milestone_due",
-            "about_authority_id", "about_reason", "setting", "authority_name",
-            "about_authority_name", "cause", "previous_severity", "from_authority_id",
-            "from_authority_name")
+            "rulepack_version", "link", "lang", "milestone", "milestone_label", "milestone_name",
+            "milestone_due", "about_authority_id", "about_reason", "about_tier", "setting",
+            "authority_name", "about_authority_name", "cause", "previous_severity",
+            "from_authority_id", "from_authority_name")
     body = {"type": "beacon.alert", "version": 1, **{k: ctx[k] for k in keys}}
     if ctx["ack_due"]:  # version 1's format, which a receiver parses: never "24:00"
         body["ack_due_local"] = local_time(datetime.fromisoformat(ctx["ack_due"]),

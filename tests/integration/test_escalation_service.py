@@ -3,6 +3,7 @@
 Inputs go straight to Escalation.handle; what it emits is read back from the outbox.
 """
 
+import itertools
 from datetime import UTC, datetime, time, timedelta
 from unittest.mock import patch
 
@@ -11,7 +12,8 @@ import structlog
 from sqlalchemy import select, update
 
 from schemas.events import (
-    CaseUpdated, DeliveryOutcome, Envelope, MilestoneRecorded, ReportReceived, TargetAcknowledged,
+    AlertRequested, CaseUpdated, DeliveryOutcome, Envelope, MilestoneRecorded, ReportReceived,
+    TargetAcknowledged,
 )
 from schemas.reports import Location
 from services.common.outbox import OutboxRow
@@ -26,6 +28,7 @@ from services.escalation.store import (
     MilestoneTimer,
     Timer,
 )
+from services.notifier.render import fold_to_gsm7, render
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # Wednesday 09:00 in Hanoi
 M = timedelta(minutes=1)
@@ -228,6 +231,59 @@ async def test_a_parent_that_acknowledged_is_told_of_the_breach_not_asked_again(
     [province] = await _rows(esc, EscalationTarget, authority_id=PROVINCE_CP)
     assert province.role == "act" and province.acked_at is not None
     assert not [t for t in await _rows(esc, Timer, authority_id=PROVINCE_CP) if t.fired_at is None]
+
+
+@pytest.mark.parametrize("pack,ladder", [
+    ("default", [("commune", "province", "Cap xa")]),
+    ("vn2020", [("commune", "district", "Cap xa"), ("district", "province", "Cap huyen")])])
+async def test_the_tier_up_is_told_which_tier_did_not_acknowledge(esc, pack, ladder):
+    """The tier up read "Cấp dưới chưa xác nhận đúng hạn": under the 2020 pack a province
+    could not tell a silent district from a silent commune. Each rung of the ladder names the
+    tier below it, from the directory."""
+    _use(esc, pack)
+    await _report(esc, indicators=["immediate_danger"])  # P1: the commune acts within 15 min
+    now = T0
+    for below, up, says in ladder:
+        now += 16 * M  # the tier below's 15 minutes, from when it was held to them, are over
+        before = len(await _emitted(esc))
+        while await esc.fire_due(now):
+            pass
+        [escalated] = [e for e in (await _emitted(esc))[before:] if e.get("kind") == "escalated"
+                       and e["agency"] == "child_protection"]
+        assert (escalated["tier"], escalated["about_tier"]) == (up, below)
+        alert = AlertRequested.model_validate(escalated)
+        sms = fold_to_gsm7(render(alert, "sms", "vi", "https://beacon.example.gov.vn/a/x").text)
+        assert f"{says} chua xac nhan dung han." in sms
+        email = render(alert, "email", "en", "https://beacon.example.gov.vn/a/x").text
+        assert f"The {below} level did not acknowledge in time: " in email
+
+
+async def test_a_parent_that_acknowledged_is_not_shown_the_deadline_it_met(esc):
+    """Told for information that the commune missed its 15 minutes, then its 12-hour emergency
+    measure, the province still got the acknowledgement deadline it had met: its webhook body
+    gave it (11:00) as if to meet, and the notifier retried the alert until then like an act
+    alert's."""
+    await _report(esc, indicators=["immediate_danger"], publicity="PA1")  # province: ack in 2 h
+    await esc.handle([_wrap(TargetAcknowledged(case_id="C-1", authority_id=PROVINCE_CP,
+                                               by_user="u-province", at=T0 + 5 * M), T0 + 5 * M)])
+    for now in (T0 + 16 * M, T0 + timedelta(hours=13)):
+        while await esc.fire_due(now):
+            pass
+    told = [e for e in await _emitted(esc, "beacon.alert.requested")
+            if e["kind"] == "escalated" and e["authority_id"] == PROVINCE_CP]
+    assert [e["milestone"] for e in told] == [None, "emergency_measure"]
+    for data in told:
+        assert (data["role"], data["ack_due"]) == ("inform", None)
+        alert = AlertRequested.model_validate(data)
+        body = render(alert, "webhook", "vi", "https://beacon.example.gov.vn/a/x").body
+        assert body["ack_due"] is None and body["ack_due_local"] is None
+        for channel, lang in itertools.product(("email", "sms"), ("vi", "en")):
+            assert "11:00" not in render(alert, channel, lang, "L").text
+    # A supervisor is still told the deadline that was missed: it is what it is told of.
+    supervisor = [e for e in await _emitted(esc, "beacon.alert.requested")
+                  if e["kind"] == "supervisor" and e["about_authority_id"] == CP
+                  and not e["milestone"]]
+    assert supervisor and all(_at(e["ack_due"]) == T0 + 15 * M for e in supervisor)
 
 
 @pytest.mark.parametrize("on_breach", [["supervisors"], ["next_tier"], []])

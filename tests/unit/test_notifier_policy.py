@@ -130,6 +130,15 @@ def test_retry_deadline():
         assert retry_deadline(severity, T0 - timedelta(hours=5), T0) == T0 + window
 
 
+@pytest.mark.parametrize("severity", ["P1", "P2", "P3", "P4"])
+def test_an_alert_telling_of_a_missed_deadline_without_one_of_its_own_is_late(severity):
+    """The tier up that had acknowledged, told the tier below did not, has no deadline of its
+    own: one round through its contacts left the news undelivered on a receiver's blip."""
+    assert retry_deadline(severity, None, T0, late=True) == T0 + LATE_WINDOW[severity]
+    assert retry_deadline(severity, DUE, T0, late=True) == DUE  # one of its own, still to come
+    assert retry_deadline(severity, None, T0) is None  # an inform alert: one round
+
+
 def fail_until_dead(severity, deadline, queued_at, contacts, seed, fail_s=0.0, permanent=()):
     """Every try fails (`fail_s` after it starts; the tries numbered in `permanent` for good):
     the start time of each try, and the waits between them, until the policy gives up. A try that

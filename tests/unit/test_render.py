@@ -13,6 +13,7 @@ from services.common.links import sign_link
 from services.notifier.render import (
     CATEGORY_LABELS,
     TEMPLATES_DIR,
+    TIER_LABELS,
     Renderer,
     build_context,
     fold_to_gsm7,
@@ -62,8 +63,9 @@ def test_templates_see_an_allow_list_of_codes_only():
         "lang", "alert_id", "case_id", "authority_id", "tier", "tier_label", "agency",
         "agency_label", "role", "role_label", "kind", "kind_label", "category", "category_label",
         "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
-        "link", "milestone", "milestone_label", "milestone_due", "milestone_due_local",
-        "milestone_due_short", "about_authority_id", "about_reason", "setting", "setting_label",
+        "link", "milestone", "milestone_label", "milestone_name", "milestone_due",
+        "milestone_due_local", "milestone_due_short", "about_authority_id", "about_reason",
+        "about_tier", "about_tier_label", "setting", "setting_label",
         "authority_name", "about_authority_name",  # an authority's, from the directory
         "cause", "previous_severity", "from_authority_id", "from_authority_name",
     }
@@ -640,6 +642,38 @@ def test_a_p1_sms_naming_a_shipped_step_fits_two_segments(step, label, name, lan
         assert "18:45 29/11" in sms and a.case_id in sms
 
 
+@pytest.mark.parametrize("step,label,name", SHIPPED_STEPS, ids=[s[0] for s in SHIPPED_STEPS])
+@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
+def test_the_webhook_body_names_a_shipped_step_as_the_messages_do(step, label, name, kind):
+    """A receiving system got `emergency_measure` alone where the e-mail and SMS said "Biện
+    pháp bảo vệ khẩn cấp": it had to know the pack to show which step was due or missed."""
+    about = {} if kind == "reminder" else {**MISSED, "kind": kind}
+    a = alert(**{**MILESTONE, "milestone": step, "milestone_label": label,
+                 "milestone_name": name, **about})
+    for lang, shown in (("vi", label), ("en", name)):  # `*_label` in the body's `lang`
+        body = render(a, "webhook", lang, link(a)).body
+        assert (body["milestone"], body["milestone_label"], body["milestone_name"]) == (
+            step, shown, name)
+        assert CANARY_PHONE not in repr(body)
+    [item] = render_bundle([(a, link(a))], "webhook", "vi").body["items"]
+    assert (item["milestone_label"], item["milestone_name"]) == (label, name)
+
+
+def test_the_webhook_body_gives_a_step_s_english_name_only_when_there_is_one():
+    # An alert written before alerts carried the pack's English name: ours of a shipped step.
+    data = alert(**MILESTONE).model_dump(mode="json", exclude={"milestone_name"})
+    body = render(AlertRequested.model_validate(data), "webhook", "vi", "L").body
+    assert body["milestone_name"] == "Emergency protection measure"
+    # A step the pack names in Vietnamese only: no English name, not the Vietnamese one as it.
+    a = alert(**{**MILESTONE, "milestone": "home_visit", "milestone_label": "Thăm gia đình",
+                 "milestone_name": None})
+    body = render(a, "webhook", "vi", "L").body
+    assert (body["milestone_label"], body["milestone_name"]) == ("Thăm gia đình", None)
+    # Not about a step: both keys there, null.
+    body = render(alert(), "webhook", "en", "L").body
+    assert (body["milestone_label"], body["milestone_name"]) == (None, None)
+
+
 def test_a_bundle_tells_the_deadline_to_meet_first():
     """A storm's bundled reminders said which cases but not by when: an officer could not tell
     which to take first (found by the wording review)."""
@@ -759,3 +793,56 @@ def test_an_escalated_alert_to_a_province_that_acknowledged_asks_no_acknowledgem
     assert ("Xac nhan da tiep nhan" if lang == "vi" else "Acknowledge receipt") not in sms
     body = render(a, "email", lang, link(a)).text
     assert ("Không cần xác nhận lại" if lang == "vi" else "No new acknowledgement") in body
+
+
+# Every tier that has one above it, in the 2020 pack's four (commune -> district -> province ->
+# national): the tier up is told which one missed, not "the tier below".
+TIERS_BELOW = load_pack("vn2020").tiers[:-1]
+NAMED = {  # the SMS's sentence and the e-mail's line, by language; {} is the tier's name
+    ("deadline_missed", "vi"): ("Cấp {} chưa xác nhận đúng hạn.", "Cấp {} chưa xác nhận đúng hạn: "),
+    ("deadline_missed", "en"): ("The {} level did not acknowledge in time.",
+                                "The {} level did not acknowledge in time: "),
+    ("unreachable", "vi"): ("Không liên lạc được cấp {}.", "Không liên lạc được với cấp {}: "),
+    ("unreachable", "en"): ("The {} level cannot be reached.", "The {} level could not be reached: "),
+    ("milestone_missed", "vi"): ("Cấp {} đã quá hạn Biện pháp bảo vệ khẩn cấp từ 18:45 29/11.",
+                                 "Cấp {} đã quá hạn: "),
+    ("milestone_missed", "en"): ("The {} level missed: Emergency protection measure, due 18:45 29/11",
+                                 "The {} level missed a deadline: ")}
+
+
+@pytest.mark.parametrize("below", TIERS_BELOW)
+@pytest.mark.parametrize("reason", ["deadline_missed", "unreachable", "milestone_missed"])
+@pytest.mark.parametrize("lang", ["vi", "en"])
+def test_an_escalated_message_names_the_tier_that_missed(below, reason, lang):
+    """"Cấp dưới chưa xác nhận đúng hạn" did not say which tier: under the 2020 pack a
+    province could not tell a silent district from a silent commune."""
+    name = TIER_LABELS[lang][below]
+    says, line = (t.format(name) for t in NAMED[reason, lang])
+    step = MILESTONE if reason == "milestone_missed" else {}
+    for role in ("act", "inform"):  # an acknowledged tier up is told for information
+        for category in CATEGORIES:
+            a = alert(**{**step, **ESCALATED, "about_tier": below, "about_reason": reason,
+                         "role": role, "category": category})
+            sms = render(a, "sms", lang, link(a)).text
+            assert sms_segments(sms)[1] <= 2, sms
+            assert fold_to_gsm7(says) in fold_to_gsm7(sms), sms
+            assert "cap duoi" not in fold_to_gsm7(sms).lower() and "tier below" not in sms
+        email = render(a, "email", lang, link(a)).text
+        assert line + "commune:4:child_protection" in email
+        assert "cấp dưới" not in email.lower() and "tier below" not in email
+    if reason != "milestone_missed":  # the short form, sent with a long base URL
+        short = Renderer()._tpl(lang, "sms_short", build_context(a, lang, link(a)))
+        assert (f", cấp {name} " if lang == "vi" else f", {name} level ") in short
+
+
+@pytest.mark.parametrize("lang,says", [("vi", "hỗ trợ cấp huyện xử lý"),
+                                       ("en", "please direct and support the district level")])
+def test_an_acknowledged_tier_up_is_asked_to_direct_the_tier_that_missed(lang, says):
+    a = alert(**ESCALATED, role="inform", about_tier="district", about_reason="deadline_missed")
+    assert says in render(a, "email", lang, link(a)).text
+
+
+def test_the_webhook_body_gives_the_tier_that_missed():
+    a = alert(**ESCALATED, about_tier="district", about_reason="deadline_missed")
+    assert render(a, "webhook", "vi", link(a)).body["about_tier"] == "district"
+    assert render(alert(), "webhook", "vi", link(a)).body["about_tier"] is None
