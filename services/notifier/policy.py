@@ -7,6 +7,8 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from services.common import backoff
+
 # Only a guard against a runaway: an alert with a deadline is tried until its deadline, 65-90
 # tries (about 120 at the most) when every try fails at once; the guard must not end it sooner.
 MAX_ATTEMPTS = 150
@@ -29,13 +31,6 @@ LATE_WINDOW = {"P1": timedelta(minutes=15), "P2": timedelta(hours=1),
                "P3": timedelta(hours=24), "P4": timedelta(hours=72)}
 
 
-def backoff_bound(attempt: int, base_s: float = 1.0, cap_s: float = 300.0) -> float:
-    """The upper bound of the wait after `attempt` failed attempts: base * 2^(attempt-1), capped."""
-    if attempt < 1:
-        raise ValueError("attempt counts failed attempts, starting at 1")
-    return min(cap_s, base_s * 2 ** min(attempt - 1, 62))
-
-
 def next_attempt(
     attempt: int,
     now: datetime,
@@ -51,11 +46,13 @@ def next_attempt(
     that has just come back. The wait is cut at `deadline`, so the last try lands on it; at or past
     the deadline, or after `max_attempts`, it is None and the caller falls back or dead-letters.
     """
+    if attempt < 1:
+        raise ValueError("attempt counts failed attempts, starting at 1")
     if attempt >= max_attempts:
         return None
     if deadline is not None and now >= deadline:
         return None
-    wait = (rng or random).uniform(0, backoff_bound(attempt, base_s, cap_s))
+    wait = (rng or random).uniform(0, backoff.exponential(attempt, base_s, cap_s))
     at = now + timedelta(seconds=wait)
     return min(at, deadline) if deadline is not None else at
 

@@ -1,7 +1,6 @@
 """services/notifier/policy.py: backoff and its bound, the retry and fallback rule
 (after_failure), bundling, rate limits and the storm settings."""
 
-import itertools
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.common.backoff import exponential
 from services.notifier.policy import (
     DEFAULT_RETRY_CAP_S,
     LATE_WINDOW,
@@ -18,7 +18,6 @@ from services.notifier.policy import (
     TRIES_PER_WINDOW,
     RateLimiter,
     after_failure,
-    backoff_bound,
     next_attempt,
     retry_deadline,
     should_bundle,
@@ -241,18 +240,10 @@ def test_backoff_never_past_deadline_and_jitter_in_range(attempt, base, cap, see
         assert at is None
         return
     assert at is not None
-    assert T0 <= at <= T0 + timedelta(seconds=backoff_bound(attempt, base, cap))
+    assert T0 <= at <= T0 + timedelta(seconds=exponential(attempt, base, cap))
     assert (at - T0).total_seconds() <= cap + 1e-6
     if deadline is not None:
         assert at <= deadline
-
-
-@given(base=st.floats(0.1, 10), cap=st.floats(1, 3600))
-def test_backoff_bound_grows_until_the_cap(base, cap):
-    bounds = [backoff_bound(a, base, cap) for a in range(1, 40)]
-    assert all(b2 >= b1 for b1, b2 in itertools.pairwise(bounds))
-    assert bounds[0] == min(base, cap)
-    assert bounds[-1] == cap
 
 
 def test_waits_grow_at_the_top_of_the_jitter():
