@@ -30,15 +30,18 @@ class Alerts:
         the case is alerted again (schemas.events.AlertRequested)."""
         recipient = self.rt.directory.get(to or row.authority_id)
         alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
-        # News of the close, a supervisor told of an officer's silence, or the tier up told of
-        # the tier below's when it has acknowledged the case itself: the recipient has nothing
-        # to acknowledge (a supervisor is not a target of the case). The tier up was asked to
-        # acknowledge again, by a deadline it had met.
-        told = kind in ("closed", "supervisor") or (kind == "escalated" and row.acked_at is not None)
-        # Nor a deadline of its own: a supervisor is shown the one missed. The tier up was still
-        # shown the one it had met, as if to meet it again, and the notifier retried the alert
-        # until then like an act alert's (now like a late alert's: policy.retry_deadline).
-        due = row.ack_due if kind == "supervisor" or not told else None
+        # News of the close, a supervisor told of an officer's silence, the tier up told of the
+        # tier below's when it has acknowledged the case itself, or an authority that has
+        # acknowledged told the case got more severe: the recipient has nothing to acknowledge
+        # (a supervisor is not a target of the case). The tier up was asked to acknowledge
+        # again, by a deadline it had met. A step to take (`milestone`) is still a duty.
+        told = kind in ("closed", "supervisor") or (row.acked_at is not None and (
+            kind == "escalated" or (cause == "raised" and milestone is None)))
+        # Nor a deadline to acknowledge by, once acknowledged: the tier up was shown the one it
+        # had met, as if to meet it again, and the notifier retried the alert until then. A
+        # supervisor is shown the one missed; of a missed step, the step's (milestone_due).
+        due = (None if kind == "closed" or row.acked_at is not None
+               or (kind == "supervisor" and milestone is not None) else row.ack_due)
         category = self.rt.pack.categories.get(case.facts["category"])
         agency = self.rt.pack.agencies.get(recipient.agency)
         step = milestones.rule(milestone.milestone, self.rt.pack) if milestone else None

@@ -157,8 +157,11 @@ class Decisions:
                                                              raised_from, rearm)
         self._emit(session, CaseDecided(case_id=case.case_id, decision=decision, added=added,
                                         changed=changed, cause=cause))
-        await self._schedule_milestones(session, case, facts, decision.severity, targets, fresh,
-                                        received or at, at if rearm else None)
+        brought = await self._schedule_milestones(session, case, facts, decision.severity,
+                                                  targets, fresh, received or at,
+                                                  at if rearm else None)
+        if raised_from:
+            self._tell_raised(session, case, targets, raised_from, brought)
         metrics.DECISIONS.labels(decision.severity).inc()
         metrics.DECISION_LATENCY.observe(max((utcnow() - at).total_seconds(), 0.0))
         log.info("decided", severity=decision.severity, publicity=decision.publicity,
@@ -230,10 +233,23 @@ class Decisions:
                                 cause=cause, previous_severity=raised_from)
         return list(rows.values()), added, changed
 
+    def _tell_raised(self, session, case: EscalationCase, targets: list[EscalationTarget],
+                     raised_from: str, brought: dict[str, SimpleNamespace]) -> None:
+        """Tell the act targets that have acknowledged that the case got more severe (those yet
+        to answer are told by _apply_targets, with their deadline). They heard nothing, though
+        one may now hold the 12-hour emergency measure: its first word was the reminder at
+        half of it. The alert carries the step it now holds, if any (`brought`)."""
+        for row in targets:
+            if (row.role == "act" and row.acked_at is not None and row.released_at is None
+                    and row.transferred_to is None and row.authority_id in self.rt.directory):
+                self._alert(session, case, row, "alert", suffix=f"decision:{case.decisions}",
+                            cause="raised", previous_severity=raised_from,
+                            milestone=brought.get(row.authority_id))
+
     async def _schedule_milestones(self, session, case: EscalationCase, facts: CaseFacts,
                                    severity: str, targets: list[EscalationTarget],
                                    fresh: bool, received: datetime,
-                                   rearm: datetime | None = None) -> None:
+                                   rearm: datetime | None = None) -> dict[str, SimpleNamespace]:
         """Hold the case to the pack's milestone deadlines. A later decision adds milestones
         (P2 -> P1 adds the emergency measure), counted from `received`, when the input that
         made them apply was received: counted from a first report that did not know of the
@@ -243,12 +259,14 @@ class Decisions:
         24 h, not 3 working days), counted from where the milestone counts from, never
         further. `rearm`: the case was information only until then,
         its clocks stopped; a milestone neither done nor missed is held to its deadline again
-        (at once, if it passed meanwhile)."""
+        (at once, if it passed meanwhile). Returns, by holder, the earliest step this decision
+        brought or brought nearer (a fresh case's are not news: they come with its alert)."""
+        brought: dict[str, SimpleNamespace] = {}
         if case.closed_at is not None:
-            return
+            return brought
         dues = milestone_deadlines(facts, severity, self.rt.pack)
         if not dues:
-            return
+            return brought
         since = max(received, facts.first_received_at)
         working = {m.code: m.within.is_working_days
                    for m in self.rt.pack.milestones_for(severity)}
@@ -297,6 +315,9 @@ class Decisions:
                          authority_id=holder, fraction=fraction, due_at=when)
             self._emit(session, MilestoneScheduled(case_id=case.case_id, milestone=mid,
                                                    authority_id=holder, due_at=due))
+            if not fresh and (holder not in brought or due < brought[holder].due_at):
+                brought[holder] = SimpleNamespace(milestone=mid, due_at=due)
+        return brought
 
     async def reevaluate_open(self, publication_id: str) -> int:
         """Re-decide every open case under the pack now in force, once per publication (several

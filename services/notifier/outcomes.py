@@ -65,7 +65,7 @@ class Outcomes:
             nxt = policy.after_failure(
                 now=now, severity=alert.severity, queued_at=d.created_at,
                 deadline=policy.retry_deadline(alert.severity, alert_deadline(alert), d.created_at,
-                                               late=alert.about_authority_id is not None),
+                                               late=_news(alert)),
                 contacts=len(alert.contacts), contact_index=d.contact_index,
                 attempt=attempt, attempts_total=attempts_total,
                 retryable=error.retryable, retry_after_s=error.retry_after_s,
@@ -99,3 +99,10 @@ class Outcomes:
 def alert_deadline(alert: AlertRequested) -> datetime | None:
     """The deadline an alert is about: its milestone's, else the acknowledgement's."""
     return alert.milestone_due if alert.milestone else alert.ack_due
+
+
+def _news(alert) -> bool:
+    """An alert with no deadline of its own that brings news to act on: the tier below missed
+    (`about_authority_id`), or the case got more severe (`cause`) for one that had acknowledged.
+    It is retried for its severity's late window, not one round (policy.retry_deadline)."""
+    return alert.about_authority_id is not None or alert.cause is not None

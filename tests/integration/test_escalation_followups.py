@@ -500,3 +500,50 @@ async def test_an_emergency_in_a_linked_report_counts_from_its_receipt(esc):
     await esc.handle([wrap(linked, call + 3 * 60 * M)])
     [m] = [m for m in await _rows(esc, EscalationMilestone) if m.milestone == "emergency_measure"]
     assert m.due_at == call + 12 * 60 * M
+
+
+async def test_an_authority_that_acknowledged_is_told_the_case_became_an_emergency(esc):
+    """The commune had acknowledged a P3; a follow-up made it P1 and gave it the 12-hour
+    emergency measure. It heard nothing until the reminder at half of it, 6 hours on, while
+    the police and the province were alerted at once (found by a review of a hotline day)."""
+    await report(esc, category="NEGLECT", indicators=[])  # P3: the commune acts
+    await ack(esc, CP, T0 + 5 * M)
+    danger = T0 + 60 * M
+    before = len(await emitted(esc, ALERT))
+    await update(esc, at=danger, indicators=["immediate_danger"])  # P1
+    raised = await told(esc, before, CP)
+    assert (raised["cause"], raised["previous_severity"], raised["severity"]) == (
+        "raised", "P3", "P1")
+    # What it must now do, and by when; not the acknowledgement it has given.
+    assert raised["milestone"] == "emergency_measure"
+    assert raised["milestone_due"] == (danger + 12 * 60 * M).isoformat().replace("+00:00", "Z")
+    assert raised["ack_due"] is None
+
+
+async def test_an_authority_that_acknowledged_holding_no_new_step_is_told_for_information(esc):
+    await report(esc)  # P2: the commune acts
+    await update(esc, at=T0 + M, publicity="PA2")  # the province acts too (DOMAIN 5)
+    await ack(esc, PROVINCE_CP, T0 + 5 * M)
+    before = len(await emitted(esc, ALERT))
+    await update(esc, at=T0 + 10 * M, indicators=["immediate_danger"])  # P1
+    raised = await told(esc, before, PROVINCE_CP)  # the commune holds the emergency measure
+    assert (raised["cause"], raised["role"], raised["ack_due"], raised["milestone"]) == (
+        "raised", "inform", None, None)
+
+
+async def test_alerts_about_a_step_do_not_carry_an_acknowledgement_already_given(esc):
+    """A reminder of the emergency measure, and the supervisor told it was missed, carried the
+    commune's acknowledgement deadline, met hours before, beside the step's: a receiving system
+    that reads `ack_due` showed the wrong deadline (found by a review of a hotline day)."""
+    await report(esc, indicators=["immediate_danger"])  # P1: the emergency measure in 12 h
+    await ack(esc, CP, T0 + 5 * M)
+    before = len(await emitted(esc, ALERT))
+    await esc.fire_due(T0 + 13 * 60 * M)
+    about_step = [a for a in (await emitted(esc, ALERT))[before:]
+                  if a["milestone"] and a["kind"] in ("reminder", "supervisor")]
+    assert {a["kind"] for a in about_step} == {"reminder", "supervisor"}
+    assert all(a["ack_due"] is None and a["milestone_due"] for a in about_step)
+    # The tier up, brought in by the miss, has a deadline of its own to acknowledge by.
+    up = [a for a in (await emitted(esc, ALERT))[before:]
+          if a["kind"] == "escalated" and a["role"] == "act"]
+    assert up and all(a["ack_due"] for a in up)

@@ -329,16 +329,23 @@ async def test_a_late_alert_is_retried_within_its_severitys_window(notifier, inb
     assert row.next_at <= row.created_at + policy.LATE_WINDOW["P2"]
 
 
+NEWS = {  # alerts for information that bring news to act on, to one that has acknowledged
+    "the tier below missed": dict(kind="escalated", about_authority_id="commune:4:child_protection",
+                                  about_reason="deadline_missed", about_tier="commune"),
+    "the case became P1": dict(kind="alert", cause="raised", previous_severity="P3"),
+}
+
+
+@pytest.mark.parametrize("news", NEWS)
 async def test_the_tier_up_told_for_information_gets_the_news_after_a_receiver_outage(
-        notifier, inbox):
-    """A province that had acknowledged is told the commune did not: it must direct the commune
-    now. The alert carries no deadline (the one the province met is not its to meet again), so
-    it had one round through its contacts, three tries on a lone webhook, and was dead-lettered
-    on a receiver's blip. It is retried as a late alert: within the severity's window."""
-    a = alert(1, inbox, severity="P1", kind="escalated", due=None,
-              authority="province:1:child_protection",
-              about_authority_id="commune:4:child_protection", about_reason="deadline_missed",
-              about_tier="commune").model_copy(update={"role": "inform", "tier": "province"})
+        notifier, inbox, news):
+    """A province that had acknowledged is told the commune did not (it must direct the commune
+    now), or that the case became an emergency. The alert carries no deadline (the one the
+    province met is not its to meet again), so it had one round through its contacts, three
+    tries on a lone webhook, and was dead-lettered on a receiver's blip. It is retried as a
+    late alert: within the severity's window."""
+    a = alert(1, inbox, severity="P1", due=None, authority="province:1:child_protection",
+              **NEWS[news]).model_copy(update={"role": "inform", "tier": "province"})
     await notifier.handle([Envelope.wrap(a, "test")])
     inbox.http.status = 503
     for _ in range(5):  # past one round of three tries on its one contact
@@ -351,7 +358,7 @@ async def test_the_tier_up_told_for_information_gets_the_news_after_a_receiver_o
     assert await step(notifier) == 1
     assert (await rows(notifier))[a.alert_id].status == "delivered"
     body = inbox.requests()[-1]["body"]
-    assert (body["kind"], body["role"], body["about_tier"]) == ("escalated", "inform", "commune")
+    assert (body["kind"], body["role"]) == (NEWS[news]["kind"], "inform")
     assert body["ack_due"] is None and body["ack_due_local"] is None
 
 
