@@ -7,6 +7,7 @@ from schemas.directory import Authority
 from schemas.events import AlertRequested, Envelope, Label, Topics
 from services.common import outbox
 from services.escalation import milestones
+from services.escalation.engine import lead_category
 from services.escalation.store import EscalationCase, EscalationMilestone, EscalationTarget
 
 SERVICE = "escalation"
@@ -42,7 +43,9 @@ class Alerts:
         # supervisor is shown the one missed; of a missed step, the step's (milestone_due).
         due = (None if kind == "closed" or row.acked_at is not None
                or (kind == "supervisor" and milestone is not None) else row.ack_due)
-        category = self.rt.pack.categories.get(case.facts["category"])
+        lead = lead_category(case.facts["category"], case.facts.get("other_categories", ()),
+                             self.rt.pack)
+        category = self.rt.pack.categories.get(lead)
         agency = self.rt.pack.agencies.get(recipient.agency)
         step = milestones.rule(milestone.milestone, self.rt.pack) if milestone else None
         about_authority = self._known(about[0]) if about else None
@@ -50,7 +53,7 @@ class Alerts:
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
             tier=recipient.tier, agency=recipient.agency, role="inform" if told else row.role,
-            kind=kind, category=case.facts["category"], severity=case.severity,
+            kind=kind, category=lead, severity=case.severity,
             publicity=case.publicity, ack_due=due,
             contacts=recipient.contacts,
             rulepack_version=case.rulepack_version,

@@ -228,6 +228,9 @@ async def test_a_linked_report_of_another_category_raises_and_routes_by_it(esc):
     rows = await targets(esc)
     assert rows["commune:4:police"].role == "act" and rows["commune:4:health"].role == "act"
     assert c.facts["category"] == "NEGLECT" and c.facts["other_categories"] == ["SEX_ABUSE"]
+    # Health, brought in by the report of sexual abuse, is told of it, not of neglect.
+    [health] = [a for a in await emitted(esc, ALERT) if a["authority_id"] == "commune:4:health"]
+    assert health["category"] == "SEX_ABUSE" and health["category_label"]["en"] == "Sexual abuse"
 
 
 async def close(esc, at: datetime) -> None:

@@ -4,11 +4,13 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas.decisions import CaseFacts
 from schemas.reports import Child, Location, Report
 from services.escalation.directory import build_directory
-from services.escalation.engine import UnknownCategory, decide
+from services.escalation.engine import UnknownCategory, decide, lead_category
 from services.escalation.engine.facts import facts_from_report
 from services.escalation.rulepack import load_pack
 from tests.support.reports import report
@@ -133,3 +135,23 @@ def test_unknown_category_is_an_error():
 
 def test_unknown_indicators_are_ignored():
     assert severity("EMOTIONAL", {"something_new"})[0] == "P3"
+
+
+def test_an_alert_names_the_most_severe_of_the_case_s_categories():
+    # A neglect case (P3) linked to a report of sexual abuse (P1): health, brought in for it,
+    # is told of sexual abuse, not neglect.
+    assert lead_category("NEGLECT", ["SEX_ABUSE"], PACK) == "SEX_ABUSE"
+    assert lead_category("NEGLECT", [], PACK) == "NEGLECT"
+    assert lead_category("NEGLECT", ["NOT_IN_THE_PACK"], PACK) == "NEGLECT"
+
+
+@given(st.lists(st.sampled_from(sorted(PACK.categories)), min_size=1, max_size=5))
+def test_the_category_named_is_one_of_the_case_s_and_none_is_more_severe(codes):
+    lead = lead_category(codes[0], codes[1:], PACK)
+    assert lead in codes
+    rank = {s: i for i, s in enumerate(("P1", "P2", "P3", "P4", "P5"))}
+    assert all(rank[PACK.categories[lead].default] <= rank[PACK.categories[c].default]
+               for c in codes)
+    # The first of the most severe: a case's own category wins a tie.
+    tied = [c for c in codes if PACK.categories[c].default == PACK.categories[lead].default]
+    assert lead == tied[0]

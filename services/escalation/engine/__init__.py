@@ -8,7 +8,7 @@ from .calendar import add_working_days, deadline, reminder_times
 from .decide import decide, milestone_deadlines
 from .facts import facts_from_report
 from .publicity import most_in_window
-from .severity import UnknownCategory, rules_severity
+from .severity import UnknownCategory, lead_category, rules_severity
 
 __all__ = [
     "UnknownCategory",
@@ -16,6 +16,7 @@ __all__ = [
     "deadline",
     "decide",
     "facts_from_report",
+    "lead_category",
     "milestone_deadlines",
     "most_in_window",
     "reminder_times",

@@ -1,6 +1,8 @@
 """Severity (DOMAIN.md section 3): the highest any rule gives; a supervisor's override wins, until
 facts more severe than the override are reported after it."""
 
+from collections.abc import Iterable
+
 from schemas.decisions import CaseFacts
 from schemas.rulepack import SEVERITIES, RulePack
 
@@ -13,6 +15,15 @@ OVERRIDE_LAPSED_RULE = "severity.override_lapsed"
 
 class UnknownCategory(ValueError):
     pass
+
+
+def lead_category(category: str, others: Iterable[str], pack: RulePack) -> str:
+    """The category an alert names: of the case's own (`category`) and those its linked reports
+    brought (`others`), the one of the most severe default, the first on a tie. The case keeps
+    its first as its label, but health, brought in by a linked report of sexual abuse, was
+    told of "neglect"."""
+    codes = [c for c in (category, *others) if c in pack.categories]
+    return min(codes, key=lambda c: RANK[pack.categories[c].default], default=category)
 
 
 def assess_severity(facts: CaseFacts, pack: RulePack, s: Situation) -> tuple[str, list[str]]:
