@@ -11,6 +11,7 @@ import re
 from datetime import datetime
 from urllib.parse import urlsplit
 
+import structlog
 from pydantic import ValidationError
 from sqlalchemy import JSON, Integer, String, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from schemas.directory import Authority, authority_id
 from services.common.db import Base, utcnow
 
+log = structlog.get_logger("beacon.directory")
 _PHONE = re.compile(r"^\+?[0-9]{6,15}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _URL = re.compile(r"^https?://[^\s]+$")
@@ -54,7 +56,29 @@ class OverlayDirectory:
 
     def get(self, authority_id_: str) -> Authority:
         found = self.entries.get(authority_id_)
-        return found if found is not None else self.base.get(authority_id_)
+        if found is None:
+            return self.base.get(authority_id_)
+        return self._in_force(found)
+
+    def _in_force(self, entry: Authority) -> Authority:
+        """An admin's entry with a parent or supervisors the directory no longer knows (saved
+        under a pack with a district tier, say, before a rollback to one without) climbs as the
+        generated entry does. Taken as it stands, the breach of a P1 failed on the unknown
+        parent at every retry, and nobody above was told."""
+        unknown = [x for x in (entry.parent, *entry.supervisors) if x and x not in self]
+        if not unknown:
+            return entry
+        log.warning("directory_entry_out_of_date", authority_id=entry.id, unknown=unknown,
+                    fix="save the entry again with `beacon directory set`")
+        generated = self.base.get(entry.id) if entry.id in self.base else None
+        change = {}
+        if entry.parent in unknown:
+            change["parent"] = generated.parent if generated else None
+        if kept := [x for x in entry.supervisors if x not in unknown]:
+            change["supervisors"] = kept
+        elif entry.supervisors:
+            change["supervisors"] = generated.supervisors if generated else []
+        return entry.model_copy(update=change)
 
     def __contains__(self, authority_id_: object) -> bool:
         return authority_id_ in self.entries or authority_id_ in self.base

@@ -18,6 +18,7 @@ from schemas.events import (
 from schemas.reports import Location
 from services.common.outbox import OutboxRow
 from services.escalation.directory import build_directory
+from services.escalation.directory_admin import OverlayDirectory
 from services.escalation import breaches as breaching, decisions, handlers, timers
 from services.escalation.handlers import Escalation
 from services.escalation.rulepack import load_pack
@@ -563,3 +564,19 @@ async def test_a_breach_tells_the_silent_authority_and_the_top_of_the_ladder_is_
     assert breaches.count(CP) == breaches.count(national) == 1  # each silent one told, once
     top = [e["authority_id"] for e in logs if e["event"] == "breach_unescalated"]
     assert top == [national]  # the commune's and province's breaches climbed
+
+
+async def test_a_breach_climbs_past_an_admin_entry_that_names_a_tier_since_abolished(esc):
+    """Commune police's entry, saved by an admin under the 2020 pack, names its district as
+    parent; the default pack, in force since, has none. The P1 breach failed on it at every
+    retry and nobody above was told (found by an admin's review)."""
+    esc.rt.directory = OverlayDirectory(build_directory(esc.rt.pack))
+    police = esc.rt.directory.get(POLICE)
+    esc.rt.directory.entries = {POLICE: police.model_copy(update={
+        "parent": "district:1-01:police", "supervisors": []})}
+    await _report(esc, indicators=["immediate_danger"])  # P1: commune police acts in 15 min
+    await esc.fire_due(T0 + timedelta(minutes=16))
+    assert not [t for t in await _rows(esc, Timer, authority_id=POLICE) if t.attempts]
+    escalated = [e for e in await _emitted(esc, "beacon.alert.requested")
+                 if e["kind"] == "escalated"]
+    assert "province:1:police" in {e["authority_id"] for e in escalated}

@@ -141,3 +141,25 @@ def test_production_says_how_many_authorities_still_have_demo_contacts(monkeypat
     assert said["authorities"] == len(DIRECTORY) - 1 and "beacon directory set" in said["why"]
     rt.settings = SimpleNamespace(env="development")  # the demo directory is the point
     assert runtime.warn_demo_contacts(rt) == 0
+
+
+def test_an_entry_saved_under_an_earlier_pack_climbs_as_the_directory_now_does():
+    """Saved under the 2020 pack, commune police's entry named a district parent; after a
+    rollback to the default pack (no districts) a P1 breach failed on it at every retry and
+    nobody above was told (found by an admin's review)."""
+    from services.escalation.directory_admin import OverlayDirectory
+
+    directory = OverlayDirectory(build_directory(PACK))
+    police = "commune:4:police"
+    generated = directory.get(police)
+    directory.entries = {police: generated.model_copy(update={
+        "parent": "district:1-01:police", "supervisors": []})}
+    now = directory.get(police)
+    assert now.parent == generated.parent and now.parent in directory
+    assert now.supervisors == []  # the admin's choice stands: none was unknown
+    directory.entries[police] = generated.model_copy(update={
+        "supervisors": ["district:1-01:people_committee", *generated.supervisors]})
+    assert directory.get(police).supervisors == generated.supervisors  # the known ones kept
+    directory.entries[police] = generated.model_copy(update={
+        "supervisors": ["district:1-01:people_committee"]})
+    assert directory.get(police).supervisors == generated.supervisors  # none known: generated
