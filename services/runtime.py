@@ -348,6 +348,8 @@ async def _rule_packs(rt: Runtime) -> None:
             await packs_store.register_builtin(session, rt.pack, text)
     except IntegrityError:
         pass  # another process registered it first
+    except packs_store.Refused as exc:
+        raise ConfigError(f"BEACON_RULEPACK: {exc}") from None
     async with rt.db.reads() as session:
         await rt.directory.refresh(session)
     warn_demo_contacts(rt)

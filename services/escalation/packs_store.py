@@ -101,10 +101,17 @@ async def publishable(session: AsyncSession, version: str, rollback: bool) -> Ru
 
 
 async def register_builtin(session: AsyncSession, pack: RulePack, text: str) -> None:
-    """The pack a process was started with is an earlier version one can roll back to."""
-    if await session.get(RulePackVersion, pack.version) is None:
+    """The pack a process was started with is an earlier version one can roll back to. One
+    version is one text: a file changed without a new `version` would decide under rules that
+    the version's record (what replay, rollback and the admin API serve) does not hold."""
+    row = await session.get(RulePackVersion, pack.version)
+    if row is None:
         session.add(RulePackVersion(version=pack.version, text=text, sha256=sha256(text),
                                     state=BUILTIN, uploaded_by="system", uploaded_at=utcnow()))
+    elif row.sha256 != sha256(text):
+        raise Refused(409, f"rule pack version {pack.version} is stored already with other "
+                           f"content (sha256 {row.sha256[:12]}, this file {sha256(text)[:12]}): "
+                           "give the changed pack a new `version`")
 
 
 def parse(row: RulePackVersion) -> RulePack:

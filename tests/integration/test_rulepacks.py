@@ -3,7 +3,9 @@ running instances without a restart, roll back."""
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from services import runtime
@@ -14,6 +16,9 @@ from services.escalation.rulepack import SHIPPED
 from services.escalation.store import EscalationCase, EscalationTarget
 from tests.conftest import eventually
 from tests.support.reports import report
+
+# The default pack with neglect made P2, its version left as it was.
+EDITED_DEFAULT = Path(SHIPPED["default"]).read_text("utf-8").replace("default: P3", "default: P2", 1)
 
 DRAFT = "test-2026.2"
 P2_CP = "      - {tier: commune, agency: child_protection, role: act, ack: PT1H}\n"
@@ -380,3 +385,20 @@ async def test_replay_shows_a_weakened_deadline_and_policy(stack):
     [case] = [c for c in result["cases"] if c["case_id"] == p1]
     [moved] = [m for m in case["milestones_changed"] if m.startswith("emergency_measure: ")]
     assert result["changed"] >= 1 and moved.count("->") == 1
+
+
+async def test_a_pack_file_changed_without_a_new_version_is_refused_at_start(stack, tmp_path):
+    """Edited in place (neglect made P2) under the version already stored, it started and decided
+    as `default-2026.4`, while that version's record, which replay, rollback and the admin API
+    serve, still said P3 (found by an admin's review)."""
+    from services.common.config import ConfigError
+
+    edited = tmp_path / "mine.yaml"
+    edited.write_text(EDITED_DEFAULT, "utf-8")
+    other = runtime.build(stack.rt.settings.model_copy(update={"rulepack": str(edited)}),
+                          frozenset({"escalation"}))
+    try:
+        with pytest.raises(ConfigError, match="default-2026.4 is stored already with other content"):
+            await runtime.start(other)
+    finally:
+        await runtime.stop(other)
