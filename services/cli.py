@@ -243,6 +243,77 @@ def users_revoke(user_id: str):
     typer.echo(f"revoked {_users(go)} token(s)")
 
 
+@users_app.command("set")
+def users_set(
+    user_id: str,
+    role: Annotated[str | None, typer.Option(help="A new role")] = None,
+    name: Annotated[str | None, typer.Option(help="A new display name")] = None,
+    scope: Annotated[str | None, typer.Option(help="A new scope: national | province:<code> | "
+                                                    "commune:<code>")] = None,
+    authority: Annotated[list[str] | None, typer.Option(
+        help="The authority ids it answers for, all of them (replaces the list)")] = None,
+):
+    """Correct a user (an officer who moved commune, a role given in error). It holds from the
+    user's next request; its tokens stay valid. Checked as `create` checks a new user."""
+    from services.common import auth
+
+    async def go(session):
+        user = await session.get(auth.User, user_id)
+        if user is None:
+            raise ValueError(f"no user {user_id!r}")
+        new_role, new_scope = role or user.role, scope or user.scope
+        # A user that stops being an authority answers for none; otherwise the list stands.
+        new_authorities = (list(authority) if authority is not None
+                           else list(user.authority_ids or []) if new_role == "authority" else [])
+        if new_role not in auth.ROLES:
+            raise ValueError(f"--role must be one of {', '.join(auth.ROLES)}")
+        if new_role == "admin" and new_scope != "national":
+            raise ValueError("--scope: an admin's scope must be national")
+        auth.validate_scope(new_scope)
+        if problems := await _user_problems(session, new_role, new_scope, new_authorities):
+            raise ValueError("; ".join(problems))
+        changed = [field for field, old, new in (
+            ("role", user.role, new_role), ("name", user.name, name or user.name),
+            ("scope", user.scope, new_scope),
+            ("authorities", list(user.authority_ids or []), new_authorities)) if old != new]
+        if not changed:
+            raise ValueError("nothing to change: give --role, --name, --scope or --authority")
+        user.role, user.name, user.scope = new_role, name or user.name, new_scope
+        user.authority_ids = new_authorities
+        _audit_user(session, user_id, changed)
+        return changed
+
+    typer.echo(f"changed {', '.join(_users(go))} of {user_id}")
+
+
+@users_app.command("disable")
+def users_disable(user_id: str):
+    """Stop a user at once, every token with it (someone who left); `enable` undoes it. The
+    user, and what the trail records of it, stay."""
+    _set_disabled(user_id, True)
+
+
+@users_app.command("enable")
+def users_enable(user_id: str):
+    """Let a disabled user in again, with the tokens it had that were not revoked."""
+    _set_disabled(user_id, False)
+
+
+def _set_disabled(user_id: str, disabled: bool) -> None:
+    from services.common import auth
+
+    async def go(session):
+        user = await session.get(auth.User, user_id)
+        if user is None:
+            raise ValueError(f"no user {user_id!r}")
+        if user.disabled != disabled:
+            user.disabled = disabled
+            _audit_user(session, user_id, ["disabled" if disabled else "enabled"])
+
+    _users(go)
+    typer.echo(f"{user_id} {'disabled' if disabled else 'enabled'}")
+
+
 def _users(go):
     try:
         return asyncio.run(_with_session(go))

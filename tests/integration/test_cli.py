@@ -79,6 +79,42 @@ def test_tokens_are_issued_stored_hashed_and_revoked(kafka_bootstrap, tmp_path):
     assert all(user.startswith("cli:") for user, _, _ in trail)
 
 
+def test_a_user_is_corrected_and_disabled_at_once(kafka_bootstrap, tmp_path):
+    """An officer who moved commune kept the old one's cases, and one who left could only lose
+    its tokens: there was no way to correct a user or to stop one (found by an admin's review)."""
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
+    beacon(settings, "db", "upgrade")
+    token = beacon(settings, "users", "create", "cp-1", "authority", "--scope", "commune:4",
+                   "--authority", "commune:4:child_protection").stdout.strip()
+    # Checked as a new user is: a commune's officer cannot answer for another commune.
+    refused = _run(settings, "users", "set", "cp-1", "--authority", "commune:8:child_protection")
+    assert refused.returncode == 1 and "outside the scope commune:4" in refused.stderr
+    nothing = _run(settings, "users", "set", "cp-1", "--scope", "commune:4")
+    assert nothing.returncode == 1 and "nothing to change" in nothing.stderr
+    moved = beacon(settings, "users", "set", "cp-1", "--scope", "commune:8",
+                   "--authority", "commune:8:child_protection").stdout
+    assert "changed scope, authorities of cp-1" in moved
+    process = BeaconProcess(settings, "intake", tmp_path / "intake.log").start()
+    try:
+        def cases(path="/api/v1/cases"):
+            return httpx.get(f"{process.url}{path}", headers={"Authorization": f"Bearer {token}"})
+
+        assert cases().status_code == 200  # its token holds, with the new scope
+        assert "disabled" in beacon(settings, "users", "disable", "cp-1").stdout
+        assert cases().status_code == 401
+        beacon(settings, "users", "enable", "cp-1")
+        assert cases().status_code == 200
+    finally:
+        process.stop()
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        user = conn.execute("SELECT scope, authority_ids FROM users WHERE id = 'cp-1'").fetchone()
+        trail = [json.loads(f) for (f,) in conn.execute(
+            "SELECT fields FROM audit_log WHERE record = 'cp-1' AND action = 'user_change' "
+            "ORDER BY id")]
+    assert user == ("commune:8", '["commune:8:child_protection"]')
+    assert trail[1:] == [["authorities", "scope"], ["disabled"], ["enabled"]]
+
+
 def test_dev_users_write_the_token_file(kafka_bootstrap, tmp_path):
     settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'dev.db'}")
     beacon(settings, "db", "upgrade")
