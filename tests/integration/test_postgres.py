@@ -376,3 +376,71 @@ async def test_simultaneous_calls_to_two_intake_instances_open_one_case(kafka_bo
     finally:
         for stack in stacks:
             await stack.stop()
+
+
+@pytest.mark.parametrize(("paused", "before"), [("retention", "UPDATE cases"),
+                                                ("erasure", "UPDATE reports")])
+async def test_an_erasure_and_the_retention_purge_of_one_case_at_once_both_finish(
+        pg_database, paused, before):
+    """A supervisor erases a report of a closed case while the purge erases the case's
+    identity, in two intake instances. Each takes the case row before the reports' rows, so
+    the second waits for the first. The purge took the reports first: each then waited for
+    the other, and PostgreSQL killed one ("deadlock detected"). One side is held just before
+    `before`, holding what it took until then, while the other runs into it."""
+    from sqlalchemy import event
+    from sqlalchemy.util import await_only
+
+    from services import retention
+    from services.common.auth import Principal
+    from services.intake import subjects
+    from tests.integration import test_retention as t
+
+    await migrate(pg_database)
+    purging, erasing = Database(pg_database), Database(pg_database)  # two intake instances
+    held, go_on = asyncio.Event(), asyncio.Event()
+
+    def hold(conn, cursor, statement, *args):
+        if statement.startswith(before) and not held.is_set():
+            held.set()
+            await_only(go_on.wait())
+
+    event.listen((purging if paused == "retention" else erasing).engine.sync_engine,
+                 "before_cursor_execute", hold)
+    try:
+        await t.add_case(purging, "C-OLD", "closed", days_ago=40)  # reports R-C-OLD-0 and -1
+
+        async def purge():
+            await retention.purge(purging, t.kept_for(identity=30), {"intake"})
+
+        async def erase():
+            return await subjects.erase(erasing, Principal("sup", "supervisor", "national"),
+                                        "C-OLD", "R-C-OLD-0", "subject_request")
+
+        first, second = (purge, erase) if paused == "retention" else (erase, purge)
+        running = [asyncio.create_task(first())]
+        await asyncio.wait_for(held.wait(), 10)
+        running.append(asyncio.create_task(second()))
+
+        async def waits_for_a_lock():
+            async with purging.reads() as session:
+                return await session.scalar(select(func.count()).select_from(
+                    text("pg_stat_activity")).where(text(
+                        "wait_event_type = 'Lock' AND datname = current_database()")))
+        await eventually(waits_for_a_lock, timeout=10, interval=0.05)
+        go_on.set()
+        await asyncio.wait_for(asyncio.gather(*running), 30)
+
+        reports = await t.table(purging, ReportRow)
+        assert [(r.identity, r.child_fingerprints) for r in reports] == [(None, [])] * 2
+        async with purging.reads() as session:
+            trail = (await session.execute(select(AuditRecord.user_id, AuditRecord.outcome)
+                                           .where(AuditRecord.action == "erase")
+                                           .order_by(AuditRecord.id))).all()
+        # The erasure found the identity gone when the purge went first.
+        assert [tuple(r) for r in trail] == (
+            [("system:retention", "ok"), ("sup", "already_erased")] if paused == "retention"
+            else [("sup", "ok"), ("system:retention", "ok")])
+    finally:
+        go_on.set()
+        await purging.dispose()
+        await erasing.dispose()
