@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from services.common.config import ROOT, ConfigError, get_settings
+from services.common.config import VAR, ConfigError, get_settings
 
 app = typer.Typer(no_args_is_help=True, help="Beacon: child-protection alerting and escalation.")
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
@@ -66,6 +66,7 @@ def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP po
 
     from services import runtime
     from services.app import create_app
+    from services.common.files import warn_wide_dir
     from services.common.http_limits import BoundedHttpToolsProtocol
     from services.common.logging import configure
 
@@ -73,6 +74,7 @@ def run(service: Service, port: Annotated[int | None, typer.Option(help="HTTP po
         os.environ["BEACON_HTTP_PORT"] = str(port)
     settings = _settings()
     configure(settings.log_level)
+    warn_wide_dir(VAR)
     services = frozenset(runtime.SERVICES if service is Service.all else (service.value,))
     try:
         # The port first: a process that cannot serve must not join the consumer groups, fire
@@ -407,7 +409,7 @@ DEV_USERS = {
 
 
 @users_app.command("dev")
-def users_dev(out: Path = ROOT / "var" / "dev-tokens.json"):
+def users_dev(out: Path = VAR / "dev-tokens.json"):
     """Create the local development users and write fresh tokens to var/dev-tokens.json."""
     from services.common import auth
 
@@ -429,9 +431,10 @@ def users_dev(out: Path = ROOT / "var" / "dev-tokens.json"):
         return tokens
 
     tokens = asyncio.run(_with_session(go))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(tokens, indent=2) + "\n")
-    out.chmod(0o600)
+    from services.common.files import private_dir, write_private
+
+    private_dir(out.parent)
+    write_private(out, json.dumps(tokens, indent=2) + "\n", replace=True)
     for role, token in tokens.items():
         typer.echo(f"  {role:<10} {token}")
     typer.echo(f"tokens written to {out}")

@@ -74,8 +74,19 @@ _SEALED = union_all(
     _sealed(_OVERRIDES, _OVERRIDES.c.update_id, _OVERRIDES.c.reason, "override"))
 
 
+# The case rows first, in case id order, then the reports and overrides: the order in which the
+# read model (services/intake/readmodel.py) and a supervisor's erasure (services/intake/
+# subjects.py) lock them. Taken the other way round, on PostgreSQL an erasure of one of the
+# case's reports meanwhile held the case and waited for a report this held, and PostgreSQL
+# killed one of the two ("deadlock detected"). SQLite has one writer at a time.
+_LOCK_CASES = (select(_CASES.c.case_id).where(_CASES.c.case_id.in_(_IDS))
+               .order_by(_CASES.c.case_id).with_for_update())
+
+
 async def _erase_identity(session, before: datetime) -> int:
     rows = (await session.execute(_SEALED.limit(BATCH), {"before": before})).all()
+    if rows:
+        await session.execute(_LOCK_CASES, {"ids": sorted({row.case_id for row in rows})})
     reports = [row for row in rows if row.kind == "report"]
     if reports:
         await session.execute(

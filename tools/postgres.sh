@@ -23,8 +23,16 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 
 start() {
   local bin; bin="$(bindir)"
+  mkdir -p -m 700 "$root/var"  # owner-only when made here, as Beacon makes it
   mkdir -p "$dir"
-  [ "$(id -u)" = 0 ] && chown postgres "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$dir"
+    # The server runs as postgres and must pass through var/ to its data: passage for its
+    # group only (0710, nothing listed), and only when it has none.
+    if ! runuser -u postgres -- test -x "$root/var"; then
+      chgrp postgres "$root/var" && chmod g+x "$root/var"
+    fi
+  fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     # fsync off below: this server holds test data only.
     as_pg "$bin/initdb" -D "$dir/data" -U beacon --auth=trust -E UTF8 >/dev/null

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
+mkdir -p -m 700 var  # owner-only when made here: it holds the development secrets and tokens
 mkdir -p var/inbox
 
 started_kafka=0

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import make_url
 
 ROOT = Path(__file__).resolve().parents[2]
+VAR = ROOT / "var"  # development state: secrets, tokens, the default database (owner-only)
 
 
 class ConfigError(SystemExit):
@@ -22,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BEACON_", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    database_url: str = f"sqlite+aiosqlite:///{ROOT / 'var' / 'beacon.db'}"
+    database_url: str = f"sqlite+aiosqlite:///{VAR / 'beacon.db'}"
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     rulepack: str = "default"
@@ -126,13 +127,14 @@ class Settings(BaseSettings):
             return value
         if self.env == "production":
             raise ConfigError(f"BEACON_{name.upper()} must be set when BEACON_ENV=production")
-        path = ROOT / "var" / f"{name}.txt"
+        path = VAR / f"{name}.txt"
         if not path.exists():
             import secrets
 
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
+            from services.common.files import private_dir, write_private
+
+            private_dir(VAR)
+            write_private(path, secrets.token_urlsafe(32))  # kept if another process was first
         return path.read_text().strip()
 
     def secret_keys(self) -> list[str]:

@@ -220,8 +220,11 @@ def create_private(path: str | Path) -> None:
     """Create the SQLite file owner-only (0600) if it is missing. sqlite3 would make it 0644,
     readable by every account on the machine, and it holds sealed identity, token hashes and
     the audit trail. SQLite gives its -wal and -shm files the database file's mode, so they
-    are 0600 too. An empty file is an empty SQLite database."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    are 0600 too. An empty file is an empty SQLite database. A missing directory is made
+    0700 (var/ by default: it holds the development secrets too)."""
+    from services.common.files import private_dir
+
+    private_dir(Path(path).parent)
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:

@@ -22,13 +22,20 @@ _REPORTS, _CASES = ReportRow.__table__, CaseView.__table__
 _NEXT = (select(_REPORTS.c.report_id, _REPORTS.c.case_id, _REPORTS.c.identity)
          .where(_REPORTS.c.identity.is_not(None), _REPORTS.c.report_id > bindparam("after"))
          .order_by(_REPORTS.c.report_id).limit(bindparam("batch")))
-_RESEAL = (_REPORTS.update().where(_REPORTS.c.report_id == bindparam("id"))
+# Only what still holds identity: a report erased since it was read stays erased.
+_RESEAL = (_REPORTS.update().where(_REPORTS.c.report_id == bindparam("id"),
+                                   _REPORTS.c.identity.is_not(None))
            .values(identity=bindparam("sealed"), child_fingerprints=bindparam("children"),
                    reporter_fingerprint=bindparam("reporter")))
 _OF_CASES = (select(_REPORTS.c.case_id, _REPORTS.c.child_fingerprints)
              .where(_REPORTS.c.case_id.in_(bindparam("cases", expanding=True)),
                     # a report refused with 503 is not one of the case's (submission.py)
                     _REPORTS.c.event_id.not_in(select(WithdrawnInput.event_id))))
+# The batch's case rows before their reports, in case id order, as the read model, an erasure
+# and the retention purge take them (PostgreSQL): the other way round, an erasure meanwhile
+# deadlocked with the rotation.
+_LOCK_CASES = (select(_CASES.c.case_id).where(_CASES.c.case_id.in_(bindparam("cases", expanding=True)))
+               .order_by(_CASES.c.case_id).with_for_update())
 _CASE_HASHES = (_CASES.update().where(_CASES.c.case_id == bindparam("id"))
                 .values(child_fingerprints=bindparam("children")))
 
@@ -37,7 +44,8 @@ _NEXT_REASONS = (select(_OVERRIDES.c.update_id, _OVERRIDES.c.reason)
                  .where(_OVERRIDES.c.reason.is_not(None),
                         _OVERRIDES.c.update_id > bindparam("after"))
                  .order_by(_OVERRIDES.c.update_id).limit(bindparam("batch")))
-_RESEAL_REASON = (_OVERRIDES.update().where(_OVERRIDES.c.update_id == bindparam("id"))
+_RESEAL_REASON = (_OVERRIDES.update().where(_OVERRIDES.c.update_id == bindparam("id"),
+                                             _OVERRIDES.c.reason.is_not(None))  # as _RESEAL
                   .values(reason=bindparam("sealed")))
 
 
@@ -70,6 +78,7 @@ async def _reports(db: Database, vault: IdentityVault, progress) -> int:
                         "key it was sealed with to BEACON_SECRET_KEY_PREVIOUS") from None
                 changes.append({"id": row.report_id, "sealed": sealed, "children": children,
                                 "reporter": reporter})
+            await session.execute(_LOCK_CASES, {"cases": sorted({row.case_id for row in rows})})
             await session.execute(_RESEAL, changes)
             # A case's hashes are those of its reports; a case whose reports span batches is
             # made again with each, the last time with all of them re-made.

@@ -76,8 +76,9 @@ async def erase(db, who: Principal, case_id: str, report_id: str, reason: Reason
     code and the report id. False when there was nothing left to erase (asked before, or
     erased by retention): the attempt is recorded all the same."""
     async with db.writes() as session, session.begin():
-        # The case row first, as the read model locks it (PostgreSQL): a report joining the
-        # case meanwhile adds its hashes after these are made, not under them.
+        # The case row first, as the read model and the retention purge lock it (PostgreSQL):
+        # a report joining the case meanwhile adds its hashes after these are made, not under
+        # them, and a purge of the case waits (or is waited for) instead of deadlocking.
         await session.execute(select(_CASES.c.case_id).where(_CASES.c.case_id == case_id)
                               .with_for_update())
         held = (await session.execute(

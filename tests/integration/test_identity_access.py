@@ -2,6 +2,7 @@
 hotline and for the authorities that must act, the reporter withheld where asked, everyone else
 refused, every opening audited by field name, and nothing of it in a log line."""
 
+import asyncio
 import json
 from types import SimpleNamespace
 
@@ -101,3 +102,39 @@ def test_an_authority_that_handed_the_case_on_no_longer_sees_identity():
         assert not must_act(SimpleNamespace(targets=[{**target, **gone}]), police), gone
     assert not must_act(SimpleNamespace(targets=[{**target, "authority_id": "commune:4:health"}]),
                         police)
+
+
+async def test_refused_identity_requests_are_found_by_the_identity_field(stack):
+    """An investigator lists who tried to see a child's or a reporter's identity with the field
+    filter (`beacon audit query --field identity`): each refusal is there beside the openings,
+    named an identity request (the field, never a value), whatever refused it."""
+    case_id, _ = await _p1_case(stack)
+    await _user(stack, "province-cp", "authority", "province:1", [PROVINCE_CP])
+    # By role, outside the caller's authorities, informed but not asked to act.
+    for who in ("admin", "auditor", "authority_elsewhere", "province-cp"):
+        async with stack.client(who) as other:
+            assert (await other.get(f"/api/v1/cases/{case_id}/identity")).status_code == 403
+    async with stack.client("operator") as api:
+        assert (await api.get("/api/v1/cases/C-NOSUCHCASE1/identity")).status_code == 404
+        assert (await api.get(f"/api/v1/cases/{case_id}/identity")).status_code == 200
+        assert (await api.get(f"/api/v1/cases/{case_id}")).status_code == 200  # not identity
+
+    from typer.testing import CliRunner
+
+    from services.cli import app as cli
+
+    # The CLI's client is synchronous and the server runs in this loop: off the loop with it.
+    result = await asyncio.to_thread(CliRunner().invoke, cli, [
+        "audit", "query", "--field", "identity", "--url", stack.base_url,
+        "--token", stack.tokens["auditor"]])
+    assert result.exit_code == 0, result.output
+    found = [(r["user_id"], r["action"], r["record"], r["fields"], r["outcome"])
+             for r in json.loads(result.output)["items"]]
+    shown = ["identity.children", "identity.narrative", "identity.reporter"]
+    assert found == [
+        ("test-admin", "denied", case_id, ["identity"], "denied"),
+        ("test-auditor", "denied", case_id, ["identity"], "denied"),
+        ("test-authority_elsewhere", "denied", case_id, ["identity"], "denied"),
+        ("province-cp", "denied", case_id, ["identity"], "denied"),
+        ("test-operator", "read", "C-NOSUCHCASE1", ["identity"], "not_found"),
+        ("test-operator", "read", case_id, shown, "ok")]

@@ -376,3 +376,178 @@ async def test_simultaneous_calls_to_two_intake_instances_open_one_case(kafka_bo
     finally:
         for stack in stacks:
             await stack.stop()
+
+
+@pytest.mark.parametrize(("paused", "before"), [("retention", "UPDATE cases"),
+                                                ("erasure", "UPDATE reports")])
+async def test_an_erasure_and_the_retention_purge_of_one_case_at_once_both_finish(
+        pg_database, paused, before):
+    """A supervisor erases a report of a closed case while the purge erases the case's
+    identity, in two intake instances. Each takes the case row before the reports' rows, so
+    the second waits for the first. The purge took the reports first: each then waited for
+    the other, and PostgreSQL killed one ("deadlock detected"). One side is held just before
+    `before`, holding what it took until then, while the other runs into it."""
+    from sqlalchemy import event
+    from sqlalchemy.util import await_only
+
+    from services import retention
+    from services.common.auth import Principal
+    from services.intake import subjects
+    from tests.integration import test_retention as t
+
+    await migrate(pg_database)
+    purging, erasing = Database(pg_database), Database(pg_database)  # two intake instances
+    held, go_on = asyncio.Event(), asyncio.Event()
+
+    def hold(conn, cursor, statement, *args):
+        if statement.startswith(before) and not held.is_set():
+            held.set()
+            await_only(go_on.wait())
+
+    try:
+        await t.add_case(purging, "C-OLD", "closed", days_ago=40)  # reports R-C-OLD-0 and -1
+        event.listen((purging if paused == "retention" else erasing).engine.sync_engine,
+                     "before_cursor_execute", hold)
+
+        async def purge():
+            await retention.purge(purging, t.kept_for(identity=30), {"intake"})
+
+        async def erase():
+            return await subjects.erase(erasing, Principal("sup", "supervisor", "national"),
+                                        "C-OLD", "R-C-OLD-0", "subject_request")
+
+        first, second = (purge, erase) if paused == "retention" else (erase, purge)
+        running = [asyncio.create_task(first())]
+        await asyncio.wait_for(held.wait(), 10)
+        running.append(asyncio.create_task(second()))
+
+        async def waits_for_a_lock():
+            async with purging.reads() as session:
+                return await session.scalar(select(func.count()).select_from(
+                    text("pg_stat_activity")).where(text(
+                        "wait_event_type = 'Lock' AND datname = current_database()")))
+        await eventually(waits_for_a_lock, timeout=10, interval=0.05)
+        go_on.set()
+        await asyncio.wait_for(asyncio.gather(*running), 30)
+
+        reports = await t.table(purging, ReportRow)
+        assert [(r.identity, r.child_fingerprints) for r in reports] == [(None, [])] * 2
+        async with purging.reads() as session:
+            trail = (await session.execute(select(AuditRecord.user_id, AuditRecord.outcome)
+                                           .where(AuditRecord.action == "erase")
+                                           .order_by(AuditRecord.id))).all()
+        # The erasure found the identity gone when the purge went first.
+        assert [tuple(r) for r in trail] == (
+            [("system:retention", "ok"), ("sup", "already_erased")] if paused == "retention"
+            else [("sup", "ok"), ("system:retention", "ok")])
+    finally:
+        go_on.set()
+        await purging.dispose()
+        await erasing.dispose()
+
+
+@pytest.mark.parametrize("before", [None, "UPDATE cases"], ids=["read", "case"])
+async def test_an_erasure_during_a_key_rotation_stays_erased(pg_database, before):
+    """`beacon keys rotate` re-seals a batch of reports while a supervisor erases one of them.
+    The rotation re-seals only what still holds identity, and locks the batch's case rows
+    first, as the erasure does. Before, it wrote the identity it had read back over an erasure
+    made meanwhile (held just after reading its batch: `before` None), or deadlocked with it
+    (held before `UPDATE cases`, the erasure waiting for a report the rotation held)."""
+    from sqlalchemy import event
+    from sqlalchemy.util import await_only
+
+    from services.common.auth import Principal
+    from services.intake import subjects
+    from services.intake.identity import IdentityVault
+    from services.intake.key_rotation import rotate
+    from tests.integration.test_key_rotation import NEW, OLD, add_sealed
+
+    await migrate(pg_database)
+    rotating, erasing = Database(pg_database), Database(pg_database)
+    held, go_on = asyncio.Event(), asyncio.Event()
+
+    statements = []
+
+    def hold(conn, cursor, statement, *args):
+        statements.append(statement)  # the first one reads the batch
+        if not held.is_set() and (statement.startswith(before) if before
+                                  else len(statements) == 2):
+            held.set()
+            await_only(go_on.wait())
+
+    try:
+        await add_sealed(rotating, IdentityVault(OLD), "C-A", ["Nguyễn Thị A", "Lê Văn C"])
+        event.listen(rotating.engine.sync_engine, "before_cursor_execute", hold)
+        rotation = asyncio.create_task(rotate(rotating, IdentityVault(NEW, [OLD])))
+        await asyncio.wait_for(held.wait(), 10)
+        erasure = asyncio.create_task(subjects.erase(
+            erasing, Principal("sup", "supervisor", "national"), "C-A", "R-C-A-0",
+            "subject_request"))
+
+        async def erased_or_waiting():
+            if erasure.done():
+                return True
+            async with erasing.reads() as session:
+                return await session.scalar(select(func.count()).select_from(
+                    text("pg_stat_activity")).where(text(
+                        "wait_event_type = 'Lock' AND datname = current_database()")))
+        await eventually(erased_or_waiting, timeout=10, interval=0.05)
+        go_on.set()
+        assert await asyncio.wait_for(erasure, 30) is True
+        await asyncio.wait_for(rotation, 30)
+
+        reports = {r.report_id: r for r in await rows_of(rotating, ReportRow)}
+        gone, kept = reports["R-C-A-0"], reports["R-C-A-1"]
+        assert (gone.identity, gone.reporter_fingerprint, gone.child_fingerprints) == (
+            None, None, [])
+        assert IdentityVault(NEW).open(kept.identity)["children"][0]["name"] == "Lê Văn C"
+        [case] = await rows_of(rotating, CaseView)
+        assert case.child_fingerprints == sorted(kept.child_fingerprints)  # not the erased child
+    finally:
+        go_on.set()
+        await rotating.dispose()
+        await erasing.dispose()
+
+
+async def rows_of(db, model):
+    async with db.reads() as session:
+        return (await session.scalars(select(model))).all()
+
+
+async def test_an_override_reason_purged_during_a_key_rotation_stays_erased(pg_database):
+    """The retention purge erases a closed case's override reason after the rotation read it
+    and before it wrote it back re-sealed: it stays erased."""
+    from sqlalchemy import event
+    from sqlalchemy.util import await_only
+
+    from services import retention
+    from services.intake.identity import IdentityVault
+    from services.intake.key_rotation import rotate
+    from services.intake.store import SeverityOverrideRow
+    from tests.integration import test_retention as t
+    from tests.integration.test_key_rotation import NEW, OLD
+
+    await migrate(pg_database)
+    rotating, purging = Database(pg_database), Database(pg_database)
+    held, go_on = asyncio.Event(), asyncio.Event()
+
+    def hold(conn, cursor, statement, *args):
+        if statement.startswith("UPDATE severity_overrides") and not held.is_set():
+            held.set()
+            await_only(go_on.wait())
+
+    try:
+        await t.add_case(rotating, "C-OLD", "closed", days_ago=40, reports=0)
+        await t.add_override(rotating, "C-OLD", 0, IdentityVault(OLD).seal_text("Canary why"))
+        event.listen(rotating.engine.sync_engine, "before_cursor_execute", hold)
+        rotation = asyncio.create_task(rotate(rotating, IdentityVault(NEW, [OLD])))
+        await asyncio.wait_for(held.wait(), 10)
+        assert await retention.purge(purging, t.kept_for(identity=30), {"intake"}) == {
+            "identity": 1, "idempotency": 0, "withdrawn": 0}
+        go_on.set()
+        await asyncio.wait_for(rotation, 30)
+        assert [o.reason for o in await rows_of(rotating, SeverityOverrideRow)] == [None]
+    finally:
+        go_on.set()
+        await rotating.dispose()
+        await purging.dispose()

@@ -231,13 +231,44 @@ async def test_an_erasure_outside_the_case_or_the_jurisdiction_is_refused_and_re
     assert untouched.identity is not None and untouched.child_fingerprints
     trail = [(r.user_id, r.action, r.record, r.fields, r.outcome) for r in await _trail(stack)
              if r.action in ("erase", "denied")]
+    asked = ["identity", "reason:court_order"]  # an erasure of identity, refused
     assert trail == [
-        ("test-supervisor", "erase", first["case_id"], ["reason:court_order"], "not_found"),
-        ("test-supervisor", "erase", first["case_id"], ["reason:court_order"], "not_found"),
-        ("test-supervisor", "erase", "C-NOSUCHCASE00", ["reason:court_order"], "not_found"),
-        ("supervisor-saigon", "denied", first["case_id"], [], "denied"),
+        ("test-supervisor", "erase", first["case_id"], asked, "not_found"),
+        ("test-supervisor", "erase", first["case_id"], asked, "not_found"),
+        ("test-supervisor", "erase", "C-NOSUCHCASE00", asked, "not_found"),
+        ("supervisor-saigon", "denied", first["case_id"], asked, "denied"),
         ("supervisor-saigon", "erase", other["case_id"],
          sorted([*ERASED, "reason:entered_in_error", f"report:{other['report_id']}"]), "ok")]
+
+
+async def test_refused_searches_and_erasures_are_found_by_the_identity_field(stack):
+    """An investigator filtering the trail by field (`beacon audit query --field identity`)
+    finds the refused searches and erasures as identity requests, with no value in them."""
+    async with stack.client("operator") as api:
+        case = await _submit(api)
+    case_id, erasure = case["case_id"], _erasure(case["case_id"], case["report_id"])
+    await _user(stack, "supervisor-saigon", "supervisor", "province:79", [])
+    async with stack.client("operator") as operator:
+        assert (await operator.post(SEARCH, json={"reporter_phone": "0987654321"})
+                ).status_code == 403
+        assert (await operator.post(erasure, json={"reason": "subject_request"})
+                ).status_code == 403
+    async with stack.client("supervisor-saigon") as elsewhere:
+        assert (await elsewhere.post(erasure, json={"reason": "court_order"})).status_code == 403
+    async with stack.client("supervisor") as sup:
+        assert (await sup.post(_erasure(case_id, "R-NOSUCHREPORT"),
+                               json={"reason": "entered_in_error"})).status_code == 404
+    async with stack.client("auditor") as auditor:
+        answer = await auditor.get("/api/v1/audit", params={"field": "identity"})
+    assert answer.status_code == 200, answer.text
+    assert [(r["user_id"], r["action"], r["record"], r["fields"], r["outcome"])
+            for r in answer.json()["items"]] == [
+        ("test-operator", "denied", SEARCH, ["identity"], "denied"),
+        ("test-operator", "denied", case_id, ["identity"], "denied"),
+        ("supervisor-saigon", "denied", case_id, ["identity", "reason:court_order"], "denied"),
+        ("test-supervisor", "erase", case_id, ["identity", "reason:entered_in_error"],
+         "not_found")]
+    _never_shown("", await _trail(stack), "987654321")
 
 
 async def test_before_the_key_rotation_a_search_finds_hashes_under_the_previous_key(sqlite_db):

@@ -25,6 +25,7 @@ async def test_a_database_beacon_creates_is_owner_only_with_its_wal_and_shm(tmp_
         files = sorted(p.name for p in (tmp_path / "var").iterdir())
         assert files == ["beacon.db", "beacon.db-shm", "beacon.db-wal"]
         assert {f: _mode(tmp_path / "var" / f) for f in files} == dict.fromkeys(files, 0o600)
+        assert _mode(tmp_path / "var") == 0o700  # made for it: owner-only too
     finally:
         await db.dispose()
 

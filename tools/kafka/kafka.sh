@@ -62,6 +62,7 @@ start() {
     say "a broker not started by this script already answers on 127.0.0.1:$port; using it"; return 0
   fi
   resolve
+  mkdir -p -m 700 "$root/var"  # owner-only when made here, as Beacon makes it
   mkdir -p "$var/data" "$var/logs"
   sed -e "s|@DATA@|$var/data|" -e "s|@PORT@|$port|g" -e "s|@CPORT@|$cport|g" "$here/server.properties" > "$var/server.properties"
   if [ ! -f "$var/data/meta.properties" ]; then

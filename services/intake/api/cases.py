@@ -104,14 +104,17 @@ async def _may_read(session, who: Principal, case: CaseView) -> bool:
     return who.covers(case.province_code, case.commune_code)
 
 
-async def readable_case(session, request: Request, who: Principal, case_id: str) -> CaseView:
-    """The case, if it exists (404) and the caller may read it (403); both recorded."""
+async def readable_case(session, request: Request, who: Principal, case_id: str,
+                        asks: list[str] | None = None) -> CaseView:
+    """The case, if it exists (404) and the caller may read it (403); both recorded, naming
+    `asks`, the fields the caller wanted of it (its identity, ...)."""
     case = await session.get(CaseView, case_id)
     if case is None:
-        await fail(request, who, "read", case_id, "not_found", HTTPException(404, "no such case"))
+        await fail(request, who, "read", case_id, "not_found", HTTPException(404, "no such case"),
+                   asks)
     if not await _may_read(session, who, case):
         await deny(request, who, case_id, "this case is not routed to your authorities"
-                   if who.role == "authority" else "this case is outside your jurisdiction")
+                   if who.role == "authority" else "this case is outside your jurisdiction", asks)
     return case
 
 

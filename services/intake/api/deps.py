@@ -33,10 +33,14 @@ async def principal(
     return who
 
 
-def role(*allowed: str):
+def role(*allowed: str, asks: tuple[str, ...] = ()):
+    """The caller, if its role is one of `allowed`. `asks`: the fields the call reaches
+    (identity, ...), named in a refusal's audit record, so that a search of the trail by
+    field finds the refused attempts beside the granted ones."""
     async def check(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
         if who.role not in allowed:
-            await deny(request, who, _record_of(request), f"role {who.role} may not do this")
+            await deny(request, who, _record_of(request), f"role {who.role} may not do this",
+                       list(asks))
         return who
 
     return check
@@ -51,9 +55,11 @@ def _record_of(request: Request) -> str:
     return request.url.path
 
 
-async def deny(request: Request, who: Principal, record_id: str, why: str) -> NoReturn:
-    """Refuse with 403, and put the attempt in the audit trail."""
-    await fail(request, who, "denied", record_id, "denied", HTTPException(403, why))
+async def deny(request: Request, who: Principal, record_id: str, why: str,
+               fields: list[str] | None = None) -> NoReturn:
+    """Refuse with 403, and put the attempt in the audit trail, with the names of the fields
+    it asked for (never their values)."""
+    await fail(request, who, "denied", record_id, "denied", HTTPException(403, why), fields)
 
 
 class Answered(Exception):  # noqa: N818 (not an error: the first attempt's answer)

@@ -26,6 +26,9 @@ from services.intake.store import ReportRow, WithdrawnInput
 router = APIRouter(prefix="/api/v1", tags=["cases"])
 log = structlog.get_logger("beacon.intake")
 SHOWN = ("children", "narrative", "suspect", "receiving_point", "reporter")
+# A refusal names what was asked: the trail searched by field (`--field identity`) finds the
+# refused attempts beside the openings.
+ASKED = ("identity",)
 
 
 class ReportIdentity(BaseModel):
@@ -49,12 +52,13 @@ class CaseIdentity(BaseModel):
 @router.get("/cases/{case_id}/identity", response_model=CaseIdentity,
             responses={403: {}, 404: {}})
 async def case_identity(case_id: str, request: Request, response: Response, rt: Runtime,
-                        who: Annotated[Principal, Depends(role("operator", "supervisor",
-                                                                "authority"))]):
+                        who: Annotated[Principal, Depends(role(
+                            "operator", "supervisor", "authority", asks=ASKED))]):
     async with rt.db.reads() as session:
-        case = await readable_case(session, request, who, case_id)
+        case = await readable_case(session, request, who, case_id, list(ASKED))
         if who.role == "authority" and not must_act(case, who):
-            await deny(request, who, case_id, "identity is shown only to those who must act")
+            await deny(request, who, case_id, "identity is shown only to those who must act",
+                       list(ASKED))
         rows = (await session.execute(
             select(ReportRow.report_id, ReportRow.received_at, ReportRow.identity)
             .where(ReportRow.case_id == case_id,  # not a report refused with 503

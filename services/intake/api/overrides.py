@@ -41,15 +41,16 @@ class CaseOverrides(BaseModel):
 
 
 _ROWS = SeverityOverrideRow
+ASKED = ("override.reason",)  # named by a refusal, as identity's are (api/identity.py)
 
 
 @router.get("/cases/{case_id}/overrides", response_model=CaseOverrides,
             responses={403: {}, 404: {}})
 async def case_overrides(case_id: str, request: Request, response: Response, rt: Runtime,
-                         who: Annotated[Principal, Depends(role("operator", "supervisor",
-                                                                 "auditor"))]):
+                         who: Annotated[Principal, Depends(role(
+                             "operator", "supervisor", "auditor", asks=ASKED))]):
     async with rt.db.reads() as session:
-        await readable_case(session, request, who, case_id)  # in the caller's scope
+        await readable_case(session, request, who, case_id, list(ASKED))  # in the caller's scope
         rows = (await session.execute(
             select(_ROWS.update_id, _ROWS.created_at, _ROWS.severity, _ROWS.by_user, _ROWS.reason)
             .where(_ROWS.case_id == case_id, _ROWS.published.is_(True))  # pending: not accepted yet

@@ -19,7 +19,8 @@ from services.intake.api.deps import Body, Runtime, deny, fail, role
 from services.intake.store import CaseView
 
 router = APIRouter(prefix="/api/v1", tags=["subject requests"])
-Supervisor = Annotated[Principal, Depends(role("supervisor"))]
+# A refusal names identity, as an erasure does: the trail searched by field finds it.
+Supervisor = Annotated[Principal, Depends(role("supervisor", asks=("identity",)))]
 
 
 class IdentitySearch(Body):
@@ -102,14 +103,14 @@ async def erase_report(case_id: str, report_id: str, body: Erasure, request: Req
                        rt: Runtime, who: Supervisor):
     """Erase one report's identity (children, reporter, narrative, suspect, receiving point),
     its hashes and its children's sexes. The case, its events and timeline stay."""
-    why = [f"reason:{body.reason}"]
+    why = ["identity", f"reason:{body.reason}"]  # a refusal's record: what was asked, and why
     async with rt.db.reads() as session:
         case = await session.get(CaseView, case_id)
     if case is None:
         await fail(request, who, "erase", case_id, "not_found", HTTPException(404, "no such case"),
                    why)
     if not who.covers(case.province_code, case.commune_code):
-        await deny(request, who, case_id, "this case is outside your jurisdiction")
+        await deny(request, who, case_id, "this case is outside your jurisdiction", why)
     if await subjects.case_of(rt.db, report_id) != case_id:
         await fail(request, who, "erase", case_id, "not_found",
                    HTTPException(404, "no such report in this case"), why)
