@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         """Unset, links point at where this process serves: a port changed alone moved the
         API but left every link, and the admin CLI, on 8000."""
         if "public_base_url" not in self.model_fields_set:
+            if self.env == "production":  # every alert's link would open nothing
+                raise ValueError("BEACON_PUBLIC_BASE_URL must be set when BEACON_ENV=production: "
+                                 "it begins every link in a message, and unset it is this "
+                                 "machine's own address, which no recipient can open")
             host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::", "") else self.http_host
             host = f"[{host}]" if ":" in host else host
             self.public_base_url = f"http://{host}:{self.http_port}"

@@ -178,7 +178,8 @@ def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap
                       BEACON_WEBHOOK_SECRET=token_urlsafe(32))
     assert production.returncode == 2 and "BEACON_SECRET_KEY" in production.stderr
     real = {"BEACON_ENV": "production", "BEACON_SECRET_KEY": token_urlsafe(32),
-            "BEACON_WEBHOOK_SECRET": token_urlsafe(32)}
+            "BEACON_WEBHOOK_SECRET": token_urlsafe(32),
+            "BEACON_PUBLIC_BASE_URL": "https://beacon.example.vn"}
     for refused, says in (
         ({"BEACON_SECRET_KEY": "change-me-identity-and-link-key-0123456789"}, "placeholder"),
         ({"BEACON_WEBHOOK_SECRET": "a" * 40}, "few different characters"),

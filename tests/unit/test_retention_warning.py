@@ -7,6 +7,7 @@ from services import runtime
 from services.common.config import Settings
 
 PRODUCTION = dict(env="production", database_url="postgresql+asyncpg://beacon@db/beacon",
+                  public_base_url="https://beacon.example.vn",
                   secret_key="k" + "abcdefghijklmnopqrstuvwxyz0123456789",
                   webhook_secret="w" + "abcdefghijklmnopqrstuvwxyz0123456789")
 
