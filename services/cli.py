@@ -115,9 +115,15 @@ def db_upgrade(revision: str = "head"):
     async def reachable(db):
         return None
 
+    from alembic.util import CommandError
+
     settings = _settings()
     asyncio.run(_with_db(reachable, settings, migrated=False))  # exit 2 when it does not answer
-    upgrade(settings.database_url, revision)
+    try:
+        upgrade(settings.database_url, revision)
+    except CommandError as exc:  # an unknown revision, say
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"database at {revision}")
 
 
@@ -152,6 +158,10 @@ def db_backup(path: Annotated[Path, typer.Argument(help="The file to write; must
         except FileExistsError:
             typer.echo(f"{path} exists: give a new file, so that no backup is overwritten",
                        err=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # no such directory, no permission: said, and recorded
+            await _audit_cli(db, "backup", path.name, outcome="failed")
+            typer.echo(f"cannot write {path}: {exc.strerror}", err=True)
             raise typer.Exit(2) from None
         # A copy of every sealed identity: each is recorded, with the file's name only.
         try:

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # Where the demo directory's contacts point (the local receivers that `make run` starts).
     demo_webhook_base: str = "http://127.0.0.1:8025"
     smtp_host: str = "127.0.0.1"
-    smtp_port: int = 1025
+    smtp_port: int = Field(1025, ge=1, le=65535)
     smtp_starttls: bool = False
     smtp_username: str | None = None
     smtp_password: str | None = None
@@ -79,6 +79,14 @@ class Settings(BaseSettings):
             make_url(v)
         except ValueError as exc:  # a port that is not a number, say
             raise ValueError(f"not a database URL: {exc}") from None
+        return v
+
+    @field_validator("sms_gateway_url")
+    @classmethod
+    def _gateway(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if v and parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http(s)://HOST[:PORT]/PATH, got {v!r}")
         return v
 
     @field_validator("public_base_url")

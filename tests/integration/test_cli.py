@@ -192,6 +192,17 @@ def test_start_up_refuses_bad_configuration_with_a_clear_message(kafka_bootstrap
     assert bad_url.returncode == 2 and "BEACON_DATABASE_URL: not a database URL" in bad_url.stderr
     bad_base = _run(settings, "run", "all", BEACON_PUBLIC_BASE_URL="beacon.example.vn")
     assert bad_base.returncode == 2 and "BEACON_PUBLIC_BASE_URL" in bad_base.stderr
+    # These two gave a 64-line traceback from the notifier (found by an admin's review).
+    for name, value in (("BEACON_SMTP_PORT", "99999"), ("BEACON_SMS_GATEWAY_URL", "notaurl")):
+        bad = _run(settings, "run", "all", **{name: value})
+        assert bad.returncode == 2 and name in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+    nowhere = _run(settings, "db", "backup", str(tmp_path / "no" / "such" / "dir.db"))
+    assert nowhere.returncode == 2 and "cannot write" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
+    unknown = _run(settings, "db", "upgrade", "--revision", "nonsense")
+    assert unknown.returncode == 2 and "nonsense" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
     typo = _run(settings, "db", "upgrade", BEACON_LOG_LEVL="DEBUG")
     assert typo.returncode == 0 and "unknown variables ignored: BEACON_LOG_LEVL" in typo.stderr
 
