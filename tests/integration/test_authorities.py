@@ -303,8 +303,16 @@ async def test_recorded_milestone_does_not_escalate_and_closing_stops_clocks(sta
         return m if m is not None and m.done_at is not None else None
 
     m = await eventually(done)
+    # A second click: answered as recorded, nothing sent (it was a second record on the
+    # timeline, found by a review of a hotline day).
+    async with stack.client("authority") as me:
+        again = await me.post(f"/api/v1/cases/{case_id}/milestones",
+                              json={"authority_id": CP, "milestone": "emergency_measure"})
+    assert again.status_code == 200, again.text
+    assert datetime.fromisoformat(again.json()["recorded_at"]) == m.done_at
     await _fire_all(stack, m.due_at + timedelta(minutes=1))
     assert not await _timeline(stack, case_id, "milestone_missed")
+    assert len(await _timeline(stack, case_id, "milestone_recorded")) == 1
 
     async with stack.client("authority") as me:
         closed = await me.post(f"/api/v1/cases/{case_id}/milestones",

@@ -7,7 +7,7 @@ answer is 202 once the broker has it. Escalation holds the deadlines.
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -34,9 +34,13 @@ class RecordMilestone(Body):
 
 
 @router.post("/cases/{case_id}/milestones", status_code=202,
-             responses={403: {}, 404: {}, 409: {}, 422: {}, 503: {}})
-async def record_milestone(case_id: str, body: RecordMilestone, request: Request, rt: Runtime,
+             responses={200: {"description": "recorded already"}, 403: {}, 404: {}, 409: {},
+                        422: {}, 503: {}})
+async def record_milestone(case_id: str, body: RecordMilestone, request: Request,
+                           response: Response, rt: Runtime,
                            who: Annotated[Principal, Depends(role("authority"))]):
+    """202 once the record is on Kafka; 200 when the step is recorded already (a second click,
+    a retry): recorded as replayed, nothing sent, as for an acknowledgement."""
     # Until the authority it passed the case to acknowledges, the sender holds its milestones
     # (their clocks run on it): it must be able to record the 12-hour measure it took.
     case, _ = await acting_target(request, rt, who, case_id, body.authority_id, passing_on=True)
@@ -47,11 +51,18 @@ async def record_milestone(case_id: str, body: RecordMilestone, request: Request
         problem = HTTPException(409, "the case is closed")
     if problem is not None:
         await fail(request, who, "write", case_id, "rejected", problem)
-    holder = await _holder(rt, case, body.milestone)
+    async with rt.db.reads() as session:
+        step = await session.get(EscalationMilestone, (case.case_id, body.milestone))
+    holder = await _holder(rt, case, body.milestone, step)
     if holder is not None and holder != body.authority_id:
         # One agency's answer never stands for another's: the police may not record child
         # protection's emergency measure, nor close the case and stop every clock on it.
         await deny(request, who, case_id, f"{body.milestone} is for {holder} to record")
+    if step is not None and step.done_at is not None:  # escalation keeps the first record
+        await audit.write(rt.db, who.user_id, who.role, "write", case_id, ["milestone"],
+                          outcome="replayed")
+        response.status_code = 200
+        return {"case_id": case_id, "milestone": body.milestone, "recorded_at": step.done_at}
     event = MilestoneRecorded(case_id=case_id, milestone=body.milestone,
                               authority_id=body.authority_id, by_user=who.user_id, at=utcnow(),
                               outcome=body.outcome)
@@ -69,11 +80,9 @@ def _duties(case) -> list[milestones.Duty]:
     return duties
 
 
-async def _holder(rt, case, milestone: str) -> str | None:
-    """Who records a milestone: the authority escalation holds to it (transfers move it), or,
-    for a step with no deadline (closing the case), its owner among those that must act."""
-    async with rt.db.reads() as session:
-        row = await session.get(EscalationMilestone, (case.case_id, milestone))
+async def _holder(rt, case, milestone: str, row: EscalationMilestone | None) -> str | None:
+    """Who records a milestone: the authority escalation holds to it (transfers move it; `row`),
+    or, for a step with no deadline (closing the case), its owner among those that must act."""
     if row is not None and row.authority_id:
         return row.authority_id
     duties = _duties(case)
