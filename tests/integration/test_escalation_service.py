@@ -29,6 +29,7 @@ from services.escalation.store import (
     Timer,
 )
 from services.notifier.render import fold_to_gsm7, render
+from tests.support.packs import short_measure_pack
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # Wednesday 09:00 in Hanoi
 M = timedelta(minutes=1)
@@ -206,7 +207,7 @@ async def test_a_breach_holds_a_parent_already_acting_to_the_same_window(esc):
     await esc.fire_due(now)
     new = (await _emitted(esc))[before:]
     assert {"case_id": "C-1", "authority_id": CP, "step": "escalated", "fraction": None,
-            "to_authority_id": PROVINCE_CP} in new
+            "to_authority_id": PROVINCE_CP, "milestone": None} in new
     escalated = [e for e in new if e.get("kind") == "escalated" and e["authority_id"] == PROVINCE_CP]
     assert len(escalated) == 1 and _at(escalated[0]["ack_due"]) == now + 15 * M
     [province] = await _rows(esc, EscalationTarget, authority_id=PROVINCE_CP)
@@ -497,6 +498,59 @@ async def test_reminders_overtaken_while_escalation_was_down_are_not_sent(esc):
     await esc.fire_due(first)
     assert [e["kind"] for e in (await _emitted(esc))[before:]
             if e.get("kind") and e["authority_id"] == CP] == ["reminder"]
+
+
+def _milestone_told(events: list[dict], authority_id: str = CP) -> list[dict]:
+    return [e for e in events if e.get("kind") and e.get("milestone") == "emergency_measure"
+            and e["authority_id"] == authority_id]
+
+
+async def test_a_report_entered_after_its_emergency_measure_was_due_sends_no_stale_reminder(
+        esc, tmp_path):
+    """Entered 11 minutes after the call, under a pack whose emergency measure takes 10: the
+    commune got the new alert, then twice "Phai hoan thanh Bien phap bao ve khan cap truoc
+    12:51", the deadline gone (found by the day-in-the-life review). Its 50% and 80% reminders
+    are on the timeline, overtaken, and send nothing."""
+    _use(esc, str(short_measure_pack(tmp_path)))
+    received = T0 - 11 * M
+    await _report(esc, received_at=received, category="SEX_ABUSE",
+                  indicators=["caregiver_is_abuser"])
+    [m] = await _rows(esc, EscalationMilestone, milestone="emergency_measure")
+    assert (m.authority_id, m.due_at) == (CP, received + 10 * M)  # gone already
+    before = len(await _emitted(esc))
+    await esc.fire_due(T0 + timedelta(seconds=1))
+    late = (await _emitted(esc))[before:]
+    assert not [e for e in _milestone_told(late) if e["kind"] == "reminder"]
+    steps = [(e["step"], e["fraction"], e["milestone"]) for e in late
+             if e.get("step") and e["authority_id"] == CP]
+    assert steps[:2] == [("reminder", 0.5, "emergency_measure"), ("reminder", 0.8, "emergency_measure")]
+    timers = await _rows(esc, MilestoneTimer, milestone="emergency_measure")
+    assert sorted((t.fraction, t.outcome) for t in timers) == [
+        (0.5, "overtaken"), (0.8, "overtaken"), (1.0, "fired")]
+    # The supervisors and the tier up are told as before.
+    assert {e["kind"] for e in late if e.get("kind") and e["milestone"] == "emergency_measure"} == {
+        "supervisor", "escalated"}
+
+
+async def test_a_reminder_overtaken_by_the_next_still_to_come_goes_once(esc, tmp_path):
+    # Entered 9 minutes late: the 50% (5 min) and 80% (8 min) reminders are both due, the
+    # deadline a minute away. One reminder goes, telling it as still to come.
+    _use(esc, str(short_measure_pack(tmp_path)))
+    await _report(esc, received_at=T0 - 9 * M, category="SEX_ABUSE",
+                  indicators=["caregiver_is_abuser"])
+    before = len(await _emitted(esc))
+    await esc.fire_due(T0 + timedelta(seconds=1))
+    late = (await _emitted(esc))[before:]
+    [reminder] = _milestone_told(late)
+    assert reminder["kind"] == "reminder" and reminder["alert_id"].endswith(
+        str(next(t.id for t in await _rows(esc, MilestoneTimer, milestone="emergency_measure")
+                 if t.fraction == 0.8)))
+    sms = fold_to_gsm7(render(AlertRequested.model_validate(reminder), "sms", "vi", "L").text)
+    assert "Phai hoan thanh Bien phap bao ve khan cap truoc 09:01 25/11." in sms
+    assert [(e["fraction"], e["milestone"]) for e in late if e.get("step") == "reminder"
+            and e["authority_id"] == CP and e["milestone"]] == [
+        (0.5, "emergency_measure"), (0.8, "emergency_measure")]
+    assert not await _emitted(esc, "beacon.milestone.missed")
 
 
 async def test_closing_a_case_routed_under_an_earlier_pack_tells_whom_it_can(esc):
