@@ -163,13 +163,19 @@ class Timers:
                                                 fraction=timer.fraction,
                                                 milestone=timer.milestone))
             return
-        # Missed: like a missed acknowledgement, the supervisor chain and the next tier up.
+        # Missed: like a missed acknowledgement, the holder, its supervisor chain and the next
+        # tier up are told.
         log.warning("milestone_missed", milestone=timer.milestone, authority_id=row.authority_id)
         m.missed_at = now
         up = None
         if gone:
             self._unescalated(row.authority_id, "milestone_missed")
         else:
+            # Kind `breach` with the milestone: the messages tell the step overdue, not the
+            # acknowledgement. Unlike an acknowledgement's breach, also told to a holder whose
+            # transfer awaits the new authority: it still holds the step, and it alone may
+            # record it until then (docs/authorities.md, Transfer).
+            self._alert(session, case, row, "breach", suffix=suffix, milestone=m)
             authority = self.rt.directory.get(row.authority_id)
             steps = self.rt.pack.escalation.on_breach
             if "supervisors" in steps:

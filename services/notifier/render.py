@@ -155,9 +155,15 @@ def _label(table: dict[str, dict[str, str]], lang: str, code: str,
     return given or table[lang].get(code) or (pack and pack.vi) or code
 
 
+# A breach about a milestone: the holder missed the step itself, not an acknowledgement.
+MILESTONE_BREACH_LABELS = {"vi": "Quá hạn thực hiện", "en": "Step overdue"}
+
+
 def _kind_label(alert: AlertRequested, lang: str) -> str:
     if alert.kind == "alert" and alert.cause in CAUSE_LABELS[lang]:
         return CAUSE_LABELS[lang][alert.cause].format(previous=alert.previous_severity or "?")
+    if alert.kind == "breach" and alert.milestone:
+        return MILESTONE_BREACH_LABELS[lang]
     return _label(KIND_LABELS, lang, alert.kind)
 
 

@@ -314,7 +314,7 @@ MILESTONE = dict(kind="reminder", milestone="emergency_measure",
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
-@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
+@pytest.mark.parametrize("kind", ["reminder", "breach", "supervisor", "escalated"])
 def test_p1_milestone_sms_names_the_step_and_its_deadline_in_two_segments(category, kind):
     a = alert(category=category, **{**MILESTONE, "kind": kind})
     m = render(a, "sms", "vi", link(a))
@@ -629,10 +629,10 @@ SHIPPED_STEPS = sorted({(m.code, m.label, m.name) for name in SHIPPED
 
 @pytest.mark.parametrize("step,label,name", SHIPPED_STEPS)
 @pytest.mark.parametrize("lang", ["vi", "en"])
-@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
+@pytest.mark.parametrize("kind", ["reminder", "breach", "supervisor", "escalated"])
 def test_a_p1_sms_naming_a_shipped_step_fits_two_segments(step, label, name, lang, kind):
-    about = {} if kind == "reminder" else {**MISSED, "kind": kind,
-                                           "role": "act" if kind == "escalated" else "inform"}
+    about = {"kind": kind} if kind in ("reminder", "breach") else {
+        **MISSED, "kind": kind, "role": "act" if kind == "escalated" else "inform"}
     for category in CATEGORIES:
         a = alert(category=category, **{**MILESTONE, "milestone": step, "milestone_label": label,
                                         "milestone_name": name, **about})
@@ -643,11 +643,11 @@ def test_a_p1_sms_naming_a_shipped_step_fits_two_segments(step, label, name, lan
 
 
 @pytest.mark.parametrize("step,label,name", SHIPPED_STEPS, ids=[s[0] for s in SHIPPED_STEPS])
-@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
+@pytest.mark.parametrize("kind", ["reminder", "breach", "supervisor", "escalated"])
 def test_the_webhook_body_names_a_shipped_step_as_the_messages_do(step, label, name, kind):
     """A receiving system got `emergency_measure` alone where the e-mail and SMS said "Biện
     pháp bảo vệ khẩn cấp": it had to know the pack to show which step was due or missed."""
-    about = {} if kind == "reminder" else {**MISSED, "kind": kind}
+    about = {"kind": kind} if kind in ("reminder", "breach") else {**MISSED, "kind": kind}
     a = alert(**{**MILESTONE, "milestone": step, "milestone_label": label,
                  "milestone_name": name, **about})
     for lang, shown in (("vi", label), ("en", name)):  # `*_label` in the body's `lang`
@@ -846,3 +846,38 @@ def test_the_webhook_body_gives_the_tier_that_missed():
     a = alert(**ESCALATED, about_tier="district", about_reason="deadline_missed")
     assert render(a, "webhook", "vi", link(a)).body["about_tier"] == "district"
     assert render(alert(), "webhook", "vi", link(a)).body["about_tier"] is None
+
+
+# --- a holder told of its own missed milestone ---
+
+OWN_MISS = {**MILESTONE, "kind": "breach"}  # what escalation sends the holder at the deadline
+
+
+@pytest.mark.parametrize("lang,sms_says,email_says,subject", [
+    ("vi", "Da qua han Bien phap bao ve khan cap tu 18:45 29/11, de nghi thuc hien ngay.",
+     "Việc quá hạn: Biện pháp bảo vệ khẩn cấp (emergency_measure); đã quá hạn từ 18:45 29/11/2026",
+     "Quá hạn thực hiện (Biện pháp bảo vệ khẩn cấp)"),
+    ("en", "Emergency protection measure overdue since 18:45 29/11 (VN time): do it now.",
+     "Step overdue: Emergency protection measure (emergency_measure); overdue since 18:45 "
+     "29/11/2026", "Step overdue (Emergency protection measure)")])
+def test_a_holder_is_told_its_own_milestone_is_overdue_not_its_acknowledgement(
+        lang, sms_says, email_says, subject):
+    """The holder of a missed 12-hour emergency measure was not told at all; told as a
+    `breach`, it must read as the step overdue, not as "acknowledgement overdue", and not give
+    the acknowledgement's deadline (09:45) as the one missed."""
+    a = alert(**OWN_MISS)
+    sms = render(a, "sms", lang, link(a)).text
+    assert sms_says in fold_to_gsm7(sms) and sms_segments(sms)[1] <= 2, sms
+    assert "09:45" not in sms and "xac nhan" not in fold_to_gsm7(sms).lower()
+    assert "acknowledg" not in sms.lower()
+    email = render(a, "email", lang, link(a))
+    assert subject in email.subject and email_says in email.text
+    assert "09:45" not in email.text
+    for wrong in ("Quá hạn xác nhận", "Acknowledgement overdue", "Thời hạn: trước", "Due: "):
+        assert wrong not in email.subject + email.text
+    short = Renderer()._tpl(lang, "sms_short", build_context(a, lang, link(a)))
+    assert ("qua han Bien phap bao ve khan cap tu 18:45" if lang == "vi" else
+            "Emergency protection measure overdue since 18:45") in fold_to_gsm7(short)
+    body = render(a, "webhook", lang, link(a)).body
+    assert (body["kind"], body["milestone"], body["about_reason"]) == (
+        "breach", "emergency_measure", None)
