@@ -186,6 +186,9 @@ class TargetEscalated(_Data):
     step: Literal["reminder", "breach", "supervisor", "escalated"]
     to_authority_id: str | None = None
     fraction: float | None = None
+    # A reminder of a milestone's deadline (the 12-hour emergency measure), not of the
+    # acknowledgement's: that step's id. Absent from events written before it was added.
+    milestone: str | None = None
 
 
 class AckRecorded(_Data):

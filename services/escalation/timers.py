@@ -144,16 +144,38 @@ class Timers:
         if gone:
             timer.outcome = "not_in_directory"
         if (timer.fraction or 0) < 1.0:
-            if not gone:
+            if gone:
+                return
+            if (m.due_at is not None and m.due_at <= now) or await session.scalar(
+                    select(MilestoneTimer.id).where(  # fired late: a later step is due too
+                        MilestoneTimer.case_id == timer.case_id,
+                        MilestoneTimer.milestone == timer.milestone,
+                        MilestoneTimer.fired_at.is_(None), MilestoneTimer.due_at > timer.due_at,
+                        MilestoneTimer.due_at <= now).limit(1)):
+                # As an acknowledgement's: on the timeline, but no message. The later step
+                # says more, and a reminder fired after the deadline would tell it as still
+                # to come (a report entered hours late, escalation catching up).
+                timer.outcome = "overtaken"
+            else:
                 self._alert(session, case, row, "reminder", suffix=suffix, milestone=m)
+            self._emit(session, TargetEscalated(case_id=case.case_id,
+                                                authority_id=row.authority_id, step="reminder",
+                                                fraction=timer.fraction,
+                                                milestone=timer.milestone))
             return
-        # Missed: like a missed acknowledgement, the supervisor chain and the next tier up.
+        # Missed: like a missed acknowledgement, the holder, its supervisor chain and the next
+        # tier up are told.
         log.warning("milestone_missed", milestone=timer.milestone, authority_id=row.authority_id)
         m.missed_at = now
         up = None
         if gone:
             self._unescalated(row.authority_id, "milestone_missed")
         else:
+            # Kind `breach` with the milestone: the messages tell the step overdue, not the
+            # acknowledgement. Unlike an acknowledgement's breach, also told to a holder whose
+            # transfer awaits the new authority: it still holds the step, and it alone may
+            # record it until then (docs/authorities.md, Transfer).
+            self._alert(session, case, row, "breach", suffix=suffix, milestone=m)
             authority = self.rt.directory.get(row.authority_id)
             steps = self.rt.pack.escalation.on_breach
             if "supervisors" in steps:

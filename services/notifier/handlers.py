@@ -192,10 +192,10 @@ class Notifier(Claims, Outcomes):
                              for a in alerts]
                     if len(alerts) == 1:
                         message = self.renderer.render(alerts[0], contact.channel, contact.lang,
-                                                       links[0])
+                                                       links[0], now)
                     else:
                         message = self.renderer.render_bundle(list(zip(alerts, links, strict=True)),
-                                                              contact.channel, contact.lang)
+                                                              contact.channel, contact.lang, now)
                     if message.render_error:
                         # The built-in text went instead of the template: sent, but reported.
                         note = f"render_fallback: {message.render_error}"[:200]

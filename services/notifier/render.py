@@ -155,9 +155,15 @@ def _label(table: dict[str, dict[str, str]], lang: str, code: str,
     return given or table[lang].get(code) or (pack and pack.vi) or code
 
 
+# A breach about a milestone: the holder missed the step itself, not an acknowledgement.
+MILESTONE_BREACH_LABELS = {"vi": "Quá hạn thực hiện", "en": "Step overdue"}
+
+
 def _kind_label(alert: AlertRequested, lang: str) -> str:
     if alert.kind == "alert" and alert.cause in CAUSE_LABELS[lang]:
         return CAUSE_LABELS[lang][alert.cause].format(previous=alert.previous_severity or "?")
+    if alert.kind == "breach" and alert.milestone:
+        return MILESTONE_BREACH_LABELS[lang]
     return _label(KIND_LABELS, lang, alert.kind)
 
 
@@ -190,8 +196,16 @@ def local_time(dt: datetime | None, fmt: str, for_people: bool = True) -> str | 
     return local.strftime(fmt)
 
 
-def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]:
-    """The only values a template sees: IDs, codes, their labels, the deadline and the link."""
+def _passed(due: datetime | None, now: datetime | None) -> bool:
+    return due is not None and now is not None and due <= now
+
+
+def build_context(alert: AlertRequested, lang: str, link: str,
+                  now: datetime | None = None) -> dict[str, Any]:
+    """The only values a template sees: IDs, codes, their labels, the deadline and the link.
+    `now`: when the message is sent. A deadline already passed then is told as overdue since
+    then, not as one to meet (the alert was queued late, or the notifier was behind); None
+    tells every deadline as given."""
     lang = _lang(lang)
     return {
         "lang": lang,
@@ -218,6 +232,7 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "ack_due": alert.ack_due.isoformat() if alert.ack_due else None,
         "ack_due_local": local_time(alert.ack_due, LOCAL_FORMAT),
         "ack_due_short": local_time(alert.ack_due, "%H:%M %d/%m"),
+        "ack_overdue": _passed(alert.ack_due, now),
         "rulepack_version": alert.rulepack_version,
         "link": link,
         # About a milestone's deadline rather than acknowledging: templates say which step.
@@ -227,6 +242,7 @@ def build_context(alert: AlertRequested, lang: str, link: str) -> dict[str, Any]
         "milestone_due": alert.milestone_due.isoformat() if alert.milestone_due else None,
         "milestone_due_local": local_time(alert.milestone_due, LOCAL_FORMAT),
         "milestone_due_short": local_time(alert.milestone_due, "%H:%M %d/%m"),
+        "milestone_overdue": _passed(alert.milestone_due, now),
         "about_authority_id": alert.about_authority_id,
         "about_reason": alert.about_reason,
         # The tier that missed, for the tier up: "Cấp xã chưa xác nhận", not "Cấp dưới". None in
@@ -270,16 +286,20 @@ def _fallback(ctx: dict[str, Any], channel: str, error: str) -> Message:
     built in code (build_context), so they cannot fail either; codes alone ("breach",
     "SEX_ABUSE") told a Vietnamese officer little."""
     due = ctx["milestone_due_short"] or ctx["ack_due_short"]
+    # A deadline gone by (a breach, a miss, or a message sent late) is not told as to come.
+    passed = ctx["milestone_overdue"] if ctx["milestone_due_short"] else ctx["ack_overdue"]
+    late = (passed or ctx["kind"] == "breach" or ctx["about_reason"] == "milestone_missed"
+            or (ctx["kind"] == "supervisor" and ctx["about_reason"] == "deadline_missed"))
     step = f" {ctx['milestone_label']}" if ctx["milestone"] else ""
     what = f"{ctx['severity']} {ctx['kind_label']}{step}"
     if ctx["lang"] == "vi":
         subject = f"[Beacon] {ctx['severity']} vụ {ctx['case_id']}"
         text = (f"Beacon {what}: vụ {ctx['case_id']} ({ctx['category_label']})."
-                + (f" Hạn {due}." if due else "") + f" {ctx['link']}")
+                + (f" {'Quá hạn từ' if late else 'Hạn'} {due}." if due else "") + f" {ctx['link']}")
     else:
         subject = f"[Beacon] {ctx['severity']} case {ctx['case_id']}"
         text = (f"Beacon {what}: case {ctx['case_id']} ({ctx['category_label']})."
-                + (f" Due {due}." if due else "") + f" {ctx['link']}")
+                + (f" {'Overdue since' if late else 'Due'} {due}." if due else "") + f" {ctx['link']}")
     if channel == "sms" and sms_segments(text)[1] > SMS_MAX_SEGMENTS:
         text = fold_to_gsm7(text)
     return Message(subject=subject, text=text, body=webhook_body(ctx), lang=ctx["lang"],
@@ -311,10 +331,12 @@ class Renderer:
                 return text
         return min(tries, key=lambda t: sms_segments(t)[1])  # too long everywhere: send the least
 
-    def render(self, alert: AlertRequested, channel: str, lang: str, link: str) -> Message:
+    def render(self, alert: AlertRequested, channel: str, lang: str, link: str,
+               now: datetime | None = None) -> Message:
+        """`now`: when it is sent (build_context)."""
         if channel not in ("webhook", "email", "sms"):
             raise ValueError(f"unknown channel {channel!r}")
-        ctx = build_context(alert, lang, link)
+        ctx = build_context(alert, lang, link, now)
         lang = ctx["lang"]
         body = webhook_body(ctx)
         template = ""
@@ -339,13 +361,13 @@ class Renderer:
             return _fallback(ctx, channel, error)
 
     def render_bundle(self, items: Sequence[tuple[AlertRequested, str]], channel: str,
-                      lang: str) -> Message:
+                      lang: str, now: datetime | None = None) -> Message:
         """One message for several reminders to one recipient: (alert, link) pairs."""
         if not items:
             raise ValueError("nothing to bundle")
         if channel not in ("webhook", "email", "sms"):
             raise ValueError(f"unknown channel {channel!r}")
-        ctxs = [build_context(alert, lang, link) for alert, link in items]
+        ctxs = [build_context(alert, lang, link, now) for alert, link in items]
         lang = ctxs[0]["lang"]
         body = {"type": "beacon.alert.bundle", "version": 1,
                 "items": [webhook_body(c) for c in ctxs]}
@@ -356,7 +378,8 @@ class Renderer:
         ctx = {"items": ctxs, "severities": sorted({c["severity"] for c in ctxs}), "lang": lang,
                "cases": len({c["case_id"] for c in ctxs}),  # a case's 50% and milestone reminders
                "first_due_local": local_time(first, LOCAL_FORMAT),
-               "first_due_short": local_time(first, "%H:%M %d/%m")}
+               "first_due_short": local_time(first, "%H:%M %d/%m"),
+               "first_overdue": _passed(first, now)}
         template = ""
         try:
             if channel == "webhook":
@@ -378,7 +401,11 @@ class Renderer:
             log.warning("notifier.render_failed", error=error, channel=channel)
             if channel == "sms":  # the shortest form that says it all: two segments
                 due = ctx["first_due_short"]
-                first = f", {'han som nhat' if lang == 'vi' else 'earliest due'} {due}" if due else ""
+                if ctx["first_overdue"]:
+                    word = "qua han tu" if lang == "vi" else "overdue since"
+                else:
+                    word = "han som nhat" if lang == "vi" else "earliest due"
+                first = f", {word} {due}" if due else ""
                 text = self._fit_sms([f"Beacon {len(ctxs)}{first}:" + "".join(
                     f" {c['severity']} {c['category']} {c['link']}" for c in ctxs)])
             else:
@@ -390,9 +417,11 @@ class Renderer:
 _default = Renderer()
 
 
-def render(alert: AlertRequested, channel: str, lang: str, link: str) -> Message:
-    return _default.render(alert, channel, lang, link)
+def render(alert: AlertRequested, channel: str, lang: str, link: str,
+           now: datetime | None = None) -> Message:
+    return _default.render(alert, channel, lang, link, now)
 
 
-def render_bundle(items: Sequence[tuple[AlertRequested, str]], channel: str, lang: str) -> Message:
-    return _default.render_bundle(items, channel, lang)
+def render_bundle(items: Sequence[tuple[AlertRequested, str]], channel: str, lang: str,
+                  now: datetime | None = None) -> Message:
+    return _default.render_bundle(items, channel, lang, now)

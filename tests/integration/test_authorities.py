@@ -15,7 +15,8 @@ from services.common.db import utcnow
 from services.common.links import sign_link
 from services.intake import submission
 from services.escalation.store import EscalationMilestone, EscalationTarget, MilestoneTimer, Timer
-from tests.conftest import eventually
+from tests.conftest import eventually, make_settings, start_stack
+from tests.support.packs import short_measure_pack
 from tests.support.reports import report
 
 CP, POLICE = "commune:4:child_protection", "commune:4:police"
@@ -280,6 +281,53 @@ async def test_missed_twelve_hour_milestone_escalates(stack):
     async with stack.client("authority") as me:
         shown = (await me.get(f"/api/v1/cases/{case_id}/milestones")).json()
     assert next(m for m in shown if m["milestone"] == "emergency_measure")["missed_at"]
+
+
+async def test_a_report_entered_after_its_measure_was_due_tells_the_holder_once(
+        kafka_bootstrap, inbox, tmp_path):
+    """A report entered 11 minutes after the call, under a pack whose emergency measure takes
+    10 (the hotline's paper log, hours late, is the same): the commune got the new alert, then
+    twice a reminder to complete the measure "before" a time gone by, and never that it was
+    overdue. Now its reminders are on the timeline, overtaken, and it gets one message: the
+    step is overdue. The timer loop fires on its own, on the real clock."""
+    settings = make_settings(kafka_bootstrap, f"sqlite+aiosqlite:///{tmp_path / 'beacon.db'}",
+                             inbox, rulepack=str(short_measure_pack(tmp_path)))
+    stack = await start_stack(settings)
+    try:
+        received = utcnow() - timedelta(minutes=11)
+        async with stack.client("operator") as api:
+            answer = await api.post("/api/v1/reports", json=report(
+                received_at=received.isoformat(), category="SEX_ABUSE",
+                indicators=["caregiver_is_abuser"]))
+            assert answer.status_code == 202, answer.text
+        case_id = answer.json()["case_id"]
+
+        async def all_delivered():  # every alert of the case has reached its receiver
+            async with stack.client("supervisor") as api:
+                timeline = (await api.get(f"/api/v1/cases/{case_id}")).json()["timeline"]
+            asked = {e["detail"]["alert_id"] for e in timeline if e["kind"] == "alert_requested"}
+            done = {e["detail"]["alert_id"] for e in timeline if e["kind"] == "delivery_delivered"}
+            missed = any(e["kind"] == "milestone_missed" for e in timeline)
+            return timeline if missed and asked <= done else None
+
+        timeline = await eventually(all_delivered)
+        hooks = [r["body"] for r in inbox.requests() if r["path"] == f"/hooks/{CP}"
+                 and r["body"]["case_id"] == case_id]
+        assert [(h["kind"], h["milestone"]) for h in hooks] == [
+            ("alert", None), ("breach", "emergency_measure")]
+        own = hooks[1]
+        assert own["role"] == "act" and own["about_authority_id"] is None
+        assert datetime.fromisoformat(own["milestone_due"]) == received + timedelta(minutes=10)
+        reminded = [e["detail"] for e in timeline if e["kind"] == "target_escalated"
+                    and e["detail"]["authority_id"] == CP and e["detail"]["milestone"]]
+        assert [(r["step"], r["fraction"]) for r in reminded] == [("reminder", 0.5), ("reminder", 0.8)]
+        # The supervisors and the province are told it was missed, as before.
+        told = {(h["path"], h["body"]["kind"]) for h in inbox.requests()
+                if h["body"].get("milestone") == "emergency_measure"}
+        assert ("/hooks/commune:4:people_committee", "supervisor") in told
+        assert ("/hooks/province:1:child_protection", "escalated") in told
+    finally:
+        await stack.stop()
 
 
 async def test_recorded_milestone_does_not_escalate_and_closing_stops_clocks(stack):

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from schemas.events import (
     AlertRequested, CaseUpdated, DeliveryOutcome, Envelope, MilestoneRecorded, ReportReceived,
-    TargetAcknowledged,
+    TargetAcknowledged, TransferRequested,
 )
 from schemas.reports import Location
 from services.common.outbox import OutboxRow
@@ -30,6 +30,7 @@ from services.escalation.store import (
     Timer,
 )
 from services.notifier.render import fold_to_gsm7, render
+from tests.support.packs import short_measure_pack
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # Wednesday 09:00 in Hanoi
 M = timedelta(minutes=1)
@@ -207,7 +208,7 @@ async def test_a_breach_holds_a_parent_already_acting_to_the_same_window(esc):
     await esc.fire_due(now)
     new = (await _emitted(esc))[before:]
     assert {"case_id": "C-1", "authority_id": CP, "step": "escalated", "fraction": None,
-            "to_authority_id": PROVINCE_CP} in new
+            "to_authority_id": PROVINCE_CP, "milestone": None} in new
     escalated = [e for e in new if e.get("kind") == "escalated" and e["authority_id"] == PROVINCE_CP]
     assert len(escalated) == 1 and _at(escalated[0]["ack_due"]) == now + 15 * M
     [province] = await _rows(esc, EscalationTarget, authority_id=PROVINCE_CP)
@@ -498,6 +499,93 @@ async def test_reminders_overtaken_while_escalation_was_down_are_not_sent(esc):
     await esc.fire_due(first)
     assert [e["kind"] for e in (await _emitted(esc))[before:]
             if e.get("kind") and e["authority_id"] == CP] == ["reminder"]
+
+
+def _milestone_told(events: list[dict], authority_id: str = CP) -> list[dict]:
+    return [e for e in events if e.get("kind") and e.get("milestone") == "emergency_measure"
+            and e["authority_id"] == authority_id]
+
+
+async def test_a_report_entered_after_its_emergency_measure_was_due_sends_no_stale_reminder(
+        esc, tmp_path):
+    """Entered 11 minutes after the call, under a pack whose emergency measure takes 10: the
+    commune got the new alert, then twice "Phai hoan thanh Bien phap bao ve khan cap truoc
+    12:51", the deadline gone (found by the day-in-the-life review). Its 50% and 80% reminders
+    are on the timeline, overtaken; the holder is told the step is overdue."""
+    _use(esc, str(short_measure_pack(tmp_path)))
+    received = T0 - 11 * M
+    await _report(esc, received_at=received, category="SEX_ABUSE",
+                  indicators=["caregiver_is_abuser"])
+    [m] = await _rows(esc, EscalationMilestone, milestone="emergency_measure")
+    assert (m.authority_id, m.due_at) == (CP, received + 10 * M)  # gone already
+    before = len(await _emitted(esc))
+    await esc.fire_due(T0 + timedelta(seconds=1))
+    late = (await _emitted(esc))[before:]
+    told = _milestone_told(late)
+    assert [e["kind"] for e in told] == ["breach"]  # one message, no reminder
+    steps = [(e["step"], e["fraction"], e["milestone"]) for e in late
+             if e.get("step") and e["authority_id"] == CP]
+    assert steps[:2] == [("reminder", 0.5, "emergency_measure"), ("reminder", 0.8, "emergency_measure")]
+    timers = await _rows(esc, MilestoneTimer, milestone="emergency_measure")
+    assert sorted((t.fraction, t.outcome) for t in timers) == [
+        (0.5, "overtaken"), (0.8, "overtaken"), (1.0, "fired")]
+    # What the commune reads: the step overdue since its deadline, not one to complete by then.
+    sms = fold_to_gsm7(render(AlertRequested.model_validate(told[0]), "sms", "vi",
+                              "https://beacon.example.gov.vn/a/x").text)
+    assert "Da qua han Bien phap bao ve khan cap tu 08:59 25/11, de nghi thuc hien ngay." in sms
+    assert "Phai hoan thanh" not in sms and "Xac nhan" not in sms
+    # The supervisors and the tier up are told as before.
+    assert {e["kind"] for e in late if e.get("kind") and e["milestone"] == "emergency_measure"} == {
+        "breach", "supervisor", "escalated"}
+
+
+async def test_a_reminder_overtaken_by_the_next_still_to_come_goes_once(esc, tmp_path):
+    # Entered 9 minutes late: the 50% (5 min) and 80% (8 min) reminders are both due, the
+    # deadline a minute away. One reminder goes, telling it as still to come.
+    _use(esc, str(short_measure_pack(tmp_path)))
+    await _report(esc, received_at=T0 - 9 * M, category="SEX_ABUSE",
+                  indicators=["caregiver_is_abuser"])
+    before = len(await _emitted(esc))
+    await esc.fire_due(T0 + timedelta(seconds=1))
+    late = (await _emitted(esc))[before:]
+    [reminder] = _milestone_told(late)
+    assert reminder["kind"] == "reminder" and reminder["alert_id"].endswith(
+        str(next(t.id for t in await _rows(esc, MilestoneTimer, milestone="emergency_measure")
+                 if t.fraction == 0.8)))
+    sms = fold_to_gsm7(render(AlertRequested.model_validate(reminder), "sms", "vi", "L").text)
+    assert "Phai hoan thanh Bien phap bao ve khan cap truoc 09:01 25/11." in sms
+    assert [(e["fraction"], e["milestone"]) for e in late if e.get("step") == "reminder"
+            and e["authority_id"] == CP and e["milestone"]] == [
+        (0.5, "emergency_measure"), (0.8, "emergency_measure")]
+    assert not await _emitted(esc, "beacon.milestone.missed")
+
+
+@pytest.mark.parametrize("transferred", [False, True])
+async def test_the_holder_is_told_its_own_milestone_was_missed(esc, transferred):
+    """Its supervisors and the tier up were told the commune missed the 12-hour emergency
+    measure; the commune, which must still take it, was not. Told also when its transfer
+    awaits the new authority: until then it still holds the step, and alone may record it."""
+    await _report(esc, indicators=["immediate_danger"])
+    await esc.handle([_wrap(TargetAcknowledged(case_id="C-1", authority_id=CP, by_user="u",
+                                               at=T0 + 5 * M), T0 + 5 * M)])
+    if transferred:
+        await esc.handle([_wrap(TransferRequested(
+            case_id="C-1", from_authority_id=CP, to_authority_id="commune:8:child_protection",
+            reason="wrong_jurisdiction", by_user="u", at=T0 + 6 * M), T0 + 6 * M)])
+    before = len(await _emitted(esc))
+    while await esc.fire_due(T0 + timedelta(hours=12, minutes=1)):
+        pass
+    late = (await _emitted(esc))[before:]
+    [own] = [e for e in _milestone_told(late) if e["kind"] == "breach"]
+    assert own["role"] == "act" and own["about_authority_id"] is None
+    assert _at(own["milestone_due"]) == T0 + timedelta(hours=12)
+    for lang, says in (("vi", "Da qua han Bien phap bao ve khan cap tu 21:00 25/11"),
+                       ("en", "Emergency protection measure overdue since 21:00 25/11")):
+        sms = render(AlertRequested.model_validate(own), "sms", lang, "L").text
+        assert says in fold_to_gsm7(sms) and "09:15" not in sms  # not the acknowledgement's
+    [missed] = [e for e in late if "milestone" in e and "to_authority_id" in e
+                and "step" not in e]
+    assert (missed["authority_id"], missed["to_authority_id"]) == (CP, PROVINCE_CP)
 
 
 async def test_closing_a_case_routed_under_an_earlier_pack_tells_whom_it_can(esc):

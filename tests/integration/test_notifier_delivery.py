@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
@@ -20,7 +21,7 @@ from services.common.db import Base, Database, utcnow
 from services.common.outbox import OutboxRow
 from services.notifier import handlers, policy
 from services.notifier.handlers import Notifier
-from services.notifier.render import Renderer, sms_segments
+from services.notifier.render import Renderer, fold_to_gsm7, sms_segments
 from services.notifier.store import Delivery
 from tests.conftest import make_settings
 from tools.inbox import free_port
@@ -611,3 +612,42 @@ async def test_an_sms_bundle_counts_cases_not_reminders(notifier, inbox):
     [text] = [r["body"]["text"] for r in inbox.requests()]
     assert text.count("http") == 2 and sms_segments(text)[1] <= 2
     assert {d.status for d in (await rows(notifier)).values()} == {"delivered"}
+
+
+async def test_a_deadline_gone_by_when_the_message_is_sent_is_told_as_overdue(notifier, inbox):
+    """A report entered late: the province's e-mail read "Please direct and support it now;
+    acknowledge receipt by 12:42", sent at 12:46 (found by the day-in-the-life review). The
+    worker renders when it sends, so a deadline already passed is told as overdue since then;
+    the webhook body keeps its fields."""
+    mail = Contact(channel="email", address="province.1@example.vn", lang="en")
+    sms = Contact(channel="sms", address="+84900000001")
+    hook = Contact(channel="webhook", address=f"{inbox.http_url}/hooks/province")
+    missed = dict(kind="escalated", severity="P1", due=timedelta(minutes=-4),
+                  milestone="emergency_measure", milestone_label="Biện pháp bảo vệ khẩn cấp",
+                  milestone_name="Emergency protection measure",
+                  milestone_due=datetime.now(UTC) - timedelta(minutes=5),
+                  about_authority_id="commune:4:child_protection",
+                  about_reason="milestone_missed", about_tier="commune")
+    sent = [alert(i, inbox, contacts=[c], **missed) for i, c in enumerate((mail, sms, hook))]
+    for a in sent:
+        await notifier.handle([Envelope.wrap(a, "test")])
+    while await step(notifier):
+        pass
+    due = sent[0].ack_due.astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))
+    [path] = inbox.mails()
+    text = message_from_bytes(path.read_bytes()).get_payload(decode=True).decode()
+    assert (f"Please direct and support it now; acknowledge receipt at once (overdue since "
+            f"{due:%H:%M %d/%m/%Y}, Viet Nam time, UTC+7).") in text
+    assert "acknowledge receipt by" not in text
+    [texted] = [r["body"]["text"] for r in inbox.requests() if r["path"] == "/sms"]
+    assert sms_segments(texted)[1] <= 2
+    [body] = [r["body"] for r in inbox.requests() if r["path"] == "/hooks/province"]
+    assert body["ack_due"] == sent[2].ack_due.isoformat() and "overdue" not in str(body)
+    # A plain act alert, sent late, by SMS in Vietnamese.
+    late = alert(9, inbox, severity="P1", kind="alert", due=timedelta(minutes=-4), contacts=[sms])
+    await notifier.handle([Envelope.wrap(late, "test")])
+    while await step(notifier):
+        pass
+    texted = [r["body"]["text"] for r in inbox.requests() if r["path"] == "/sms"][-1]
+    due = late.ack_due.astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))
+    assert f"Xac nhan da tiep nhan ngay, da qua han tu {due:%H:%M %d/%m}." in fold_to_gsm7(texted)

@@ -15,3 +15,15 @@ def fast_pack(tmp_path: Path, ack: str = "PT4S") -> Path:
     path = tmp_path / "fast.yaml"
     path.write_text(text)
     return path
+
+
+def short_measure_pack(tmp_path: Path, within: str = "PT10M") -> Path:
+    """The default pack with P1's 12-hour emergency measure cut to `within`, so that a report
+    entered a few minutes late has missed it already (the reminders and the deadline all due)."""
+    text = DEFAULT.read_text().replace("within: PT12H", f"within: {within}")
+    # The severity table restates the milestone's deadline: validation holds the two together.
+    text = text.replace("act: PT12H", f"act: {within}")
+    text = text.replace("version: default-2026.4", "version: test-short-measure")
+    path = tmp_path / "short-measure.yaml"
+    path.write_text(text)
+    return path

@@ -23,6 +23,8 @@ from services.notifier.render import (
 )
 
 DUE = datetime(2026, 11, 29, 2, 45, tzinfo=UTC)  # 09:45 in Viet Nam
+# Sent after every deadline these tests give (DUE, and MILESTONE's 18:45): told as overdue.
+LATE = DUE + timedelta(hours=12)
 CASE = "C-01KB2X7Q9M3N8P4R5S6T7V8W9XAB"  # ULID-sized, near the longest case code
 CANARY_PHONE = "0987654321"
 CATEGORIES = list(CATEGORY_LABELS["vi"])
@@ -62,9 +64,10 @@ def test_templates_see_an_allow_list_of_codes_only():
     assert set(ctx) == {
         "lang", "alert_id", "case_id", "authority_id", "tier", "tier_label", "agency",
         "agency_label", "role", "role_label", "kind", "kind_label", "category", "category_label",
-        "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "rulepack_version",
-        "link", "milestone", "milestone_label", "milestone_name", "milestone_due",
-        "milestone_due_local", "milestone_due_short", "about_authority_id", "about_reason",
+        "severity", "publicity", "ack_due", "ack_due_local", "ack_due_short", "ack_overdue",
+        "rulepack_version", "link", "milestone", "milestone_label", "milestone_name",
+        "milestone_due", "milestone_due_local", "milestone_due_short", "milestone_overdue",
+        "about_authority_id", "about_reason",
         "about_tier", "about_tier_label", "setting", "setting_label",
         "authority_name", "about_authority_name",  # an authority's, from the directory
         "cause", "previous_severity", "from_authority_id", "from_authority_name",
@@ -103,9 +106,10 @@ def test_only_alert_values_reach_messages(category, severity, kind, lang, channe
 
 @pytest.mark.parametrize("category", CATEGORIES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_p1_sms_in_vietnamese_fits_two_segments(category, kind):
+@pytest.mark.parametrize("now", [None, LATE])
+def test_p1_sms_in_vietnamese_fits_two_segments(category, kind, now):
     a = alert(category=category, kind=kind)
-    m = render(a, "sms", "vi", link(a))
+    m = render(a, "sms", "vi", link(a), now)
     encoding, n = sms_segments(m.text)
     assert n <= 2, (encoding, len(m.text), m.text)
     assert a.case_id in m.text and "P1" in m.text
@@ -314,10 +318,11 @@ MILESTONE = dict(kind="reminder", milestone="emergency_measure",
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
-@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
-def test_p1_milestone_sms_names_the_step_and_its_deadline_in_two_segments(category, kind):
+@pytest.mark.parametrize("kind", ["reminder", "breach", "supervisor", "escalated"])
+@pytest.mark.parametrize("now", [None, LATE])
+def test_p1_milestone_sms_names_the_step_and_its_deadline_in_two_segments(category, kind, now):
     a = alert(category=category, **{**MILESTONE, "kind": kind})
-    m = render(a, "sms", "vi", link(a))
+    m = render(a, "sms", "vi", link(a), now)
     assert sms_segments(m.text)[1] <= 2, m.text
     assert "18:45 29/11" in m.text and "09:45" not in m.text  # not the acknowledgement's
     assert "Bien phap bao ve khan cap" in fold_to_gsm7(m.text)  # the pack's label
@@ -486,9 +491,10 @@ def test_an_alert_that_comes_again_says_why(cause, extra, vi, en, vi_line):
 @pytest.mark.parametrize("lang", ["vi", "en"])
 @pytest.mark.parametrize("category", CATEGORIES)
 @pytest.mark.parametrize("cause,extra", [(c[0], c[1]) for c in CAUSES])
-def test_a_p1_sms_that_says_why_still_fits_two_segments(category, cause, extra, lang):
+@pytest.mark.parametrize("now", [None, LATE])
+def test_a_p1_sms_that_says_why_still_fits_two_segments(category, cause, extra, lang, now):
     a = alert(category=category, cause=cause, **extra)
-    m = render(a, "sms", lang, link(a))
+    m = render(a, "sms", lang, link(a), now)
     assert sms_segments(m.text)[1] <= 2, m.text
     assert a.case_id in m.text and "09:45 29/11" in m.text
 
@@ -629,25 +635,26 @@ SHIPPED_STEPS = sorted({(m.code, m.label, m.name) for name in SHIPPED
 
 @pytest.mark.parametrize("step,label,name", SHIPPED_STEPS)
 @pytest.mark.parametrize("lang", ["vi", "en"])
-@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
-def test_a_p1_sms_naming_a_shipped_step_fits_two_segments(step, label, name, lang, kind):
-    about = {} if kind == "reminder" else {**MISSED, "kind": kind,
-                                           "role": "act" if kind == "escalated" else "inform"}
+@pytest.mark.parametrize("kind", ["reminder", "breach", "supervisor", "escalated"])
+@pytest.mark.parametrize("now", [None, LATE])
+def test_a_p1_sms_naming_a_shipped_step_fits_two_segments(step, label, name, lang, kind, now):
+    about = {"kind": kind} if kind in ("reminder", "breach") else {
+        **MISSED, "kind": kind, "role": "act" if kind == "escalated" else "inform"}
     for category in CATEGORIES:
         a = alert(category=category, **{**MILESTONE, "milestone": step, "milestone_label": label,
                                         "milestone_name": name, **about})
-        sms = render(a, "sms", lang, link(a)).text
+        sms = render(a, "sms", lang, link(a), now).text
         assert sms_segments(sms)[1] <= 2, sms
         assert fold_to_gsm7(label if lang == "vi" else name) in fold_to_gsm7(sms)
         assert "18:45 29/11" in sms and a.case_id in sms
 
 
 @pytest.mark.parametrize("step,label,name", SHIPPED_STEPS, ids=[s[0] for s in SHIPPED_STEPS])
-@pytest.mark.parametrize("kind", ["reminder", "supervisor", "escalated"])
+@pytest.mark.parametrize("kind", ["reminder", "breach", "supervisor", "escalated"])
 def test_the_webhook_body_names_a_shipped_step_as_the_messages_do(step, label, name, kind):
     """A receiving system got `emergency_measure` alone where the e-mail and SMS said "Biện
     pháp bảo vệ khẩn cấp": it had to know the pack to show which step was due or missed."""
-    about = {} if kind == "reminder" else {**MISSED, "kind": kind}
+    about = {"kind": kind} if kind in ("reminder", "breach") else {**MISSED, "kind": kind}
     a = alert(**{**MILESTONE, "milestone": step, "milestone_label": label,
                  "milestone_name": name, **about})
     for lang, shown in (("vi", label), ("en", name)):  # `*_label` in the body's `lang`
@@ -703,14 +710,15 @@ def test_a_bundle_deadline_at_midnight_reads_as_24_00_of_the_day_before():
 
 
 @pytest.mark.parametrize("lang", ["vi", "en"])
-def test_an_sms_bundle_with_its_deadline_fits_two_segments_for_any_two_categories(lang):
+@pytest.mark.parametrize("now", [None, LATE])
+def test_an_sms_bundle_with_its_deadline_fits_two_segments_for_any_two_categories(lang, now):
     for one, two in itertools.combinations(CATEGORIES, 2):
         items = []
         for i, category in enumerate((one, two)):
             a = alert(alert_id=f"al-{i}", case_id=f"{CASE[:-1]}{i}", category=category,
                       severity="P3", kind="reminder")
             items.append((a, link(a)))
-        sms = render_bundle(items, "sms", lang).text
+        sms = render_bundle(items, "sms", lang, now).text
         assert sms_segments(sms)[1] <= 2, sms
         assert "09:45 29/11" in sms and sms.count("https://") == 2
 
@@ -769,9 +777,10 @@ def test_an_escalated_sms_says_why_the_case_came_up(reason, lang, why, short):
 @pytest.mark.parametrize("lang", ["vi", "en"])
 @pytest.mark.parametrize("category", CATEGORIES)
 @pytest.mark.parametrize("reason", ["deadline_missed", "unreachable"])
-def test_a_p1_escalated_sms_that_says_why_still_fits_two_segments(category, reason, lang):
+@pytest.mark.parametrize("now", [None, LATE])
+def test_a_p1_escalated_sms_that_says_why_still_fits_two_segments(category, reason, lang, now):
     a = alert(**ESCALATED, category=category, about_reason=reason)
-    sms = render(a, "sms", lang, link(a)).text
+    sms = render(a, "sms", lang, link(a), now).text
     assert sms_segments(sms)[1] <= 2, sms
     assert a.case_id in sms and "09:45 29/11" in sms
     assert ("cap duoi" if lang == "vi" else "tier below") in fold_to_gsm7(sms).lower()
@@ -846,3 +855,131 @@ def test_the_webhook_body_gives_the_tier_that_missed():
     a = alert(**ESCALATED, about_tier="district", about_reason="deadline_missed")
     assert render(a, "webhook", "vi", link(a)).body["about_tier"] == "district"
     assert render(alert(), "webhook", "vi", link(a)).body["about_tier"] is None
+
+
+# --- a holder told of its own missed milestone; deadlines gone by when the message is sent ---
+
+OWN_MISS = {**MILESTONE, "kind": "breach"}  # what escalation sends the holder at the deadline
+
+
+@pytest.mark.parametrize("lang,sms_says,email_says,subject", [
+    ("vi", "Da qua han Bien phap bao ve khan cap tu 18:45 29/11, de nghi thuc hien ngay.",
+     "Việc quá hạn: Biện pháp bảo vệ khẩn cấp (emergency_measure); đã quá hạn từ 18:45 29/11/2026",
+     "Quá hạn thực hiện (Biện pháp bảo vệ khẩn cấp)"),
+    ("en", "Emergency protection measure overdue since 18:45 29/11 (VN time): do it now.",
+     "Step overdue: Emergency protection measure (emergency_measure); overdue since 18:45 "
+     "29/11/2026", "Step overdue (Emergency protection measure)")])
+def test_a_holder_is_told_its_own_milestone_is_overdue_not_its_acknowledgement(
+        lang, sms_says, email_says, subject):
+    """The holder of a missed 12-hour emergency measure was not told at all; told as a
+    `breach`, it must read as the step overdue, not as "acknowledgement overdue", and not give
+    the acknowledgement's deadline (09:45) as the one missed."""
+    a = alert(**OWN_MISS)
+    sms = render(a, "sms", lang, link(a)).text
+    assert sms_says in fold_to_gsm7(sms) and sms_segments(sms)[1] <= 2, sms
+    assert "09:45" not in sms and "xac nhan" not in fold_to_gsm7(sms).lower()
+    assert "acknowledg" not in sms.lower()
+    email = render(a, "email", lang, link(a))
+    assert subject in email.subject and email_says in email.text
+    assert "09:45" not in email.text
+    for wrong in ("Quá hạn xác nhận", "Acknowledgement overdue", "Thời hạn: trước", "Due: "):
+        assert wrong not in email.subject + email.text
+    short = Renderer()._tpl(lang, "sms_short", build_context(a, lang, link(a)))
+    assert ("qua han Bien phap bao ve khan cap tu 18:45" if lang == "vi" else
+            "Emergency protection measure overdue since 18:45") in fold_to_gsm7(short)
+    body = render(a, "webhook", lang, link(a)).body
+    assert (body["kind"], body["milestone"], body["about_reason"]) == (
+        "breach", "emergency_measure", None)
+    # The built-in text, should a template fail, does not say the deadline is still to come.
+    from services.notifier.render import _fallback
+
+    built_in = _fallback(build_context(a, lang, link(a)), "sms", "x").text
+    assert ("Qua han tu 18:45 29/11." if lang == "vi" else "Overdue since 18:45 29/11.") in \
+        fold_to_gsm7(built_in)
+
+
+@pytest.mark.parametrize("lang,before,after", [
+    ("vi", "Xac nhan da tiep nhan truoc 09:45 29/11.",
+     "Xac nhan da tiep nhan ngay, da qua han tu 09:45 29/11."),
+    ("en", "Acknowledge receipt by 09:45 29/11 (VN time).",
+     "Overdue since 09:45 29/11 (VN time): acknowledge receipt now.")])
+def test_an_alert_sent_after_its_deadline_says_overdue_since_not_by(lang, before, after):
+    """A report entered late: the alert went out after its acknowledgement deadline and asked
+    for it "by 12:42" at 12:46 (found by the day-in-the-life review). Rendered when sent."""
+    a = alert()
+    assert before in fold_to_gsm7(render(a, "sms", lang, link(a), DUE - timedelta(minutes=1)).text)
+    sms = fold_to_gsm7(render(a, "sms", lang, link(a), DUE + timedelta(minutes=1)).text)
+    assert after in sms and before not in sms
+    email = render(a, "email", lang, link(a), DUE + timedelta(minutes=1)).text
+    if lang == "vi":
+        assert "Đã quá hạn xác nhận từ 09:45 29/11/2026 (giờ Việt Nam)." in email
+        assert "Hạn xác nhận đã tiếp nhận:" not in email
+    else:
+        assert "Overdue since: 09:45 29/11/2026 (Viet Nam time, UTC+7)." in email
+        assert "Acknowledge receipt by" not in email
+    short = fold_to_gsm7(Renderer()._tpl(lang, "sms_short", build_context(a, lang, link(a), LATE)))
+    assert ("qua han tu 09:45 29/11" if lang == "vi" else "ack overdue since 09:45 29/11") in short
+    # The webhook body's fields are as they were: a receiving system reads the deadline itself.
+    assert render(a, "webhook", lang, link(a), LATE).body == render(a, "webhook", lang, link(a)).body
+
+
+@pytest.mark.parametrize("lang,before,after", [
+    ("vi", "xác nhận đã tiếp nhận trước 09:45",
+     "Đề nghị quý cơ quan chỉ đạo, phối hợp thực hiện ngay; xác nhận đã tiếp nhận ngay (đã quá "
+     "hạn từ 09:45 29/11/2026, giờ Việt Nam)."),
+    ("en", "acknowledge receipt by 09:45",
+     "Please direct and support it now; acknowledge receipt at once (overdue since 09:45 "
+     "29/11/2026, Viet Nam time, UTC+7).")])
+def test_the_tier_up_told_of_a_missed_milestone_late_is_not_asked_by_a_time_gone(lang, before, after):
+    """The province's e-mail read "Please direct and support it now; acknowledge receipt by
+    12:42", sent at 12:46."""
+    a = alert(**{**MILESTONE, **ESCALATED, "role": "act", "about_reason": "milestone_missed"})
+    assert before in render(a, "email", lang, link(a), DUE - timedelta(minutes=1)).text
+    email = render(a, "email", lang, link(a), DUE + timedelta(minutes=1)).text
+    assert after in email and before not in email
+
+
+@pytest.mark.parametrize("lang,sms_says,email_says", [
+    ("vi", "Da qua han Bien phap bao ve khan cap tu 18:45 29/11",
+     "đã quá hạn từ 18:45 29/11/2026"),
+    ("en", "Emergency protection measure overdue since 18:45 29/11", "overdue since 18:45 29/11/2026")])
+def test_a_milestone_reminder_sent_after_the_step_s_deadline_says_it_is_overdue(
+        lang, sms_says, email_says):
+    a = alert(**MILESTONE)  # the step due 18:45; the notifier sends it at 18:46
+    late = DUE + timedelta(hours=9, minutes=1)
+    sms = fold_to_gsm7(render(a, "sms", lang, link(a), late).text)
+    assert sms_says in sms and "Phai hoan thanh" not in sms and "to be done by" not in sms
+    email = render(a, "email", lang, link(a), late).text
+    assert email_says in email and "Thời hạn: trước" not in email and "Due: " not in email
+    # Still to come a minute before.
+    assert "Phai hoan thanh" in fold_to_gsm7(
+        render(a, "sms", "vi", link(a), late - timedelta(minutes=2)).text)
+
+
+def test_a_bundle_sent_after_a_deadline_says_which_is_overdue():
+    past = alert(alert_id="al-1", case_id="C-000001", severity="P3", kind="reminder")  # 09:45
+    later = alert(alert_id="al-2", case_id="C-000002", severity="P3", kind="reminder",
+                  ack_due=DUE + timedelta(hours=3))
+    items = [(past, link(past)), (later, link(later))]
+    now = DUE + timedelta(minutes=1)
+    assert fold_to_gsm7(render_bundle(items, "sms", "vi", now).text).startswith(
+        "Beacon: 2 vu, qua han tu 09:45 29/11. P3 ")
+    assert render_bundle(items, "sms", "en", now).text.startswith(
+        "Beacon: 2 cases, overdue since 09:45 29/11. P3 ")
+    vi = render_bundle(items, "email", "vi", now).text
+    assert "; có việc đã quá hạn từ 09:45 29/11/2026 (giờ Việt Nam):" in vi
+    assert "quá hạn xác nhận từ 09:45 29/11/2026" in vi and "hạn xác nhận 12:45 29/11/2026" in vi
+    en = render_bundle(items, "email", "en", now).text
+    assert "; one is overdue since 09:45 29/11/2026" in en
+    assert "acknowledgement overdue since 09:45" in en and "acknowledge by 12:45" in en
+
+
+def test_the_built_in_messages_say_a_deadline_gone_by_is_overdue(broken_dir):
+    (broken_dir / "vi" / "sms.j2").write_text("{{ no_such_field }}")
+    (broken_dir / "en" / "bundle_sms.j2").write_text("{{ no_such_field }}")
+    a = alert()
+    m = Renderer(broken_dir).render(a, "sms", "vi", link(a), LATE)
+    assert m.render_error and "Qua han tu 09:45 29/11." in fold_to_gsm7(m.text)
+    assert "Han 09:45" in fold_to_gsm7(Renderer(broken_dir).render(a, "sms", "vi", link(a)).text)
+    bundle = Renderer(broken_dir).render_bundle(reminders(2), "sms", "en", LATE)
+    assert bundle.render_error and bundle.text.startswith("Beacon 2, overdue since 09:45 29/11: P3 ")
