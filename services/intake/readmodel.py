@@ -197,7 +197,8 @@ async def _apply(session: AsyncSession, envelope: Envelope, children: Children) 
             if data.milestone:
                 detail["milestone"] = data.milestone
         case TargetEscalated():
-            _target(case, data.authority_id, escalation=data.step)
+            if data.milestone is None:  # a step's reminders are on the timeline only: one
+                _target(case, data.authority_id, escalation=data.step)  # hid a breach
             detail = data.model_dump(mode="json", exclude={"case_id"})
         case AckRecorded():
             _target(case, data.authority_id, acknowledged_at=data.at.isoformat(),

@@ -8,12 +8,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from schemas.events import Envelope, Topics, TransferRequested
+from schemas.events import Envelope, TargetEscalated, Topics, TransferRequested
 from services.common import kafka
 from services.common.audit import AuditRecord
 from services.common.db import utcnow
 from services.common.links import sign_link
-from services.intake import submission
+from services.intake import readmodel, submission
 from services.escalation.store import EscalationMilestone, EscalationTarget, MilestoneTimer, Timer
 from tests.conftest import eventually, make_settings, start_stack
 from tests.support.packs import short_measure_pack
@@ -819,3 +819,22 @@ async def test_an_authority_lists_what_awaits_its_own_answer_and_what_is_overdue
     monkeypatch.setattr("services.intake.api.cases.utcnow", lambda: later)
     assert await listed("supervisor", "overdue=true") and not await listed("supervisor", "overdue=false")
     assert await listed(police, "overdue=true") and not await listed(cp, "overdue=true")
+
+
+async def test_a_step_s_reminder_does_not_hide_a_missed_acknowledgement(stack):
+    """A target's `escalation` is where its acknowledgement's clock stands. Milestone reminders
+    now come on the timeline too, and a later one showed "reminder" over the "breach" of an
+    acknowledgement still not given."""
+    case_id, _ = await _p1_case(stack)
+    for step in (TargetEscalated(case_id=case_id, authority_id=CP, step="breach", fraction=1.0),
+                 TargetEscalated(case_id=case_id, authority_id=CP, step="reminder",
+                                 fraction=0.5, milestone="emergency_measure")):
+        async with stack.rt.db.writes() as session, session.begin():
+            await readmodel.apply(session, Envelope.wrap(step, "beacon/escalation"))
+    async with stack.client("supervisor") as api:
+        case = (await api.get(f"/api/v1/cases/{case_id}")).json()
+    [target] = [t for t in case["targets"] if t["authority_id"] == CP]
+    assert target["escalation"] == "breach"
+    assert [e["detail"].get("milestone") for e in case["timeline"]
+            if e["kind"] == "target_escalated"][-1] == "emergency_measure"
+

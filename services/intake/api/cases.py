@@ -40,7 +40,8 @@ class TargetOut(BaseModel):
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
     alert: str | None = Field(None, description="kind of the latest alert sent to it")
-    escalation: str | None = Field(None, description="latest step taken: reminder, breach...")
+    escalation: str | None = Field(None, description="latest step of its acknowledgement's "
+                                                     "clock: reminder, breach...")
     delivery: str | None = Field(None, description="outcome of the latest delivery")
     delivery_channel: str | None = None
     transferred_to: str | None = Field(None, description="authority it passed its duty to")
