@@ -544,7 +544,8 @@ async def test_alerts_about_a_step_do_not_carry_an_acknowledgement_already_given
     await report(esc, indicators=["immediate_danger"])  # P1: the emergency measure in 12 h
     await ack(esc, CP, T0 + 5 * M)
     before = len(await emitted(esc, ALERT))
-    await esc.fire_due(T0 + 13 * 60 * M)
+    await esc.fire_due(T0 + 6 * 60 * M + M)  # the reminder at half of it
+    await esc.fire_due(T0 + 13 * 60 * M)  # missed
     about_step = [a for a in (await emitted(esc, ALERT))[before:]
                   if a["milestone"] and a["kind"] in ("reminder", "supervisor")]
     assert {a["kind"] for a in about_step} == {"reminder", "supervisor"}
