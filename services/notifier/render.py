@@ -135,12 +135,22 @@ SETTING_LABELS = {
 }
 # A supervisor is told, not held (role inform), but it is asked to act: "để biết" (for
 # information) read as a message to file away.
+# An act alert without an acknowledgement deadline goes to a target that has acknowledged (a
+# step to take, the case made more severe): asked to acknowledge again, it could not.
 ROLE_LABELS = {
     "vi": {"act": "xử lý và xác nhận đã tiếp nhận", "inform": "để biết, không cần xác nhận",
-           "follow_up": "đôn đốc, không cần xác nhận"},
+           "follow_up": "đôn đốc, không cần xác nhận",
+           "acknowledged": "xử lý (đã xác nhận tiếp nhận, không cần xác nhận lại)"},
     "en": {"act": "action, acknowledge receipt", "inform": "for information, no acknowledgement",
-           "follow_up": "follow up, no acknowledgement"},
+           "follow_up": "follow up, no acknowledgement",
+           "acknowledged": "action (receipt acknowledged already)"},
 }
+
+
+def _role(alert: AlertRequested) -> str:
+    if alert.kind == "supervisor":
+        return "follow_up"
+    return "acknowledged" if alert.role == "act" and alert.ack_due is None else alert.role
 
 
 def _lang(lang: str) -> str:
@@ -217,8 +227,7 @@ def build_context(alert: AlertRequested, lang: str, link: str,
         "agency": alert.agency,
         "agency_label": _label(AGENCY_LABELS, lang, alert.agency, alert.agency_label),
         "role": alert.role,
-        "role_label": _label(ROLE_LABELS, lang,
-                             "follow_up" if alert.kind == "supervisor" else alert.role),
+        "role_label": _label(ROLE_LABELS, lang, _role(alert)),
         "kind": alert.kind,
         "kind_label": _kind_label(alert, lang),
         "cause": alert.cause,

@@ -983,3 +983,19 @@ def test_the_built_in_messages_say_a_deadline_gone_by_is_overdue(broken_dir):
     assert "Han 09:45" in fold_to_gsm7(Renderer(broken_dir).render(a, "sms", "vi", link(a)).text)
     bundle = Renderer(broken_dir).render_bundle(reminders(2), "sms", "en", LATE)
     assert bundle.render_error and bundle.text.startswith("Beacon 2, overdue since 09:45 29/11: P3 ")
+
+
+@pytest.mark.parametrize("lang,asked,granted", [
+    ("vi", "xử lý và xác nhận đã tiếp nhận", "xử lý (đã xác nhận tiếp nhận, không cần xác nhận lại)"),
+    ("en", "action, acknowledge receipt", "action (receipt acknowledged already)")])
+def test_a_target_that_has_acknowledged_is_not_asked_to_acknowledge_again(lang, asked, granted):
+    """A reminder of the emergency measure, or the news that the case became P1, to a commune
+    that had acknowledged: it comes without an acknowledgement deadline, and its e-mail asked
+    it to "act and acknowledge receipt", which it had done (found by a review of a hotline
+    day). A target yet to acknowledge is still asked."""
+    done = render(alert(**{**MILESTONE, "kind": "reminder", "ack_due": None}), "email", lang,
+                  "https://b.example/a/x")
+    assert granted in done.text and asked not in done.text
+    assert "xác nhận đã tiếp nhận:" not in done.text and "acknowledge receipt:" not in done.text
+    owed = render(alert(), "email", lang, "https://b.example/a/x")
+    assert asked in owed.text
