@@ -421,12 +421,7 @@ async def test_an_erasure_and_the_retention_purge_of_one_case_at_once_both_finis
         await asyncio.wait_for(held.wait(), 10)
         running.append(asyncio.create_task(second()))
 
-        async def waits_for_a_lock():
-            async with purging.reads() as session:
-                return await session.scalar(select(func.count()).select_from(
-                    text("pg_stat_activity")).where(text(
-                        "wait_event_type = 'Lock' AND datname = current_database()")))
-        await eventually(waits_for_a_lock, timeout=10, interval=0.05)
+        await eventually(lambda: _lock_waits(purging), timeout=10, interval=0.05)
         go_on.set()
         await asyncio.wait_for(asyncio.gather(*running), 30)
 
@@ -444,6 +439,14 @@ async def test_an_erasure_and_the_retention_purge_of_one_case_at_once_both_finis
         go_on.set()
         await purging.dispose()
         await erasing.dispose()
+
+
+async def _lock_waits(db: Database) -> int:
+    """How many sessions of this database wait for a lock: the held side has been run into."""
+    async with db.reads() as session:
+        return await session.scalar(select(func.count()).select_from(
+            text("pg_stat_activity")).where(text(
+                "wait_event_type = 'Lock' AND datname = current_database()")))
 
 
 @pytest.mark.parametrize("before", [None, "UPDATE cases"], ids=["read", "case"])
@@ -485,12 +488,7 @@ async def test_an_erasure_during_a_key_rotation_stays_erased(pg_database, before
             "subject_request"))
 
         async def erased_or_waiting():
-            if erasure.done():
-                return True
-            async with erasing.reads() as session:
-                return await session.scalar(select(func.count()).select_from(
-                    text("pg_stat_activity")).where(text(
-                        "wait_event_type = 'Lock' AND datname = current_database()")))
+            return erasure.done() or await _lock_waits(erasing)
         await eventually(erased_or_waiting, timeout=10, interval=0.05)
         go_on.set()
         assert await asyncio.wait_for(erasure, 30) is True
