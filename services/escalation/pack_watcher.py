@@ -43,6 +43,7 @@ class PackWatcher:
         """Read the topic to its end, so that a starting instance decides under the pack in
         force from its first event, not the configured one."""
         s = self.rt.settings
+        configured = self.rt.pack.version
         topic = s.topic(Topics.RULEPACKS)
         self.consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None,
                                          enable_auto_commit=False, auto_offset_reset="earliest")
@@ -56,6 +57,13 @@ class PackWatcher:
                 await self._poll()
         await self._recorded()
         await self.apply_due()
+        if self.rt.pack.version != configured:
+            # An admin who changed the setting and restarted would otherwise wait for a pack
+            # that never comes: a publication wins over the setting, by the two-person rule.
+            log.warning("rulepack_setting_not_in_force", configured=configured,
+                        in_force=self.rt.pack.version,
+                        why="a published pack is in force; BEACON_RULEPACK applies only until "
+                            f"the first publication (put it in force: beacon rules rollback {configured})")
 
     async def _recorded(self) -> None:
         """Publications the database records but the topic no longer holds (the broker's data

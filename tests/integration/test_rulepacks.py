@@ -402,3 +402,31 @@ async def test_a_pack_file_changed_without_a_new_version_is_refused_at_start(sta
             await runtime.start(other)
     finally:
         await runtime.stop(other)
+
+
+async def test_a_process_started_with_another_pack_says_the_published_one_is_in_force(stack):
+    """An admin set BEACON_RULEPACK to the 2020 pack and restarted: the published pack stayed in
+    force, as the two-person rule wants, and nothing said so."""
+    from unittest.mock import patch
+
+    from services.escalation import pack_watcher
+
+    await approved(stack, await second_admin(stack), crafted_pack())
+    assert (await publish(stack)).status_code == 202
+
+    async def in_force():
+        return stack.rt.pack.version == DRAFT
+
+    await eventually(in_force, timeout=5, interval=0.05)
+    other = runtime.build(stack.rt.settings.model_copy(update={"rulepack": "vn2020"}),
+                          frozenset({"escalation"}))
+    try:
+        with patch.object(pack_watcher, "log") as log:
+            await runtime.start(other)
+        assert other.pack.version == DRAFT
+        [warned] = [c.kwargs for c in log.warning.call_args_list
+                    if c.args == ("rulepack_setting_not_in_force",)]
+        assert warned["configured"].startswith("vn2020") and warned["in_force"] == DRAFT
+        assert f"beacon rules rollback {warned['configured']}" in warned["why"]
+    finally:
+        await runtime.stop(other)
