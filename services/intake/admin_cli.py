@@ -27,16 +27,22 @@ def _client(url: str | None, token: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
 
-def _problem(item: object) -> str:
-    """One line per problem: a pack's `{place, message}`, or FastAPI's `{loc, msg}`."""
+def _problem(item: object, source: str | None = None) -> str:
+    """One line per problem: a pack's `{place, message}`, or FastAPI's `{loc, msg}`. The API
+    places an uploaded pack's problems in `upload:LINE`; `source` (the file) replaces that, so
+    that the line reads as `beacon rules validate` writes it and an editor can jump to it."""
     if not isinstance(item, dict):
         return str(item)
     if "loc" in item:
         return f"{'.'.join(str(p) for p in item['loc'])}: {item.get('msg', '')}"
-    return f"{item.get('place', '')}: {item.get('message', item)}"
+    place = str(item.get("place", ""))
+    if source and (place == "upload" or place.startswith("upload:")):
+        place = source + place.removeprefix("upload")
+    return f"{place}: {item.get('message', item)}"
 
 
-def _call(url: str | None, token: str, method: str, path: str, **kwargs) -> object:
+def _call(url: str | None, token: str, method: str, path: str, source: str | None = None,
+          **kwargs) -> object:
     try:
         with _client(url, token) as api:
             answer = api.request(method, path, **kwargs)
@@ -50,7 +56,7 @@ def _call(url: str | None, token: str, method: str, path: str, **kwargs) -> obje
         detail = body.get("detail", body) if isinstance(body, dict) else body
         if isinstance(detail, list):
             for item in detail:
-                typer.echo(_problem(item), err=True)
+                typer.echo(_problem(item, source), err=True)
         else:
             typer.echo(f"error {answer.status_code}: {detail}", err=True)
         raise typer.Exit(1)
@@ -73,7 +79,8 @@ def add_rules_commands(rules: typer.Typer) -> None:
     @rules.command("upload")
     def upload(path: Path, token: Token, url: Url = None) -> None:
         """Upload a rule pack as a draft (it must validate); a second admin approves it."""
-        _print(_call(url, token, "POST", "/api/v1/rulepacks", json={"text": _read(path)}))
+        _print(_call(url, token, "POST", "/api/v1/rulepacks", source=str(path),
+                     json={"text": _read(path)}))
 
     @rules.command("list")
     def list_(token: Token, url: Url = None) -> None:

@@ -250,6 +250,12 @@ async def test_rules_cli_lifecycle(stack, tmp_path):
         env = {"BEACON_API_URL": stack.base_url, "BEACON_TOKEN": stack.tokens[role]}
         return runner.invoke(app, ["rules", *args], env=env)
 
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(crafted_pack("cli-broken") + "unknown_key: 1\n")
+    refused = await asyncio.to_thread(run, "admin", "upload", str(broken))
+    # Placed in the admin's file, as `rules validate` places it, not in "upload:LINE".
+    assert refused.exit_code == 1 and f"{broken}:" in refused.output, refused.output
+    assert "upload:" not in refused.output
     up = await asyncio.to_thread(run, "admin", "upload", str(path))
     assert up.exit_code == 0, up.output
     own = await asyncio.to_thread(run, "admin", "approve", "cli-2026.3")
