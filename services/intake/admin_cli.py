@@ -50,8 +50,15 @@ def _call(url: str | None, token: str, method: str, path: str, source: str | Non
         typer.echo(f"error: cannot reach the Beacon API at {api.base_url} ({exc}); "
                    "give --url or BEACON_API_URL", err=True)
         raise typer.Exit(2) from None
-    body = answer.json() if answer.headers.get("content-type", "").startswith(
-        "application/json") else answer.text
+    kind = answer.headers.get("content-type", "")
+    if not kind.startswith("application/json"):
+        # Every answer of the Beacon API is JSON: this is another server (a wrong port, a proxy's
+        # error page), whose body would print as if it were Beacon's answer.
+        typer.echo(f"error: {answer.url} answered HTTP {answer.status_code} "
+                   f"({kind.split(';')[0] or 'no content type'}) where the Beacon API answers "
+                   "JSON: is --url (BEACON_API_URL) Beacon's?", err=True)
+        raise typer.Exit(2)
+    body = answer.json()
     if answer.status_code >= 400:
         detail = body.get("detail", body) if isinstance(body, dict) else body
         if isinstance(detail, list):
