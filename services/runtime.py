@@ -362,7 +362,9 @@ def warn_demo_contacts(rt: Runtime) -> int:
     if rt.settings.env != "production":
         return 0
     ids = list(rt.directory.base.ids())
-    demo = sum(1 for aid in ids if aid not in rt.directory.entries)
+    entries = rt.directory.entries  # an entry saved from `directory show` may keep a demo contact
+    demo = (sum(1 for aid in ids if aid not in entries)
+            + sum(1 for e in entries.values() if any(c.demo for c in e.contacts)))
     if demo:
         log.warning("directory_demo_contacts", authorities=demo, of=len(ids),
                     why="their alerts go to the generated demo contacts, which nobody reads: set "

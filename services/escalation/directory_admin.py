@@ -97,11 +97,12 @@ class OverlayDirectory:
 
 
 def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
-                authority_id_: str, loopback: bool = True,
+                authority_id_: str, production: bool = False,
                 ) -> tuple[Authority | None, list[tuple[tuple, str]]]:
     """Validate an admin's entry (pure): the model, the id scheme, the contacts, and that its
     supervisors and parent exist. Returns the Authority or the problems, each as (field path,
-    what is wrong). `loopback`: whether a webhook may point at this machine (development)."""
+    what is wrong). In `production` no webhook may point at this machine and no contact may be a
+    generated demo one."""
     try:
         a = Authority.model_validate({**entry, "id": authority_id_})
     except ValidationError as exc:
@@ -125,8 +126,13 @@ def check_entry(entry: dict, directory, tiers: list[str], agencies: list[str],
         pattern = {"webhook": _URL, "email": _EMAIL, "sms": _PHONE}[c.channel]
         if not pattern.match(c.address):
             problems.append((("contacts", i, "address"), f"not a valid {c.channel} address"))
-        elif c.channel == "webhook" and (why := _unsafe_url(c.address, loopback)):
+        elif c.channel == "webhook" and (why := _unsafe_url(c.address, loopback=not production)):
             problems.append((("contacts", i, "address"), why))
+        if c.demo and production:
+            # Kept from `beacon directory show` of a generated entry: alerts would fall back
+            # to an address nobody reads, and the start-up count would not see it.
+            problems.append((("contacts", i, "demo"), "a demo contact of the generated directory "
+                             "reaches nobody in production: give the real address, or remove it"))
     for i, s in enumerate(a.supervisors):
         if s == a.id or s not in directory:
             problems.append((("supervisors", i), f"unknown authority {s!r}"))

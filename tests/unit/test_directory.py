@@ -4,6 +4,7 @@ import pytest
 from vietnam_provinces import Province, Ward
 
 from schemas.directory import Authority
+from schemas.events import Contact
 from schemas.reports import Location
 from services.escalation.directory import build_directory, validate_directory
 from services.escalation.rulepack import load_pack
@@ -130,8 +131,11 @@ def test_production_says_how_many_authorities_still_have_demo_contacts(monkeypat
     from services.escalation.directory_admin import OverlayDirectory
 
     directory = OverlayDirectory(build_directory(PACK))
-    real = "commune:4:child_protection"
-    directory.entries = {real: directory.get(real)}  # an admin set its contacts
+    real, kept = "commune:4:child_protection", "commune:4:police"
+    directory.entries = {  # an admin set the one's contacts; the other's, saved from `show`, not
+        real: directory.get(real).model_copy(update={"contacts": [
+            Contact(channel="email", address="bvte.xa4@hanoi.gov.vn")]}),
+        kept: directory.get(kept)}
     rt = SimpleNamespace(settings=SimpleNamespace(env="production"), directory=directory)
     with structlog.testing.capture_logs() as logs:
         # A logger made now sees the capture (the module's is cached once logging is set up).

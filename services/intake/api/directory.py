@@ -58,7 +58,7 @@ async def put(authority_id: str, body: AuthorityIn, request: Request, rt: Runtim
     """Add an authority, or replace an existing one's entry (name, contacts, chain)."""
     a, problems = directory_admin.check_entry(
         body.model_dump(mode="json", exclude={"id"}), rt.directory, rt.pack.tiers,
-        list(rt.pack.agencies), authority_id, loopback=rt.settings.env != "production")
+        list(rt.pack.agencies), authority_id, production=rt.settings.env == "production")
     if body.id not in (None, authority_id):
         a, problems = None, [(("id",), f"is not the id in the path, {authority_id}"), *problems]
     if problems:
