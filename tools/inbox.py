@@ -86,6 +86,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def private_dirs(path: Path) -> Path:
+    """`path` and its missing parents made owner-only (0700), as Beacon makes var/: the messages
+    carry signed links that acknowledge a case. Run first, the inbox made var/ 0755."""
+    for missing in [p for p in (*reversed(path.parents), path) if not p.exists()]:
+        missing.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 class InboxHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # many deliveries in flight at once: the default 5 resets them
@@ -93,7 +101,7 @@ class InboxHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], directory: Path):
         self.connections: set[socket.socket] = set()  # so that stop really drops keep-alives
         super().__init__(address, _Handler)
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dirs(directory)
         self.path = directory / "webhook.jsonl"
         self.status = 200  # tests may set another answer (e.g. 503) to exercise retries
         self.raw_bodies: list[bytes] | None = None  # tests set a list to keep exact bytes
@@ -147,8 +155,7 @@ class MailDirHandler:
     """aiosmtpd handler: one .eml file per message."""
 
     def __init__(self, directory: str | Path):
-        self.dir = Path(directory) / "mail"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dirs(Path(directory) / "mail")
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.eml"

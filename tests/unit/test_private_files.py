@@ -95,3 +95,14 @@ def test_a_var_dir_readable_by_others_is_named_at_start_and_left_as_it_is(tmp_pa
             assert files.warn_wide_dir(var) is None
         assert logs == []
     assert files.warn_wide_dir(tmp_path / "missing") is None
+
+
+def test_the_development_inbox_run_first_makes_var_owner_only(tmp_path):
+    """Its messages carry signed links that acknowledge a case; run before any Beacon process,
+    it made var/ and var/inbox 0755."""
+    from tools.inbox import Inbox
+
+    var = tmp_path / "var"
+    inbox = Inbox(var / "inbox").start()
+    inbox.stop()
+    assert [_mode(p) for p in (var, var / "inbox", var / "inbox" / "mail")] == [0o700] * 3
