@@ -112,3 +112,15 @@ async def principal_for(reads: AsyncSession | AsyncConnection, token: str) -> Pr
     if row is None:
         return None
     return Principal(row.id, row.role, row.scope, tuple(row.authority_ids or ()))
+
+
+async def refused_holder(reads: AsyncSession | AsyncConnection,
+                         token: str) -> tuple[str, str, str] | None:
+    """(user id, role, why) when `token` is a revoked one, or one of a disabled user; None when
+    Beacon never issued it. Asked only after a refusal, so the common path stays one query."""
+    row = (await reads.execute(
+        select(User.id, User.role, User.disabled, Token.revoked_at)
+        .join(Token, Token.user_id == User.id).where(Token.hash == hash_token(token)))).one_or_none()
+    if row is None:
+        return None
+    return row.id, row.role, "token_revoked" if row.revoked_at is not None else "user_disabled"

@@ -74,6 +74,11 @@ def test_tokens_are_issued_stored_hashed_and_revoked(kafka_bootstrap, tmp_path):
             "SELECT user_id, action, fields FROM audit_log WHERE record = 'op-1' ORDER BY id"
         ).fetchall()
     assert [action for _, action, _ in trail] == ["user_change"] * 3  # create, token, revoke
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        # A revoked token still in use may be a stolen one: each attempt is on the trail.
+        refused = conn.execute("SELECT user_id, action, record, outcome FROM audit_log "
+                               "WHERE outcome = 'token_revoked'").fetchall()
+    assert refused == [("op-1", "denied", "/api/v1/cases", "token_revoked")] * 2
     assert [json.loads(fields)[-1] for _, _, fields in trail] == [
         "token_issued", "token_issued", "tokens_revoked"]  # an auditor tells them apart
     assert all(user.startswith("cli:") for user, _, _ in trail)
@@ -113,6 +118,10 @@ def test_a_user_is_corrected_and_disabled_at_once(kafka_bootstrap, tmp_path):
             "ORDER BY id")]
     assert user == ("commune:8", '["commune:8:child_protection"]')
     assert trail[1:] == [["authorities", "scope"], ["disabled"], ["enabled"]]
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        refused = conn.execute("SELECT user_id, action, outcome FROM audit_log "
+                               "WHERE record = '/api/v1/cases' AND action = 'denied'").fetchall()
+    assert refused == [("cp-1", "denied", "user_disabled")]
 
 
 def test_dev_users_write_the_token_file(kafka_bootstrap, tmp_path):

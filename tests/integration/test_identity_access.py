@@ -5,12 +5,14 @@ refused, every opening audited by field name, and nothing of it in a log line.""
 import asyncio
 import json
 from types import SimpleNamespace
+from unittest.mock import patch
 
 from sqlalchemy import select
 
 from services.common.audit import AuditRecord
 from services.common.auth import Principal
 from services.common.db import utcnow
+from services.intake.api import deps
 from services.intake.api.identity import _opened, must_act
 from services.intake.identity import IdentityVault
 from tests.integration.test_authorities import _p1_case, _user
@@ -78,6 +80,13 @@ async def test_no_such_case_is_404_and_no_token_is_401(stack):
         assert (await api.get("/api/v1/cases/C-NOSUCHCASE1/identity")).status_code == 404
     async with stack.client() as anonymous:
         assert (await anonymous.get("/api/v1/cases/C-NOSUCHCASE1/identity")).status_code == 401
+    # A token Beacon never issued names no one to audit; a guessing run shows in the log.
+    with patch.object(deps, "log") as log:
+        async with stack.client() as guessing:
+            guessing.headers["Authorization"] = "Bearer bk_guessed"
+            assert (await guessing.get("/api/v1/cases/C-NOSUCHCASE1/identity")).status_code == 401
+    [said] = [c.kwargs for c in log.warning.call_args_list if c.args == ("token_unknown",)]
+    assert said["path"] == "/api/v1/cases/C-NOSUCHCASE1/identity"
 
 
 def test_a_reporter_sealed_before_the_flag_was_kept_is_withheld_from_authorities():

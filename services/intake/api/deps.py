@@ -2,15 +2,18 @@
 
 from typing import Annotated, NoReturn
 
+import structlog
+
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from services.common import audit
-from services.common.auth import Principal, principal_for
+from services.common.auth import Principal, principal_for, refused_holder
 from services.intake.validation import field_error
 
+log = structlog.get_logger("beacon.intake")
 bearer = HTTPBearer(auto_error=False, description="A token from `beacon users token`")
 
 
@@ -27,10 +30,26 @@ async def principal(
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     async with request.app.state.runtime.db.reader() as reads:
         who = await principal_for(reads, creds.credentials)
+        refused = None if who is not None else await refused_holder(reads, creds.credentials)
     if who is None:
+        await _refused_token(request, refused)
         raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = who  # a body FastAPI refuses is audited against its caller (app)
     return who
+
+
+async def _refused_token(request: Request, holder: tuple[str, str, str] | None) -> None:
+    """A token refused: a revoked one, or one of a disabled user, still in use may be a lost or
+    stolen one, so the attempt goes in the audit trail under its user; one Beacon never issued
+    names no one, and is logged (a guessing run shows there)."""
+    if holder is None:
+        log.warning("token_unknown", path=request.url.path,
+                    client=request.client.host if request.client else None)
+        return
+    user_id, user_role, why = holder
+    log.warning("token_refused", user_id=user_id, why=why, path=request.url.path)
+    await audit.write(request.app.state.runtime.db, user_id, user_role, "denied",
+                      _record_of(request)[:64], outcome=why)
 
 
 def role(*allowed: str, asks: tuple[str, ...] = ()):
