@@ -157,6 +157,11 @@ class AlertRequested(_Data):
     # the tier up is told which tier missed ("Cấp xã", not "Cấp dưới"). Null when the directory
     # no longer has that authority; absent from events written before it was added.
     about_tier: str | None = None
+    # The pack's names of `tier` and `about_tier` (`vi` as it reads after "cấp": xã). Null when
+    # the pack names the tier by its id only, absent from events written before they were
+    # added: the notifier then uses its own names of the shipped tiers.
+    tier_label: Label | None = None
+    about_tier_label: Label | None = None
     # The pack's names of the category and the agency. Absent from events written before
     # they were added: the notifier then falls back to its own names of the shipped codes.
     category_label: Label | None = None

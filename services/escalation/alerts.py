@@ -64,6 +64,8 @@ class Alerts:
             about_authority_id=about[0] if about else None,
             about_reason=about[1] if about else None,
             about_tier=about_authority.tier if about_authority else None,
+            tier_label=self._tier_label(recipient.tier),
+            about_tier_label=self._tier_label(about_authority.tier) if about_authority else None,
             category_label=Label(vi=category.label, en=category.name) if category else None,
             agency_label=Label(vi=agency.label, en=agency.name) if agency else None,
             setting=case.facts.get("setting"),
@@ -73,6 +75,11 @@ class Alerts:
             from_authority_id=from_authority,
             from_authority_name=sender.name if sender else None,
         ), topic=Topics.ALERTS)
+
+    def _tier_label(self, tier: str) -> Label | None:
+        """The pack's names of a tier; None when it gives none (the notifier has its own)."""
+        given = self.rt.pack.tier_names.get(tier)
+        return Label(vi=given.label, en=given.name) if given else None
 
     def _known(self, authority_id: str) -> Authority | None:
         try:

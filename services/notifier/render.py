@@ -112,6 +112,8 @@ CAUSE_LABELS = {
            "must_act": "Now for action", "again": "Alerting again", "reopened": "Case reopened",
            "transferred": "Transferred to you"},
 }
+# The shipped packs' tiers, for an alert written before alerts carried the pack's names (and a
+# pack that gives none). Vietnamese as it reads after "cấp", English before "level".
 TIER_LABELS = {
     "vi": {"commune": "xã", "district": "huyện", "province": "tỉnh", "national": "trung ương"},
     "en": {"commune": "commune", "district": "district", "province": "province",
@@ -223,7 +225,7 @@ def build_context(alert: AlertRequested, lang: str, link: str,
         "case_id": alert.case_id,
         "authority_id": alert.authority_id,
         "tier": alert.tier,
-        "tier_label": _label(TIER_LABELS, lang, alert.tier),
+        "tier_label": _label(TIER_LABELS, lang, alert.tier, alert.tier_label),
         "agency": alert.agency,
         "agency_label": _label(AGENCY_LABELS, lang, alert.agency, alert.agency_label),
         "role": alert.role,
@@ -257,7 +259,8 @@ def build_context(alert: AlertRequested, lang: str, link: str,
         # The tier that missed, for the tier up: "Cấp xã chưa xác nhận", not "Cấp dưới". None in
         # alerts written before it was added: templates then say "the tier below".
         "about_tier": alert.about_tier,
-        "about_tier_label": _label(TIER_LABELS, lang, alert.about_tier) if alert.about_tier else None,
+        "about_tier_label": (_label(TIER_LABELS, lang, alert.about_tier, alert.about_tier_label)
+                             if alert.about_tier else None),
         # The directory's names; None in events written before names were added.
         "authority_name": alert.authority_name,
         "about_authority_name": alert.about_authority_name,

@@ -668,3 +668,26 @@ async def test_a_breach_climbs_past_an_admin_entry_that_names_a_tier_since_aboli
     escalated = [e for e in await _emitted(esc, "beacon.alert.requested")
                  if e["kind"] == "escalated"]
     assert "province:1:police" in {e["authority_id"] for e in escalated}
+
+
+# --- the tiers as the pack names them ---------------------------------------------------------
+
+async def test_alerts_carry_the_pack_s_names_of_the_tiers(esc):
+    """The notifier named tiers from a table of its own: a pack's tier it did not know read as
+    its id ("cấp ward"). The alert carries the pack's names, as it does an agency's."""
+    _use(esc, "vn2020")
+    pack = esc.rt.pack
+    ladder = [t.model_copy(update={"label": "quận, huyện", "name": "urban or rural district"})
+              if t.id == "district" else t for t in pack.ladder]
+    esc.rt.pack = pack.model_copy(update={"ladder": ladder})
+    await _report(esc, indicators=["immediate_danger"])
+    while await esc.fire_due(T0 + 16 * M):  # the commune misses its 15 minutes
+        pass
+    alerts = await _emitted(esc, "beacon.alert.requested")
+    [escalated] = [e for e in alerts if e["kind"] == "escalated"
+                   and e["authority_id"].startswith("district:") and e["agency"] == "child_protection"]
+    assert escalated["tier_label"] == {"vi": "quận, huyện", "en": "urban or rural district"}
+    assert escalated["about_tier_label"] == {"vi": "xã", "en": "commune"}
+    alert = AlertRequested.model_validate(escalated)
+    assert ", cấp quận, huyện, mã " in render(alert, "email", "vi", "L").text
+    assert "urban or rural district level" in render(alert, "email", "en", "L").text

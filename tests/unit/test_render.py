@@ -999,3 +999,27 @@ def test_a_target_that_has_acknowledged_is_not_asked_to_acknowledge_again(lang, 
     assert "xác nhận đã tiếp nhận:" not in done.text and "acknowledge receipt:" not in done.text
     owed = render(alert(), "email", lang, "https://b.example/a/x")
     assert asked in owed.text
+
+# --- tiers named as the pack names them ---
+
+
+@pytest.mark.parametrize("lang,to,missed", [
+    ("vi", ", cấp phường, mã ", "Cấp phường chưa xác nhận đúng hạn."),
+    ("en", ", ward level, ", "The ward level did not acknowledge in time.")])
+def test_messages_name_a_tier_as_the_pack_names_it(lang, to, missed):
+    """Tier names were the notifier's own: a pack's tier it did not know read as its code
+    ("cấp ward"), and a pack could not rename one (nothing is to be hard-wired)."""
+    ward = Label(vi="phường", en="ward")
+    a = alert(tier="ward", tier_label=ward)
+    assert to in render(a, "email", lang, link(a)).text
+    up = alert(**ESCALATED, about_tier="ward", about_tier_label=ward, about_reason="deadline_missed")
+    sms = render(up, "sms", lang, link(up)).text
+    assert fold_to_gsm7(missed) in fold_to_gsm7(sms) and sms_segments(sms)[1] <= 2, sms
+    # A pack renaming a shipped tier is named its way; an alert written before alerts carried
+    # the pack's names is named by the notifier's.
+    renamed = alert(tier_label=Label(vi="xã, phường", en="commune or ward"))
+    assert (", cấp xã, phường, mã " if lang == "vi" else ", commune or ward level, ") in render(
+        renamed, "email", lang, link(a)).text
+    assert (", cấp xã, mã " if lang == "vi" else ", commune level, ") in render(
+        alert(), "email", lang, link(a)).text
+
