@@ -261,6 +261,11 @@ def build_context(alert: AlertRequested, lang: str, link: str,
         "about_tier": alert.about_tier,
         "about_tier_label": (_label(TIER_LABELS, lang, alert.about_tier, alert.about_tier_label)
                              if alert.about_tier else None),
+        # A breach to the authority that missed: who else was told. None when the alert does
+        # not say (written before it did): templates then claim nothing.
+        "told_supervisors": alert.told_supervisors,
+        "told_tier_label": (_label(TIER_LABELS, lang, alert.told_tier, alert.told_tier_label)
+                            if alert.told_tier else None),
         # The directory's names; None in events written before names were added.
         "authority_name": alert.authority_name,
         "about_authority_name": alert.about_authority_name,

@@ -71,6 +71,7 @@ def test_templates_see_an_allow_list_of_codes_only():
         "about_tier", "about_tier_label", "setting", "setting_label",
         "authority_name", "about_authority_name",  # an authority's, from the directory
         "cause", "previous_severity", "from_authority_id", "from_authority_name",
+        "told_supervisors", "told_tier_label",  # a breach: who else escalation told
     }
     assert "contacts" not in ctx
 
@@ -1000,7 +1001,7 @@ def test_a_target_that_has_acknowledged_is_not_asked_to_acknowledge_again(lang, 
     owed = render(alert(), "email", lang, "https://b.example/a/x")
     assert asked in owed.text
 
-# --- tiers named as the pack names them ---
+# --- tiers named as the pack names them; a breach says who was told ---
 
 
 @pytest.mark.parametrize("lang,to,missed", [
@@ -1022,4 +1023,33 @@ def test_messages_name_a_tier_as_the_pack_names_it(lang, to, missed):
         renamed, "email", lang, link(a)).text
     assert (", cấp xã, mã " if lang == "vi" else ", commune level, ") in render(
         alert(), "email", lang, link(a)).text
+
+@pytest.mark.parametrize("told,vi,en", [
+    (dict(told_supervisors=True, told_tier="province",
+          told_tier_label=Label(vi="tỉnh", en="province")),
+     "ngay; cơ quan quản lý và cấp tỉnh đã được báo.",
+     "now; your supervisors and the province level have been told."),
+    (dict(told_supervisors=True), "ngay; cơ quan quản lý đã được báo.",
+     "now; your supervisors have been told."),
+    (dict(told_supervisors=False, told_tier="district"), "ngay; cấp huyện đã được báo.",
+     "now; the district level has been told."),
+    (dict(told_supervisors=False), "tiếp nhận ngay.\n", "acknowledge now.\n"),  # nobody
+    ({}, "tiếp nhận ngay.\n", "acknowledge now.\n")])  # an alert written before: not known
+def test_a_breach_says_only_who_was_told(told, vi, en):
+    """"Your supervisors and the tier above have been told" went to every authority that
+    missed its deadline: under a pack that tells neither, at the national tier (none above),
+    or to a committee (no supervisor), it was false."""
+    from services.notifier.render import _fallback
+
+    a = alert(kind="breach", **told)
+    for lang, says in (("vi", vi), ("en", en)):
+        email = render(a, "email", lang, link(a)).text
+        assert says in email, email
+        assert "cấp trên" not in email and "tier above" not in email
+        if not told.get("told_supervisors") and not told.get("told_tier"):
+            assert "đã được báo" not in email and "been told" not in email
+        # Nor does any other message of it claim so.
+        for text in (render(a, "sms", lang, link(a)).text,
+                     _fallback(build_context(a, lang, link(a)), "email", "x").text):
+            assert "duoc bao" not in fold_to_gsm7(text) and "told" not in text
 
