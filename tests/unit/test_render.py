@@ -1001,7 +1001,8 @@ def test_a_target_that_has_acknowledged_is_not_asked_to_acknowledge_again(lang, 
     owed = render(alert(), "email", lang, "https://b.example/a/x")
     assert asked in owed.text
 
-# --- tiers named as the pack names them; a breach says who was told ---
+
+# --- tiers named as the pack names them; a breach says who was told; supervisors' own office ---
 
 
 @pytest.mark.parametrize("lang,to,missed", [
@@ -1052,4 +1053,36 @@ def test_a_breach_says_only_who_was_told(told, vi, en):
         for text in (render(a, "sms", lang, link(a)).text,
                      _fallback(build_context(a, lang, link(a)), "email", "x").text):
             assert "duoc bao" not in fold_to_gsm7(text) and "told" not in text
+
+SUPERVISED = dict(kind="supervisor", role="inform", agency="people_committee",
+                  authority_id="commune:4:people_committee",
+                  about_authority_id="commune:4:child_protection")
+SUPERVISOR_SAYS = {  # the SMS's sentence by reason and language; {} is the supervised office
+    ("deadline_missed", "vi"): "{} quá hạn 09:45 29/11, cần đôn đốc.",
+    ("deadline_missed", "en"): "{} did not acknowledge by 09:45 29/11 (VN time): please follow up.",
+    ("unreachable", "vi"): "{} không liên lạc được, cần liên hệ trực tiếp.",
+    ("unreachable", "en"): "{} cannot be reached: please contact it.",
+    ("milestone_missed", "vi"): "{} đã quá hạn Biện pháp bảo vệ khẩn cấp từ 18:45 29/11.",
+    ("milestone_missed", "en"): "{} missed: Emergency protection measure, due 18:45 29/11 (VN time)."}
+
+
+@pytest.mark.parametrize("reason", ["deadline_missed", "unreachable", "milestone_missed"])
+@pytest.mark.parametrize("lang", ["vi", "en"])
+@pytest.mark.parametrize("tier,office", [
+    ("commune", {"vi": "Cơ quan cấp xã", "en": "The commune-level authority"}),
+    (None, {"vi": "Cơ quan được giao", "en": "The authority in charge"})])  # written before about_tier
+def test_a_supervisor_is_told_of_its_own_office_not_of_a_tier_below(reason, lang, tier, office):
+    """A commune's People's Committee read "Cấp dưới quá hạn" ("the tier below") of its own
+    commune's child-protection office, at the same level. It is told of the office in charge,
+    by its tier when the alert gives it, in two segments."""
+    step = MILESTONE if reason == "milestone_missed" else {}
+    says = SUPERVISOR_SAYS[reason, lang].format(office[lang])
+    for category in CATEGORIES:
+        a = alert(**{**step, **SUPERVISED, "about_reason": reason, "about_tier": tier,
+                     "category": category})
+        sms = render(a, "sms", lang, link(a)).text
+        assert fold_to_gsm7(says) in fold_to_gsm7(sms) and sms_segments(sms)[1] <= 2, sms
+        for text in (sms, render(a, "email", lang, link(a)).text,
+                     Renderer()._tpl(lang, "sms_short", build_context(a, lang, link(a)))):
+            assert "cap duoi" not in fold_to_gsm7(text).lower() and "below" not in text, text
 
