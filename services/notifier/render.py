@@ -298,6 +298,19 @@ def fold_to_gsm7(text: str) -> str:
     return "".join(c if c in _GSM7_BASIC or c in _GSM7_EXT else "?" for c in folded)
 
 
+def _who_missed(ctx: dict[str, Any]) -> str:
+    """The authority an escalated or supervisor alert is about, by its tier as templates name it:
+    the tier below for the tier up, a supervisor's own office of its unit (not one below)."""
+    tier, vi = ctx["about_tier_label"], ctx["lang"] == "vi"
+    if ctx["kind"] == "escalated":
+        if tier:
+            return f"Cấp {tier}" if vi else f"The {tier} level"
+        return "Cấp dưới" if vi else "The tier below"
+    if tier:
+        return f"Cơ quan cấp {tier}" if vi else f"The {tier}-level authority"
+    return "Cơ quan được giao" if vi else "The authority in charge"
+
+
 def _fallback(ctx: dict[str, Any], channel: str, error: str) -> Message:
     """Plain built-in text: no template involved, so it cannot fail on one. The labels are
     built in code (build_context), so they cannot fail either; codes alone ("breach",
@@ -309,14 +322,20 @@ def _fallback(ctx: dict[str, Any], channel: str, error: str) -> Message:
             or (ctx["kind"] == "supervisor" and ctx["about_reason"] == "deadline_missed"))
     step = f" {ctx['milestone_label']}" if ctx["milestone"] else ""
     what = f"{ctx['severity']} {ctx['kind_label']}{step}"
+    # A deadline another authority missed (a supervisor's, or a step's) says who, as the
+    # templates do: "Cấp xã quá hạn từ ...", not a bare "Quá hạn từ ..." that reads as ours.
+    who = _who_missed(ctx) if late and (
+        ctx["kind"] == "supervisor" or ctx["about_reason"] == "milestone_missed") else None
     if ctx["lang"] == "vi":
         subject = f"[Beacon] {ctx['severity']} vụ {ctx['case_id']}"
+        when = f"{who} quá hạn từ" if who else ("Quá hạn từ" if late else "Hạn")
         text = (f"Beacon {what}: vụ {ctx['case_id']} ({ctx['category_label']})."
-                + (f" {'Quá hạn từ' if late else 'Hạn'} {due}." if due else "") + f" {ctx['link']}")
+                + (f" {when} {due}." if due else "") + f" {ctx['link']}")
     else:
         subject = f"[Beacon] {ctx['severity']} case {ctx['case_id']}"
+        when = f"{who}: overdue since" if who else ("Overdue since" if late else "Due")
         text = (f"Beacon {what}: case {ctx['case_id']} ({ctx['category_label']})."
-                + (f" {'Overdue since' if late else 'Due'} {due}." if due else "") + f" {ctx['link']}")
+                + (f" {when} {due}." if due else "") + f" {ctx['link']}")
     if channel == "sms" and sms_segments(text)[1] > SMS_MAX_SEGMENTS:
         text = fold_to_gsm7(text)
     return Message(subject=subject, text=text, body=webhook_body(ctx), lang=ctx["lang"],

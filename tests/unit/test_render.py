@@ -1025,6 +1025,7 @@ def test_messages_name_a_tier_as_the_pack_names_it(lang, to, missed):
     assert (", cấp xã, mã " if lang == "vi" else ", commune level, ") in render(
         alert(), "email", lang, link(a)).text
 
+
 @pytest.mark.parametrize("told,vi,en", [
     (dict(told_supervisors=True, told_tier="province",
           told_tier_label=Label(vi="tỉnh", en="province")),
@@ -1053,6 +1054,7 @@ def test_a_breach_says_only_who_was_told(told, vi, en):
         for text in (render(a, "sms", lang, link(a)).text,
                      _fallback(build_context(a, lang, link(a)), "email", "x").text):
             assert "duoc bao" not in fold_to_gsm7(text) and "told" not in text
+
 
 SUPERVISED = dict(kind="supervisor", role="inform", agency="people_committee",
                   authority_id="commune:4:people_committee",
@@ -1086,3 +1088,34 @@ def test_a_supervisor_is_told_of_its_own_office_not_of_a_tier_below(reason, lang
                      Renderer()._tpl(lang, "sms_short", build_context(a, lang, link(a)))):
             assert "cap duoi" not in fold_to_gsm7(text).lower() and "below" not in text, text
 
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+@pytest.mark.parametrize("step,label,name", SHIPPED_STEPS, ids=[s[0] for s in SHIPPED_STEPS])
+def test_the_short_sms_and_the_built_in_text_of_a_missed_step_name_who_missed(lang, step, label, name):
+    """The full SMS said "Cấp xã đã quá hạn ..."; the short one (sent with a long base URL) and
+    the built-in text (sent when a template fails) said only "quá hạn", which read as the
+    recipient's own deadline."""
+    from services.notifier.render import _fallback
+
+    base = "https://tongdai111.molisa.gov.vn/bc"  # a ministry's: the full SMS may not fit
+    for kind, tier, who in (("escalated", "district", {"vi": "cấp huyện", "en": "district level"}),
+                            ("escalated", None, {"vi": "cấp dưới", "en": "tier below"}),
+                            ("supervisor", "commune", {"vi": "cơ quan cấp xã",
+                                                       "en": "commune-level authority"})):
+        extra = ESCALATED if kind == "escalated" else SUPERVISED
+        for category in CATEGORIES:
+            a = alert(**{**MILESTONE, **extra, "kind": kind, "about_reason": "milestone_missed",
+                         "about_tier": tier, "milestone": step, "milestone_label": label,
+                         "milestone_name": name, "category": category})
+            url = sign_link(base, a.case_id, "view", a.authority_id, DUE + timedelta(days=7), "s")
+            ctx = build_context(a, lang, url)
+            short = Renderer()._tpl(lang, "sms_short", ctx)
+            missed = (f", {who['vi']} quá hạn {label} từ 18:45 29/11 " if lang == "vi"
+                      else f", {who['en']} missed {name}, due 18:45 29/11 ")
+            assert missed in short and sms_segments(fold_to_gsm7(short))[1] <= 2, short
+            assert sms_segments(render(a, "sms", lang, url).text)[1] <= 2
+            built_in = _fallback(ctx, "sms", "x").text
+            says = (f"{who['vi'][0].upper()}{who['vi'][1:]} quá hạn từ 18:45 29/11." if lang == "vi"
+                    else f"The {who['en']}: overdue since 18:45 29/11.")
+            assert fold_to_gsm7(says) in fold_to_gsm7(built_in), built_in
+            assert sms_segments(built_in)[1] <= 2
