@@ -157,6 +157,18 @@ class AlertRequested(_Data):
     # the tier up is told which tier missed ("Cấp xã", not "Cấp dưới"). Null when the directory
     # no longer has that authority; absent from events written before it was added.
     about_tier: str | None = None
+    # The pack's names of `tier` and `about_tier` (`vi` as it reads after "cấp": xã). Null when
+    # the pack names the tier by its id only, absent from events written before they were
+    # added: the notifier then uses its own names of the shipped tiers.
+    tier_label: Label | None = None
+    about_tier_label: Label | None = None
+    # A `breach` alert to the authority whose deadline passed: what escalation did about it, so
+    # that its message claims no more. Whether its supervisors were told, and the tier up that
+    # was told (null: none), with the pack's names of it. Null in other alerts, absent from
+    # events written before they were added: the message then says neither.
+    told_supervisors: bool | None = None
+    told_tier: str | None = None
+    told_tier_label: Label | None = None
     # The pack's names of the category and the agency. Absent from events written before
     # they were added: the notifier then falls back to its own names of the shipped codes.
     category_label: Label | None = None

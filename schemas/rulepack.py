@@ -137,6 +137,30 @@ class SeverityLevel(_Pack):
     act: Deadline | None = None
 
 
+class Tier(_Pack):
+    """A rung of the ladder. In YAML a bare id (`commune`), or `{id, label, name}` to name it in
+    messages: `label` in Vietnamese as it reads after "cấp" (xã), `name` in English as it reads
+    before "level" (commune). A tier the pack does not name is named by the notifier's own
+    names of the shipped tiers, else by its id."""
+
+    id: str
+    label: str | None = Field(description="Vietnamese name, after \"cấp\" in messages")
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_id(cls, value: Any) -> Any:
+        return {"id": value, "label": None} if isinstance(value, str) else value
+
+    @field_validator("label")
+    @classmethod
+    def _without_cap(cls, value: str | None) -> str | None:
+        # Messages say "cấp {label}": a label "Cấp xã" read "cấp Cấp xã".
+        if value is not None and value.casefold().startswith("cấp "):
+            raise ValueError('write the tier without "cấp", which messages add: "xã", not "cấp xã"')
+        return value
+
+
 class Agency(_Pack):
     label: str = Field(description="Vietnamese name, used in authority names and messages")
     name: str | None = None  # English name, for docs, pages and messages in English
@@ -322,7 +346,8 @@ class RulePack(_Pack):
     version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
     description: str | None = None
     calendar: Calendar = Field(default_factory=Calendar)
-    tiers: list[str] = Field(min_length=1)
+    # `tiers` in YAML; the ids alone are `tiers`, below.
+    ladder: list[Tier] = Field(min_length=1, alias="tiers")
     agencies: dict[str, Agency]
     indicators: dict[str, str] = Field(description="indicator code -> Vietnamese label")
     severities: dict[Severity, SeverityLevel]
@@ -347,6 +372,16 @@ class RulePack(_Pack):
                 self._cells[(sev, pub)] = so_far
 
     # --- the API the engine and services use ---------------------------------------------
+
+    @property
+    def tiers(self) -> list[str]:
+        """The tiers' ids, lowest first."""
+        return [t.id for t in self.ladder]
+
+    @property
+    def tier_names(self) -> dict[str, Tier]:
+        """The tiers the pack names (with a `label`), by id."""
+        return {t.id: t for t in self.ladder if t.label is not None}
 
     @property
     def category_codes(self) -> frozenset[str]:

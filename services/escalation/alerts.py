@@ -50,6 +50,10 @@ class Alerts:
         step = milestones.rule(milestone.milestone, self.rt.pack) if milestone else None
         about_authority = self._known(about[0]) if about else None
         sender = self._known(from_authority) if from_authority else None
+        # The authority whose deadline passed is told who else was: a pack may tell neither,
+        # and the national tier has no tier above.
+        supervisors, parent = self._told_of(recipient) if kind == "breach" else ([], None)
+        up = self._known(parent) if parent else None
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
             tier=recipient.tier, agency=recipient.agency, role="inform" if told else row.role,
@@ -64,6 +68,11 @@ class Alerts:
             about_authority_id=about[0] if about else None,
             about_reason=about[1] if about else None,
             about_tier=about_authority.tier if about_authority else None,
+            tier_label=self._tier_label(recipient.tier),
+            about_tier_label=self._tier_label(about_authority.tier) if about_authority else None,
+            told_supervisors=bool(supervisors) if kind == "breach" else None,
+            told_tier=up.tier if up else None,
+            told_tier_label=self._tier_label(up.tier) if up else None,
             category_label=Label(vi=category.label, en=category.name) if category else None,
             agency_label=Label(vi=agency.label, en=agency.name) if agency else None,
             setting=case.facts.get("setting"),
@@ -73,6 +82,11 @@ class Alerts:
             from_authority_id=from_authority,
             from_authority_name=sender.name if sender else None,
         ), topic=Topics.ALERTS)
+
+    def _tier_label(self, tier: str) -> Label | None:
+        """The pack's names of a tier; None when it gives none (the notifier has its own)."""
+        given = self.rt.pack.tier_names.get(tier)
+        return Label(vi=given.label, en=given.name) if given else None
 
     def _known(self, authority_id: str) -> Authority | None:
         try:

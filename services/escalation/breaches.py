@@ -6,6 +6,7 @@ from datetime import datetime
 import structlog
 from sqlalchemy import select, update
 
+from schemas.directory import Authority
 from schemas.events import DeliveryOutcome, TargetEscalated
 from services.common import metrics
 from services.common.db import utcnow
@@ -59,17 +60,23 @@ class Breaches:
         The authority they are told of is the one silent: after a transfer, the new one."""
         self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
                                             step="breach", fraction=1.0))
-        authority = self.rt.directory.get(row.authority_id)
-        steps = self.rt.pack.escalation.on_breach
+        supervisors, parent = self._told_of(self.rt.directory.get(row.authority_id))
         about = (row.transferred_to or row.authority_id, reason)
-        supervisors = authority.supervisors if "supervisors" in steps else []
         for supervisor in supervisors:
             self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
                         about=about)
-        if "next_tier" in steps and authority.parent:
-            await self._escalate(session, case, row, authority.parent, now, suffix, about)
+        if parent:
+            await self._escalate(session, case, row, parent, now, suffix, about)
         elif not supervisors:  # the top of the ladder (national), or a pack that climbs none
             self._unescalated(row.authority_id, reason)
+
+    def _told_of(self, authority: Authority) -> tuple[list[str], str | None]:
+        """Who is told of a deadline `authority` missed, by the pack's `on_breach`: its
+        supervisors, and the authority one tier up (None: none). The authority's own breach
+        alert says the same (Alerts._alert), so that it claims no more than was done."""
+        steps = self.rt.pack.escalation.on_breach
+        return (authority.supervisors if "supervisors" in steps else [],
+                authority.parent if "next_tier" in steps else None)
 
     def _unescalated(self, authority_id: str, reason: str) -> None:
         """A missed deadline nobody can be told of: the top of the ladder, a pack that climbs

@@ -112,6 +112,8 @@ CAUSE_LABELS = {
            "must_act": "Now for action", "again": "Alerting again", "reopened": "Case reopened",
            "transferred": "Transferred to you"},
 }
+# The shipped packs' tiers, for an alert written before alerts carried the pack's names (and a
+# pack that gives none). Vietnamese as it reads after "cấp", English before "level".
 TIER_LABELS = {
     "vi": {"commune": "xã", "district": "huyện", "province": "tỉnh", "national": "trung ương"},
     "en": {"commune": "commune", "district": "district", "province": "province",
@@ -223,7 +225,7 @@ def build_context(alert: AlertRequested, lang: str, link: str,
         "case_id": alert.case_id,
         "authority_id": alert.authority_id,
         "tier": alert.tier,
-        "tier_label": _label(TIER_LABELS, lang, alert.tier),
+        "tier_label": _label(TIER_LABELS, lang, alert.tier, alert.tier_label),
         "agency": alert.agency,
         "agency_label": _label(AGENCY_LABELS, lang, alert.agency, alert.agency_label),
         "role": alert.role,
@@ -257,7 +259,13 @@ def build_context(alert: AlertRequested, lang: str, link: str,
         # The tier that missed, for the tier up: "Cấp xã chưa xác nhận", not "Cấp dưới". None in
         # alerts written before it was added: templates then say "the tier below".
         "about_tier": alert.about_tier,
-        "about_tier_label": _label(TIER_LABELS, lang, alert.about_tier) if alert.about_tier else None,
+        "about_tier_label": (_label(TIER_LABELS, lang, alert.about_tier, alert.about_tier_label)
+                             if alert.about_tier else None),
+        # A breach to the authority that missed: who else was told. None when the alert does
+        # not say (written before it did): templates then claim nothing.
+        "told_supervisors": alert.told_supervisors,
+        "told_tier_label": (_label(TIER_LABELS, lang, alert.told_tier, alert.told_tier_label)
+                            if alert.told_tier else None),
         # The directory's names; None in events written before names were added.
         "authority_name": alert.authority_name,
         "about_authority_name": alert.about_authority_name,
@@ -290,6 +298,19 @@ def fold_to_gsm7(text: str) -> str:
     return "".join(c if c in _GSM7_BASIC or c in _GSM7_EXT else "?" for c in folded)
 
 
+def _who_missed(ctx: dict[str, Any]) -> str:
+    """The authority an escalated or supervisor alert is about, by its tier as templates name it:
+    the tier below for the tier up, a supervisor's own office of its unit (not one below)."""
+    tier, vi = ctx["about_tier_label"], ctx["lang"] == "vi"
+    if ctx["kind"] == "escalated":
+        if tier:
+            return f"Cấp {tier}" if vi else f"The {tier} level"
+        return "Cấp dưới" if vi else "The tier below"
+    if tier:
+        return f"Cơ quan cấp {tier}" if vi else f"The {tier}-level authority"
+    return "Cơ quan được giao" if vi else "The authority in charge"
+
+
 def _fallback(ctx: dict[str, Any], channel: str, error: str) -> Message:
     """Plain built-in text: no template involved, so it cannot fail on one. The labels are
     built in code (build_context), so they cannot fail either; codes alone ("breach",
@@ -301,14 +322,20 @@ def _fallback(ctx: dict[str, Any], channel: str, error: str) -> Message:
             or (ctx["kind"] == "supervisor" and ctx["about_reason"] == "deadline_missed"))
     step = f" {ctx['milestone_label']}" if ctx["milestone"] else ""
     what = f"{ctx['severity']} {ctx['kind_label']}{step}"
+    # A deadline another authority missed (a supervisor's, or a step's) says who, as the
+    # templates do: "Cấp xã quá hạn từ ...", not a bare "Quá hạn từ ..." that reads as ours.
+    who = _who_missed(ctx) if late and (
+        ctx["kind"] == "supervisor" or ctx["about_reason"] == "milestone_missed") else None
     if ctx["lang"] == "vi":
         subject = f"[Beacon] {ctx['severity']} vụ {ctx['case_id']}"
+        when = f"{who} quá hạn từ" if who else ("Quá hạn từ" if late else "Hạn")
         text = (f"Beacon {what}: vụ {ctx['case_id']} ({ctx['category_label']})."
-                + (f" {'Quá hạn từ' if late else 'Hạn'} {due}." if due else "") + f" {ctx['link']}")
+                + (f" {when} {due}." if due else "") + f" {ctx['link']}")
     else:
         subject = f"[Beacon] {ctx['severity']} case {ctx['case_id']}"
+        when = f"{who}: overdue since" if who else ("Overdue since" if late else "Due")
         text = (f"Beacon {what}: case {ctx['case_id']} ({ctx['category_label']})."
-                + (f" {'Overdue since' if late else 'Due'} {due}." if due else "") + f" {ctx['link']}")
+                + (f" {when} {due}." if due else "") + f" {ctx['link']}")
     if channel == "sms" and sms_segments(text)[1] > SMS_MAX_SEGMENTS:
         text = fold_to_gsm7(text)
     return Message(subject=subject, text=text, body=webhook_body(ctx), lang=ctx["lang"],

@@ -668,3 +668,70 @@ async def test_a_breach_climbs_past_an_admin_entry_that_names_a_tier_since_aboli
     escalated = [e for e in await _emitted(esc, "beacon.alert.requested")
                  if e["kind"] == "escalated"]
     assert "province:1:police" in {e["authority_id"] for e in escalated}
+
+
+# --- what a breach tells the authority that missed, and who the tiers are ---------------------
+
+
+@pytest.mark.parametrize("on_breach,supervisors,tier,vi,en", [
+    (["supervisors", "next_tier"], True, "province", "; cơ quan quản lý và cấp tỉnh đã được báo.",
+     "; your supervisors and the province level have been told."),
+    (["supervisors"], True, None, "; cơ quan quản lý đã được báo.", "; your supervisors have been told."),
+    (["next_tier"], False, "province", "; cấp tỉnh đã được báo.", "; the province level has been told."),
+    ([], False, None, "Đề nghị xác nhận đã tiếp nhận ngay.", "Please acknowledge now.")])
+async def test_a_breach_tells_the_authority_only_who_was_told(esc, on_breach, supervisors, tier,
+                                                              vi, en):
+    """The commune's e-mail said "your supervisors and the tier above have been told" under a
+    pack that told neither: a message to a child-protection officer must only say what is so."""
+    pack = esc.rt.pack
+    esc.rt.pack = pack.model_copy(update={"escalation": pack.escalation.model_copy(
+        update={"on_breach": on_breach})})
+    await _report(esc, indicators=["immediate_danger"])  # P1: the commune acts within 15 min
+    await esc.fire_due(T0 + 16 * M)
+    [breach] = [e for e in await _emitted(esc, "beacon.alert.requested")
+                if e["kind"] == "breach" and e["authority_id"] == CP]
+    assert (breach["told_supervisors"], breach["told_tier"]) == (supervisors, tier)
+    alert = AlertRequested.model_validate(breach)
+    for lang, says in (("vi", vi), ("en", en)):
+        email = render(alert, "email", lang, "L").text
+        assert says in email, email
+        assert "cấp trên" not in email and "tier above" not in email
+
+
+async def test_the_national_tier_is_not_told_a_tier_above_was(esc):
+    """National has no tier above and no supervisor in the directory: its breach tells nobody."""
+    await _report(esc, indicators=["immediate_danger"], publicity="PA2")  # national acts, 2 h
+    national = "national:VN:child_protection"
+    while await esc.fire_due(T0 + 2 * 60 * M + M):
+        pass
+    [breach] = [e for e in await _emitted(esc, "beacon.alert.requested")
+                if e["kind"] == "breach" and e["authority_id"] == national]
+    assert (breach["told_supervisors"], breach["told_tier"]) == (False, None)
+    email = render(AlertRequested.model_validate(breach), "email", "vi", "L").text
+    assert "Đề nghị xác nhận đã tiếp nhận ngay." in email and "đã được báo" not in email
+
+
+async def test_alerts_carry_the_pack_s_names_of_the_tiers(esc):
+    """The notifier named tiers from a table of its own: a pack's tier it did not know read as
+    its id ("cấp ward"). The alert carries the pack's names, as it does an agency's."""
+    _use(esc, "vn2020")
+    pack = esc.rt.pack
+    ladder = [t.model_copy(update={"label": "quận, huyện", "name": "urban or rural district"})
+              if t.id == "district" else t for t in pack.ladder]
+    esc.rt.pack = pack.model_copy(update={"ladder": ladder})
+    await _report(esc, indicators=["immediate_danger"])
+    while await esc.fire_due(T0 + 16 * M):  # the commune misses its 15 minutes
+        pass
+    alerts = await _emitted(esc, "beacon.alert.requested")
+    [escalated] = [e for e in alerts if e["kind"] == "escalated"
+                   and e["authority_id"].startswith("district:") and e["agency"] == "child_protection"]
+    assert escalated["tier_label"] == {"vi": "quận, huyện", "en": "urban or rural district"}
+    assert escalated["about_tier_label"] == {"vi": "xã", "en": "commune"}
+    alert = AlertRequested.model_validate(escalated)
+    assert ", cấp quận, huyện, mã " in render(alert, "email", "vi", "L").text
+    assert "urban or rural district level" in render(alert, "email", "en", "L").text
+    [breach] = [e for e in alerts if e["kind"] == "breach" and e["authority_id"] == CP]
+    assert (breach["told_tier"], breach["told_tier_label"]) == (
+        "district", {"vi": "quận, huyện", "en": "urban or rural district"})
+    assert "cơ quan quản lý và cấp quận, huyện đã được báo." in render(
+        AlertRequested.model_validate(breach), "email", "vi", "L").text

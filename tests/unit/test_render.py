@@ -71,6 +71,7 @@ def test_templates_see_an_allow_list_of_codes_only():
         "about_tier", "about_tier_label", "setting", "setting_label",
         "authority_name", "about_authority_name",  # an authority's, from the directory
         "cause", "previous_severity", "from_authority_id", "from_authority_name",
+        "told_supervisors", "told_tier_label",  # a breach: who else escalation told
     }
     assert "contacts" not in ctx
 
@@ -999,3 +1000,122 @@ def test_a_target_that_has_acknowledged_is_not_asked_to_acknowledge_again(lang, 
     assert "xác nhận đã tiếp nhận:" not in done.text and "acknowledge receipt:" not in done.text
     owed = render(alert(), "email", lang, "https://b.example/a/x")
     assert asked in owed.text
+
+
+# --- tiers named as the pack names them; a breach says who was told; supervisors' own office ---
+
+
+@pytest.mark.parametrize("lang,to,missed", [
+    ("vi", ", cấp phường, mã ", "Cấp phường chưa xác nhận đúng hạn."),
+    ("en", ", ward level, ", "The ward level did not acknowledge in time.")])
+def test_messages_name_a_tier_as_the_pack_names_it(lang, to, missed):
+    """Tier names were the notifier's own: a pack's tier it did not know read as its code
+    ("cấp ward"), and a pack could not rename one (nothing is to be hard-wired)."""
+    ward = Label(vi="phường", en="ward")
+    a = alert(tier="ward", tier_label=ward)
+    assert to in render(a, "email", lang, link(a)).text
+    up = alert(**ESCALATED, about_tier="ward", about_tier_label=ward, about_reason="deadline_missed")
+    sms = render(up, "sms", lang, link(up)).text
+    assert fold_to_gsm7(missed) in fold_to_gsm7(sms) and sms_segments(sms)[1] <= 2, sms
+    # A pack renaming a shipped tier is named its way; an alert written before alerts carried
+    # the pack's names is named by the notifier's.
+    renamed = alert(tier_label=Label(vi="xã, phường", en="commune or ward"))
+    assert (", cấp xã, phường, mã " if lang == "vi" else ", commune or ward level, ") in render(
+        renamed, "email", lang, link(a)).text
+    assert (", cấp xã, mã " if lang == "vi" else ", commune level, ") in render(
+        alert(), "email", lang, link(a)).text
+
+
+@pytest.mark.parametrize("told,vi,en", [
+    (dict(told_supervisors=True, told_tier="province",
+          told_tier_label=Label(vi="tỉnh", en="province")),
+     "ngay; cơ quan quản lý và cấp tỉnh đã được báo.",
+     "now; your supervisors and the province level have been told."),
+    (dict(told_supervisors=True), "ngay; cơ quan quản lý đã được báo.",
+     "now; your supervisors have been told."),
+    (dict(told_supervisors=False, told_tier="district"), "ngay; cấp huyện đã được báo.",
+     "now; the district level has been told."),
+    (dict(told_supervisors=False), "tiếp nhận ngay.\n", "acknowledge now.\n"),  # nobody
+    ({}, "tiếp nhận ngay.\n", "acknowledge now.\n")])  # an alert written before: not known
+def test_a_breach_says_only_who_was_told(told, vi, en):
+    """"Your supervisors and the tier above have been told" went to every authority that
+    missed its deadline: under a pack that tells neither, at the national tier (none above),
+    or to a committee (no supervisor), it was false."""
+    from services.notifier.render import _fallback
+
+    a = alert(kind="breach", **told)
+    for lang, says in (("vi", vi), ("en", en)):
+        email = render(a, "email", lang, link(a)).text
+        assert says in email, email
+        assert "cấp trên" not in email and "tier above" not in email
+        if not told.get("told_supervisors") and not told.get("told_tier"):
+            assert "đã được báo" not in email and "been told" not in email
+        # Nor does any other message of it claim so.
+        for text in (render(a, "sms", lang, link(a)).text,
+                     _fallback(build_context(a, lang, link(a)), "email", "x").text):
+            assert "duoc bao" not in fold_to_gsm7(text) and "told" not in text
+
+
+SUPERVISED = dict(kind="supervisor", role="inform", agency="people_committee",
+                  authority_id="commune:4:people_committee",
+                  about_authority_id="commune:4:child_protection")
+SUPERVISOR_SAYS = {  # the SMS's sentence by reason and language; {} is the supervised office
+    ("deadline_missed", "vi"): "{} quá hạn 09:45 29/11, cần đôn đốc.",
+    ("deadline_missed", "en"): "{} did not acknowledge by 09:45 29/11 (VN time): please follow up.",
+    ("unreachable", "vi"): "{} không liên lạc được, cần liên hệ trực tiếp.",
+    ("unreachable", "en"): "{} cannot be reached: please contact it.",
+    ("milestone_missed", "vi"): "{} đã quá hạn Biện pháp bảo vệ khẩn cấp từ 18:45 29/11.",
+    ("milestone_missed", "en"): "{} missed: Emergency protection measure, due 18:45 29/11 (VN time)."}
+
+
+@pytest.mark.parametrize("reason", ["deadline_missed", "unreachable", "milestone_missed"])
+@pytest.mark.parametrize("lang", ["vi", "en"])
+@pytest.mark.parametrize("tier,office", [
+    ("commune", {"vi": "Cơ quan cấp xã", "en": "The commune-level authority"}),
+    (None, {"vi": "Cơ quan được giao", "en": "The authority in charge"})])  # written before about_tier
+def test_a_supervisor_is_told_of_its_own_office_not_of_a_tier_below(reason, lang, tier, office):
+    """A commune's People's Committee read "Cấp dưới quá hạn" ("the tier below") of its own
+    commune's child-protection office, at the same level. It is told of the office in charge,
+    by its tier when the alert gives it, in two segments."""
+    step = MILESTONE if reason == "milestone_missed" else {}
+    says = SUPERVISOR_SAYS[reason, lang].format(office[lang])
+    for category in CATEGORIES:
+        a = alert(**{**step, **SUPERVISED, "about_reason": reason, "about_tier": tier,
+                     "category": category})
+        sms = render(a, "sms", lang, link(a)).text
+        assert fold_to_gsm7(says) in fold_to_gsm7(sms) and sms_segments(sms)[1] <= 2, sms
+        for text in (sms, render(a, "email", lang, link(a)).text,
+                     Renderer()._tpl(lang, "sms_short", build_context(a, lang, link(a)))):
+            assert "cap duoi" not in fold_to_gsm7(text).lower() and "below" not in text, text
+
+
+@pytest.mark.parametrize("lang", ["vi", "en"])
+@pytest.mark.parametrize("step,label,name", SHIPPED_STEPS, ids=[s[0] for s in SHIPPED_STEPS])
+def test_the_short_sms_and_the_built_in_text_of_a_missed_step_name_who_missed(lang, step, label, name):
+    """The full SMS said "Cấp xã đã quá hạn ..."; the short one (sent with a long base URL) and
+    the built-in text (sent when a template fails) said only "quá hạn", which read as the
+    recipient's own deadline."""
+    from services.notifier.render import _fallback
+
+    base = "https://tongdai111.molisa.gov.vn/bc"  # a ministry's: the full SMS may not fit
+    for kind, tier, who in (("escalated", "district", {"vi": "cấp huyện", "en": "district level"}),
+                            ("escalated", None, {"vi": "cấp dưới", "en": "tier below"}),
+                            ("supervisor", "commune", {"vi": "cơ quan cấp xã",
+                                                       "en": "commune-level authority"})):
+        extra = ESCALATED if kind == "escalated" else SUPERVISED
+        for category in CATEGORIES:
+            a = alert(**{**MILESTONE, **extra, "kind": kind, "about_reason": "milestone_missed",
+                         "about_tier": tier, "milestone": step, "milestone_label": label,
+                         "milestone_name": name, "category": category})
+            url = sign_link(base, a.case_id, "view", a.authority_id, DUE + timedelta(days=7), "s")
+            ctx = build_context(a, lang, url)
+            short = Renderer()._tpl(lang, "sms_short", ctx)
+            missed = (f", {who['vi']} quá hạn {label} từ 18:45 29/11 " if lang == "vi"
+                      else f", {who['en']} missed {name}, due 18:45 29/11 ")
+            assert missed in short and sms_segments(fold_to_gsm7(short))[1] <= 2, short
+            assert sms_segments(render(a, "sms", lang, url).text)[1] <= 2
+            built_in = _fallback(ctx, "sms", "x").text
+            says = (f"{who['vi'][0].upper()}{who['vi'][1:]} quá hạn từ 18:45 29/11." if lang == "vi"
+                    else f"The {who['en']}: overdue since 18:45 29/11.")
+            assert fold_to_gsm7(says) in fold_to_gsm7(built_in), built_in
+            assert sms_segments(built_in)[1] <= 2

@@ -15,6 +15,10 @@ from services.escalation.rulepack import (
 )
 
 DEFAULT_TEXT = SHIPPED["default"].read_text(encoding="utf-8")
+TIERS = """tiers:
+  - {id: commune, label: "xã", name: commune}
+  - {id: province, label: "tỉnh", name: province}
+  - {id: national, label: "trung ương", name: national}"""
 
 
 def broken(old: str, new: str, count: int = 1) -> str:
@@ -69,6 +73,38 @@ def test_a_pack_without_english_step_names_still_validates():
     text = head + "\nmilestones:\n" + steps
     assert problems(text) == []
     assert {m.name for m in parse_pack(text, "pack.yaml").milestones} == {None}
+
+
+@pytest.mark.parametrize("name", ["default", "vn2020"])
+def test_shipped_packs_name_every_tier(name):
+    """Messages named a tier by the notifier's own table: a pack's new tier read as its id."""
+    pack = load_pack(name)
+    assert list(pack.tier_names) == pack.tiers
+    assert all(t.label and t.name for t in pack.tier_names.values())
+    assert (pack.tier_names["commune"].label, pack.tier_names["commune"].name) == ("xã", "commune")
+
+
+def test_a_pack_of_bare_tier_ids_still_validates_and_names_none():
+    """Packs written before tiers had labels (an admin's draft, a published one)."""
+    text = broken(TIERS, "tiers: [commune, province, national]")
+    assert problems(text) == []
+    pack = parse_pack(text, "pack.yaml")
+    assert pack.tiers == ["commune", "province", "national"] and pack.tier_names == {}
+    mixed = parse_pack(broken(TIERS, 'tiers: [commune, {id: province, label: "tỉnh, thành phố"}, '
+                                     "national]"), "pack.yaml")
+    assert mixed.tiers == ["commune", "province", "national"]
+    assert (mixed.tier_names["province"].label, mixed.tier_names["province"].name) == (
+        "tỉnh, thành phố", None)
+
+
+def test_a_tier_label_is_the_tier_without_cap_and_is_required_with_a_mapping():
+    # Messages say "cấp {label}": "Cấp xã" would read "cấp Cấp xã".
+    [(place, msg)] = problems(broken('label: "xã"', 'label: "Cấp xã"'))
+    assert place == f"pack.yaml:{line_of(DEFAULT_TEXT, '{id: commune')}"
+    assert msg.startswith('tiers[0].label: write the tier without "cấp"')
+    [(_, msg)] = problems(broken('{id: province, label: "tỉnh", name: province}',
+                                 "{id: province, name: province}"))
+    assert msg == "tiers[1].label: Field required"
 
 
 def test_load_by_path(tmp_path: Path):
@@ -164,8 +200,7 @@ def test_duplicated_key_is_reported_with_its_line():
 
 def test_duplicated_rule_id_tier_and_subcategory():
     text = broken("id: additions.online_abuse.cyber_police", "id: additions.sex_abuse.commune_health")
-    text = text.replace("tiers: [commune, province, national]",
-                        "tiers: [commune, province, national, province]")
+    text = text.replace(TIERS, "tiers: [commune, province, national, province]")
     text = text.replace("[drowning, traffic,", "[drowning, drowning, traffic,")
     msgs = [msg for _, msg in problems(text)]
     assert any("rule id 'additions.sex_abuse.commune_health' is used twice" in m for m in msgs)
@@ -175,14 +210,13 @@ def test_duplicated_rule_id_tier_and_subcategory():
 
 def test_tiers_the_directory_cannot_place_or_climb():
     """Published, either stopped all routing: every report failed and was dead-lettered."""
-    tiers = "tiers: [commune, province, national]"
-    reversed_ = [msg for _, msg in problems(broken(tiers, "tiers: [national, province, commune]"))]
+    reversed_ = [msg for _, msg in problems(broken(TIERS, "tiers: [national, province, commune]"))]
     assert reversed_ == [
         "tiers[1]: tier 'province' is smaller than 'national' before it; list tiers lowest first "
         "(commune, district, province, national)",
         "tiers[2]: tier 'commune' is smaller than 'province' before it; list tiers lowest first "
         "(commune, district, province, national)"]
-    unknown = [msg for _, msg in problems(broken(tiers, "tiers: [commune, region, province, national]"))]
+    unknown = [msg for _, msg in problems(broken(TIERS, "tiers: [commune, region, province, national]"))]
     assert unknown == ["tiers[1]: the directory cannot place tier 'region' "
                        "(it places commune, district, province, national)"]
 
@@ -212,7 +246,7 @@ def test_no_code_in_conditions():
 
 
 def test_yaml_syntax_error_has_its_line():
-    text = DEFAULT_TEXT.replace("tiers: [commune, province, national]", "tiers: [commune, province")
+    text = broken(TIERS, "tiers: [commune, province")
     [(place, msg)] = problems(text)
     assert re.fullmatch(r"pack\.yaml:\d+", place) and "not valid YAML" in msg
 
