@@ -14,7 +14,9 @@ from schemas.events import (
     TYPE_OF, TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
 from services.common.db import ProcessedEvent, add_bulk, claim_events, is_postgres, utcnow
-from services.intake.store import CaseAuthority, CaseView, ParkedEvent, ReportRow, TimelineEntry
+from services.intake.store import (
+    CaseAuthority, CaseCategory, CaseView, ParkedEvent, ReportRow, TimelineEntry,
+)
 
 log = structlog.get_logger("beacon.intake")
 
@@ -163,6 +165,7 @@ async def _apply(session: AsyncSession, envelope: Envelope, children: Children) 
     match data:
         case ReportReceived():
             case = _received(session, case, data, envelope.time, children)
+            await _add_category(session, case.case_id, data.category)
             detail = _received_detail(data)
         case CaseUpdated():
             detail = {"update_id": data.update_id, "by_role": data.by_role,
@@ -274,6 +277,7 @@ def _open(session: AsyncSession, data: ReportReceived, at: datetime,
              child_fingerprints=sorted(set(children.fingerprints)),
              child_ages=sorted(set(data.child_ages)), settings=[data.setting],
              child_sexes=None if children.sexes is None else sorted(set(children.sexes)))
+    add_bulk(session, CaseCategory, case_id=data.case_id, category=data.category)
 
 
 def _new_case(data: ReportReceived, at: datetime) -> dict:
@@ -306,6 +310,27 @@ def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived
     case.first_received_at = min(case.first_received_at, data.received_at)
     case.last_received_at = max(case.last_received_at, data.received_at)
     return case
+
+
+async def _add_category(session: AsyncSession, case_id: str, category: str) -> None:
+    # The case row is locked (PostgreSQL): no other instance adds this one meanwhile.
+    if await session.scalar(_HAS_CATEGORY, {"case": case_id, "category": category}) is None:
+        add_bulk(session, CaseCategory, case_id=case_id, category=category)
+
+
+_C = CaseCategory.__table__
+_HAS_CATEGORY = select(_C.c.case_id).where(_C.c.case_id == bindparam("case"),
+                                           _C.c.category == bindparam("category"))
+
+
+async def categories(session: AsyncSession, cases: Sequence[CaseView]) -> dict[str, list[str]]:
+    """Each case's categories: the first report's, then the others its reports gave, by code."""
+    rows = (await session.execute(select(_C.c.case_id, _C.c.category).where(
+        _C.c.case_id.in_([c.case_id for c in cases])))).all() if cases else []
+    found = {c.case_id: {c.category} for c in cases}
+    for case_id, category in rows:
+        found[case_id].add(category)
+    return {c.case_id: [c.category, *sorted(found[c.case_id] - {c.category})] for c in cases}
 
 
 def _add_fingerprints(case: CaseView, child_fingerprints) -> None:
