@@ -202,6 +202,9 @@ async def _apply(session: AsyncSession, envelope: Envelope, children: Children) 
         case TargetEscalated():
             if data.milestone is None:  # a step's reminders are on the timeline only: one
                 _target(case, data.authority_id, escalation=data.step)  # hid a breach
+            if data.step == "escalated" and data.to_authority_id:
+                await _authority(session, case.case_id, data.to_authority_id)
+                _same_window(case, data.authority_id, data.to_authority_id)
             detail = data.model_dump(mode="json", exclude={"case_id"})
         case AckRecorded():
             _target(case, data.authority_id, acknowledged_at=data.at.isoformat(),
@@ -236,6 +239,8 @@ async def _apply(session: AsyncSession, envelope: Envelope, children: Children) 
                      "acknowledged_by": None} if data.ack_due else {}
             _target(case, data.to_authority_id, role="act", transferred_from=data.from_authority_id,
                     transferred_to=None, released=None, **waits)
+            if data.ack_due:  # as escalation: held to the sender's window (1 h for P2...)
+                _same_window(case, data.from_authority_id, data.to_authority_id, always=True)
             if data.ack_due:
                 case.acknowledged = False
             await _sync_duties(session, case, [data.from_authority_id, data.to_authority_id])
@@ -402,6 +407,19 @@ async def _authority(session: AsyncSession, case_id: str, authority_id: str) -> 
     if not await session.get(CaseAuthority, (case_id, authority_id)):
         session.add(CaseAuthority(case_id=case_id, authority_id=authority_id))
         await session.flush()  # so the next lookup in this transaction sees it
+
+
+def _same_window(case: CaseView, from_id: str, to_id: str, always: bool = False) -> None:
+    """`to_id` is held to `from_id`'s acknowledgement window, as escalation holds it: the tier
+    up made to act by a breach (one that had a window of its own keeps it), or the authority a
+    transfer went to (`always`). Its deadline comes with its alert or the transfer."""
+    held = {t["authority_id"]: t for t in case.targets}
+    source, target = held.get(from_id), held.get(to_id)
+    if source is None or not source.get("ack_within"):
+        return
+    if always or target is None or not target.get("ack_within"):
+        _target(case, to_id, ack_within=source["ack_within"],
+                working_days=source.get("working_days", False))
 
 
 def _target(case: CaseView, authority_id: str, **changes) -> None:

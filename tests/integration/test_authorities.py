@@ -544,6 +544,37 @@ async def test_the_tier_escalated_to_may_answer_for_the_case(stack):
     assert await _answers_as(stack, province, case_id, PROVINCE_CP) == (202, 200)
 
 
+async def test_the_tier_escalated_to_shows_the_window_it_is_held_to(stack):
+    """The province, made to act by a breach, is held to the commune's window from then: the
+    case showed its deadline with `ack_within: null`, as if it had none (found by a review)."""
+    case_id, case = await _p1_case(stack)
+    [commune] = [t for t in case["targets"] if t["authority_id"] == CP]
+    assert commune["ack_within"]
+    await _fire_all(stack, utcnow() + timedelta(minutes=20))
+    target = await _readable_target(stack, case_id, PROVINCE_CP,
+                                    lambda t: t.get("alert") == "escalated")
+    held = await _target(stack, case_id, PROVINCE_CP)
+    assert held.origin == "escalated"
+    assert (target["role"], target["ack_within"], target["working_days"]) == (
+        "act", commune["ack_within"], commune["working_days"]) == ("act", held.ack_within,
+                                                                   held.working_days)
+    assert datetime.fromisoformat(target["ack_due"]) == held.ack_due
+
+
+async def test_the_authority_a_case_is_transferred_to_shows_the_window_it_is_held_to(stack):
+    case_id, case = await _p1_case(stack)
+    [commune] = [t for t in case["targets"] if t["authority_id"] == CP]
+    async with stack.client("authority") as me:
+        moved = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": CP, "to_authority_id": ELSEWHERE, "reason": "wrong_jurisdiction"})
+        assert moved.status_code == 202, moved.text
+    target = await _readable_target(stack, case_id, ELSEWHERE, lambda t: t["role"] == "act")
+    held = await _target(stack, case_id, ELSEWHERE)
+    assert (target["ack_within"], target["working_days"]) == (
+        commune["ack_within"], commune["working_days"]) == (held.ack_within, held.working_days)
+    assert datetime.fromisoformat(target["ack_due"]) == held.ack_due
+
+
 async def test_lowering_publicity_leaves_a_duty_in_place(stack):
     """A supervisor lowers publicity from PA1 to PA0 (an operator may not: 403): the province
     stays held (escalation never drops a duty), so it may still acknowledge."""
