@@ -200,12 +200,14 @@ async def _apply(session: AsyncSession, envelope: Envelope, children: Children) 
             if data.milestone:
                 detail["milestone"] = data.milestone
         case TargetEscalated():
-            if data.milestone is None:  # a step's reminders are on the timeline only: one
+            detail = data.model_dump(mode="json", exclude={"case_id"})
+            if _unsent_reminder(case, data):
+                detail["outcome"] = "transferred"  # on the timeline, marked: no message went
+            elif data.milestone is None:  # a step's reminders are on the timeline only: one
                 _target(case, data.authority_id, escalation=data.step)  # hid a breach
             if data.step == "escalated" and data.to_authority_id:
                 await _authority(session, case.case_id, data.to_authority_id)
                 _same_window(case, data.authority_id, data.to_authority_id)
-            detail = data.model_dump(mode="json", exclude={"case_id"})
         case AckRecorded():
             _target(case, data.authority_id, acknowledged_at=data.at.isoformat(),
                     acknowledged_by=data.by_user)
@@ -407,6 +409,16 @@ async def _authority(session: AsyncSession, case_id: str, authority_id: str) -> 
     if not await session.get(CaseAuthority, (case_id, authority_id)):
         session.add(CaseAuthority(case_id=case_id, authority_id=authority_id))
         await session.flush()  # so the next lookup in this transaction sees it
+
+
+def _unsent_reminder(case: CaseView, data: TargetEscalated) -> bool:
+    """A reminder of the acknowledgement to an authority whose transfer awaits the new one's
+    acknowledgement: escalation sends it none (timer outcome `transferred`), as it can no
+    longer acknowledge. Its milestones' reminders still go: it still holds those steps."""
+    if data.step != "reminder" or data.milestone is not None:
+        return False
+    target = next((t for t in case.targets if t["authority_id"] == data.authority_id), {})
+    return bool(target.get("transferred_to")) and not target.get("released")
 
 
 def _same_window(case: CaseView, from_id: str, to_id: str, always: bool = False) -> None:
