@@ -14,7 +14,9 @@ from schemas.events import (
     TYPE_OF, TargetEscalated, TargetReleased, TargetTransferred, TransferRequested,
 )
 from services.common.db import ProcessedEvent, add_bulk, claim_events, is_postgres, utcnow
-from services.intake.store import CaseAuthority, CaseView, ParkedEvent, ReportRow, TimelineEntry
+from services.intake.store import (
+    CaseAuthority, CaseCategory, CaseView, ParkedEvent, ReportRow, TimelineEntry,
+)
 
 log = structlog.get_logger("beacon.intake")
 
@@ -163,6 +165,7 @@ async def _apply(session: AsyncSession, envelope: Envelope, children: Children) 
     match data:
         case ReportReceived():
             case = _received(session, case, data, envelope.time, children)
+            await _add_category(session, case.case_id, data.category)
             detail = _received_detail(data)
         case CaseUpdated():
             detail = {"update_id": data.update_id, "by_role": data.by_role,
@@ -197,9 +200,14 @@ async def _apply(session: AsyncSession, envelope: Envelope, children: Children) 
             if data.milestone:
                 detail["milestone"] = data.milestone
         case TargetEscalated():
-            if data.milestone is None:  # a step's reminders are on the timeline only: one
-                _target(case, data.authority_id, escalation=data.step)  # hid a breach
             detail = data.model_dump(mode="json", exclude={"case_id"})
+            if _unsent_reminder(case, data):
+                detail["outcome"] = "transferred"  # on the timeline, marked: no message went
+            elif data.milestone is None:  # a step's reminders are on the timeline only: one
+                _target(case, data.authority_id, escalation=data.step)  # hid a breach
+            if data.step == "escalated" and data.to_authority_id:
+                await _authority(session, case.case_id, data.to_authority_id)
+                _same_window(case, data.authority_id, data.to_authority_id)
         case AckRecorded():
             _target(case, data.authority_id, acknowledged_at=data.at.isoformat(),
                     acknowledged_by=data.by_user)
@@ -233,6 +241,8 @@ async def _apply(session: AsyncSession, envelope: Envelope, children: Children) 
                      "acknowledged_by": None} if data.ack_due else {}
             _target(case, data.to_authority_id, role="act", transferred_from=data.from_authority_id,
                     transferred_to=None, released=None, **waits)
+            if data.ack_due:  # as escalation: held to the sender's window (1 h for P2...)
+                _same_window(case, data.from_authority_id, data.to_authority_id, always=True)
             if data.ack_due:
                 case.acknowledged = False
             await _sync_duties(session, case, [data.from_authority_id, data.to_authority_id])
@@ -274,6 +284,7 @@ def _open(session: AsyncSession, data: ReportReceived, at: datetime,
              child_fingerprints=sorted(set(children.fingerprints)),
              child_ages=sorted(set(data.child_ages)), settings=[data.setting],
              child_sexes=None if children.sexes is None else sorted(set(children.sexes)))
+    add_bulk(session, CaseCategory, case_id=data.case_id, category=data.category)
 
 
 def _new_case(data: ReportReceived, at: datetime) -> dict:
@@ -306,6 +317,27 @@ def _received(session: AsyncSession, case: CaseView | None, data: ReportReceived
     case.first_received_at = min(case.first_received_at, data.received_at)
     case.last_received_at = max(case.last_received_at, data.received_at)
     return case
+
+
+async def _add_category(session: AsyncSession, case_id: str, category: str) -> None:
+    # The case row is locked (PostgreSQL): no other instance adds this one meanwhile.
+    if await session.scalar(_HAS_CATEGORY, {"case": case_id, "category": category}) is None:
+        add_bulk(session, CaseCategory, case_id=case_id, category=category)
+
+
+_C = CaseCategory.__table__
+_HAS_CATEGORY = select(_C.c.case_id).where(_C.c.case_id == bindparam("case"),
+                                           _C.c.category == bindparam("category"))
+
+
+async def categories(session: AsyncSession, cases: Sequence[CaseView]) -> dict[str, list[str]]:
+    """Each case's categories: the first report's, then the others its reports gave, by code."""
+    rows = (await session.execute(select(_C.c.case_id, _C.c.category).where(
+        _C.c.case_id.in_([c.case_id for c in cases])))).all() if cases else []
+    found = {c.case_id: {c.category} for c in cases}
+    for case_id, category in rows:
+        found[case_id].add(category)
+    return {c.case_id: [c.category, *sorted(found[c.case_id] - {c.category})] for c in cases}
 
 
 def _add_fingerprints(case: CaseView, child_fingerprints) -> None:
@@ -377,6 +409,29 @@ async def _authority(session: AsyncSession, case_id: str, authority_id: str) -> 
     if not await session.get(CaseAuthority, (case_id, authority_id)):
         session.add(CaseAuthority(case_id=case_id, authority_id=authority_id))
         await session.flush()  # so the next lookup in this transaction sees it
+
+
+def _unsent_reminder(case: CaseView, data: TargetEscalated) -> bool:
+    """A reminder of the acknowledgement to an authority whose transfer awaits the new one's
+    acknowledgement: escalation sends it none (timer outcome `transferred`), as it can no
+    longer acknowledge. Its milestones' reminders still go: it still holds those steps."""
+    if data.step != "reminder" or data.milestone is not None:
+        return False
+    target = next((t for t in case.targets if t["authority_id"] == data.authority_id), {})
+    return bool(target.get("transferred_to")) and not target.get("released")
+
+
+def _same_window(case: CaseView, from_id: str, to_id: str, always: bool = False) -> None:
+    """`to_id` is held to `from_id`'s acknowledgement window, as escalation holds it: the tier
+    up made to act by a breach (one that had a window of its own keeps it), or the authority a
+    transfer went to (`always`). Its deadline comes with its alert or the transfer."""
+    held = {t["authority_id"]: t for t in case.targets}
+    source, target = held.get(from_id), held.get(to_id)
+    if source is None or not source.get("ack_within"):
+        return
+    if always or target is None or not target.get("ack_within"):
+        _target(case, to_id, ack_within=source["ack_within"],
+                working_days=source.get("working_days", False))
 
 
 def _target(case: CaseView, authority_id: str, **changes) -> None:

@@ -12,7 +12,7 @@ from schemas.events import TYPE_OF, Envelope, ReportReceived, Topics
 from services.common.config import Settings
 from services.common.db import Database, ProcessedEvent
 from services.intake import readmodel
-from services.intake.store import CaseAuthority, CaseView, ParkedEvent, TimelineEntry
+from services.intake.store import CaseAuthority, CaseCategory, CaseView, ParkedEvent, TimelineEntry
 
 ORDER = (Topics.INPUTS, Topics.CASES, Topics.ALERTS, Topics.DELIVERIES)
 RECEIVED = TYPE_OF[ReportReceived]
@@ -31,7 +31,7 @@ async def rebuild(settings: Settings, progress=sys.stderr) -> int:
         await _complete(settings, consumer)
         await _every_case_on_kafka(settings, consumer, db)
         async with db.writes() as session, session.begin():
-            for table in (TimelineEntry, CaseAuthority, CaseView, ParkedEvent):
+            for table in (TimelineEntry, CaseAuthority, CaseCategory, CaseView, ParkedEvent):
                 await session.execute(delete(table))
             await session.execute(delete(ProcessedEvent).where(
                 ProcessedEvent.consumer == readmodel.CONSUMER))

@@ -126,6 +126,15 @@ class CaseAuthority(Base):
     ack_due: Mapped[datetime | None] = mapped_column(index=True)
 
 
+class CaseCategory(Base):
+    """Every category a case's reports gave: a case opened as neglect that took a linked report
+    of sexual abuse is found by `?category=SEX_ABUSE` (cases.category is the first report's)."""
+
+    __tablename__ = "case_categories"
+    case_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
 class TimelineEntry(Base):
     __tablename__ = "timeline"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -459,6 +459,36 @@ async def test_transfer_reroutes_and_duty_ends_when_new_authority_acknowledges(s
     assert kinds == {"target_transferred", "target_released"}
 
 
+async def test_the_sender_of_a_transfer_is_not_shown_reminders_it_was_not_sent(stack):
+    """Passed on, the commune is sent no reminder (timer outcome `transferred`): the case's
+    timeline showed one all the same, as if sent. It is there, marked, and the commune's
+    target does not show it as its step."""
+    case_id, _ = await _p1_case(stack)
+    async with stack.client("authority") as me:
+        moved = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": CP, "to_authority_id": ELSEWHERE, "reason": "wrong_jurisdiction"})
+        assert moved.status_code == 202, moved.text
+    await eventually(lambda: _target(stack, case_id, ELSEWHERE))
+    await _readable_target(stack, case_id, CP, lambda t: t.get("transferred_to"))
+    first = min(t.due_at for t in await _timers(stack, case_id)
+                if t.authority_id == CP and t.kind == "reminder")
+    await _fire_all(stack, first)  # its first reminder, on time: not overtaken
+    assert [t.outcome for t in await _timers(stack, case_id)
+            if t.authority_id == CP and t.due_at == first] == ["transferred"]
+
+    async def reminded():
+        steps = [s for s in await _timeline(stack, case_id, "target_escalated")
+                 if s["authority_id"] == CP and s["step"] == "reminder"]
+        return steps or None
+
+    [step] = await eventually(reminded)
+    assert step["outcome"] == "transferred"
+    assert not [a for a in await _timeline(stack, case_id, "alert_requested")
+                if a["authority_id"] == CP and a["kind"] == "reminder"]
+    target = await _readable_target(stack, case_id, CP, lambda t: True)
+    assert target["escalation"] is None
+
+
 def _answers(authority_id: str) -> list[tuple[str, dict]]:
     """Everything an authority may do only while it holds the duty to act on a case."""
     return [("acknowledgements", {"authority_id": authority_id}),
@@ -542,6 +572,37 @@ async def test_the_tier_escalated_to_may_answer_for_the_case(stack):
         page = await anyone.get("/a/" + link.rsplit("/", 1)[1])
     assert "No acknowledgement is expected" not in page.text
     assert await _answers_as(stack, province, case_id, PROVINCE_CP) == (202, 200)
+
+
+async def test_the_tier_escalated_to_shows_the_window_it_is_held_to(stack):
+    """The province, made to act by a breach, is held to the commune's window from then: the
+    case showed its deadline with `ack_within: null`, as if it had none (found by a review)."""
+    case_id, case = await _p1_case(stack)
+    [commune] = [t for t in case["targets"] if t["authority_id"] == CP]
+    assert commune["ack_within"]
+    await _fire_all(stack, utcnow() + timedelta(minutes=20))
+    target = await _readable_target(stack, case_id, PROVINCE_CP,
+                                    lambda t: t.get("alert") == "escalated")
+    held = await _target(stack, case_id, PROVINCE_CP)
+    assert held.origin == "escalated"
+    assert (target["role"], target["ack_within"], target["working_days"]) == (
+        "act", commune["ack_within"], commune["working_days"]) == ("act", held.ack_within,
+                                                                   held.working_days)
+    assert datetime.fromisoformat(target["ack_due"]) == held.ack_due
+
+
+async def test_the_authority_a_case_is_transferred_to_shows_the_window_it_is_held_to(stack):
+    case_id, case = await _p1_case(stack)
+    [commune] = [t for t in case["targets"] if t["authority_id"] == CP]
+    async with stack.client("authority") as me:
+        moved = await me.post(f"/api/v1/cases/{case_id}/transfers", json={
+            "from_authority_id": CP, "to_authority_id": ELSEWHERE, "reason": "wrong_jurisdiction"})
+        assert moved.status_code == 202, moved.text
+    target = await _readable_target(stack, case_id, ELSEWHERE, lambda t: t["role"] == "act")
+    held = await _target(stack, case_id, ELSEWHERE)
+    assert (target["ack_within"], target["working_days"]) == (
+        commune["ack_within"], commune["working_days"]) == (held.ack_within, held.working_days)
+    assert datetime.fromisoformat(target["ack_due"]) == held.ack_due
 
 
 async def test_lowering_publicity_leaves_a_duty_in_place(stack):

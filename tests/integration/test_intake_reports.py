@@ -49,6 +49,45 @@ async def test_a_second_report_about_the_same_child_joins_the_case(stack):
         assert case["independent_reports"] == 2  # the first caller twice, and linked, count once
 
 
+async def test_a_case_is_found_and_shown_by_every_category_its_reports_gave(stack):
+    """A case opened as neglect that took a linked report of sexual abuse: a supervisor asking
+    for every sexual-abuse case did not find it, and the case and its link page said neglect
+    only (found by a review). The alert names sexual abuse; so does the link page, first."""
+    from services.common.links import sign_link
+
+    async with stack.client("operator") as api:
+        case_id = (await api.post("/api/v1/reports", json=report(
+            category="NEGLECT", indicators=[]))).json()["case_id"]
+        other = (await api.post("/api/v1/reports", json=report(
+            children=[{"age": 11, "name": "Someone Else"}]))).json()["case_id"]
+        linked = (await api.post("/api/v1/reports", json=report(
+            category="SEX_ABUSE", indicators=[], link_case_id=case_id))).json()
+        assert linked["case_id"] == case_id
+
+        async def both_applied():
+            case = await _case(api, case_id)
+            return case if case["report_count"] == 2 and case["severity"] == "P1" else None
+
+        case = await eventually(both_applied)
+    async with stack.client("supervisor") as sup:
+        found = (await sup.get("/api/v1/cases", params={"category": "SEX_ABUSE"})).json()
+        assert [c["case_id"] for c in found["items"]] == [case_id] and found["total"] == 1
+        assert found["items"][0]["categories"] == ["NEGLECT", "SEX_ABUSE"]
+        neglect = (await sup.get("/api/v1/cases", params={"category": "NEGLECT"})).json()
+        assert [c["case_id"] for c in neglect["items"]] == [case_id]
+        physical = (await sup.get("/api/v1/cases", params={"category": "PHYS_VIOLENCE"})).json()
+        assert [c["case_id"] for c in physical["items"]] == [other]
+    assert case["category"] == "NEGLECT"  # the first report's, as before
+    assert case["categories"] == ["NEGLECT", "SEX_ABUSE"]
+    acting = next(t["authority_id"] for t in case["targets"] if t["role"] == "act")
+    token = sign_link(stack.base_url, case_id, "view", acting, utcnow() + timedelta(days=7),
+                      stack.rt.settings.secret("secret_key")).rsplit("/", 1)[1]
+    async with stack.client() as anonymous:
+        page = (await anonymous.get(f"/a/{token}")).text
+    assert ("P1 Xâm hại tình dục / Sexual abuse (SEX_ABUSE); "
+            "Bỏ rơi, bỏ mặc / Abandonment or neglect (NEGLECT).") in page
+
+
 async def test_a_named_child_joins_its_case_however_many_are_open_there(stack):
     """A busy commune: 24 open cases of one category, each about another named child. A second
     call about the first child joins the first case (only the latest 20 were looked at)."""

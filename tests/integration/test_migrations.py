@@ -81,3 +81,41 @@ def test_an_upgrade_fills_in_which_authorities_still_owe_an_answer(tmp_path):
     assert [(a, bool(w), d is not None) for a, w, d in rows] == [
         ("a:answered", False, False), ("a:owes", True, True), ("a:passed", False, False),
         ("a:told", False, False)]
+
+
+def test_an_upgrade_fills_in_every_category_a_cases_reports_gave(tmp_path):
+    """`?category=` asks case_categories: a case opened before it existed, as neglect, that
+    took a linked report of sexual abuse is found by either (from its timeline)."""
+    import json
+
+    from sqlalchemy import create_engine, text
+
+    from services.common.migrate import upgrade
+
+    path = tmp_path / "beacon.db"
+    upgrade(f"sqlite+aiosqlite:///{path}", "a4c8e2f6b1d9")
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        for case_id in ("C-1", "C-2"):
+            conn.execute(text(
+                "INSERT INTO cases (case_id, category, province_code, commune_code, setting,"
+                " status, first_received_at, last_received_at, report_count,"
+                " independent_reports, acknowledged, targets, child_fingerprints, updated_at)"
+                " VALUES (:c, 'NEGLECT', 1, 4, 'home', 'open', :t, :t, 1, 1, 0, '[]', '[]', :t)"),
+                {"c": case_id, "t": "2026-11-30 10:00:00"})
+        for n, (case_id, kind, detail) in enumerate((
+                ("C-1", "report_received", {"report_id": "R-1", "category": "NEGLECT"}),
+                ("C-1", "report_received", {"report_id": "R-2", "category": "SEX_ABUSE"}),
+                ("C-1", "case_decided", {"severity": "P1"}),
+                ("C-2", "report_received", {"report_id": "R-3", "category": "NEGLECT"}))):
+            conn.execute(text("INSERT INTO timeline (case_id, at, kind, detail, event_id)"
+                              " VALUES (:c, :t, :k, :d, :e)"),
+                         {"c": case_id, "t": "2026-11-30 10:00:00", "k": kind,
+                          "d": json.dumps(detail), "e": f"e-{n}"})
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT case_id, category FROM case_categories"
+                                 " ORDER BY case_id, category")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("C-1", "NEGLECT"), ("C-1", "SEX_ABUSE"),
+                                        ("C-2", "NEGLECT")]

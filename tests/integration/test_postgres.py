@@ -63,6 +63,29 @@ async def test_report_to_delivery_on_postgres(kafka_bootstrap, inbox, pg_databas
         await stack.stop()
 
 
+async def test_a_case_is_listed_by_a_linked_reports_category_on_postgres(kafka_bootstrap, inbox,
+                                                                         pg_database):
+    settings = make_settings(kafka_bootstrap, pg_database, inbox)
+    stack = await start_stack(settings)
+    try:
+        async with stack.client("operator") as api:
+            case_id = (await api.post("/api/v1/reports", json=report(
+                category="NEGLECT", indicators=[]))).json()["case_id"]
+            linked = await api.post("/api/v1/reports", json=report(
+                category="SEX_ABUSE", indicators=[], link_case_id=case_id))
+            assert linked.status_code == 202, linked.text
+
+            async def listed():
+                page = (await api.get("/api/v1/cases", params={"category": "SEX_ABUSE"})).json()
+                return page["items"]
+
+            [case] = await eventually(listed)
+        assert (case["case_id"], case["category"], case["categories"]) == (
+            case_id, "NEGLECT", ["NEGLECT", "SEX_ABUSE"])
+    finally:
+        await stack.stop()
+
+
 async def test_two_escalation_instances_never_fire_a_timer_twice(
         kafka_bootstrap, inbox, pg_database, tmp_path, monkeypatch):
     fired = defaultdict(int)  # timers fired, per Escalation instance

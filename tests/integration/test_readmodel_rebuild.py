@@ -11,7 +11,7 @@ from schemas.events import Topics
 from services.common import kafka
 from services.intake import readmodel
 from services.intake.rebuild import Incomplete, _partitions, rebuild
-from services.intake.store import CaseAuthority, CaseView, TimelineEntry
+from services.intake.store import CaseAuthority, CaseCategory, CaseView, TimelineEntry
 from tests.conftest import eventually
 from tests.support.reports import report
 
@@ -38,7 +38,10 @@ async def _snapshot(db) -> dict:
         # ?acknowledged= and ?overdue=).
         routed = sorted((a.case_id, a.authority_id, a.awaiting, a.ack_due)
                         for a in (await session.scalars(select(CaseAuthority))).all())
-    return {"cases": cases, "timeline": timeline, "routed": routed}
+        # Every category its reports gave (the case list's ?category=).
+        categories = sorted((c.case_id, c.category)
+                            for c in (await session.scalars(select(CaseCategory))).all())
+    return {"cases": cases, "timeline": timeline, "routed": routed, "categories": categories}
 
 
 async def test_rebuilt_read_model_equals_the_live_one(stack):
@@ -48,6 +51,10 @@ async def test_rebuilt_read_model_equals_the_live_one(stack):
         await api.post("/api/v1/reports", json=report(reporter={"phone": "0911000111"}))
         second = (await api.post("/api/v1/reports", json=report(
             category="NEGLECT", indicators=[], children=[{"age": 9}]))).json()
+        # A report of another category linked to it: the case has both.
+        await api.post("/api/v1/reports", json=report(
+            category="EMOTIONAL", indicators=[], link_case_id=second["case_id"],
+            children=[{"age": 9}]))
         async with stack.client("supervisor") as sup:
             await sup.post(f"/api/v1/cases/{second['case_id']}/updates",
                            json={"publicity": "PA1"})
@@ -67,6 +74,7 @@ async def test_rebuilt_read_model_equals_the_live_one(stack):
 
     live = await _still(stack.rt.db)
     assert live["cases"][first["case_id"]]["reports"] == (2, 2)
+    assert [k for c, k in live["categories"] if c == second["case_id"]] == ["EMOTIONAL", "NEGLECT"]
     await rebuild(stack.rt.settings)
     assert await _snapshot(stack.rt.db) == live
 

@@ -155,3 +155,31 @@ async def test_a_deadline_escalation_moved_later_is_shown(sqlite_db):
     assert held.targets[0]["ack_due"].startswith("2026-11-30T08:15")
     moved = await _apply_one_by_one(sqlite_db, [decided(later, changed=True)])
     assert moved.targets[0]["ack_due"].startswith("2026-11-30T12:00")
+
+
+@pytest.mark.parametrize("alert_first", [False, True])
+async def test_the_tier_up_escalated_to_holds_the_window_of_the_one_that_missed(
+        sqlite_db, alert_first):
+    """The step is on the cases topic, the tier up's alert on the alerts topic: read in either
+    order, the province shows the commune's window and the alert's deadline. One that had a
+    window of its own keeps it (escalation keeps its clock)."""
+    from schemas.events import TargetEscalated
+
+    due = NOW.replace(hour=9)
+    decided = Envelope.wrap(CaseDecided(case_id=CASE, cause="beacon.report.received", decision=Decision(
+        rulepack_version="v1", severity="P1", publicity="PA0", matched_rules=[], targets=[
+            Target(tier="commune", agency="child_protection", authority_id=A, role="act",
+                   ack_within="PT15M", ack_due=NOW.replace(minute=15)),
+            Target(tier="province", agency="child_protection", authority_id=B, role="inform")])),
+        "beacon/escalation")
+    step = Envelope.wrap(TargetEscalated(case_id=CASE, authority_id=A, step="escalated",
+                                         to_authority_id=B), "beacon/escalation")
+    alert = Envelope.wrap(AlertRequested(
+        alert_id="a-1", case_id=CASE, authority_id=B, tier="province", agency="child_protection",
+        role="act", kind="escalated", category="PHYS_VIOLENCE", severity="P1", publicity="PA0",
+        ack_due=due, contacts=[], rulepack_version="v1"), "beacon/escalation")
+    case = await _apply_one_by_one(sqlite_db, [
+        _report(), decided, *([alert, step] if alert_first else [step, alert])])
+    province = next(t for t in case.targets if t["authority_id"] == B)
+    assert (province["role"], province["ack_within"]) == ("act", "PT15M")
+    assert datetime.fromisoformat(province["ack_due"]) == due

@@ -16,7 +16,7 @@ from services.common.db import utcnow
 from services.intake import readmodel, submission
 from services.intake.api.deps import Body, Runtime, deny, fail, role
 from services.intake.readmodel import holds_duty
-from services.intake.store import CaseAuthority, CaseView, in_scope
+from services.intake.store import CaseAuthority, CaseCategory, CaseView, in_scope
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
 READERS = ("operator", "supervisor", "authority")
@@ -57,7 +57,9 @@ class TargetOut(BaseModel):
 class CaseOut(BaseModel):
     case_id: str
     status: str
-    category: str
+    category: str = Field(description="the first report's category")
+    categories: list[str] = Field(description="every category its reports gave: the first "
+                                              "report's, then the others by code")
     setting: str
     province_code: int
     commune_code: int
@@ -82,9 +84,10 @@ class CasePage(BaseModel):
     offset: int
 
 
-def _out(case: CaseView, timeline=None) -> CaseOut:
+def _out(case: CaseView, categories: list[str], timeline=None) -> CaseOut:
     return CaseOut(
-        case_id=case.case_id, status=case.status, category=case.category, setting=case.setting,
+        case_id=case.case_id, status=case.status, category=case.category,
+        categories=categories, setting=case.setting,
         province_code=case.province_code, commune_code=case.commune_code, severity=case.severity,
         publicity=case.publicity, acknowledged=case.acknowledged,
         rulepack_version=case.rulepack_version, first_received_at=case.first_received_at,
@@ -124,7 +127,8 @@ async def get_case(case_id: str, request: Request, rt: Runtime,
                    who: Annotated[Principal, Depends(role(*READERS))]):
     async with rt.db.reads() as session:
         case = await readable_case(session, request, who, case_id)
-        out = _out(case, await readmodel.timeline(session, case_id))
+        categories = (await readmodel.categories(session, [case]))[case_id]
+        out = _out(case, categories, await readmodel.timeline(session, case_id))
     await audit.write(rt.db, who.user_id, who.role, "read", case_id, list(CaseOut.model_fields))
     return out
 
@@ -159,9 +163,12 @@ async def list_cases(request: Request, rt: Runtime,
         raise RequestValidationError([{"loc": ["query", name], "msg": "given more than once",
                                        "type": "value_error"} for name in repeated])
     query = select(CaseView)
-    for column in ("status", "severity", "category", "province_code", "commune_code"):
+    for column in ("status", "severity", "province_code", "commune_code"):
         if (value := getattr(filters, column)) is not None:
             query = query.where(getattr(CaseView, column) == value)
+    if filters.category is not None:  # any of its reports': a supervisor looks for every such case
+        query = query.where(CaseView.case_id.in_(select(CaseCategory.case_id).where(
+            CaseCategory.category == filters.category)))
     mine = CaseAuthority.authority_id.in_(who.authority_ids)
     if filters.acknowledged is not None and who.role == "authority":
         # An authority asks about its own answer: a case others have yet to acknowledge is
@@ -191,10 +198,12 @@ async def list_cases(request: Request, rt: Runtime,
             # page boundary between equal times may skip or repeat a case on PostgreSQL.
             query.order_by(CaseView.first_received_at.desc(), CaseView.case_id.desc())
             .limit(limit).offset(offset))).all()
+        categories = await readmodel.categories(session, rows)
     async with rt.db.writes() as session, session.begin():
         for case in rows:
             audit.record(session, who.user_id, who.role, "read", case.case_id, ["summary"])
-    return CasePage(items=[_out(c) for c in rows], total=total or 0, limit=limit, offset=offset)
+    return CasePage(items=[_out(c, categories[c.case_id]) for c in rows], total=total or 0,
+                    limit=limit, offset=offset)
 
 
 async def acting_target(request: Request, rt, who: Principal, case_id: str,

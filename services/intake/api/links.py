@@ -22,8 +22,9 @@ from services.common.auth import Principal
 from services.common.db import utcnow
 from services.common.links import LinkClaims, verify_link
 from services.escalation import milestones
+from services.escalation.engine import lead_category
 from services.escalation.store import EscalationMilestone
-from services.intake import submission
+from services.intake import readmodel, submission
 from services.intake.readmodel import holds_duty
 from services.intake.api.deps import Runtime
 from services.intake.store import CaseView
@@ -124,11 +125,19 @@ def _authority(rt, authority_id: str) -> str:
     return f"<b>{escape(name)}</b> <small>({escape(authority_id)})</small>"
 
 
-def _facts(rt, case: CaseView, authority_id: str) -> str:
-    category = rt.pack.categories.get(case.category)  # the pack's names, as in the message
-    names = " / ".join(n for n in (category.label, category.name) if n) if category else ""
+async def _facts(rt, case: CaseView, authority_id: str) -> str:
+    async with rt.db.reads() as session:
+        codes = (await readmodel.categories(session, [case]))[case.case_id]
+    # Every category its reports gave, the one the message names first (the most severe): a
+    # case opened as neglect showed only "neglect" after a linked report of sexual abuse.
+    lead = lead_category(codes[0], codes[1:], rt.pack)
+    shown = []
+    for code in (lead, *(c for c in codes if c != lead)):
+        category = rt.pack.categories.get(code)  # the pack's names, as in the message
+        names = " / ".join(n for n in (category.label, category.name) if n) if category else ""
+        shown.append(f"{escape(names)} ({escape(code)})".lstrip())
     return (f"<p>Vụ việc / Case <b>{escape(case.case_id)}</b>: {escape(case.severity or '-')} "
-            f"{escape(names)} ({escape(case.category)}).</p>"
+            f"{'; '.join(shown)}.</p>"
             f"<p>Cơ quan / For: {_authority(rt, authority_id)}</p>")
 
 
@@ -182,7 +191,7 @@ async def link_page(token: str, rt: Runtime):
     case, claims, target = found
     who = _link_user(claims.authority_id)
     await audit.write(rt.db, who.user_id, who.role, "read", case.case_id, ["link_page"])
-    facts = _facts(rt, case, claims.authority_id)
+    facts = await _facts(rt, case, claims.authority_id)
     if case.status == "closed":
         return page(CLOSED[0], facts + CLOSED[1])
     if transferred := _transferred(rt, target):  # before its acknowledgement: what holds now
@@ -224,7 +233,7 @@ async def link_acknowledge(token: str, rt: Runtime):
     if not holds_duty(target):
         await _record(rt, who, case.case_id, "rejected")
         return page(*(_transferred(rt, target) or INFORM), 409)
-    facts = _facts(rt, case, claims.authority_id)
+    facts = await _facts(rt, case, claims.authority_id)
     if target.get("acknowledged_at"):
         await _record(rt, who, case.case_id, "replayed")  # a second click: answered, as before
         at = _when(target["acknowledged_at"])
