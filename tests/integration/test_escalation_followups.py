@@ -22,7 +22,7 @@ from tests.integration.test_escalation_service import (
 CP8, CP25 = "commune:8:child_protection", "commune:25:child_protection"
 # The default pack under a later version: a publication of it re-decides open cases.
 NEXT_DEFAULT = Path(SHIPPED["default"]).read_text("utf-8").replace(
-    "version: default-2026.4", "version: default-2026.5")
+    "version: default-2026.5", "version: default-2026.6")
 
 
 async def ack(esc, authority: str, at: datetime) -> None:

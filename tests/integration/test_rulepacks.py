@@ -30,7 +30,7 @@ def crafted_pack(version: str = DRAFT) -> str:
     text = SHIPPED["default"].read_text("utf-8")
     emotional = 'EMOTIONAL: {label: "Bạo lực tinh thần", name: "Emotional abuse", default: P3}'
     assert P2_CP in text and emotional in text
-    text = text.replace("version: default-2026.4", f"version: {version}")
+    text = text.replace("version: default-2026.5", f"version: {version}")
     police = "      - {tier: commune, agency: police, role: act, ack: PT1H}\n"
     text = text.replace(P2_CP, P2_CP + police)
     return text.replace(emotional, emotional.replace("P3", "P2"))
@@ -136,7 +136,7 @@ async def test_replay_lists_the_cases_a_change_would_touch(stack):
         answer = await admin.post(f"/api/v1/rulepacks/{DRAFT}/replay")
         assert answer.status_code == 200, answer.text
     result = answer.json()
-    assert result["current_version"] == "default-2026.4" and result["draft_version"] == DRAFT
+    assert result["current_version"] == "default-2026.5" and result["draft_version"] == DRAFT
     assert result["compared"] == 3 and result["changed"] == 2 and result["failed"] == []
     by_case = {c["case_id"]: c for c in result["cases"]}
     assert set(by_case) == {p2, emotional}  # the SEX_ABUSE case (P1) is untouched
@@ -172,22 +172,22 @@ async def test_published_pack_takes_effect_without_restart_and_rollback_restores
         await eventually(in_force, timeout=5, interval=0.05)
         async with stack.client("admin") as admin:
             listed = {p["version"]: p for p in (await admin.get("/api/v1/rulepacks")).json()}
-            assert listed[DRAFT]["in_force"] and listed["default-2026.4"]["state"] == "builtin"
+            assert listed[DRAFT]["in_force"] and listed["default-2026.5"]["state"] == "builtin"
 
         after = await decided(stack, p2_at(8))
         assert (await targets(stack, after))["commune:8:police"] == "act"
         async with stack.rt.db.reads() as session:
             assert (await session.get(EscalationCase, after)).rulepack_version == DRAFT
             # Open cases keep the routing they had: re-evaluation is the admin's choice.
-            assert (await session.get(EscalationCase, before)).rulepack_version == "default-2026.4"
+            assert (await session.get(EscalationCase, before)).rulepack_version == "default-2026.5"
         assert "commune:4:police" not in await targets(stack, before)
 
         async with stack.client("admin") as admin:
-            back = await admin.post("/api/v1/rulepacks/default-2026.4/rollback", json={})
+            back = await admin.post("/api/v1/rulepacks/default-2026.5/rollback", json={})
             assert back.status_code == 202, back.text
 
             async def rolled_back():
-                return all(rt.pack.version == "default-2026.4" for rt in (stack.rt, other))
+                return all(rt.pack.version == "default-2026.5" for rt in (stack.rt, other))
 
             await eventually(rolled_back, timeout=5, interval=0.05)
         restored = await decided(stack, p2_at(25))
@@ -228,7 +228,7 @@ async def test_effective_time_in_the_future_waits(stack):
                                   json={"effective_at": at.isoformat()})
         assert answer.status_code == 202
     await asyncio.sleep(1)
-    assert stack.rt.pack.version == "default-2026.4"
+    assert stack.rt.pack.version == "default-2026.5"
 
     async def in_force():
         return stack.rt.pack.version == DRAFT
@@ -277,7 +277,7 @@ async def test_rules_cli_lifecycle(stack, tmp_path):
         return stack.rt.pack.version == "cli-2026.3"
 
     await eventually(in_force, timeout=5, interval=0.05)
-    back = await asyncio.to_thread(run, "admin", "rollback", "default-2026.4")
+    back = await asyncio.to_thread(run, "admin", "rollback", "default-2026.5")
     assert back.exit_code == 0, back.output
 
 
@@ -373,7 +373,7 @@ async def test_replay_shows_a_weakened_deadline_and_policy(stack):
     """A draft that gives the 12-hour emergency measure 240 hours, escalates a breach nowhere
     and drops the 12-hour rule: the replay said `changed: 0` (no target differed)."""
     p1 = await decided(stack, report(category="SEX_ABUSE", children=[{"age": 10}], indicators=[]))
-    text = SHIPPED["default"].read_text("utf-8").replace("version: default-2026.4",
+    text = SHIPPED["default"].read_text("utf-8").replace("version: default-2026.5",
                                                          "version: quiet-1")
     weakened = (text.replace("    within: PT12H\n    start: first_receipt",
                              "    within: PT240H\n    start: first_receipt")
@@ -395,7 +395,7 @@ async def test_replay_shows_a_weakened_deadline_and_policy(stack):
 
 async def test_a_pack_file_changed_without_a_new_version_is_refused_at_start(stack, tmp_path):
     """Edited in place (neglect made P2) under the version already stored, it started and decided
-    as `default-2026.4`, while that version's record, which replay, rollback and the admin API
+    as `default-2026.5`, while that version's record, which replay, rollback and the admin API
     serve, still said P3 (found by an admin's review)."""
     from services.common.config import ConfigError
 
@@ -404,7 +404,7 @@ async def test_a_pack_file_changed_without_a_new_version_is_refused_at_start(sta
     other = runtime.build(stack.rt.settings.model_copy(update={"rulepack": str(edited)}),
                           frozenset({"escalation"}))
     try:
-        with pytest.raises(ConfigError, match="default-2026.4 is stored already with other content"):
+        with pytest.raises(ConfigError, match="default-2026.5 is stored already with other content"):
             await runtime.start(other)
     finally:
         await runtime.stop(other)

@@ -7,7 +7,7 @@ DEFAULT = Path(__file__).resolve().parents[2] / "services" / "escalation" / "pac
 
 def _variant(tmp_path: Path, name: str, version: str, changes: dict[str, str]) -> Path:
     """The default pack under `version`, each key of `changes` replaced by its value."""
-    text = DEFAULT.read_text().replace("version: default-2026.4", f"version: {version}")
+    text = DEFAULT.read_text().replace("version: default-2026.5", f"version: {version}")
     for old, new in changes.items():
         text = text.replace(old, new)
     path = tmp_path / f"{name}.yaml"

@@ -44,7 +44,7 @@ def test_shipped_packs_are_valid(name):
 
 def test_pack_api():
     pack = load_pack("default")
-    assert pack.version == "default-2026.4"
+    assert pack.version == "default-2026.5"
     assert pack.tiers == ["commune", "province", "national"]
     assert pack.next_tier("commune") == "province"
     assert pack.next_tier("province") == "national"
@@ -109,7 +109,7 @@ def test_a_tier_label_is_the_tier_without_cap_and_is_required_with_a_mapping():
 
 def test_load_by_path(tmp_path: Path):
     path = tmp_path / "mine.yaml"
-    path.write_text(DEFAULT_TEXT.replace("version: default-2026.4", "version: mine-1"), encoding="utf-8")
+    path.write_text(DEFAULT_TEXT.replace("version: default-2026.5", "version: mine-1"), encoding="utf-8")
     assert load_pack(str(path)).version == "mine-1"
 
 
@@ -322,7 +322,7 @@ def test_a_raise_rule_that_would_not_raise_is_refused():
 
 @pytest.mark.parametrize("version", ["../../x y/ä", "a/b", " lead", "-dash"])
 def test_a_version_that_cannot_name_the_pack_in_a_url_is_refused(version):
-    [(_place, msg)] = problems(broken("version: default-2026.4", f'version: "{version}"'))
+    [(_place, msg)] = problems(broken("version: default-2026.5", f'version: "{version}"'))
     assert msg.startswith("version:")
 
 

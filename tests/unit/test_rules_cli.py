@@ -80,7 +80,7 @@ def test_test_prints_the_decision(tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert {"rulepack_version", "severity", "publicity", "targets", "matched_rules"} <= set(out)
-    assert (out["rulepack_version"], out["severity"], out["publicity"]) == ("default-2026.4", "P1", "PA0")
+    assert (out["rulepack_version"], out["severity"], out["publicity"]) == ("default-2026.5", "P1", "PA0")
     first = out["targets"][0]
     assert {"tier", "agency", "authority_id", "role", "ack_within"} <= set(first)
     assert first == {**first, "tier": "commune", "agency": "child_protection",
