@@ -24,11 +24,14 @@ class Alerts:
                to: str | None = None, suffix: str = "",
                milestone: EscalationMilestone | None = None,
                about: tuple[str, str] | None = None, cause: str | None = None,
-               previous_severity: str | None = None, from_authority: str | None = None) -> None:
+               previous_severity: str | None = None, from_authority: str | None = None,
+               told_of: tuple[list[str], str | None] | None = None) -> None:
         """`milestone`: the alert is about that step's deadline, not about acknowledging.
         `about`: for a supervisor or the tier up, the authority that missed `row`'s deadline
         or could not be reached, and which of the two. `cause`: why an authority already on
-        the case is alerted again (schemas.events.AlertRequested)."""
+        the case is alerted again (schemas.events.AlertRequested). `told_of`: for a breach,
+        the supervisors and the tier up told of it (Breaches._told_of), which its message
+        names: a pack may tell neither, and the national tier has no tier above."""
         recipient = self.rt.directory.get(to or row.authority_id)
         alert_id = ":".join(p for p in (case.case_id, recipient.id, kind, suffix) if p)
         # News of the close, a supervisor told of an officer's silence, the tier up told of the
@@ -50,9 +53,7 @@ class Alerts:
         step = milestones.rule(milestone.milestone, self.rt.pack) if milestone else None
         about_authority = self._known(about[0]) if about else None
         sender = self._known(from_authority) if from_authority else None
-        # The authority whose deadline passed is told who else was: a pack may tell neither,
-        # and the national tier has no tier above.
-        supervisors, parent = self._told_of(recipient) if kind == "breach" else ([], None)
+        supervisors, parent = told_of or ([], None)
         up = self._known(parent) if parent else None
         self._emit(session, AlertRequested(
             alert_id=alert_id, case_id=case.case_id, authority_id=recipient.id,
@@ -70,7 +71,7 @@ class Alerts:
             about_tier=about_authority.tier if about_authority else None,
             tier_label=self._tier_label(recipient.tier),
             about_tier_label=self._tier_label(about_authority.tier) if about_authority else None,
-            told_supervisors=bool(supervisors) if kind == "breach" else None,
+            told_supervisors=bool(supervisors) if told_of is not None else None,
             told_tier=up.tier if up else None,
             told_tier_label=self._tier_label(up.tier) if up else None,
             category_label=Label(vi=category.label, en=category.name) if category else None,

@@ -55,12 +55,17 @@ class Breaches:
             fired_at=utcnow(), outcome="escalated"))
 
     async def _breach(self, session, case: EscalationCase, row: EscalationTarget,
-                      now: datetime, suffix: str, reason: str = "deadline_missed") -> None:
-        """Tell the target's supervisor chain, then hold the next tier up to the same window.
+                      now: datetime, suffix: str, reason: str = "deadline_missed",
+                      tell_holder: bool = False) -> None:
+        """Tell the target's supervisor chain, then hold the next tier up to the same window;
+        first, with `tell_holder`, the target itself that its deadline passed, and who was told.
         The authority they are told of is the one silent: after a transfer, the new one."""
+        told = await self._told_of(session, case, self.rt.directory.get(row.authority_id))
+        if tell_holder:
+            self._alert(session, case, row, "breach", suffix=suffix, told_of=told)
         self._emit(session, TargetEscalated(case_id=case.case_id, authority_id=row.authority_id,
                                             step="breach", fraction=1.0))
-        supervisors, parent = self._told_of(self.rt.directory.get(row.authority_id))
+        supervisors, parent = told
         about = (row.transferred_to or row.authority_id, reason)
         for supervisor in supervisors:
             self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
@@ -70,13 +75,19 @@ class Breaches:
         elif not supervisors:  # the top of the ladder (national), or a pack that climbs none
             self._unescalated(row.authority_id, reason)
 
-    def _told_of(self, authority: Authority) -> tuple[list[str], str | None]:
+    async def _told_of(self, session, case: EscalationCase,
+                       authority: Authority) -> tuple[list[str], str | None]:
         """Who is told of a deadline `authority` missed, by the pack's `on_breach`: its
-        supervisors, and the authority one tier up (None: none). The authority's own breach
-        alert says the same (Alerts._alert), so that it claims no more than was done."""
+        supervisors, and the authority one tier up (None: none, or one that passed its duty on
+        by a transfer). The authority's own breach alert says the same, so that it claims no
+        more than was done."""
         steps = self.rt.pack.escalation.on_breach
-        return (authority.supervisors if "supervisors" in steps else [],
-                authority.parent if "next_tier" in steps else None)
+        parent = authority.parent if "next_tier" in steps else None
+        if parent is not None:
+            held = await session.get(EscalationTarget, (case.case_id, parent))
+            if held is not None and held.released_at is not None:
+                parent = None
+        return (authority.supervisors if "supervisors" in steps else []), parent
 
     def _unescalated(self, authority_id: str, reason: str) -> None:
         """A missed deadline nobody can be told of: the top of the ladder, a pack that climbs
@@ -97,9 +108,7 @@ class Breaches:
         """The next tier up is told and held to the same ack window from now: it becomes an act
         target, or, already one, keeps the earlier of its own deadline and that one.
         `milestone`: the step `row` missed, which the alert names."""
-        parent = await session.get(EscalationTarget, (case.case_id, parent_id))
-        if parent is not None and parent.released_at is not None:
-            return  # a transfer passed its duty to another authority
+        parent = await session.get(EscalationTarget, (case.case_id, parent_id))  # not released
         due = self._due(now, row)
         if parent is None:
             authority = self.rt.directory.get(parent_id)

@@ -125,9 +125,9 @@ class Timers:
                                                 step="reminder", fraction=timer.fraction))
             return
         log.warning("ack_deadline_missed", authority_id=row.authority_id)
-        if row.transferred_to is None:  # still the one to answer: told its deadline passed
-            self._alert(session, case, row, "breach", suffix=str(timer.id))
-        await self._breach(session, case, row, now, suffix=str(timer.id))
+        # Still the one to answer (no transfer pending): told its deadline passed.
+        await self._breach(session, case, row, now, suffix=str(timer.id),
+                           tell_holder=row.transferred_to is None)
 
     async def _milestone_due(self, session, timer: MilestoneTimer, now: datetime) -> None:
         case = await session.get(EscalationCase, timer.case_id)
@@ -175,17 +175,17 @@ class Timers:
             # acknowledgement. Unlike an acknowledgement's breach, also told to a holder whose
             # transfer awaits the new authority: it still holds the step, and it alone may
             # record it until then (docs/authorities.md, Transfer).
-            self._alert(session, case, row, "breach", suffix=suffix, milestone=m)
-            authority = self.rt.directory.get(row.authority_id)
-            steps = self.rt.pack.escalation.on_breach
-            if "supervisors" in steps:
-                for supervisor in authority.supervisors:
-                    self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
-                                milestone=m, about=(row.authority_id, "milestone_missed"))
-            up = authority.parent if "next_tier" in steps else None
+            told = await self._told_of(session, case, self.rt.directory.get(row.authority_id))
+            self._alert(session, case, row, "breach", suffix=suffix, milestone=m, told_of=told)
+            supervisors, up = told
+            for supervisor in supervisors:
+                self._alert(session, case, row, "supervisor", to=supervisor, suffix=suffix,
+                            milestone=m, about=(row.authority_id, "milestone_missed"))
+            if not supervisors and not up:
+                self._unescalated(row.authority_id, "milestone_missed")
         if up:
-            parent = await session.get(EscalationTarget, (case.case_id, up))
-            if parent is not None and parent.role == "act" and parent.released_at is None:
+            parent = await session.get(EscalationTarget, (case.case_id, up))  # not released
+            if parent is not None and parent.role == "act":
                 self._alert(session, case, parent, "escalated", suffix=suffix, milestone=m,
                             about=(row.authority_id, "milestone_missed"))
             else:

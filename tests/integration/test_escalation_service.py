@@ -698,6 +698,33 @@ async def test_a_breach_tells_the_authority_only_who_was_told(esc, on_breach, su
         assert "cấp trên" not in email and "tier above" not in email
 
 
+async def test_a_breach_does_not_claim_a_tier_up_that_passed_its_duty_on(esc, monkeypatch):
+    """The province passed the case to another province, which acknowledged: the province is
+    released and not told of the commune's breach. The commune's e-mail still said the
+    province level had been told; with no supervisors either, nobody was, and nothing said so."""
+    pack = esc.rt.pack
+    esc.rt.pack = pack.model_copy(update={"escalation": pack.escalation.model_copy(
+        update={"on_breach": ["next_tier"]})})
+    await _report(esc, indicators=["immediate_danger"], publicity="PA1")  # the province acts
+    other = "province:4:child_protection"
+    await esc.handle([_wrap(TransferRequested(
+        case_id="C-1", from_authority_id=PROVINCE_CP, to_authority_id=other,
+        reason="wrong_jurisdiction", by_user="u", at=T0 + 2 * M), T0 + 2 * M)])
+    await esc.handle([_wrap(TargetAcknowledged(case_id="C-1", authority_id=other, by_user="u2",
+                                               at=T0 + 3 * M), T0 + 3 * M)])
+    [province] = await _rows(esc, EscalationTarget, authority_id=PROVINCE_CP)
+    assert province.released_at is not None
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(breaching, "log", structlog.get_logger("beacon.escalation"))
+        await esc.fire_due(T0 + 16 * M)
+    [breach] = [e for e in await _emitted(esc, "beacon.alert.requested")
+                if e["kind"] == "breach" and e["authority_id"] == CP]
+    assert (breach["told_supervisors"], breach["told_tier"]) == (False, None)
+    assert "đã được báo" not in render(AlertRequested.model_validate(breach), "email", "vi", "L").text
+    flagged = [e["authority_id"] for e in logs if e["event"] == "breach_unescalated"]
+    assert flagged == [CP]  # the hotline's duty officer hears of it
+
+
 async def test_the_national_tier_is_not_told_a_tier_above_was(esc):
     """National has no tier above and no supervisor in the directory: its breach tells nobody."""
     await _report(esc, indicators=["immediate_danger"], publicity="PA2")  # national acts, 2 h
